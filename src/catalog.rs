@@ -1,0 +1,572 @@
+//! The catalogue: one `app.toml` manifest per app (schema in docs/app-format.md). The built-in
+//! catalogue (the repository's apps/ directory) is compiled into the binary so a fresh machine
+//! needs no files; extra directories from the config are searched first and may override it.
+
+use crate::error::{Error, Result};
+use crate::names;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+static BUILTIN: include_dir::Dir<'_> = include_dir::include_dir!("$CARGO_MANIFEST_DIR/apps");
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    #[serde(default)]
+    pub upstream: String,
+    #[serde(default)]
+    pub license: String,
+    /// The service that `--image REF` replaces and whose ports `app show` lists first.
+    #[serde(default)]
+    pub main_service: Option<String>,
+    pub services: BTreeMap<String, Service>,
+    /// Named volumes, created once per instance: name -> description.
+    #[serde(default)]
+    pub volumes: BTreeMap<String, VolumeDecl>,
+    #[serde(default)]
+    pub settings: BTreeMap<String, Setting>,
+    /// Secrets generated at install (random), stored 0600, never printed.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, SecretDecl>,
+    /// How long install, start and upgrade wait for every health check to pass.
+    #[serde(default = "default_health_timeout", with = "humantime_serde")]
+    pub health_timeout: Duration,
+    /// What the app needs from the other subsystems (proxy, DNS, firewall, guard, monitor,
+    /// backup, mail, databases). Recorded and shown now; each subsystem acts on its part.
+    #[serde(default)]
+    pub needs: Needs,
+    /// Where this manifest was read from (filled at load time).
+    #[serde(default, skip_deserializing)]
+    pub source: String,
+}
+
+fn default_health_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// Image reference with a tag, e.g. `ilot/hello:1.0` or `nextcloud:29.0.4-apache`.
+    pub image: String,
+    /// Registry images are pinned by digest (`sha256:...`): ilot refuses an image whose digest
+    /// differs.
+    #[serde(default)]
+    pub digest: Option<String>,
+    /// Images the project builds itself (`images/build.sh NAME`) are not digest-pinned: their
+    /// digest depends on the host architecture. ilot records the image ID it installed instead.
+    #[serde(default)]
+    pub build: Option<String>,
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Environment; values may use {{instance}}, {{app}}, {{domain}}, {{settings.KEY}} and
+    /// {{secrets.KEY}}.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Volume name -> mount path in the container.
+    #[serde(default)]
+    pub mounts: BTreeMap<String, String>,
+    #[serde(default)]
+    pub ports: Vec<Port>,
+    /// Linux capabilities added back after dropping all of them (e.g. NET_BIND_SERVICE).
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Memory limit, e.g. "64M", "1G".
+    #[serde(default = "default_memory")]
+    pub memory: String,
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    #[serde(default)]
+    pub health: Option<Health>,
+}
+
+fn default_memory() -> String {
+    "256M".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Port {
+    pub container: u16,
+    #[serde(default = "default_proto")]
+    pub protocol: String,
+    /// Host port; 0 (the default) lets the engine choose a free one.
+    #[serde(default)]
+    pub host: u16,
+    /// Host address; loopback by default: the proxy, not the world, reaches web apps.
+    #[serde(default = "default_host_ip")]
+    pub host_ip: String,
+    #[serde(default)]
+    pub name: String,
+}
+
+fn default_proto() -> String {
+    "tcp".into()
+}
+fn default_host_ip() -> String {
+    "127.0.0.1".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// Command run inside the container (exec form); exit 0 means healthy.
+    pub cmd: Vec<String>,
+    /// How often the engine checks once the app runs (install gates probe faster).
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(default = "default_check_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_check_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_retries() -> u32 {
+    3
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeDecl {
+    #[serde(default)]
+    pub description: String,
+    /// Included in backups (default true).
+    #[serde(default = "yes")]
+    pub backup: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Setting {
+    #[serde(rename = "type", default)]
+    pub kind: SettingKind,
+    #[serde(default)]
+    pub default: Option<String>,
+    #[serde(default)]
+    pub description: String,
+    /// For `type = "choice"`.
+    #[serde(default)]
+    pub choices: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
+pub enum SettingKind {
+    #[default]
+    String,
+    Integer,
+    Bool,
+    Choice,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SecretDecl {
+    #[serde(default = "default_secret_len")]
+    pub length: usize,
+    #[serde(default)]
+    pub description: String,
+}
+
+fn default_secret_len() -> usize {
+    32
+}
+
+/// Declarations for the later subsystems. Kept as typed data so a manifest that is wrong about
+/// them is refused now, not when the subsystem arrives.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Needs {
+    /// HTTPS routes for the proxy: the instance's domain, path prefix -> service:port.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    /// DNS records the app needs, relative to its domain.
+    #[serde(default)]
+    pub dns: Vec<DnsRecord>,
+    /// Ports the firewall must open to the world.
+    #[serde(default)]
+    pub firewall: Vec<FirewallPort>,
+    /// Log filters for the guard (ban engine).
+    #[serde(default)]
+    pub log_filters: Vec<LogFilter>,
+    /// Probes for the monitor.
+    #[serde(default)]
+    pub probes: Vec<Probe>,
+    /// Volumes to back up, with optional commands to run around the backup.
+    #[serde(default)]
+    pub backup: Option<Backup>,
+    /// The app sends mail through the host's SMTP relay.
+    #[serde(default)]
+    pub smtp: bool,
+    /// The app needs a database ("postgres", "mariadb", "redis").
+    #[serde(default)]
+    pub database: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub service: String,
+    pub port: u16,
+    #[serde(default = "slash")]
+    pub path: String,
+}
+
+fn slash() -> String {
+    "/".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DnsRecord {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default = "at")]
+    pub name: String,
+    pub value: String,
+}
+
+fn at() -> String {
+    "@".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FirewallPort {
+    pub port: u16,
+    #[serde(default = "default_proto")]
+    pub protocol: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LogFilter {
+    pub service: String,
+    pub name: String,
+    /// Regex with a `<HOST>` placeholder, fail2ban style.
+    pub failregex: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Probe {
+    pub service: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Backup {
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    #[serde(default)]
+    pub pre: Option<Vec<String>>,
+    #[serde(default)]
+    pub post: Option<Vec<String>>,
+}
+
+impl Manifest {
+    pub fn parse(text: &str, origin: &str) -> Result<Manifest> {
+        let mut m: Manifest = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            Error::bad_input(format!(
+                "invalid app manifest {origin}{}: {}",
+                line.map(|l| format!(":{l}")).unwrap_or_default(),
+                e.message().trim_end()
+            ))
+            .hint("see docs/app-format.md for the manifest schema")
+        })?;
+        m.source = origin.to_string();
+        m.validate().map_err(|why| {
+            Error::bad_input(format!("invalid app manifest {origin}: {why}"))
+                .hint("see docs/app-format.md for the manifest schema")
+        })?;
+        Ok(m)
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        if names::check_instance_name(&self.name).is_err() {
+            return Err(format!("name {:?} is not a valid app name", self.name));
+        }
+        if self.services.is_empty() {
+            return Err("an app needs at least one [services.NAME]".into());
+        }
+        if let Some(main) = &self.main_service {
+            if !self.services.contains_key(main) {
+                return Err(format!("main_service {main:?} is not a service"));
+            }
+        }
+        for key in self.settings.keys().chain(self.secrets.keys()) {
+            if !names::is_key(key) {
+                return Err(format!("setting or secret key {key:?} must be lowercase letters, digits and '_'"));
+            }
+        }
+        for (key, s) in &self.settings {
+            if let Some(d) = &s.default {
+                check_setting_value(key, s, d)?;
+            }
+            if s.kind == SettingKind::Choice && s.choices.is_empty() {
+                return Err(format!("setting {key:?} is a choice with no choices"));
+            }
+        }
+        for (key, s) in &self.secrets {
+            if !(16..=128).contains(&s.length) {
+                return Err(format!("secret {key:?}: length must be 16 to 128"));
+            }
+        }
+        for (name, svc) in &self.services {
+            if names::check_instance_name(name).is_err() {
+                return Err(format!("service name {name:?} must be lowercase letters, digits and '-'"));
+            }
+            if !svc.image.contains(':') || svc.image.ends_with(':') {
+                return Err(format!("service {name}: image {:?} must be pinned by tag (name:tag)", svc.image));
+            }
+            match (&svc.digest, &svc.build) {
+                (None, None) => {
+                    return Err(format!(
+                        "service {name}: a registry image must be pinned by digest (digest = \"sha256:...\"), \
+                         or declare build = \"NAME\" for an image built by images/build.sh"
+                    ))
+                }
+                (Some(d), _) if !(d.starts_with("sha256:") && d.len() == 71) => {
+                    return Err(format!("service {name}: digest {d:?} is not sha256:<64 hex>"))
+                }
+                _ => {}
+            }
+            for vol in svc.mounts.keys() {
+                if !self.volumes.contains_key(vol) {
+                    return Err(format!("service {name} mounts undeclared volume {vol:?}"));
+                }
+            }
+            for path in svc.mounts.values() {
+                if !path.starts_with('/') || path == "/" {
+                    return Err(format!("service {name}: mount path {path:?} must be absolute and not /"));
+                }
+            }
+            for dep in &svc.depends_on {
+                if !self.services.contains_key(dep) || dep == name {
+                    return Err(format!("service {name} depends on unknown service {dep:?}"));
+                }
+            }
+            parse_memory(&svc.memory).ok_or_else(|| format!("service {name}: memory {:?} is not like 64M or 1G", svc.memory))?;
+            for value in svc.env.values() {
+                self.check_template(value)?;
+            }
+            for cap in &svc.capabilities {
+                if !cap.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') {
+                    return Err(format!("service {name}: capability {cap:?} is not like NET_BIND_SERVICE"));
+                }
+            }
+        }
+        for vol in self.volumes.keys() {
+            if !self.services.values().any(|s| s.mounts.contains_key(vol)) {
+                return Err(format!("volume {vol:?} is mounted by no service"));
+            }
+        }
+        self.service_order()?;
+        for r in &self.needs.routes {
+            if !self.services.contains_key(&r.service) {
+                return Err(format!("route to unknown service {:?}", r.service));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that every {{placeholder}} in an env value is one ilot knows.
+    fn check_template(&self, value: &str) -> std::result::Result<(), String> {
+        for name in placeholders(value)? {
+            let known = matches!(name, "instance" | "app" | "domain")
+                || name.strip_prefix("settings.").is_some_and(|k| self.settings.contains_key(k))
+                || name.strip_prefix("secrets.").is_some_and(|k| self.secrets.contains_key(k));
+            if !known {
+                return Err(format!("unknown placeholder {{{{{name}}}}} in env value {value:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Services in start order (dependencies first); refuses cycles.
+    pub fn service_order(&self) -> std::result::Result<Vec<String>, String> {
+        let mut order: Vec<String> = Vec::new();
+        while order.len() < self.services.len() {
+            let before = order.len();
+            for (name, svc) in &self.services {
+                if !order.contains(name) && svc.depends_on.iter().all(|d| order.contains(d)) {
+                    order.push(name.clone());
+                }
+            }
+            if order.len() == before {
+                return Err("services depend on each other in a cycle".into());
+            }
+        }
+        Ok(order)
+    }
+
+    pub fn main_service(&self) -> &str {
+        self.main_service.as_deref().unwrap_or_else(|| self.services.keys().next().map(String::as_str).unwrap_or(""))
+    }
+}
+
+/// The placeholder names in a template string.
+pub fn placeholders(value: &str) -> std::result::Result<Vec<&str>, String> {
+    let mut out = Vec::new();
+    let mut rest = value;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let end = after.find("}}").ok_or_else(|| format!("unclosed {{{{ in {value:?}"))?;
+        out.push(after[..end].trim());
+        rest = &after[end + 2..];
+    }
+    Ok(out)
+}
+
+pub fn check_setting_value(key: &str, s: &Setting, value: &str) -> std::result::Result<(), String> {
+    let ok = match s.kind {
+        SettingKind::String => value.len() <= 4096 && !value.contains('\0'),
+        SettingKind::Integer => value.parse::<i64>().is_ok(),
+        SettingKind::Bool => matches!(value, "true" | "false"),
+        SettingKind::Choice => s.choices.iter().any(|c| c == value),
+    };
+    if ok {
+        Ok(())
+    } else {
+        let expected = match s.kind {
+            SettingKind::String => "a string of at most 4096 bytes".to_string(),
+            SettingKind::Integer => "an integer".to_string(),
+            SettingKind::Bool => "true or false".to_string(),
+            SettingKind::Choice => format!("one of {}", s.choices.join(", ")),
+        };
+        Err(format!("setting {key}={value:?} is not valid: expected {expected}"))
+    }
+}
+
+/// "64M" -> bytes.
+pub fn parse_memory(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last()? {
+        'K' | 'k' => (&s[..s.len() - 1], 1i64 << 10),
+        'M' | 'm' => (&s[..s.len() - 1], 1 << 20),
+        'G' | 'g' => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    let n: i64 = num.parse().ok()?;
+    (n > 0).then(|| n.checked_mul(mult)).flatten()
+}
+
+/// The loaded catalogue: app name -> manifest.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    pub apps: BTreeMap<String, Manifest>,
+}
+
+impl Catalog {
+    /// Loads the built-in catalogue, then each extra directory (later entries override).
+    pub fn load(extra_dirs: &[std::path::PathBuf]) -> Result<Catalog> {
+        let mut apps = BTreeMap::new();
+        for dir in BUILTIN.dirs() {
+            if let Some(file) = dir.get_file(dir.path().join("app.toml")) {
+                let origin = format!("(built-in) apps/{}", file.path().display());
+                let text = file.contents_utf8().ok_or_else(|| Error::failed(format!("{origin} is not UTF-8")))?;
+                let m = Manifest::parse(text, &origin)?;
+                apps.insert(m.name.clone(), m);
+            }
+        }
+        for dir in extra_dirs.iter().rev() {
+            load_dir(dir, &mut apps)?;
+        }
+        Ok(Catalog { apps })
+    }
+
+    pub fn get(&self, app: &str) -> Result<&Manifest> {
+        self.apps.get(app).ok_or_else(|| {
+            let known: Vec<&str> = self.apps.keys().map(String::as_str).collect();
+            Error::not_found(format!("no app {app:?} in the catalogue"))
+                .hint(format!("known apps: {} (see `ilot app catalog`)", known.join(", ")))
+        })
+    }
+}
+
+fn load_dir(dir: &Path, apps: &mut BTreeMap<String, Manifest>) -> Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::bad_input(format!("cannot read catalogue dir {}: {e}", dir.display()))),
+    };
+    let mut paths: Vec<_> = entries.filter_map(|e| e.ok()).map(|e| e.path().join("app.toml")).collect();
+    paths.sort();
+    for path in paths.into_iter().filter(|p| p.is_file()) {
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| Error::bad_input(format!("cannot read {}: {e}", path.display())))?;
+        let m = Manifest::parse(&text, &path.display().to_string())?;
+        let dir_name = path.parent().and_then(|p| p.file_name()).and_then(|n| n.to_str()).unwrap_or("");
+        if dir_name != m.name {
+            return Err(Error::bad_input(format!(
+                "invalid app manifest {}: name {:?} differs from its directory {dir_name:?}",
+                path.display(),
+                m.name
+            )));
+        }
+        apps.insert(m.name.clone(), m);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_catalogue_is_valid() {
+        let c = Catalog::load(&[]).unwrap();
+        assert!(c.apps.contains_key("hello"));
+    }
+
+    #[test]
+    fn bad_manifests_are_refused_with_a_reason() {
+        let base = Catalog::load(&[]).unwrap().apps["hello"].clone();
+        let text = toml::to_string(&base).unwrap();
+        let bad_cases = [
+            ("image = \"ilot/hello:1.0\"", "image = \"ilot/hello\"", "pinned by tag"),
+            ("build = \"hello\"", "build = \"hello\"\nmemory_x = 1", "memory_x"),
+            ("build = \"hello\"", "", "pinned by digest"),
+        ];
+        for (from, to, why) in bad_cases {
+            assert!(text.contains(from), "{from} not in {text}");
+            let e = Manifest::parse(&text.replacen(from, to, 1), "t").unwrap_err();
+            assert!(e.message.contains(why), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn templates_and_values() {
+        assert_eq!(placeholders("a {{x}} b {{ y.z }}").unwrap(), vec!["x", "y.z"]);
+        assert!(placeholders("{{x").is_err());
+        assert_eq!(parse_memory("64M"), Some(64 << 20));
+        assert_eq!(parse_memory("x"), None);
+        let s = Setting { kind: SettingKind::Bool, default: None, description: String::new(), choices: vec![] };
+        assert!(check_setting_value("k", &s, "true").is_ok());
+        assert!(check_setting_value("k", &s, "yes").is_err());
+    }
+}

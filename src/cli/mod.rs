@@ -1,0 +1,195 @@
+//! The command line: every flag is defined here, in one place. Every command except `daemon`
+//! is a thin client of the daemon's API (api::client), with no async runtime and no config
+//! parsing, so it answers in about a millisecond.
+
+use crate::api::{client, InstallParams, LogsParams, RemoveParams, Reply, Request, UpgradeParams};
+use crate::error::Error;
+use clap::{Args, Parser, Subcommand};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+mod render;
+
+#[derive(Parser)]
+#[command(
+    name = "ilot",
+    version,
+    about = "Self-hosting appliance manager: installs and runs containerised apps",
+    after_help = "Exit codes: 0 ok, 1 failed, 2 bad usage or input (nothing changed), 3 daemon or Docker engine unreachable.\nDocs: docs/ in the source tree; start with README.md."
+)]
+pub struct Cli {
+    /// The daemon's socket.
+    #[arg(long, global = true, env = "ILOT_SOCKET", default_value = crate::config::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Print machine-readable JSON on stdout (no progress, no colour).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (normally started by systemd).
+    Daemon {
+        /// Config file (default: /etc/ilot/ilot.toml if it exists, else the embedded default).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Show the daemon, the engine and a count of instances.
+    Status,
+    /// Show what converging every instance would change now (drift), without changing it.
+    Plan,
+    /// Show recent events (installs, upgrades, rollbacks, drift...).
+    Events {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Install and manage apps.
+    #[command(subcommand)]
+    App(AppCommand),
+}
+
+#[derive(Subcommand)]
+enum AppCommand {
+    /// List the apps that can be installed.
+    Catalog,
+    /// Install an app from the catalogue and wait until it is healthy.
+    Install(InstallArgs),
+    /// List installed instances.
+    List,
+    /// Show one instance: status, services, ports, volumes, settings (secrets are never shown).
+    Show { instance: String },
+    /// Start a stopped instance.
+    Start { instance: String },
+    /// Stop an instance (it stays stopped across reboots until started).
+    Stop { instance: String },
+    /// Restart an instance's containers.
+    Restart { instance: String },
+    /// Print an instance's logs.
+    Logs {
+        instance: String,
+        /// Keep printing new lines.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines of each service.
+        #[arg(long)]
+        tail: Option<u64>,
+        /// Only this service.
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// Upgrade an instance; rolls back (image and data) if the new version is not healthy.
+    Upgrade {
+        instance: String,
+        /// New image for the main service (REF) or a given one (SERVICE=REF); repeatable.
+        /// Without it, upgrade to the catalogue's current version.
+        #[arg(long = "image", value_name = "REF")]
+        images: Vec<String>,
+        /// Print the plan and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Remove an instance; its data volumes are kept unless --purge.
+    Remove {
+        instance: String,
+        /// Also delete its data volumes and snapshots (irreversible).
+        #[arg(long)]
+        purge: bool,
+        /// Print the plan and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Args)]
+struct InstallArgs {
+    /// The app, as listed by `ilot app catalog`.
+    app: String,
+    /// Instance name (default: the app's name).
+    #[arg(long)]
+    name: Option<String>,
+    /// The domain the app is served on.
+    #[arg(long)]
+    domain: Option<String>,
+    /// A setting, KEY=VALUE; repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_setting)]
+    settings: Vec<(String, String)>,
+    /// Print the plan and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+fn parse_setting(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
+    if !crate::names::is_key(k) {
+        return Err(format!("setting key {k:?} must be lowercase letters, digits and '_', starting with a letter"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let request = match cli.command {
+        Command::Daemon { config } => return crate::daemon::run(config.as_deref()),
+        Command::Status => Request::Status,
+        Command::Plan => Request::Plan,
+        Command::Events { limit } => Request::Events { limit },
+        Command::App(cmd) => match cmd {
+            AppCommand::Catalog => Request::Catalog,
+            AppCommand::Install(a) => {
+                let mut settings = BTreeMap::new();
+                for (k, v) in a.settings {
+                    if settings.insert(k.clone(), v).is_some() {
+                        return render::error(&Error::bad_input(format!("--set {k} given twice")), cli.json);
+                    }
+                }
+                Request::AppInstall(InstallParams { app: a.app, name: a.name, domain: a.domain, settings, dry_run: a.dry_run })
+            }
+            AppCommand::List => Request::AppList,
+            AppCommand::Show { instance } => Request::AppShow { name: instance },
+            AppCommand::Start { instance } => Request::AppStart { name: instance },
+            AppCommand::Stop { instance } => Request::AppStop { name: instance },
+            AppCommand::Restart { instance } => Request::AppRestart { name: instance },
+            AppCommand::Logs { instance, follow, tail, service } => {
+                Request::AppLogs(LogsParams { name: instance, follow, tail, service })
+            }
+            AppCommand::Upgrade { instance, images, dry_run } => {
+                Request::AppUpgrade(UpgradeParams { name: instance, images, dry_run })
+            }
+            AppCommand::Remove { instance, purge, dry_run } => {
+                Request::AppRemove(RemoveParams { name: instance, purge, dry_run })
+            }
+        },
+    };
+    let mut progress = render::Progress::new(cli.json);
+    let multi_service_logs = matches!(&request, Request::AppLogs(p) if p.service.is_none());
+    let result = client::call(&cli.socket, &request, |reply| match reply {
+        Reply::Progress { message, current, total } => progress.update(&message, current.zip(total)),
+        Reply::Log { service, line } => {
+            progress.clear();
+            if cli.json {
+                println!("{}", serde_json::json!({ "service": service, "line": line }));
+            } else if multi_service_logs {
+                println!("{service} | {line}");
+            } else {
+                println!("{line}");
+            }
+        }
+        _ => {}
+    });
+    progress.finish();
+    match result {
+        Ok(value) => {
+            if cli.json {
+                if !matches!(request, Request::AppLogs(_)) {
+                    println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+                }
+            } else {
+                render::human(&request, &value);
+            }
+            0
+        }
+        Err(e) => render::error(&e, cli.json),
+    }
+}

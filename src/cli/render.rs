@@ -1,0 +1,249 @@
+//! Human output: tables and summaries for a terminal; progress on stderr (a spinner on a
+//! terminal, plain lines otherwise, nothing with --json).
+
+use crate::api::Request;
+use crate::error::Error;
+use serde_json::Value;
+use std::io::IsTerminal;
+
+pub struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    plain: bool,
+}
+
+impl Progress {
+    pub fn new(json: bool) -> Progress {
+        let tty = std::io::stderr().is_terminal();
+        Progress { bar: None, plain: !json && !tty }
+            .with_bar(!json && tty)
+    }
+
+    fn with_bar(mut self, on: bool) -> Self {
+        if on {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.enable_steady_tick(std::time::Duration::from_millis(100));
+            self.bar = Some(bar);
+        }
+        self
+    }
+
+    pub fn update(&mut self, message: &str, bytes: Option<(u64, u64)>) {
+        if let Some(bar) = &self.bar {
+            match bytes {
+                Some((done, total)) => bar.set_message(format!("{message} ({}/{} MiB)", done >> 20, total >> 20)),
+                None => {
+                    bar.println(format!("  {message}"));
+                    bar.set_message(message.to_string());
+                }
+            }
+        } else if self.plain && bytes.is_none() {
+            eprintln!("  {message}");
+        }
+    }
+
+    pub fn clear(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+
+    pub fn finish(&mut self) {
+        self.clear();
+    }
+}
+
+pub fn error(e: &Error, json: bool) -> i32 {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "error": e })).unwrap_or_default());
+    }
+    eprintln!("error: {}", e.message);
+    if let Some(h) = &e.hint {
+        eprintln!("  hint: {h}");
+    }
+    e.kind.exit_code()
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let out: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{:w$}", c, w = widths[i])).collect();
+        println!("{}", out.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+fn print_plan(v: &Value) {
+    println!("Plan for {}:", s(&v["instance"]));
+    for (i, step) in v["plan"].as_array().into_iter().flatten().enumerate() {
+        println!("  {}. {}", i + 1, s(step));
+    }
+    println!("(dry run: nothing was changed)");
+}
+
+pub fn human(req: &Request, v: &Value) {
+    if v["dry_run"] == Value::Bool(true) {
+        return print_plan(v);
+    }
+    match req {
+        Request::Status => {
+            let e = &v["engine"];
+            println!("ilot {} — daemon up {}s (pid {})", s(&v["version"]), s(&v["uptime_secs"]), s(&v["pid"]));
+            if e["reachable"] == Value::Bool(true) {
+                println!("engine:     Docker {} at {}", s(&e["version"]), s(&e["address"]));
+            } else {
+                println!("engine:     NOT REACHABLE at {}: {}", s(&e["address"]), s(&e["error"]));
+            }
+            let counts: Vec<String> = v["instances"]["by_status"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, n)| format!("{n} {k}"))
+                .collect();
+            let total = s(&v["instances"]["total"]);
+            if counts.is_empty() {
+                println!("instances:  {total}");
+            } else {
+                println!("instances:  {total} ({})", counts.join(", "));
+            }
+            println!("catalogue:  {} apps", s(&v["catalog_apps"]));
+            println!("config:     {}", s(&v["config"]));
+            println!("state:      {}", s(&v["state_dir"]));
+        }
+        Request::Plan => {
+            let changes = v["changes"].as_array().cloned().unwrap_or_default();
+            let pending = v["operations_in_progress"].as_array().cloned().unwrap_or_default();
+            if changes.is_empty() && pending.is_empty() {
+                println!("Nothing to do: every instance matches its desired state.");
+            }
+            for c in changes {
+                println!("{} ({}):", s(&c["instance"]), s(&c["reason"]));
+                for step in c["plan"].as_array().into_iter().flatten() {
+                    println!("  - {}", s(step));
+                }
+            }
+            for p in pending {
+                println!("operation in progress: {} {} ({})", s(&p["kind"]), s(&p["instance"]), s(&p["step"]));
+            }
+        }
+        Request::Events { .. } => {
+            for e in v.as_array().into_iter().flatten() {
+                println!(
+                    "{}  {:<20} {:<12} {}",
+                    format_time(e["time"].as_u64().unwrap_or(0)),
+                    s(&e["kind"]),
+                    e["instance"].as_str().unwrap_or("-"),
+                    s(&e["message"])
+                );
+            }
+        }
+        Request::Catalog => {
+            let rows = v
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|a| vec![s(&a["name"]), s(&a["version"]), s(&a["description"])])
+                .collect();
+            table(&["APP", "VERSION", "DESCRIPTION"], rows);
+        }
+        Request::AppList => {
+            let apps = v.as_array().cloned().unwrap_or_default();
+            if apps.is_empty() {
+                println!("No app installed. See `ilot app catalog`, then `ilot app install APP`.");
+                return;
+            }
+            let rows = apps
+                .iter()
+                .map(|a| vec![s(&a["name"]), s(&a["app"]), s(&a["version"]), s(&a["status"]), s(&a["health"]), s(&a["url"])])
+                .collect();
+            table(&["NAME", "APP", "VERSION", "STATUS", "HEALTH", "URL"], rows);
+        }
+        Request::AppShow { .. } => {
+            println!("{} ({} {}): {}", s(&v["name"]), s(&v["app"]), s(&v["version"]), s(&v["description"]));
+            println!("status:    {} (wanted: {})", s(&v["status"]), s(&v["desired"]));
+            if !v["message"].is_null() {
+                println!("message:   {}", s(&v["message"]));
+            }
+            println!("health:    {}", s(&v["health"]));
+            println!("url:       {}", s(&v["url"]));
+            println!("domain:    {}", s(&v["domain"]));
+            println!("services:");
+            for svc in v["services"].as_array().into_iter().flatten() {
+                let ports: Vec<String> = svc["ports"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|p| format!("{}->{}", s(&p["host"]), s(&p["container"])))
+                    .collect();
+                println!(
+                    "  {}: {} ({}), {}{}{}",
+                    s(&svc["service"]),
+                    s(&svc["image"]),
+                    crate::plan::short_id(svc["image_id"].as_str().unwrap_or("")),
+                    s(&svc["state"]),
+                    svc["health"].as_str().map(|h| format!(", {h}")).unwrap_or_default(),
+                    if ports.is_empty() { String::new() } else { format!(", ports {}", ports.join(" ")) }
+                );
+            }
+            let vols: Vec<String> = v["volumes"].as_array().into_iter().flatten().map(s).collect();
+            println!("volumes:   {}", if vols.is_empty() { "-".into() } else { vols.join(", ") });
+            for (k, val) in v["settings"].as_object().into_iter().flatten() {
+                println!("setting:   {k} = {}", s(val));
+            }
+            for k in v["secrets"].as_array().into_iter().flatten() {
+                println!("secret:    {} (generated, hidden)", s(k));
+            }
+        }
+        Request::AppLogs(_) => {}
+        Request::AppInstall(_) => {
+            println!("{} installed and healthy{}", s(&v["instance"]), v["url"].as_str().map(|u| format!(": {u}")).unwrap_or_default());
+        }
+        Request::AppUpgrade(_) => match v["status"].as_str() {
+            Some("up-to-date") => println!("{}", s(&v["message"])),
+            _ => println!("{} upgraded and healthy", s(&v["instance"])),
+        },
+        Request::AppRemove(_) => println!("{}", s(&v["message"])),
+        Request::AppStart { name } => println!("{name} started and healthy"),
+        Request::AppStop { name } => println!("{name} stopped"),
+        Request::AppRestart { name } => println!("{name} restarted and healthy"),
+    }
+}
+
+/// UTC "YYYY-MM-DD HH:MM:SS" from a Unix time (civil-from-days, no date crate needed).
+fn format_time(t: u64) -> String {
+    let (days, secs) = ((t / 86400) as i64, t % 86400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn time_format() {
+        assert_eq!(super::format_time(0), "1970-01-01 00:00:00");
+        assert_eq!(super::format_time(1_795_000_000), "2026-11-19 09:46:40");
+    }
+}

@@ -1,0 +1,143 @@
+//! The host configuration: /etc/ilot/ilot.toml, or the embedded default when there is none.
+//! A file with a syntax error, an unknown key or a bad value is refused as a whole, naming the
+//! file, line and column, so the daemon never starts half-configured.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/ilot/ilot.toml";
+pub const DEFAULT_SOCKET: &str = "/run/ilot/ilot.sock";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// The Unix socket the CLI talks to (mode 0660, group `socket_group`).
+    pub socket: PathBuf,
+    /// Group given access to the socket, when it exists on the host.
+    pub socket_group: String,
+    /// The store, the journal and upgrade snapshots live here (0700).
+    pub state_dir: PathBuf,
+    /// Extra catalogue directories, searched before the built-in catalogue.
+    pub catalog: Vec<PathBuf>,
+    /// Docker engine address; only `unix://` sockets are supported.
+    pub docker: String,
+    /// The value of the `ilot.owner` label on every object this daemon creates. Defaults to an
+    /// id generated once per state directory; set it to run two daemons on one engine (tests).
+    pub owner: Option<String>,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            socket: DEFAULT_SOCKET.into(),
+            socket_group: "ilot".into(),
+            state_dir: "/var/lib/ilot".into(),
+            catalog: Vec::new(),
+            docker: "unix:///var/run/docker.sock".into(),
+            owner: None,
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path`, or /etc/ilot/ilot.toml when it exists, or the embedded default.
+    pub fn load(path: Option<&Path>) -> Result<(Config, Option<PathBuf>)> {
+        let path = match path {
+            Some(p) => Some(p.to_path_buf()),
+            None if Path::new(DEFAULT_CONFIG_PATH).exists() => Some(DEFAULT_CONFIG_PATH.into()),
+            None => None,
+        };
+        let Some(path) = path else { return Ok((Config::default(), None)) };
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            Error::bad_input(format!("cannot read config {}: {e}", path.display()))
+                .hint("check the path given to --config")
+        })?;
+        let config = Config::parse(&text, &path.display().to_string())?;
+        Ok((config, Some(path)))
+    }
+
+    pub fn parse(text: &str, origin: &str) -> Result<Config> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let (line, col) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+            let source_line = text.lines().nth(line - 1).unwrap_or("").trim_end();
+            Error::bad_input(format!(
+                "invalid config {origin}:{line}:{col}: {}\n  {line} | {source_line}",
+                e.message().trim_end()
+            ))
+            .hint("fix the file (docs/config.md lists every key); the daemon did not start")
+        })?;
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    fn validate(&self, origin: &str) -> Result<()> {
+        let d = &self.daemon;
+        let bad = |key: &str, why: &str| {
+            Err(Error::bad_input(format!("invalid config {origin}: [daemon] {key}: {why}"))
+                .hint("fix the file (docs/config.md lists every key); the daemon did not start"))
+        };
+        if !d.docker.starts_with("unix://") || d.docker.len() <= "unix://".len() {
+            return bad("docker", "only unix:// socket addresses are supported, e.g. unix:///var/run/docker.sock");
+        }
+        if !d.socket.is_absolute() {
+            return bad("socket", "must be an absolute path");
+        }
+        if !d.state_dir.is_absolute() {
+            return bad("state_dir", "must be an absolute path");
+        }
+        if let Some(dir) = d.catalog.iter().find(|p| !p.is_absolute()) {
+            return bad("catalog", &format!("{} is not an absolute path", dir.display()));
+        }
+        if let Some(owner) = &d.owner {
+            let ok = !owner.is_empty()
+                && owner.len() <= 48
+                && owner.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !ok {
+                return bad("owner", "use 1 to 48 lowercase letters, digits and '-'");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_default() {
+        let c = Config::parse("", "x").unwrap();
+        assert_eq!(c.daemon.socket, PathBuf::from(DEFAULT_SOCKET));
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let e = Config::parse("[daemon]\nsocket = \"/x\"\nsockett = \"/y\"\n", "f.toml").unwrap_err();
+        assert!(e.message.contains("f.toml:3:1"), "{}", e.message);
+        assert!(e.message.contains("sockett"), "{}", e.message);
+    }
+
+    #[test]
+    fn wrong_type_and_bad_values() {
+        let e = Config::parse("[daemon]\nsocket = 3\n", "f.toml").unwrap_err();
+        assert!(e.message.contains("f.toml:2:10"), "{}", e.message);
+        let e = Config::parse("[daemon]\ndocker = \"tcp://1.2.3.4\"\n", "f.toml").unwrap_err();
+        assert!(e.message.contains("docker"), "{}", e.message);
+        assert!(Config::parse("[daemon\n", "f").is_err());
+    }
+}

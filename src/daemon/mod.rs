@@ -1,0 +1,256 @@
+//! The daemon: loads config and catalogue, opens the store, listens on the socket, connects to
+//! the engine, recovers interrupted operations from the journal, then serves requests and
+//! keeps the engine converged on the desired state.
+
+use crate::api::server::Replies;
+use crate::api::{Reply, Request};
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::events::Bus;
+use crate::runtime::observer::Observer;
+use crate::runtime::Engine;
+use crate::state::{Instance, Store};
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+mod ops;
+mod views;
+
+
+pub struct Daemon {
+    pub config: Config,
+    pub config_path: Option<PathBuf>,
+    pub catalog: Catalog,
+    pub store: Arc<Store>,
+    pub owner: String,
+    pub bus: Bus,
+    /// Set once the engine answered and the journal was recovered.
+    runtime: OnceLock<(Engine, Arc<Observer>)>,
+    /// Mirror of the store's instances, for reads that never touch the disk.
+    instances: RwLock<BTreeMap<String, Instance>>,
+    /// One mutating operation at a time; recovery holds it first.
+    op_lock: Arc<tokio::sync::Mutex<()>>,
+    started: Instant,
+}
+
+/// How often the daemon re-checks every instance for drift.
+const RECONCILE_EVERY: Duration = Duration::from_secs(60);
+
+pub fn run(config_path: Option<&Path>) -> i32 {
+    let (config, config_path) = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let catalog = match Catalog::load(&config.daemon.catalog) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ILOT_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(serve(config, config_path, catalog)) {
+        Ok(()) => 0,
+        Err(e) => fail(e),
+    }
+}
+
+fn fail(e: Error) -> i32 {
+    eprintln!("ilot daemon: error: {e}");
+    e.kind.exit_code()
+}
+
+async fn serve(config: Config, config_path: Option<PathBuf>, catalog: Catalog) -> Result<()> {
+    let store = Arc::new(Store::open(&config.daemon.state_dir)?);
+    let owner = match &config.daemon.owner {
+        Some(o) => o.clone(),
+        None => store.owner_id()?,
+    };
+    let listener = bind_socket(&config.daemon.socket, &config.daemon.socket_group)?;
+    let instances = store.instances()?.into_iter().map(|i| (i.name.clone(), i)).collect();
+    let daemon = Arc::new(Daemon {
+        config,
+        config_path,
+        catalog,
+        store: store.clone(),
+        owner,
+        bus: Bus::new(),
+        runtime: OnceLock::new(),
+        instances: RwLock::new(instances),
+        op_lock: Arc::new(tokio::sync::Mutex::new(())),
+        started: Instant::now(),
+    });
+    daemon.bus.spawn_history(store);
+    tracing::info!(socket = %daemon.config.daemon.socket.display(), owner = %daemon.owner, "ilot daemon listening");
+
+    // Hold the operation lock until the journal is recovered: mutating requests wait for it.
+    let recovery_guard = daemon.op_lock.clone().lock_owned().await;
+    let d = daemon.clone();
+    tokio::spawn(async move { d.connect_and_recover(recovery_guard).await });
+    let server = tokio::spawn(crate::api::server::serve(listener, daemon.clone()));
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: waiting for the operation in progress, if any");
+    server.abort();
+    // An operation in progress finishes (or is recovered at next start if we are killed).
+    let _ = tokio::time::timeout(Duration::from_secs(120), daemon.op_lock.lock()).await;
+    let _ = std::fs::remove_file(&daemon.config.daemon.socket);
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// Binds the API socket: refuses if another daemon answers there, replaces a stale socket,
+/// and restricts it to root and the `ilot` group (0660).
+fn bind_socket(path: &Path, group: &str) -> Result<tokio::net::UnixListener> {
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(Error::conflict(format!("another ilot daemon is already listening on {}", path.display()))
+            .hint("stop it first, or give this one another [daemon] socket"));
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::failed(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::failed(format!("cannot remove stale socket {}: {e}", path.display()))),
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .map_err(|e| Error::failed(format!("cannot listen on {}: {e}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| Error::failed(format!("cannot chmod {}: {e}", path.display())))?;
+    if let Some(gid) = group_id(group) {
+        if let Err(e) = std::os::unix::fs::chown(path, None, Some(gid)) {
+            tracing::warn!("cannot give group {group} the socket: {e}");
+        }
+    }
+    Ok(listener)
+}
+
+fn group_id(name: &str) -> Option<u32> {
+    let cname = std::ffi::CString::new(name).ok()?;
+    // SAFETY: getgrnam returns a pointer to static storage or null; read before any other call.
+    let gr = unsafe { libc::getgrnam(cname.as_ptr()) };
+    if gr.is_null() {
+        None
+    } else {
+        Some(unsafe { (*gr).gr_gid })
+    }
+}
+
+impl Daemon {
+    fn runtime(&self) -> Result<&(Engine, Arc<Observer>)> {
+        self.runtime.get().ok_or_else(|| {
+            Error::unavailable(format!("the Docker engine at {} is not reachable yet", self.config.daemon.docker))
+                .hint("start it (systemctl start docker, or dockerd); ilot retries every 2 s")
+        })
+    }
+
+    fn engine(&self) -> Result<&Engine> {
+        Ok(&self.runtime()?.0)
+    }
+
+    async fn connect_and_recover(self: Arc<Self>, guard: tokio::sync::OwnedMutexGuard<()>) {
+        let mut warned = false;
+        let engine = loop {
+            match Engine::connect(&self.config.daemon.docker, &self.owner).await {
+                Ok(e) => break e,
+                Err(e) => {
+                    if !warned {
+                        tracing::warn!("{e}; retrying");
+                        warned = true;
+                    }
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
+        };
+        let observer = Observer::new(engine.clone());
+        observer.refresh().await;
+        observer.spawn();
+        let _ = self.runtime.set((engine, observer));
+        if let Err(e) = self.recover().await {
+            tracing::error!("recovery: {e}");
+        }
+        drop(guard);
+        // Drift detection: converge every instance periodically.
+        loop {
+            tokio::time::sleep(RECONCILE_EVERY).await;
+            let _lock = self.op_lock.lock().await;
+            if let Err(e) = self.reconcile_all().await {
+                tracing::warn!("reconcile: {e}");
+            }
+        }
+    }
+
+    pub async fn handle(self: &Arc<Self>, req: Request, tx: &Replies) -> Result<serde_json::Value> {
+        if req.mutates() {
+            self.runtime()?;
+            let _lock = self.op_lock.lock().await;
+            return self.handle_mutation(req, tx).await;
+        }
+        match req {
+            Request::Status => Ok(self.status_view()),
+            Request::Catalog => Ok(self.catalog_view()),
+            Request::AppList => Ok(self.list_view()),
+            Request::AppShow { name } => self.show_view(&name),
+            Request::Events { limit } => Ok(serde_json::to_value(self.store.events(limit.min(1000))?).unwrap_or_default()),
+            Request::Plan => self.plan_all().await,
+            Request::AppLogs(p) => self.logs(p, tx).await,
+            _ => unreachable!("mutating requests handled above"),
+        }
+    }
+
+    async fn handle_mutation(self: &Arc<Self>, req: Request, tx: &Replies) -> Result<serde_json::Value> {
+        let progress = Progress { tx };
+        match req {
+            Request::AppInstall(p) => self.install(p, &progress).await,
+            Request::AppUpgrade(p) => self.upgrade(p, &progress).await,
+            Request::AppRemove(p) => self.remove(p, &progress).await,
+            Request::AppStart { name } => self.start(&name, &progress).await,
+            Request::AppStop { name } => self.stop(&name, &progress).await,
+            Request::AppRestart { name } => self.restart(&name, &progress).await,
+            _ => unreachable!("read requests handled by handle()"),
+        }
+    }
+
+    fn instance(&self, name: &str) -> Result<Instance> {
+        self.instances.read().expect("instances lock").get(name).cloned().ok_or_else(|| {
+            Error::not_found(format!("no instance named {name:?}")).hint("see `ilot app list` for installed instances")
+        })
+    }
+}
+
+/// Reports progress to the client (if still connected) and to the log.
+pub struct Progress<'a> {
+    tx: &'a Replies,
+}
+
+impl Progress<'_> {
+    pub fn step(&self, message: impl Into<String>) {
+        let message = message.into();
+        tracing::info!("{message}");
+        let _ = self.tx.send(Reply::Progress { message, current: None, total: None });
+    }
+    pub fn bytes(&self, message: String, done: Option<(u64, u64)>) {
+        let _ = self.tx.send(Reply::Progress { message, current: done.map(|d| d.0), total: done.map(|d| d.1) });
+    }
+}

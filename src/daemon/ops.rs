@@ -1,0 +1,745 @@
+//! The lifecycle operations: install, upgrade (transactional, with snapshot and automatic
+//! rollback), remove, start/stop/restart, and recovery of interrupted ones from the journal.
+//!
+//! The rule that makes crashes safe: an operation is written to the journal (`Op`) before its
+//! first side effect and its step is updated before each one. On start, `recover` finishes
+//! installs and removes (both converge idempotently) and rolls back any upgrade that had not
+//! committed, restoring its data from the snapshot taken before the switch.
+
+use super::{Daemon, Progress};
+use crate::api::{InstallParams, RemoveParams, UpgradeParams};
+use crate::catalog::{self, Manifest};
+use crate::error::{Error, ErrorKind, Result};
+use crate::names;
+use crate::plan::{self, Action, ContainerSpec};
+use crate::state::{now, random_token, Instance, Kept, Op, OpKind, Phase, PinnedImage, Snapshot, Status};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::os::unix::fs::DirBuilderExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Test hook: `ILOT_CRASH_AT=<point>` makes the daemon SIGKILL itself at that point, so tests
+/// can prove recovery from a crash at every step. The points:
+pub const CRASH_POINTS: &[&str] = &[
+    "install:journalled",
+    "install:after:create-network",
+    "install:after:create-volume",
+    "install:after:create-container",
+    "install:after:start-container",
+    "install:healthy",
+    "upgrade:snapshotting",
+    "upgrade:snapshotted",
+    "upgrade:after:create-container",
+    "upgrade:after:start-container",
+    "upgrade:rolling-back",
+    "remove:journalled",
+    "remove:after:remove-container",
+];
+
+fn crash_point(point: &str) {
+    debug_assert!(CRASH_POINTS.contains(&point) || point.contains(":after:"), "unknown crash point {point}");
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if AT.get_or_init(|| std::env::var("ILOT_CRASH_AT").ok()).as_deref() == Some(point) {
+        eprintln!("ILOT_CRASH_AT={point}: killing the daemon (test hook)");
+        // SAFETY: plain syscalls on our own pid.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+}
+
+impl Daemon {
+    // ---- journal helpers: each is one durable store transaction, mirrored in memory ----
+
+    fn save(&self, inst: &Instance, op: Option<&Op>) -> Result<()> {
+        self.store.write(|w| {
+            w.put_instance(inst)?;
+            if let Some(op) = op {
+                w.put_op(op)?;
+            }
+            Ok(())
+        })?;
+        self.instances.write().expect("instances lock").insert(inst.name.clone(), inst.clone());
+        Ok(())
+    }
+
+    fn save_op(&self, op: &Op) -> Result<()> {
+        self.store.write(|w| w.put_op(op))
+    }
+
+    /// Ends an operation, leaving `inst` as the instance's state.
+    fn finish(&self, op: &Op, inst: &Instance) -> Result<()> {
+        self.store.write(|w| {
+            w.put_instance(inst)?;
+            w.delete_op(op.id)
+        })?;
+        self.instances.write().expect("instances lock").insert(inst.name.clone(), inst.clone());
+        Ok(())
+    }
+
+    fn snapshot_dir(&self, instance: &str, op: u64) -> std::path::PathBuf {
+        self.store.dir.join("snapshots").join(instance).join(op.to_string())
+    }
+
+    // ---- install ----
+
+    pub(super) async fn install(self: &Arc<Self>, p: InstallParams, progress: &Progress<'_>) -> Result<serde_json::Value> {
+        let manifest = self.catalog.get(&p.app)?.clone();
+        let name = p.name.clone().unwrap_or_else(|| manifest.name.clone());
+        names::check_instance_name(&name)?;
+        if let Some(d) = &p.domain {
+            names::check_domain(d)?;
+        }
+        let settings = resolve_settings(&manifest, &p.settings)?;
+        if self.instances.read().expect("instances lock").contains_key(&name) {
+            return Err(Error::conflict(format!("an instance named {name:?} is already installed"))
+                .hint(format!("choose another name with --name, or see `ilot app show {name}`")));
+        }
+        let engine = self.engine()?;
+        let kept = self.store.kept(&name)?;
+        if let Some(k) = &kept {
+            if k.app != manifest.name {
+                return Err(Error::conflict(format!(
+                    "the data of a removed {:?} instance named {name:?} is kept ({})",
+                    k.app,
+                    k.volumes.join(", ")
+                ))
+                .hint(format!("choose another --name, or delete that data with `ilot app remove {name} --purge`")));
+            }
+        }
+        let mut claimed = vec![("network", plan::network_name(&name))];
+        claimed.extend(manifest.volumes.keys().map(|v| ("volume", plan::volume_name(&name, v))));
+        claimed.extend(manifest.services.keys().map(|s| ("container", plan::container_name(&name, s))));
+        engine.check_names_free(&claimed).await?;
+
+        let images = self.resolve_images(&manifest, &BTreeMap::new(), progress).await?;
+        let secrets = match &kept {
+            Some(k) => k.secrets.clone(),
+            None => manifest.secrets.iter().map(|(k, s)| (k.clone(), random_token(s.length))).collect(),
+        };
+        let t = now();
+        let inst = Instance {
+            name: name.clone(),
+            app: manifest.name.clone(),
+            manifest,
+            domain: p.domain.clone(),
+            settings,
+            secrets,
+            images,
+            running: true,
+            status: Status::Installing,
+            message: None,
+            created_at: t,
+            updated_at: t,
+        };
+        let observed = engine.observe(&name).await?;
+        let actions = plan::plan_instance(Some(&inst), &observed, false);
+        if p.dry_run {
+            let mut steps: Vec<String> = actions.iter().map(Action::describe).collect();
+            steps.push(format!("wait until healthy (up to {}s)", inst.manifest.health_timeout.as_secs()));
+            return Ok(json!({ "dry_run": true, "instance": name, "plan": steps }));
+        }
+        if kept.is_some() {
+            progress.step(format!("reusing the kept data of the previous {name:?} instance"));
+        }
+        let mut op = self.new_op(OpKind::Install, &name, None, Some(inst.clone()), false)?;
+        self.save(&inst, Some(&op))?;
+        crash_point("install:journalled");
+        self.converge_install(&mut op, inst, progress).await
+    }
+
+    /// Applies an install's plan and health-gates it; used by install and by recovery.
+    async fn converge_install(&self, op: &mut Op, mut inst: Instance, progress: &Progress<'_>) -> Result<serde_json::Value> {
+        let name = inst.name.clone();
+        let outcome = async {
+            self.converge(op, Some(&inst), false, progress).await?;
+            self.gate(&inst, progress).await
+        }
+        .await;
+        match outcome {
+            Ok(()) => {
+                crash_point("install:healthy");
+                inst.status = Status::Running;
+                inst.message = None;
+                inst.updated_at = now();
+                self.store.write(|w| {
+                    w.put_instance(&inst)?;
+                    w.delete_op(op.id)?;
+                    w.delete_kept(&name)
+                })?;
+                self.instances.write().expect("instances lock").insert(name.clone(), inst.clone());
+                self.bus.publish("installed", Some(&name), format!("{} installed and healthy", inst.app));
+                Ok(json!({ "instance": name, "status": "running", "url": self.url_of(&inst) }))
+            }
+            Err(e) => {
+                inst.status = Status::Failed;
+                inst.message = Some(e.message.clone());
+                inst.updated_at = now();
+                self.finish(op, &inst)?;
+                self.bus.publish("install-failed", Some(&name), e.message.clone());
+                let kind = if e.kind == ErrorKind::Unavailable { ErrorKind::Unavailable } else { ErrorKind::Failed };
+                Err(Error::new(kind, format!("install of {name} failed: {}", e.message)).hint(format!(
+                    "the instance and its data are kept, marked failed: see `ilot app logs {name}`, then \
+                     `ilot app restart {name}` once fixed, or `ilot app remove {name}`"
+                )))
+            }
+        }
+    }
+
+    fn new_op(&self, kind: OpKind, instance: &str, prev: Option<Instance>, next: Option<Instance>, purge: bool) -> Result<Op> {
+        let id = self.store.write(|w| w.next_op_id())?;
+        Ok(Op {
+            id,
+            kind,
+            instance: instance.to_string(),
+            phase: Phase::Applying,
+            step: "journalled".into(),
+            started_at: now(),
+            prev,
+            next,
+            purge,
+            snapshots: Vec::new(),
+        })
+    }
+
+    /// Plans `desired` against what the engine holds and applies it step by step, journalling
+    /// each step before it acts.
+    async fn converge(&self, op: &mut Op, desired: Option<&Instance>, purge: bool, progress: &Progress<'_>) -> Result<()> {
+        let engine = self.engine()?;
+        let observed = engine.observe(&op.instance).await?;
+        let actions = plan::plan_instance(desired, &observed, purge);
+        let kind = match op.kind {
+            OpKind::Install => "install",
+            OpKind::Upgrade => "upgrade",
+            OpKind::Remove => "remove",
+        };
+        let total = actions.len();
+        for (i, action) in actions.iter().enumerate() {
+            op.step = format!("{} ({}/{total})", action.describe(), i + 1);
+            self.save_op(op)?;
+            progress.step(action.describe());
+            engine.apply(action).await?;
+            crash_point(&format!("{kind}:after:{}", action.kind()));
+        }
+        if let Some((_, observer)) = self.runtime.get() {
+            observer.poke();
+        }
+        Ok(())
+    }
+
+    /// Waits until every service with a health check passes it (probing fast, so installs are
+    /// not held back by the engine's slower steady-state interval), and the others run.
+    async fn gate(&self, inst: &Instance, progress: &Progress<'_>) -> Result<()> {
+        if !inst.running {
+            return Ok(());
+        }
+        let engine = self.engine()?;
+        let timeout = inst.manifest.health_timeout;
+        let deadline = Instant::now() + timeout;
+        for service in inst.manifest.service_order().unwrap_or_default() {
+            let container = plan::container_name(&inst.name, &service);
+            let health = inst.manifest.services[&service].health.clone();
+            progress.step(format!("waiting for {service} to be healthy (up to {}s)", timeout.as_secs()));
+            loop {
+                let state = engine.container_state(&container).await?;
+                let running = matches!(&state, Some((s, _)) if s == "running");
+                let ok = match (&health, running) {
+                    (_, false) => false,
+                    (None, true) => true,
+                    (Some(h), true) => engine.probe(&container, &h.cmd).await?,
+                };
+                if ok {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    let state = match state {
+                        Some((s, code)) if s != "running" => format!("container {s} (exit code {code})"),
+                        Some(_) => "container running but its health check fails".to_string(),
+                        None => "container missing".to_string(),
+                    };
+                    return Err(Error::failed(format!(
+                        "{service} did not become healthy within {}s: {state}",
+                        timeout.as_secs()
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Image IDs for every service: from `overrides` (service -> ref) or the manifest.
+    async fn resolve_images(
+        &self,
+        manifest: &Manifest,
+        overrides: &BTreeMap<String, String>,
+        progress: &Progress<'_>,
+    ) -> Result<BTreeMap<String, PinnedImage>> {
+        let engine = self.engine()?;
+        let mut out = BTreeMap::new();
+        for (service, svc) in &manifest.services {
+            let (reference, digest, build) = match overrides.get(service) {
+                Some(r) => (r.clone(), None, None),
+                None => (svc.image.clone(), svc.digest.clone(), svc.build.clone()),
+            };
+            let id = if let Some(build) = build {
+                engine.image_id(&reference).await?.ok_or_else(|| {
+                    Error::failed(format!("image {reference} is not on this machine"))
+                        .hint(format!("ilot builds it locally: run images/build.sh {build} (installer/install.sh does)"))
+                })?
+            } else {
+                let report = |msg: String, done: Option<(u64, u64)>| progress.bytes(msg, done);
+                engine.ensure_image(&reference, digest.as_deref(), &report).await?
+            };
+            out.insert(service.clone(), PinnedImage { reference, id });
+        }
+        Ok(out)
+    }
+
+    // ---- upgrade ----
+
+    pub(super) async fn upgrade(self: &Arc<Self>, p: UpgradeParams, progress: &Progress<'_>) -> Result<serde_json::Value> {
+        let inst = self.instance(&p.name)?;
+        if inst.status == Status::Installing || inst.status == Status::Removing || inst.status == Status::Upgrading {
+            return Err(Error::conflict(format!("{} is {:?}; wait for that to finish", inst.name, inst.status)));
+        }
+        let mut overrides = BTreeMap::new();
+        for item in &p.images {
+            let (service, reference) = match item.split_once('=') {
+                Some((s, r)) => (s.to_string(), r.to_string()),
+                None => (inst.manifest.main_service().to_string(), item.clone()),
+            };
+            if !inst.manifest.services.contains_key(&service) {
+                return Err(Error::bad_input(format!("{} has no service {service:?}", inst.app)).hint(format!(
+                    "services: {}",
+                    inst.manifest.services.keys().cloned().collect::<Vec<_>>().join(", ")
+                )));
+            }
+            check_image_ref(&reference)?;
+            overrides.insert(service, reference);
+        }
+        // Without --image, move to the catalogue's current manifest; with it, keep the manifest.
+        let manifest = if overrides.is_empty() { self.catalog.get(&inst.app)?.clone() } else { inst.manifest.clone() };
+        let mut images = inst.images.clone();
+        if overrides.is_empty() {
+            images = self.resolve_images(&manifest, &BTreeMap::new(), progress).await?;
+        } else {
+            let resolved = self.resolve_images(&manifest, &overrides, progress).await?;
+            for service in overrides.keys() {
+                images.insert(service.clone(), resolved[service].clone());
+            }
+        }
+        if images == inst.images && manifest == inst.manifest {
+            return Ok(json!({ "instance": inst.name, "status": "up-to-date", "message": format!("{} is already up to date", inst.name) }));
+        }
+        let mut next = inst.clone();
+        next.manifest = manifest;
+        next.images = images;
+        next.settings = resolve_settings(&next.manifest, &inst.settings)?;
+        for (k, s) in &next.manifest.secrets {
+            next.secrets.entry(k.clone()).or_insert_with(|| random_token(s.length));
+        }
+        next.running = true;
+        next.status = Status::Running;
+        next.updated_at = now();
+        if p.dry_run {
+            let observed = self.engine()?.observe(&inst.name).await?;
+            let mut steps: Vec<String> = inst.manifest.volumes.keys().map(|v| format!("snapshot volume {}", plan::volume_name(&inst.name, v))).collect();
+            steps.extend(plan::plan_instance(Some(&next), &observed, false).iter().map(Action::describe));
+            steps.push(format!("wait until healthy (up to {}s); if not: restore the snapshots and the previous images", next.manifest.health_timeout.as_secs()));
+            return Ok(json!({ "dry_run": true, "instance": inst.name, "plan": steps }));
+        }
+        let mut upgrading = inst.clone();
+        upgrading.status = Status::Upgrading;
+        let mut op = self.new_op(OpKind::Upgrade, &inst.name, Some(inst.clone()), Some(next.clone()), false)?;
+        op.phase = Phase::Snapshotting;
+        self.save(&upgrading, Some(&op))?;
+        self.bus.publish("upgrade-started", Some(&inst.name), describe_images("from", &inst));
+
+        // 1. Stop, and copy every volume out (checksummed), before anything changes.
+        let engine = self.engine()?;
+        for service in inst.manifest.service_order().unwrap_or_default().iter().rev() {
+            let name = plan::container_name(&inst.name, service);
+            progress.step(format!("stopping {name}"));
+            engine.apply(&Action::StopContainer { name }).await?;
+        }
+        crash_point("upgrade:snapshotting");
+        let dir = self.snapshot_dir(&inst.name, op.id);
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)
+            .map_err(|e| Error::failed(format!("cannot create {}: {e}", dir.display())))?;
+        for (volume, (service, mount)) in volume_mounts(&inst) {
+            let file = dir.join(format!("{volume}.tar"));
+            progress.step(format!("snapshotting volume {}", plan::volume_name(&inst.name, &volume)));
+            let container = plan::container_name(&inst.name, &service);
+            match engine.snapshot(&container, &mount, &file).await {
+                Ok((sha256, bytes)) => op.snapshots.push(Snapshot { volume: volume.clone(), mount, file, sha256, bytes }),
+                Err(e) => {
+                    // Nothing switched yet: put the old version back as it was.
+                    self.abort_upgrade(&mut op, progress).await?;
+                    return Err(Error::failed(format!("upgrade of {} aborted: could not snapshot {volume}: {}", inst.name, e.message))
+                        .hint("nothing was changed; the previous version runs again"));
+                }
+            }
+        }
+        op.phase = Phase::Snapshotted;
+        self.save_op(&op)?;
+        crash_point("upgrade:snapshotted");
+
+        // 2. Switch and health-gate.
+        op.phase = Phase::Switching;
+        self.save_op(&op)?;
+        let switched = async {
+            self.converge(&mut op, Some(&next), false, progress).await?;
+            self.gate(&next, progress).await
+        }
+        .await;
+        match switched {
+            Ok(()) => {
+                self.finish(&op, &next)?;
+                let _ = std::fs::remove_dir_all(&dir);
+                self.bus.publish("upgraded", Some(&next.name), describe_images("to", &next));
+                Ok(json!({ "instance": next.name, "status": "upgraded", "images": next.images }))
+            }
+            Err(e) => {
+                progress.step(format!("{}: rolling back", e.message));
+                self.rollback(&mut op, progress).await?;
+                Err(Error::failed(format!(
+                    "upgrade of {} failed: {}; rolled back to {} with its data restored from the snapshot",
+                    inst.name,
+                    e.message,
+                    describe_images("", &inst).trim()
+                ))
+                .hint(format!("see `ilot app logs {}`; the previous version is running", inst.name)))
+            }
+        }
+    }
+
+    /// Upgrade interrupted before the switch: discard snapshots, restart the old containers.
+    async fn abort_upgrade(&self, op: &mut Op, progress: &Progress<'_>) -> Result<()> {
+        let prev = op.prev.clone().expect("upgrade journal has prev");
+        let _ = std::fs::remove_dir_all(self.snapshot_dir(&prev.name, op.id));
+        self.converge(op, Some(&prev), false, progress).await?;
+        let mut back = prev.clone();
+        if let Err(e) = self.gate(&prev, progress).await {
+            back.status = Status::Failed;
+            back.message = Some(e.message);
+        }
+        self.finish(op, &back)?;
+        self.bus.publish("upgrade-aborted", Some(&prev.name), "upgrade interrupted before the switch; previous version restarted");
+        Ok(())
+    }
+
+    /// Upgrade failed or interrupted after the switch began: remove the new containers,
+    /// restore every volume from its snapshot, recreate the previous containers.
+    async fn rollback(&self, op: &mut Op, progress: &Progress<'_>) -> Result<()> {
+        let prev = op.prev.clone().expect("upgrade journal has prev");
+        op.phase = Phase::RollingBack;
+        self.save_op(op)?;
+        crash_point("upgrade:rolling-back");
+        let engine = self.engine()?;
+        for c in engine.observe(&prev.name).await?.containers {
+            progress.step(format!("removing {}", c.name));
+            engine.apply(&Action::RemoveContainer { name: c.name }).await?;
+        }
+        let mounts = volume_mounts(&prev);
+        for snap in &op.snapshots {
+            let volume = plan::volume_name(&prev.name, &snap.volume);
+            progress.step(format!("restoring volume {volume} from its snapshot"));
+            let service = mounts.get(&snap.volume).map(|(s, _)| s.clone()).unwrap_or_else(|| prev.manifest.main_service().to_string());
+            let spec = ContainerSpec::for_service(&prev, &service);
+            engine.restore(&spec, &volume, &snap.mount, &snap.file, &snap.sha256).await?;
+        }
+        self.converge(op, Some(&prev), false, progress).await?;
+        let mut back = prev.clone();
+        back.status = Status::Running;
+        back.message = Some(format!("upgrade rolled back at {}", now()));
+        if let Err(e) = self.gate(&prev, progress).await {
+            back.status = Status::Failed;
+            back.message = Some(format!("rolled back, but the previous version is not healthy either: {}", e.message));
+        }
+        self.finish(op, &back)?;
+        let _ = std::fs::remove_dir_all(self.snapshot_dir(&prev.name, op.id));
+        self.bus.publish("upgrade-rolled-back", Some(&prev.name), describe_images("back to", &prev));
+        Ok(())
+    }
+
+    // ---- remove ----
+
+    pub(super) async fn remove(self: &Arc<Self>, p: RemoveParams, progress: &Progress<'_>) -> Result<serde_json::Value> {
+        names::check_instance_name(&p.name)?;
+        let engine = self.engine()?;
+        let inst = match self.instance(&p.name) {
+            Ok(i) => Some(i),
+            Err(e) => {
+                // Only kept data left: --purge deletes it.
+                if p.purge && self.store.kept(&p.name)?.is_some() {
+                    None
+                } else {
+                    return Err(e);
+                }
+            }
+        };
+        if p.dry_run {
+            let observed = engine.observe(&p.name).await?;
+            let mut steps: Vec<String> = plan::plan_instance(None, &observed, p.purge).iter().map(Action::describe).collect();
+            if !p.purge && !observed.volumes.is_empty() {
+                steps.push(format!("keep volumes {} (use --purge to delete them)", observed.volumes.join(", ")));
+            }
+            return Ok(json!({ "dry_run": true, "instance": p.name, "plan": steps }));
+        }
+        let mut op = self.new_op(OpKind::Remove, &p.name, inst.clone(), None, p.purge)?;
+        match &inst {
+            Some(i) => {
+                let mut removing = i.clone();
+                removing.status = Status::Removing;
+                self.save(&removing, Some(&op))?;
+            }
+            None => self.save_op(&op)?,
+        }
+        crash_point("remove:journalled");
+        self.converge_remove(&mut op, progress).await
+    }
+
+    async fn converge_remove(&self, op: &mut Op, progress: &Progress<'_>) -> Result<serde_json::Value> {
+        let name = op.instance.clone();
+        let volumes = self.engine()?.observe(&name).await?.volumes;
+        self.converge(op, None, op.purge, progress).await?;
+        let kept = match (&op.prev, op.purge) {
+            (Some(prev), false) => Some(Kept { app: prev.app.clone(), secrets: prev.secrets.clone(), volumes: volumes.clone(), removed_at: now() }),
+            _ => None,
+        };
+        self.store.write(|w| {
+            w.delete_instance(&name)?;
+            w.delete_op(op.id)?;
+            match &kept {
+                Some(k) => w.put_kept(&name, k),
+                None => w.delete_kept(&name),
+            }
+        })?;
+        self.instances.write().expect("instances lock").remove(&name);
+        if op.purge {
+            let _ = std::fs::remove_dir_all(self.store.dir.join("snapshots").join(&name));
+        }
+        let kept_note = if op.purge || volumes.is_empty() {
+            String::new()
+        } else {
+            format!("; data kept in {} (reinstall under the same name to reuse it, or remove --purge)", volumes.join(", "))
+        };
+        self.bus.publish("removed", Some(&name), format!("removed{}", if op.purge { " with its data" } else { "" }));
+        Ok(json!({ "instance": name, "status": "removed", "purged": op.purge, "kept_volumes": if op.purge { vec![] } else { volumes }, "message": format!("{name} removed{kept_note}") }))
+    }
+
+    // ---- start / stop / restart ----
+
+    pub(super) async fn start(self: &Arc<Self>, name: &str, progress: &Progress<'_>) -> Result<serde_json::Value> {
+        let mut inst = self.instance(name)?;
+        inst.running = true;
+        self.save(&inst, None)?;
+        self.apply_direct(&inst, progress).await?;
+        self.settle_health(inst, progress, "started").await
+    }
+
+    pub(super) async fn stop(self: &Arc<Self>, name: &str, progress: &Progress<'_>) -> Result<serde_json::Value> {
+        let mut inst = self.instance(name)?;
+        inst.running = false;
+        inst.status = Status::Stopped;
+        inst.message = None;
+        inst.updated_at = now();
+        self.save(&inst, None)?;
+        self.apply_direct(&inst, progress).await?;
+        self.bus.publish("stopped", Some(name), "stopped");
+        Ok(json!({ "instance": name, "status": "stopped" }))
+    }
+
+    pub(super) async fn restart(self: &Arc<Self>, name: &str, progress: &Progress<'_>) -> Result<serde_json::Value> {
+        let mut inst = self.instance(name)?;
+        inst.running = true;
+        self.save(&inst, None)?;
+        // Recreate what is missing or stale first, then restart the rest in dependency order.
+        self.apply_direct(&inst, progress).await?;
+        let engine = self.engine()?;
+        for service in inst.manifest.service_order().unwrap_or_default() {
+            let c = plan::container_name(name, &service);
+            progress.step(format!("restarting {c}"));
+            engine.restart(&c).await?;
+        }
+        self.settle_health(inst, progress, "restarted").await
+    }
+
+    /// Converges an instance outside any journalled operation (its desired state is already
+    /// saved, so a crash here is healed by the next reconcile).
+    async fn apply_direct(&self, inst: &Instance, progress: &Progress<'_>) -> Result<()> {
+        let engine = self.engine()?;
+        let observed = engine.observe(&inst.name).await?;
+        for action in plan::plan_instance(Some(inst), &observed, false) {
+            progress.step(action.describe());
+            engine.apply(&action).await?;
+        }
+        if let Some((_, observer)) = self.runtime.get() {
+            observer.poke();
+        }
+        Ok(())
+    }
+
+    async fn settle_health(&self, mut inst: Instance, progress: &Progress<'_>, verb: &str) -> Result<serde_json::Value> {
+        let outcome = self.gate(&inst, progress).await;
+        inst.updated_at = now();
+        match outcome {
+            Ok(()) => {
+                inst.status = Status::Running;
+                inst.message = None;
+                self.save(&inst, None)?;
+                self.bus.publish(verb, Some(&inst.name), verb);
+                Ok(json!({ "instance": inst.name, "status": "running" }))
+            }
+            Err(e) => {
+                inst.status = Status::Failed;
+                inst.message = Some(e.message.clone());
+                self.save(&inst, None)?;
+                self.bus.publish("unhealthy", Some(&inst.name), e.message.clone());
+                Err(Error::failed(format!("{} {verb} but is not healthy: {}", inst.name, e.message))
+                    .hint(format!("see `ilot app logs {}`", inst.name)))
+            }
+        }
+    }
+
+    // ---- recovery and drift ----
+
+    /// Finishes or rolls back every operation the journal holds, removes engine objects of
+    /// instances that no longer exist, then converges every instance.
+    pub(super) async fn recover(self: &Arc<Self>) -> Result<()> {
+        let (tx, _) = tokio::sync::mpsc::unbounded_channel();
+        let progress = Progress { tx: &tx };
+        for mut op in self.store.ops()? {
+            tracing::warn!(op = op.id, kind = ?op.kind, instance = %op.instance, phase = ?op.phase, step = %op.step, "recovering an interrupted operation");
+            let result = match (op.kind, op.phase) {
+                (OpKind::Install, _) => {
+                    let inst = op.next.clone().expect("install journal has next");
+                    self.converge_install(&mut op, inst, &progress).await.map(|_| ())
+                }
+                (OpKind::Remove, _) => self.converge_remove(&mut op, &progress).await.map(|_| ()),
+                (OpKind::Upgrade, Phase::Applying | Phase::Snapshotting) => self.abort_upgrade(&mut op, &progress).await,
+                (OpKind::Upgrade, _) => self.rollback(&mut op, &progress).await,
+            };
+            match result {
+                Ok(()) => self.bus.publish("recovered", Some(&op.instance), format!("interrupted {:?} recovered", op.kind).to_lowercase()),
+                Err(e) => {
+                    tracing::error!("recovery of {} failed: {e}", op.instance);
+                    self.bus.publish("recovery-failed", Some(&op.instance), e.message);
+                }
+            }
+        }
+        self.reconcile_all().await
+    }
+
+    /// Drift correction: orphans removed (volumes kept), every instance converged.
+    pub(super) async fn reconcile_all(&self) -> Result<()> {
+        let engine = self.engine()?;
+        let (tx, _) = tokio::sync::mpsc::unbounded_channel();
+        let progress = Progress { tx: &tx };
+        let known: Vec<Instance> = self.instances.read().expect("instances lock").values().cloned().collect();
+        for name in engine.instances_present().await? {
+            if !known.iter().any(|i| i.name == name) {
+                let observed = engine.observe(&name).await?;
+                for action in plan::plan_instance(None, &observed, false) {
+                    tracing::warn!("orphan of instance {name}: {}", action.describe());
+                    engine.apply(&action).await?;
+                }
+            }
+        }
+        for inst in known {
+            let observed = engine.observe(&inst.name).await?;
+            let actions = plan::plan_instance(Some(&inst), &observed, false);
+            if actions.is_empty() {
+                continue;
+            }
+            let what: Vec<String> = actions.iter().map(Action::describe).collect();
+            self.bus.publish("drift", Some(&inst.name), format!("correcting drift: {}", what.join("; ")));
+            self.apply_direct(&inst, &progress).await?;
+        }
+        Ok(())
+    }
+
+    /// `ilot plan`: what converging every instance would do now, without doing it.
+    pub(super) async fn plan_all(&self) -> Result<serde_json::Value> {
+        let engine = self.engine()?;
+        let mut out = Vec::new();
+        let known: Vec<Instance> = self.instances.read().expect("instances lock").values().cloned().collect();
+        for name in engine.instances_present().await? {
+            if !known.iter().any(|i| i.name == name) {
+                let observed = engine.observe(&name).await?;
+                let steps: Vec<String> = plan::plan_instance(None, &observed, false).iter().map(Action::describe).collect();
+                out.push(json!({ "instance": name, "reason": "orphan", "plan": steps }));
+            }
+        }
+        for inst in known {
+            let observed = engine.observe(&inst.name).await?;
+            let steps: Vec<String> = plan::plan_instance(Some(&inst), &observed, false).iter().map(Action::describe).collect();
+            if !steps.is_empty() {
+                out.push(json!({ "instance": inst.name, "reason": "drift", "plan": steps }));
+            }
+        }
+        let pending: Vec<_> = self.store.ops()?.into_iter().map(|o| json!({"instance": o.instance, "kind": o.kind, "step": o.step})).collect();
+        Ok(json!({ "changes": out, "operations_in_progress": pending }))
+    }
+}
+
+/// Validates `--set` values against the manifest and fills in defaults.
+fn resolve_settings(manifest: &Manifest, given: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for (key, value) in given {
+        let setting = manifest.settings.get(key).ok_or_else(|| {
+            let known: Vec<&str> = manifest.settings.keys().map(String::as_str).collect();
+            Error::bad_input(format!("{} has no setting {key:?}", manifest.name)).hint(if known.is_empty() {
+                "this app takes no settings".to_string()
+            } else {
+                format!("its settings: {} (see `ilot app catalog`)", known.join(", "))
+            })
+        })?;
+        catalog::check_setting_value(key, setting, value).map_err(Error::bad_input)?;
+        out.insert(key.clone(), value.clone());
+    }
+    for (key, s) in &manifest.settings {
+        if !out.contains_key(key) {
+            match &s.default {
+                Some(d) => {
+                    out.insert(key.clone(), d.clone());
+                }
+                None => {
+                    return Err(Error::bad_input(format!("{} needs the setting {key}", manifest.name))
+                        .hint(format!("add --set {key}=VALUE ({})", s.description)))
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// An image reference as given to `--image`: name:tag or name@sha256:digest, no spaces.
+fn check_image_ref(r: &str) -> Result<()> {
+    let ok = !r.is_empty()
+        && r.len() <= 255
+        && (r.contains(':') || r.contains('@'))
+        && !r.starts_with([':', '@', '/', '-'])
+        && r.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/:@".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::bad_input(format!("invalid image reference {r:?}")).hint("use NAME:TAG or NAME@sha256:DIGEST, e.g. ilot/hello:2.0"))
+    }
+}
+
+/// Each volume with one service that mounts it and where.
+fn volume_mounts(inst: &Instance) -> BTreeMap<String, (String, String)> {
+    let mut out = BTreeMap::new();
+    for (service, svc) in &inst.manifest.services {
+        for (vol, path) in &svc.mounts {
+            out.entry(vol.clone()).or_insert((service.clone(), path.clone()));
+        }
+    }
+    out
+}
+
+fn describe_images(prefix: &str, inst: &Instance) -> String {
+    let images: Vec<String> = inst.images.values().map(|i| format!("{} ({})", i.reference, plan::short_id(&i.id))).collect();
+    format!("{prefix} {}", images.join(", "))
+}

@@ -1,0 +1,47 @@
+//! The one event bus. Subsystems publish what happened (installed, upgrade rolled back, app
+//! unhealthy...); subscribers (the history store now, notify later) consume it. No subsystem
+//! calls another to report.
+
+use crate::state::{now, Event, Store};
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+#[derive(Clone)]
+pub struct Bus {
+    tx: broadcast::Sender<Event>,
+}
+
+impl Bus {
+    pub fn new() -> Bus {
+        Bus { tx: broadcast::channel(256).0 }
+    }
+
+    pub fn publish(&self, kind: &str, instance: Option<&str>, message: impl Into<String>) {
+        let event = Event { time: now(), kind: kind.to_string(), instance: instance.map(String::from), message: message.into() };
+        tracing::info!(kind = %event.kind, instance = ?event.instance, "{}", event.message);
+        // No subscriber is not an error.
+        let _ = self.tx.send(event);
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.tx.subscribe()
+    }
+
+    /// The history store: every event is appended to the embedded store (bounded).
+    pub fn spawn_history(&self, store: Arc<Store>) {
+        let mut rx = self.subscribe();
+        tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(e) => {
+                        if let Err(err) = store.write(|w| w.append_event(&e)) {
+                            tracing::warn!("cannot record event: {err}");
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => tracing::warn!("history missed {n} events"),
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,18 @@
+//! ilot: one binary, the daemon (`ilot daemon`) and its CLI (every other command).
+//! docs/architecture.md is the map of this code.
+
+mod api;
+mod catalog;
+mod cli;
+mod config;
+mod daemon;
+mod error;
+mod events;
+mod names;
+mod plan;
+mod runtime;
+mod state;
+
+fn main() {
+    std::process::exit(cli::main());
+}

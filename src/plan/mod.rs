@@ -1,0 +1,345 @@
+//! The planner: from desired state (an `Instance`) and observed state (what the engine has for
+//! it) to a list of typed actions. Pure functions, so `--dry-run` and `ilot plan` show exactly
+//! what apply would do, and applying a plan twice does nothing the second time.
+
+use crate::catalog::{self, Health, Port};
+use crate::state::Instance;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+pub const LABEL_OWNER: &str = "ilot.owner";
+pub const LABEL_INSTANCE: &str = "ilot.instance";
+pub const LABEL_APP: &str = "ilot.app";
+pub const LABEL_SERVICE: &str = "ilot.service";
+pub const LABEL_SPEC: &str = "ilot.spec";
+pub const LABEL_ROLE: &str = "ilot.role";
+
+pub fn network_name(instance: &str) -> String {
+    format!("ilot-{instance}")
+}
+pub fn volume_name(instance: &str, volume: &str) -> String {
+    format!("ilot-{instance}-{volume}")
+}
+pub fn container_name(instance: &str, service: &str) -> String {
+    format!("ilot-{instance}-{service}")
+}
+
+/// Everything a service's container is made from. Its hash, stored as a label, tells the
+/// planner whether an existing container still matches the desired state.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub instance: String,
+    pub app: String,
+    pub service: String,
+    pub image_ref: String,
+    pub image_id: String,
+    pub user: Option<String>,
+    pub command: Option<Vec<String>>,
+    #[serde(skip)]
+    pub env: BTreeMap<String, String>,
+    /// Docker volume name -> mount path.
+    pub mounts: BTreeMap<String, String>,
+    pub ports: Vec<Port>,
+    pub capabilities: Vec<String>,
+    pub memory: i64,
+    pub network: String,
+    pub health: Option<Health>,
+    #[serde(skip)]
+    pub hash: String,
+}
+
+impl ContainerSpec {
+    pub fn for_service(inst: &Instance, service: &str) -> ContainerSpec {
+        let svc = &inst.manifest.services[service];
+        let image = &inst.images[service];
+        let env = svc.env.iter().map(|(k, v)| (k.clone(), render(v, inst))).collect();
+        let mut spec = ContainerSpec {
+            name: container_name(&inst.name, service),
+            instance: inst.name.clone(),
+            app: inst.app.clone(),
+            service: service.to_string(),
+            image_ref: image.reference.clone(),
+            image_id: image.id.clone(),
+            user: svc.user.clone(),
+            command: svc.command.clone(),
+            env,
+            mounts: svc.mounts.iter().map(|(v, p)| (volume_name(&inst.name, v), p.clone())).collect(),
+            ports: svc.ports.clone(),
+            capabilities: svc.capabilities.clone(),
+            memory: catalog::parse_memory(&svc.memory).unwrap_or(256 << 20),
+            network: network_name(&inst.name),
+            health: svc.health.clone(),
+            hash: String::new(),
+        };
+        // The env holds secrets, so it enters the hash but never the serialized spec.
+        let mut h = Sha256::new();
+        h.update(serde_json::to_vec(&spec).expect("spec serializes"));
+        h.update(serde_json::to_vec(&spec.env).expect("env serializes"));
+        spec.hash = crate::state::hex(&h.finalize())[..16].to_string();
+        spec
+    }
+}
+
+/// Fills {{instance}}, {{app}}, {{domain}}, {{settings.K}} and {{secrets.K}} (checked when the
+/// manifest was loaded).
+pub fn render(template: &str, inst: &Instance) -> String {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else { break };
+        let key = after[..end].trim();
+        let value = match key {
+            "instance" => inst.name.clone(),
+            "app" => inst.app.clone(),
+            "domain" => inst.domain.clone().unwrap_or_default(),
+            k => k
+                .strip_prefix("settings.")
+                .and_then(|k| inst.settings.get(k))
+                .or_else(|| k.strip_prefix("secrets.").and_then(|k| inst.secrets.get(k)))
+                .cloned()
+                .unwrap_or_default(),
+        };
+        out.push_str(&value);
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// One container as observed in the engine.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ObservedContainer {
+    pub id: String,
+    pub name: String,
+    pub instance: String,
+    pub service: String,
+    pub role: String,
+    pub state: String,
+    pub health: Option<String>,
+    pub image_id: String,
+    pub spec: String,
+    /// container port -> "host_ip:host_port"
+    pub ports: BTreeMap<u16, String>,
+}
+
+impl ObservedContainer {
+    pub fn running(&self) -> bool {
+        self.state == "running" || self.state == "restarting"
+    }
+}
+
+/// What the engine holds for one instance (only objects carrying this daemon's owner label).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ObservedInstance {
+    pub containers: Vec<ObservedContainer>,
+    pub networks: Vec<String>,
+    pub volumes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+pub enum Action {
+    CreateNetwork { name: String, instance: String },
+    CreateVolume { name: String, instance: String },
+    CreateContainer { spec: Box<ContainerSpec> },
+    StartContainer { name: String, service: String },
+    StopContainer { name: String },
+    RemoveContainer { name: String },
+    RemoveNetwork { name: String },
+    RemoveVolume { name: String },
+}
+
+impl Action {
+    /// The short name used in the journal and for crash points (`install:create-volume`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::CreateNetwork { .. } => "create-network",
+            Action::CreateVolume { .. } => "create-volume",
+            Action::CreateContainer { .. } => "create-container",
+            Action::StartContainer { .. } => "start-container",
+            Action::StopContainer { .. } => "stop-container",
+            Action::RemoveContainer { .. } => "remove-container",
+            Action::RemoveNetwork { .. } => "remove-network",
+            Action::RemoveVolume { .. } => "remove-volume",
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Action::CreateNetwork { name, .. } => format!("create network {name}"),
+            Action::CreateVolume { name, .. } => format!("create volume {name}"),
+            Action::CreateContainer { spec } => {
+                format!("create container {} from {} ({})", spec.name, spec.image_ref, short_id(&spec.image_id))
+            }
+            Action::StartContainer { name, .. } => format!("start container {name}"),
+            Action::StopContainer { name } => format!("stop container {name}"),
+            Action::RemoveContainer { name } => format!("remove container {name}"),
+            Action::RemoveNetwork { name } => format!("remove network {name}"),
+            Action::RemoveVolume { name } => format!("remove volume {name} (its data is deleted)"),
+        }
+    }
+}
+
+pub fn short_id(id: &str) -> &str {
+    let id = id.strip_prefix("sha256:").unwrap_or(id);
+    &id[..id.len().min(12)]
+}
+
+/// What it takes to bring `observed` to `desired` (`None`: the instance must not exist; its
+/// volumes are kept unless `purge`).
+pub fn plan_instance(desired: Option<&Instance>, observed: &ObservedInstance, purge: bool) -> Vec<Action> {
+    let mut actions = Vec::new();
+    let Some(inst) = desired else {
+        for c in &observed.containers {
+            actions.push(Action::RemoveContainer { name: c.name.clone() });
+        }
+        for n in &observed.networks {
+            actions.push(Action::RemoveNetwork { name: n.clone() });
+        }
+        if purge {
+            for v in &observed.volumes {
+                actions.push(Action::RemoveVolume { name: v.clone() });
+            }
+        }
+        return actions;
+    };
+
+    let order = inst.manifest.service_order().unwrap_or_default();
+    let specs: Vec<ContainerSpec> = order.iter().map(|s| ContainerSpec::for_service(inst, s)).collect();
+
+    // Containers that are not ours to keep: unknown services, leftovers (restore helpers),
+    // and containers whose spec changed. Removed first, so names are free again.
+    let mut keep: Vec<&ObservedContainer> = Vec::new();
+    for c in &observed.containers {
+        let wanted = specs.iter().any(|s| s.name == c.name && s.hash == c.spec && c.role == "app");
+        if wanted {
+            keep.push(c);
+        } else {
+            if c.running() {
+                actions.push(Action::StopContainer { name: c.name.clone() });
+            }
+            actions.push(Action::RemoveContainer { name: c.name.clone() });
+        }
+    }
+
+    let network = network_name(&inst.name);
+    if !observed.networks.contains(&network) {
+        actions.push(Action::CreateNetwork { name: network, instance: inst.name.clone() });
+    }
+    for vol in inst.manifest.volumes.keys() {
+        let name = volume_name(&inst.name, vol);
+        if !observed.volumes.contains(&name) {
+            actions.push(Action::CreateVolume { name, instance: inst.name.clone() });
+        }
+    }
+    for spec in &specs {
+        match keep.iter().find(|c| c.name == spec.name) {
+            None => {
+                actions.push(Action::CreateContainer { spec: Box::new(spec.clone()) });
+                if inst.running {
+                    actions.push(Action::StartContainer { name: spec.name.clone(), service: spec.service.clone() });
+                }
+            }
+            Some(c) if inst.running && !c.running() => {
+                actions.push(Action::StartContainer { name: spec.name.clone(), service: spec.service.clone() })
+            }
+            Some(c) if !inst.running && c.running() => actions.push(Action::StopContainer { name: c.name.clone() }),
+            Some(_) => {}
+        }
+    }
+    actions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Catalog;
+    use crate::state::{PinnedImage, Status};
+
+    fn hello() -> Instance {
+        let manifest = Catalog::load(&[]).unwrap().apps["hello"].clone();
+        Instance {
+            name: "h1".into(),
+            app: "hello".into(),
+            images: [("web".to_string(), PinnedImage { reference: "ilot/hello:1.0".into(), id: "sha256:ab".into() })]
+                .into(),
+            manifest,
+            domain: None,
+            settings: [("greeting".to_string(), "Hi".to_string())].into(),
+            secrets: [("admin_token".to_string(), "s3cret".to_string())].into(),
+            running: true,
+            status: Status::Running,
+            message: None,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    fn observed_as_applied(inst: &Instance) -> ObservedInstance {
+        let spec = ContainerSpec::for_service(inst, "web");
+        ObservedInstance {
+            containers: vec![ObservedContainer {
+                id: "c1".into(),
+                name: spec.name.clone(),
+                instance: inst.name.clone(),
+                service: "web".into(),
+                role: "app".into(),
+                state: "running".into(),
+                health: None,
+                image_id: spec.image_id.clone(),
+                spec: spec.hash.clone(),
+                ports: BTreeMap::new(),
+            }],
+            networks: vec![network_name(&inst.name)],
+            volumes: vec![volume_name(&inst.name, "data")],
+        }
+    }
+
+    #[test]
+    fn fresh_install_creates_everything_in_order() {
+        let kinds: Vec<_> =
+            plan_instance(Some(&hello()), &ObservedInstance::default(), false).iter().map(|a| a.kind()).collect();
+        assert_eq!(kinds, ["create-network", "create-volume", "create-container", "start-container"]);
+    }
+
+    #[test]
+    fn converged_instance_plans_nothing() {
+        let inst = hello();
+        assert!(plan_instance(Some(&inst), &observed_as_applied(&inst), false).is_empty());
+    }
+
+    #[test]
+    fn changed_spec_recreates_and_stopped_is_respected() {
+        let inst = hello();
+        let observed = observed_as_applied(&inst);
+        let mut newer = inst.clone();
+        newer.images.get_mut("web").unwrap().id = "sha256:cd".into();
+        let kinds: Vec<_> = plan_instance(Some(&newer), &observed, false).iter().map(|a| a.kind()).collect();
+        assert_eq!(kinds, ["stop-container", "remove-container", "create-container", "start-container"]);
+        let mut stopped = inst.clone();
+        stopped.running = false;
+        let kinds: Vec<_> = plan_instance(Some(&stopped), &observed, false).iter().map(|a| a.kind()).collect();
+        assert_eq!(kinds, ["stop-container"]);
+    }
+
+    #[test]
+    fn removal_keeps_volumes_unless_purged() {
+        let observed = observed_as_applied(&hello());
+        let kinds: Vec<_> = plan_instance(None, &observed, false).iter().map(|a| a.kind()).collect();
+        assert_eq!(kinds, ["remove-container", "remove-network"]);
+        let kinds: Vec<_> = plan_instance(None, &observed, true).iter().map(|a| a.kind()).collect();
+        assert_eq!(kinds, ["remove-container", "remove-network", "remove-volume"]);
+    }
+
+    #[test]
+    fn secrets_reach_env_but_not_the_serialized_spec() {
+        let spec = ContainerSpec::for_service(&hello(), "web");
+        assert_eq!(spec.env["ADMIN_TOKEN"], "s3cret");
+        assert_eq!(spec.env["GREETING"], "Hi");
+        assert!(!serde_json::to_string(&spec).unwrap().contains("s3cret"));
+    }
+}

@@ -1,0 +1,326 @@
+//! Desired state and the journal, kept in an embedded store (redb: one file, ACID commits).
+//!
+//! Tables hold JSON values: `instances` (the desired state of each installed app), `ops` (the
+//! journal: an operation is recorded before its first side effect and updated before each
+//! step), `kept` (secrets of instances removed without --purge, whose volumes were kept),
+//! `events` (recent history) and `meta`. The file is created 0600 in a 0700 directory: it holds
+//! the apps' secrets.
+
+use crate::catalog::Manifest;
+use crate::error::{Error, Result};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+const INSTANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("instances");
+const OPS: TableDefinition<u64, &[u8]> = TableDefinition::new("ops");
+const KEPT: TableDefinition<&str, &[u8]> = TableDefinition::new("kept");
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+
+/// How many events the history keeps.
+const EVENT_HISTORY: u64 = 1000;
+
+/// The image a service runs: the reference asked for and the exact image ID resolved at
+/// install or upgrade, so a moved tag never changes what runs and rollback is exact.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PinnedImage {
+    pub reference: String,
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Installing,
+    Running,
+    Stopped,
+    Failed,
+    Upgrading,
+    Removing,
+}
+
+/// One installed app: everything needed to (re)create its containers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Instance {
+    pub name: String,
+    pub app: String,
+    /// The manifest as it was at install/upgrade: a newer catalogue changes nothing until
+    /// `ilot app upgrade`.
+    pub manifest: Manifest,
+    pub domain: Option<String>,
+    pub settings: BTreeMap<String, String>,
+    pub secrets: BTreeMap<String, String>,
+    pub images: BTreeMap<String, PinnedImage>,
+    /// Whether the user wants it running (start/stop change this; the reconciler obeys it).
+    pub running: bool,
+    pub status: Status,
+    pub message: Option<String>,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OpKind {
+    Install,
+    Upgrade,
+    Remove,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Reconciling towards `next` (install, remove).
+    Applying,
+    /// Upgrade: old containers being stopped and volumes copied out.
+    Snapshotting,
+    /// Upgrade: every snapshot is complete and checksummed.
+    Snapshotted,
+    /// Upgrade: containers being replaced and the new version health-gated.
+    Switching,
+    /// Upgrade: the new version failed; restoring `prev` and its data.
+    RollingBack,
+}
+
+/// A volume's content copied out before an upgrade (a tar file in the state dir).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Snapshot {
+    pub volume: String,
+    pub mount: String,
+    pub file: PathBuf,
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+/// A journal entry: an operation in progress.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Op {
+    pub id: u64,
+    pub kind: OpKind,
+    pub instance: String,
+    pub phase: Phase,
+    pub step: String,
+    pub started_at: u64,
+    pub prev: Option<Instance>,
+    pub next: Option<Instance>,
+    pub purge: bool,
+    pub snapshots: Vec<Snapshot>,
+}
+
+/// What stays of an instance removed without --purge: its volumes (in the engine) and the
+/// secrets its data was created with, reused if it is installed again under the same name.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Kept {
+    pub app: String,
+    pub secrets: BTreeMap<String, String>,
+    pub volumes: Vec<String>,
+    pub removed_at: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Event {
+    pub time: u64,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    pub message: String,
+}
+
+pub struct Store {
+    db: Database,
+    pub dir: PathBuf,
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("state values serialize")
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| Error::failed(format!("state store: corrupt {what}: {e}")))
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`. Fails if another daemon holds it.
+    pub fn open(dir: &Path) -> Result<Store> {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| {
+            Error::failed(format!("cannot create state dir {}: {e}", dir.display()))
+        })?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::failed(format!("cannot chmod state dir {}: {e}", dir.display())))?;
+        let path = dir.join("ilot.redb");
+        // Create the file ourselves so it is 0600 from its first byte.
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| Error::failed(format!("cannot create {}: {e}", path.display())))?;
+        let db = Database::create(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => Error::conflict(format!(
+                "the state store {} is in use by another ilot daemon",
+                path.display()
+            ))
+            .hint("stop the other daemon, or give this one another state_dir"),
+            e => Error::from(e),
+        })?;
+        let store = Store { db, dir: dir.to_path_buf() };
+        let tx = store.db.begin_write()?;
+        {
+            tx.open_table(INSTANCES)?;
+            tx.open_table(OPS)?;
+            tx.open_table(KEPT)?;
+            tx.open_table(EVENTS)?;
+            tx.open_table(META)?;
+        }
+        tx.commit()?;
+        Ok(store)
+    }
+
+    /// The owner id stamped on every engine object, generated once per state dir.
+    pub fn owner_id(&self) -> Result<String> {
+        if let Some(v) = self.db.begin_read()?.open_table(META)?.get("owner")? {
+            return Ok(v.value().to_string());
+        }
+        let id = format!("host-{}", random_token(12).to_ascii_lowercase());
+        self.write(|w| {
+            w.tx.open_table(META)?.insert("owner", id.as_str())?;
+            Ok(())
+        })?;
+        Ok(id)
+    }
+
+    pub fn instances(&self) -> Result<Vec<Instance>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(INSTANCES)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            out.push(decode(v.value(), &format!("instance {}", k.value()))?);
+        }
+        Ok(out)
+    }
+
+    pub fn ops(&self) -> Result<Vec<Op>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(OPS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            out.push(decode(v.value(), &format!("journal entry {}", k.value()))?);
+        }
+        Ok(out)
+    }
+
+    pub fn kept(&self, name: &str) -> Result<Option<Kept>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(KEPT)?;
+        let v = table.get(name)?;
+        v.map(|v| decode(v.value(), "kept data")).transpose()
+    }
+
+    pub fn events(&self, limit: usize) -> Result<Vec<Event>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(EVENTS)?;
+        let mut out = Vec::new();
+        for row in table.iter()?.rev().take(limit) {
+            let (_, v) = row?;
+            out.push(decode(v.value(), "event")?);
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Runs `f` in one write transaction, committed durably before returning.
+    pub fn write<T>(&self, f: impl FnOnce(&mut Writer) -> Result<T>) -> Result<T> {
+        let mut w = Writer { tx: self.db.begin_write()? };
+        let out = f(&mut w)?;
+        w.tx.commit()?;
+        Ok(out)
+    }
+}
+
+pub struct Writer {
+    tx: redb::WriteTransaction,
+}
+
+impl Writer {
+    pub fn put_instance(&mut self, i: &Instance) -> Result<()> {
+        self.tx.open_table(INSTANCES)?.insert(i.name.as_str(), encode(i).as_slice())?;
+        Ok(())
+    }
+    pub fn delete_instance(&mut self, name: &str) -> Result<()> {
+        self.tx.open_table(INSTANCES)?.remove(name)?;
+        Ok(())
+    }
+    pub fn put_op(&mut self, op: &Op) -> Result<()> {
+        self.tx.open_table(OPS)?.insert(op.id, encode(op).as_slice())?;
+        Ok(())
+    }
+    pub fn delete_op(&mut self, id: u64) -> Result<()> {
+        self.tx.open_table(OPS)?.remove(id)?;
+        Ok(())
+    }
+    pub fn next_op_id(&mut self) -> Result<u64> {
+        let mut meta = self.tx.open_table(META)?;
+        let next = meta.get("next_op")?.and_then(|v| v.value().parse::<u64>().ok()).unwrap_or(1);
+        meta.insert("next_op", (next + 1).to_string().as_str())?;
+        Ok(next)
+    }
+    pub fn put_kept(&mut self, name: &str, k: &Kept) -> Result<()> {
+        self.tx.open_table(KEPT)?.insert(name, encode(k).as_slice())?;
+        Ok(())
+    }
+    pub fn delete_kept(&mut self, name: &str) -> Result<()> {
+        self.tx.open_table(KEPT)?.remove(name)?;
+        Ok(())
+    }
+    pub fn append_event(&mut self, e: &Event) -> Result<()> {
+        let mut t = self.tx.open_table(EVENTS)?;
+        let next = t.last()?.map(|(k, _)| k.value() + 1).unwrap_or(0);
+        t.insert(next, encode(e).as_slice())?;
+        if next >= EVENT_HISTORY {
+            t.remove(next - EVENT_HISTORY)?;
+        }
+        Ok(())
+    }
+}
+
+/// A random token of `len` characters from [A-Za-z0-9], from the OS's CSPRNG.
+pub fn random_token(len: usize) -> String {
+    use rand::RngExt;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..len).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_file_is_private_and_single_owner() {
+        let dir = std::env::temp_dir().join(format!("ilot-unit-{}", random_token(8)));
+        let store = Store::open(&dir).unwrap();
+        let mode = std::fs::metadata(dir.join("ilot.redb")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let owner = store.owner_id().unwrap();
+        assert_eq!(owner, store.owner_id().unwrap());
+        let id = store.write(|w| w.next_op_id()).unwrap();
+        assert_eq!(store.write(|w| w.next_op_id()).unwrap(), id + 1);
+        assert!(Store::open(&dir).is_err(), "a second open must be refused");
+        drop(store);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+/// Lowercase hex of a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
