@@ -40,8 +40,8 @@ pub struct Manifest {
     /// backup, mail, databases). Recorded and shown now; each subsystem acts on its part.
     #[serde(default)]
     pub needs: Needs,
-    /// Where this manifest was read from (filled at load time).
-    #[serde(default, skip_deserializing)]
+    /// Where this manifest was read from (set at load time, whatever the file says).
+    #[serde(default)]
     pub source: String,
 }
 
@@ -85,6 +85,10 @@ pub struct Service {
     pub depends_on: Vec<String>,
     #[serde(default)]
     pub health: Option<Health>,
+    /// Run a tiny init (the engine's docker-init) as PID 1: it forwards signals and reaps
+    /// zombies, so a stop takes milliseconds instead of the 10 s kill timeout.
+    #[serde(default = "yes")]
+    pub init: bool,
 }
 
 fn default_memory() -> String {

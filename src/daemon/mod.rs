@@ -34,6 +34,8 @@ pub struct Daemon {
     instances: RwLock<BTreeMap<String, Instance>>,
     /// One mutating operation at a time; recovery holds it first.
     op_lock: Arc<tokio::sync::Mutex<()>>,
+    /// True once the journal has been recovered: the daemon then serves every request.
+    ready: std::sync::atomic::AtomicBool,
     started: Instant,
 }
 
@@ -89,6 +91,7 @@ async fn serve(config: Config, config_path: Option<PathBuf>, catalog: Catalog) -
         runtime: OnceLock::new(),
         instances: RwLock::new(instances),
         op_lock: Arc::new(tokio::sync::Mutex::new(())),
+        ready: std::sync::atomic::AtomicBool::new(false),
         started: Instant::now(),
     });
     daemon.bus.spawn_history(store);
@@ -190,6 +193,8 @@ impl Daemon {
         if let Err(e) = self.recover().await {
             tracing::error!("recovery: {e}");
         }
+        self.runtime().expect("runtime set above").1.refresh().await;
+        self.ready.store(true, std::sync::atomic::Ordering::SeqCst);
         drop(guard);
         // Drift detection: converge every instance periodically.
         loop {
@@ -205,7 +210,10 @@ impl Daemon {
         if req.mutates() {
             self.runtime()?;
             let _lock = self.op_lock.lock().await;
-            return self.handle_mutation(req, tx).await;
+            let result = self.handle_mutation(req, tx).await;
+            // Reads that follow must see what this operation did.
+            self.runtime()?.1.refresh().await;
+            return result;
         }
         match req {
             Request::Status => Ok(self.status_view()),

@@ -28,7 +28,12 @@ impl Daemon {
     /// Status as a user means it: the stored status, unless the containers say otherwise.
     fn live_status(&self, inst: &Instance, observed: &[ObservedContainer]) -> (String, Option<String>) {
         let main = plan::container_name(&inst.name, inst.manifest.main_service());
-        let health = observed.iter().find(|c| c.name == main).and_then(|c| c.health.clone());
+        let mut health = observed.iter().find(|c| c.name == main).and_then(|c| c.health.clone());
+        // The engine says "starting" until its first (slow, steady-state) check; ilot's own
+        // health gate already passed for a running instance.
+        if inst.status == Status::Running && health.as_deref() == Some("starting") {
+            health = Some("healthy".into());
+        }
         let apps: Vec<&ObservedContainer> = observed.iter().filter(|c| c.role == "app").collect();
         let status = match inst.status {
             Status::Running if self.runtime.get().is_none() => "unknown".to_string(),
@@ -63,7 +68,7 @@ impl Daemon {
                 "version": observed.engine_version,
                 "error": observed.engine_error,
             },
-            "ready": self.runtime.get().is_some() && self.op_lock.try_lock().is_ok() || self.runtime.get().is_some(),
+            "ready": self.ready.load(std::sync::atomic::Ordering::SeqCst),
             "busy": self.op_lock.try_lock().is_err(),
             "instances": { "total": instances.len(), "by_status": counts },
             "catalog_apps": self.catalog.apps.len(),

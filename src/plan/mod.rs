@@ -46,6 +46,7 @@ pub struct ContainerSpec {
     pub memory: i64,
     pub network: String,
     pub health: Option<Health>,
+    pub init: bool,
     #[serde(skip)]
     pub hash: String,
 }
@@ -71,6 +72,7 @@ impl ContainerSpec {
             memory: catalog::parse_memory(&svc.memory).unwrap_or(256 << 20),
             network: network_name(&inst.name),
             health: svc.health.clone(),
+            init: svc.init,
             hash: String::new(),
         };
         // The env holds secrets, so it enters the hash but never the serialized spec.

@@ -365,6 +365,7 @@ impl Engine {
                 maximum_retry_count: None,
             }),
             network_mode: Some(spec.network.clone()),
+            init: Some(spec.init),
             ..Default::default()
         };
         let body = ContainerCreateBody {
