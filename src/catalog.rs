@@ -294,11 +294,9 @@ pub struct Backup {
 impl Manifest {
     pub fn parse(text: &str, origin: &str) -> Result<Manifest> {
         let mut m: Manifest = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
             Error::bad_input(format!(
-                "invalid app manifest {origin}{}: {}",
-                line.map(|l| format!(":{l}")).unwrap_or_default(),
-                e.message().trim_end()
+                "invalid app manifest {}",
+                crate::config::describe_toml_error(text, origin, &e)
             ))
             .hint("see docs/app-format.md for the manifest schema")
         })?;
@@ -324,7 +322,9 @@ impl Manifest {
         }
         for key in self.settings.keys().chain(self.secrets.keys()) {
             if !names::is_key(key) {
-                return Err(format!("setting or secret key {key:?} must be lowercase letters, digits and '_'"));
+                return Err(format!(
+                    "setting or secret key {key:?} must be lowercase letters, digits and '_'"
+                ));
             }
         }
         for (key, s) in &self.settings {
@@ -342,10 +342,15 @@ impl Manifest {
         }
         for (name, svc) in &self.services {
             if names::check_instance_name(name).is_err() {
-                return Err(format!("service name {name:?} must be lowercase letters, digits and '-'"));
+                return Err(format!(
+                    "service name {name:?} must be lowercase letters, digits and '-'"
+                ));
             }
             if !svc.image.contains(':') || svc.image.ends_with(':') {
-                return Err(format!("service {name}: image {:?} must be pinned by tag (name:tag)", svc.image));
+                return Err(format!(
+                    "service {name}: image {:?} must be pinned by tag (name:tag)",
+                    svc.image
+                ));
             }
             match (&svc.digest, &svc.build) {
                 (None, None) => {
@@ -366,7 +371,9 @@ impl Manifest {
             }
             for path in svc.mounts.values() {
                 if !path.starts_with('/') || path == "/" {
-                    return Err(format!("service {name}: mount path {path:?} must be absolute and not /"));
+                    return Err(format!(
+                        "service {name}: mount path {path:?} must be absolute and not /"
+                    ));
                 }
             }
             for dep in &svc.depends_on {
@@ -374,13 +381,20 @@ impl Manifest {
                     return Err(format!("service {name} depends on unknown service {dep:?}"));
                 }
             }
-            parse_memory(&svc.memory).ok_or_else(|| format!("service {name}: memory {:?} is not like 64M or 1G", svc.memory))?;
+            parse_memory(&svc.memory).ok_or_else(|| {
+                format!(
+                    "service {name}: memory {:?} is not like 64M or 1G",
+                    svc.memory
+                )
+            })?;
             for value in svc.env.values() {
                 self.check_template(value)?;
             }
             for cap in &svc.capabilities {
                 if !cap.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') {
-                    return Err(format!("service {name}: capability {cap:?} is not like NET_BIND_SERVICE"));
+                    return Err(format!(
+                        "service {name}: capability {cap:?} is not like NET_BIND_SERVICE"
+                    ));
                 }
             }
         }
@@ -402,10 +416,16 @@ impl Manifest {
     fn check_template(&self, value: &str) -> std::result::Result<(), String> {
         for name in placeholders(value)? {
             let known = matches!(name, "instance" | "app" | "domain")
-                || name.strip_prefix("settings.").is_some_and(|k| self.settings.contains_key(k))
-                || name.strip_prefix("secrets.").is_some_and(|k| self.secrets.contains_key(k));
+                || name
+                    .strip_prefix("settings.")
+                    .is_some_and(|k| self.settings.contains_key(k))
+                || name
+                    .strip_prefix("secrets.")
+                    .is_some_and(|k| self.secrets.contains_key(k));
             if !known {
-                return Err(format!("unknown placeholder {{{{{name}}}}} in env value {value:?}"));
+                return Err(format!(
+                    "unknown placeholder {{{{{name}}}}} in env value {value:?}"
+                ));
             }
         }
         Ok(())
@@ -429,7 +449,13 @@ impl Manifest {
     }
 
     pub fn main_service(&self) -> &str {
-        self.main_service.as_deref().unwrap_or_else(|| self.services.keys().next().map(String::as_str).unwrap_or(""))
+        self.main_service.as_deref().unwrap_or_else(|| {
+            self.services
+                .keys()
+                .next()
+                .map(String::as_str)
+                .unwrap_or("")
+        })
     }
 }
 
@@ -439,7 +465,9 @@ pub fn placeholders(value: &str) -> std::result::Result<Vec<&str>, String> {
     let mut rest = value;
     while let Some(start) = rest.find("{{") {
         let after = &rest[start + 2..];
-        let end = after.find("}}").ok_or_else(|| format!("unclosed {{{{ in {value:?}"))?;
+        let end = after
+            .find("}}")
+            .ok_or_else(|| format!("unclosed {{{{ in {value:?}"))?;
         out.push(after[..end].trim());
         rest = &after[end + 2..];
     }
@@ -462,7 +490,9 @@ pub fn check_setting_value(key: &str, s: &Setting, value: &str) -> std::result::
             SettingKind::Bool => "true or false".to_string(),
             SettingKind::Choice => format!("one of {}", s.choices.join(", ")),
         };
-        Err(format!("setting {key}={value:?} is not valid: expected {expected}"))
+        Err(format!(
+            "setting {key}={value:?} is not valid: expected {expected}"
+        ))
     }
 }
 
@@ -492,7 +522,9 @@ impl Catalog {
         for dir in BUILTIN.dirs() {
             if let Some(file) = dir.get_file(dir.path().join("app.toml")) {
                 let origin = format!("(built-in) apps/{}", file.path().display());
-                let text = file.contents_utf8().ok_or_else(|| Error::failed(format!("{origin} is not UTF-8")))?;
+                let text = file
+                    .contents_utf8()
+                    .ok_or_else(|| Error::failed(format!("{origin} is not UTF-8")))?;
                 let m = Manifest::parse(text, &origin)?;
                 apps.insert(m.name.clone(), m);
             }
@@ -506,8 +538,10 @@ impl Catalog {
     pub fn get(&self, app: &str) -> Result<&Manifest> {
         self.apps.get(app).ok_or_else(|| {
             let known: Vec<&str> = self.apps.keys().map(String::as_str).collect();
-            Error::not_found(format!("no app {app:?} in the catalogue"))
-                .hint(format!("known apps: {} (see `ilot app catalog`)", known.join(", ")))
+            Error::not_found(format!("no app {app:?} in the catalogue")).hint(format!(
+                "known apps: {} (see `ilot app catalog`)",
+                known.join(", ")
+            ))
         })
     }
 }
@@ -516,15 +550,27 @@ fn load_dir(dir: &Path, apps: &mut BTreeMap<String, Manifest>) -> Result<()> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::bad_input(format!("cannot read catalogue dir {}: {e}", dir.display()))),
+        Err(e) => {
+            return Err(Error::bad_input(format!(
+                "cannot read catalogue dir {}: {e}",
+                dir.display()
+            )))
+        }
     };
-    let mut paths: Vec<_> = entries.filter_map(|e| e.ok()).map(|e| e.path().join("app.toml")).collect();
+    let mut paths: Vec<_> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("app.toml"))
+        .collect();
     paths.sort();
     for path in paths.into_iter().filter(|p| p.is_file()) {
         let text = std::fs::read_to_string(&path)
             .map_err(|e| Error::bad_input(format!("cannot read {}: {e}", path.display())))?;
         let m = Manifest::parse(&text, &path.display().to_string())?;
-        let dir_name = path.parent().and_then(|p| p.file_name()).and_then(|n| n.to_str()).unwrap_or("");
+        let dir_name = path
+            .parent()
+            .and_then(|p| p.file_name())
+            .and_then(|n| n.to_str())
+            .unwrap_or("");
         if dir_name != m.name {
             return Err(Error::bad_input(format!(
                 "invalid app manifest {}: name {:?} differs from its directory {dir_name:?}",
@@ -552,8 +598,16 @@ mod tests {
         let base = Catalog::load(&[]).unwrap().apps["hello"].clone();
         let text = toml::to_string(&base).unwrap();
         let bad_cases = [
-            ("image = \"ilot/hello:1.0\"", "image = \"ilot/hello\"", "pinned by tag"),
-            ("build = \"hello\"", "build = \"hello\"\nmemory_x = 1", "memory_x"),
+            (
+                "image = \"ilot/hello:1.0\"",
+                "image = \"ilot/hello\"",
+                "pinned by tag",
+            ),
+            (
+                "build = \"hello\"",
+                "build = \"hello\"\nmemory_x = 1",
+                "memory_x",
+            ),
             ("build = \"hello\"", "", "pinned by digest"),
         ];
         for (from, to, why) in bad_cases {
@@ -565,11 +619,19 @@ mod tests {
 
     #[test]
     fn templates_and_values() {
-        assert_eq!(placeholders("a {{x}} b {{ y.z }}").unwrap(), vec!["x", "y.z"]);
+        assert_eq!(
+            placeholders("a {{x}} b {{ y.z }}").unwrap(),
+            vec!["x", "y.z"]
+        );
         assert!(placeholders("{{x").is_err());
         assert_eq!(parse_memory("64M"), Some(64 << 20));
         assert_eq!(parse_memory("x"), None);
-        let s = Setting { kind: SettingKind::Bool, default: None, description: String::new(), choices: vec![] };
+        let s = Setting {
+            kind: SettingKind::Bool,
+            default: None,
+            description: String::new(),
+            choices: vec![],
+        };
         assert!(check_setting_value("k", &s, "true").is_ok());
         assert!(check_setting_value("k", &s, "yes").is_err());
     }

@@ -55,7 +55,9 @@ impl Config {
             None if Path::new(DEFAULT_CONFIG_PATH).exists() => Some(DEFAULT_CONFIG_PATH.into()),
             None => None,
         };
-        let Some(path) = path else { return Ok((Config::default(), None)) };
+        let Some(path) = path else {
+            return Ok((Config::default(), None));
+        };
         let text = std::fs::read_to_string(&path).map_err(|e| {
             Error::bad_input(format!("cannot read config {}: {e}", path.display()))
                 .hint("check the path given to --config")
@@ -66,11 +68,9 @@ impl Config {
 
     pub fn parse(text: &str, origin: &str) -> Result<Config> {
         let config: Config = toml::from_str(text).map_err(|e| {
-            let (line, col) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
-            let source_line = text.lines().nth(line - 1).unwrap_or("").trim_end();
             Error::bad_input(format!(
-                "invalid config {origin}:{line}:{col}: {}\n  {line} | {source_line}",
-                e.message().trim_end()
+                "invalid config {}",
+                describe_toml_error(text, origin, &e)
             ))
             .hint("fix the file (docs/config.md lists every key); the daemon did not start")
         })?;
@@ -81,11 +81,17 @@ impl Config {
     fn validate(&self, origin: &str) -> Result<()> {
         let d = &self.daemon;
         let bad = |key: &str, why: &str| {
-            Err(Error::bad_input(format!("invalid config {origin}: [daemon] {key}: {why}"))
-                .hint("fix the file (docs/config.md lists every key); the daemon did not start"))
+            Err(
+                Error::bad_input(format!("invalid config {origin}: [daemon] {key}: {why}")).hint(
+                    "fix the file (docs/config.md lists every key); the daemon did not start",
+                ),
+            )
         };
         if !d.docker.starts_with("unix://") || d.docker.len() <= "unix://".len() {
-            return bad("docker", "only unix:// socket addresses are supported, e.g. unix:///var/run/docker.sock");
+            return bad(
+                "docker",
+                "only unix:// socket addresses are supported, e.g. unix:///var/run/docker.sock",
+            );
         }
         if !d.socket.is_absolute() {
             return bad("socket", "must be an absolute path");
@@ -94,12 +100,17 @@ impl Config {
             return bad("state_dir", "must be an absolute path");
         }
         if let Some(dir) = d.catalog.iter().find(|p| !p.is_absolute()) {
-            return bad("catalog", &format!("{} is not an absolute path", dir.display()));
+            return bad(
+                "catalog",
+                &format!("{} is not an absolute path", dir.display()),
+            );
         }
         if let Some(owner) = &d.owner {
             let ok = !owner.is_empty()
                 && owner.len() <= 48
-                && owner.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+                && owner
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
             if !ok {
                 return bad("owner", "use 1 to 48 lowercase letters, digits and '-'");
             }
@@ -108,10 +119,25 @@ impl Config {
     }
 }
 
+/// "FILE:LINE:COL: what is wrong", then the line at fault (which names the key).
+pub fn describe_toml_error(text: &str, origin: &str, e: &toml::de::Error) -> String {
+    let (line, col) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+    let source_line = text.lines().nth(line - 1).unwrap_or("").trim_end();
+    format!(
+        "{origin}:{line}:{col}: {}\n  {line} | {source_line}",
+        e.message().trim_end()
+    )
+}
+
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
     (line, col)
 }
 
@@ -127,7 +153,8 @@ mod tests {
 
     #[test]
     fn unknown_key_names_file_line_and_key() {
-        let e = Config::parse("[daemon]\nsocket = \"/x\"\nsockett = \"/y\"\n", "f.toml").unwrap_err();
+        let e =
+            Config::parse("[daemon]\nsocket = \"/x\"\nsockett = \"/y\"\n", "f.toml").unwrap_err();
         assert!(e.message.contains("f.toml:3:1"), "{}", e.message);
         assert!(e.message.contains("sockett"), "{}", e.message);
     }

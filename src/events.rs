@@ -13,11 +13,18 @@ pub struct Bus {
 
 impl Bus {
     pub fn new() -> Bus {
-        Bus { tx: broadcast::channel(256).0 }
+        Bus {
+            tx: broadcast::channel(256).0,
+        }
     }
 
     pub fn publish(&self, kind: &str, instance: Option<&str>, message: impl Into<String>) {
-        let event = Event { time: now(), kind: kind.to_string(), instance: instance.map(String::from), message: message.into() };
+        let event = Event {
+            time: now(),
+            kind: kind.to_string(),
+            instance: instance.map(String::from),
+            message: message.into(),
+        };
         tracing::info!(kind = %event.kind, instance = ?event.instance, "{}", event.message);
         // No subscriber is not an error.
         let _ = self.tx.send(event);
@@ -38,7 +45,9 @@ impl Bus {
                             tracing::warn!("cannot record event: {err}");
                         }
                     }
-                    Err(broadcast::error::RecvError::Lagged(n)) => tracing::warn!("history missed {n} events"),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!("history missed {n} events")
+                    }
                     Err(broadcast::error::RecvError::Closed) => break,
                 }
             }

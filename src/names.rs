@@ -10,7 +10,9 @@ pub fn check_instance_name(name: &str) -> Result<()> {
         && name.len() <= 32
         && name.as_bytes()[0].is_ascii_lowercase()
         && !name.ends_with('-')
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if ok {
         Ok(())
     } else {
@@ -26,7 +28,9 @@ pub fn is_key(key: &str) -> bool {
     !key.is_empty()
         && key.len() <= 64
         && key.as_bytes()[0].is_ascii_lowercase()
-        && key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// A fully qualified host name as used for `--domain`.
@@ -38,7 +42,11 @@ pub fn check_domain(domain: &str) -> Result<()> {
             && !l.ends_with('-')
             && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
     });
-    if domain.len() <= 253 && domain.contains('.') && labels_ok && domain == domain.to_ascii_lowercase() {
+    if domain.len() <= 253
+        && domain.contains('.')
+        && labels_ok
+        && domain == domain.to_ascii_lowercase()
+    {
         Ok(())
     } else {
         Err(Error::bad_input(format!("invalid domain {:?}", domain))
@@ -55,7 +63,17 @@ mod tests {
         for good in ["a", "hello", "blog-2", "x1"] {
             assert!(check_instance_name(good).is_ok(), "{good}");
         }
-        for bad in ["", "../x", "a;b", "A", "1a", "a-", "a b", "a.b", &"a".repeat(33)] {
+        for bad in [
+            "",
+            "../x",
+            "a;b",
+            "A",
+            "1a",
+            "a-",
+            "a b",
+            "a.b",
+            &"a".repeat(33),
+        ] {
             assert!(check_instance_name(bad).is_err(), "{bad}");
         }
     }

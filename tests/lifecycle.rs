@@ -9,19 +9,37 @@ use serde_json::Value;
 fn install_show_stop_start_remove_keeps_then_purges_data() {
     let ilot = Ilot::start();
     let name = unique("life");
-    let out = ilot.ok(&["app", "install", "hello", "--name", &name, "--set", "greeting=Bonjour <b>", "--domain", "hello.example.org"]);
+    let out = ilot.ok(&[
+        "app",
+        "install",
+        "hello",
+        "--name",
+        &name,
+        "--set",
+        "greeting=Bonjour <b>",
+        "--domain",
+        "hello.example.org",
+    ]);
     assert!(out.contains("installed and healthy"), "{out}");
 
     // The page is served, with the setting (escaped) and the instance name.
     let url = ilot.url(&name);
     let (code, body) = http_get(&url);
     assert_eq!(code, 200);
-    assert!(body.contains("Bonjour &lt;b&gt;") && body.contains(&name), "{body}");
+    assert!(
+        body.contains("Bonjour &lt;b&gt;") && body.contains(&name),
+        "{body}"
+    );
     assert_eq!(http_get(&format!("{url}cgi-bin/visit")).1.trim(), "1");
     assert_eq!(http_get(&format!("{url}cgi-bin/visit")).1.trim(), "2");
 
     let list = ilot.json(&["app", "list"]);
-    let row = list.as_array().unwrap().iter().find(|r| r["name"] == name.as_str()).expect("listed");
+    let row = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name.as_str())
+        .expect("listed");
     assert_eq!(row["status"], "running");
     assert_eq!(row["health"], "healthy");
     assert_eq!(row["domain"], "hello.example.org");
@@ -34,51 +52,94 @@ fn install_show_stop_start_remove_keeps_then_purges_data() {
     assert_eq!(c["Config"]["Labels"]["ilot.app"], "hello");
     assert_eq!(c["Config"]["Labels"]["ilot.owner"], ilot.owner.as_str());
     assert_eq!(c["HostConfig"]["CapDrop"], serde_json::json!(["ALL"]));
-    assert!(c["HostConfig"]["SecurityOpt"].to_string().contains("no-new-privileges"));
+    assert!(c["HostConfig"]["SecurityOpt"]
+        .to_string()
+        .contains("no-new-privileges"));
     assert_eq!(c["HostConfig"]["Memory"], 32 << 20);
     assert_eq!(c["HostConfig"]["RestartPolicy"]["Name"], "unless-stopped");
-    assert_eq!(c["HostConfig"]["PortBindings"]["8080/tcp"][0]["HostIp"], "127.0.0.1");
+    assert_eq!(
+        c["HostConfig"]["PortBindings"]["8080/tcp"][0]["HostIp"],
+        "127.0.0.1"
+    );
 
     // The generated secret reaches the container but never the API output or the log.
     let env = c["Config"]["Env"].as_array().unwrap();
-    let token = env.iter().filter_map(|e| e.as_str()?.strip_prefix("ADMIN_TOKEN=")).next().expect("secret in env");
+    let token = env
+        .iter()
+        .filter_map(|e| e.as_str()?.strip_prefix("ADMIN_TOKEN="))
+        .next()
+        .expect("secret in env");
     assert_eq!(token.len(), 32);
     let show = ilot.ok(&["app", "show", &name, "--json"]);
-    assert!(show.contains("admin_token") && !show.contains(token), "secret leaked in show: {show}");
-    for args in [&["app", "list", "--json"][..], &["status", "--json"], &["events", "--json"], &["app", "show", &name]] {
+    assert!(
+        show.contains("admin_token") && !show.contains(token),
+        "secret leaked in show: {show}"
+    );
+    for args in [
+        &["app", "list", "--json"][..],
+        &["status", "--json"],
+        &["events", "--json"],
+        &["app", "show", &name],
+    ] {
         assert!(!ilot.ok(args).contains(token), "secret leaked in {args:?}");
     }
-    assert!(!ilot.log().contains(token), "secret leaked in the daemon log");
+    assert!(
+        !ilot.log().contains(token),
+        "secret leaked in the daemon log"
+    );
     assert_eq!(path_mode(&ilot.dir.join("state")), 0o700);
     assert_eq!(path_mode(&ilot.dir.join("state/ilot.redb")), 0o600);
 
     // Logs: the app's start line and busybox httpd's line per request.
     let logs = ilot.ok(&["app", "logs", &name, "--tail", "50"]);
-    assert!(logs.contains(&format!("instance '{name}'")) && logs.contains("response:200"), "{logs}");
+    assert!(
+        logs.contains(&format!("instance '{name}'")) && logs.contains("response:200"),
+        "{logs}"
+    );
     let tail = ilot.ok(&["app", "logs", &name, "--tail", "1"]);
     assert_eq!(tail.lines().count(), 1, "{tail}");
 
     // Stop / start / restart.
     ilot.ok(&["app", "stop", &name]);
-    assert_eq!(docker_ok(&["inspect", "-f", "{{.State.Running}}", &container]), "false");
+    assert_eq!(
+        docker_ok(&["inspect", "-f", "{{.State.Running}}", &container]),
+        "false"
+    );
     assert_eq!(ilot.json(&["app", "show", &name])["status"], "stopped");
     ilot.ok(&["app", "start", &name]);
-    assert_eq!(docker_ok(&["inspect", "-f", "{{.State.Running}}", &container]), "true");
+    assert_eq!(
+        docker_ok(&["inspect", "-f", "{{.State.Running}}", &container]),
+        "true"
+    );
     ilot.ok(&["app", "restart", &name]);
     let url = ilot.url(&name);
-    assert_eq!(http_get(&format!("{url}cgi-bin/visit")).1.trim(), "3", "data survives stop/start/restart");
+    assert_eq!(
+        http_get(&format!("{url}cgi-bin/visit")).1.trim(),
+        "3",
+        "data survives stop/start/restart"
+    );
 
     // Remove keeps the data volume (and the secret); a reinstall under the same name reuses both.
     let out = ilot.ok(&["app", "remove", &name]);
     assert!(out.contains("kept"), "{out}");
     let (containers, networks, volumes) = ilot.objects();
-    assert!(containers.is_empty() && networks.is_empty(), "{containers:?} {networks:?}");
+    assert!(
+        containers.is_empty() && networks.is_empty(),
+        "{containers:?} {networks:?}"
+    );
     assert_eq!(volumes, vec![format!("ilot-{name}-data")]);
     ilot.ok(&["app", "install", "hello", "--name", &name]);
     let url = ilot.url(&name);
-    assert_eq!(http_get(&format!("{url}cgi-bin/visit")).1.trim(), "4", "kept data reused");
+    assert_eq!(
+        http_get(&format!("{url}cgi-bin/visit")).1.trim(),
+        "4",
+        "kept data reused"
+    );
     let env = docker_ok(&["inspect", "-f", "{{json .Config.Env}}", &container]);
-    assert!(env.contains(&format!("ADMIN_TOKEN={token}")), "kept secret reused");
+    assert!(
+        env.contains(&format!("ADMIN_TOKEN={token}")),
+        "kept secret reused"
+    );
 
     // Remove --purge deletes everything.
     ilot.ok(&["app", "remove", &name, "--purge"]);
@@ -99,9 +160,22 @@ fn upgrade_then_failed_upgrade_rolls_back_with_data_intact() {
 
     // A dry run prints the plan and changes nothing.
     let before = docker_ok(&["inspect", "-f", "{{.Id}}", &format!("ilot-{name}-web")]);
-    let plan = ilot.ok(&["app", "upgrade", &name, "--image", "ilot/hello:2.0", "--dry-run"]);
-    assert!(plan.contains("snapshot volume") && plan.contains("dry run"), "{plan}");
-    assert_eq!(docker_ok(&["inspect", "-f", "{{.Id}}", &format!("ilot-{name}-web")]), before);
+    let plan = ilot.ok(&[
+        "app",
+        "upgrade",
+        &name,
+        "--image",
+        "ilot/hello:2.0",
+        "--dry-run",
+    ]);
+    assert!(
+        plan.contains("snapshot volume") && plan.contains("dry run"),
+        "{plan}"
+    );
+    assert_eq!(
+        docker_ok(&["inspect", "-f", "{{.Id}}", &format!("ilot-{name}-web")]),
+        before
+    );
 
     // A good upgrade: new version served, data carried over, migration ran.
     ilot.ok(&["app", "upgrade", &name, "--image", "ilot/hello:2.0"]);
@@ -115,9 +189,19 @@ fn upgrade_then_failed_upgrade_rolls_back_with_data_intact() {
 
     // A bad upgrade (damages data, then fails its health check) is rolled back: previous
     // image, and the data restored byte for byte from the snapshot.
-    let err = ilot.fails(&["app", "upgrade", &name, "--image", "ilot/hello:broken"], 1);
-    assert!(err.contains("rolled back") && err.contains("did not become healthy"), "{err}");
-    assert_eq!(volume_checksums(&volume), good, "data must be restored exactly");
+    let err = ilot.fails(
+        &["app", "upgrade", &name, "--image", "ilot/hello:broken"],
+        1,
+    );
+    assert!(
+        err.contains("rolled back") && err.contains("did not become healthy"),
+        "{err}"
+    );
+    assert_eq!(
+        volume_checksums(&volume),
+        good,
+        "data must be restored exactly"
+    );
     let show = ilot.json(&["app", "show", &name]);
     assert_eq!(show["status"], "running");
     assert_eq!(show["services"][0]["image_id"], image_2.as_str());
@@ -132,7 +216,10 @@ fn upgrade_then_failed_upgrade_rolls_back_with_data_intact() {
     assert_eq!(containers, vec![format!("ilot-{name}-web")]);
     assert_eq!(volumes, vec![volume]);
     let snaps = ilot.dir.join("state/snapshots").join(&name);
-    assert!(!snaps.exists() || std::fs::read_dir(&snaps).unwrap().next().is_none(), "snapshots left in {snaps:?}");
+    assert!(
+        !snaps.exists() || std::fs::read_dir(&snaps).unwrap().next().is_none(),
+        "snapshots left in {snaps:?}"
+    );
 
     // Upgrading to what runs is a no-op.
     let out = ilot.ok(&["app", "upgrade", &name, "--image", "ilot/hello:2.0"]);
@@ -154,11 +241,18 @@ fn failed_install_keeps_the_instance_and_reports_it() {
     ilot.restart(); // the catalogue is read at start
     let name = unique("bad");
     let err = ilot.fails(&["app", "install", "broken", "--name", &name], 1);
-    assert!(err.contains("did not become healthy") && err.contains("kept"), "{err}");
+    assert!(
+        err.contains("did not become healthy") && err.contains("kept"),
+        "{err}"
+    );
     let show = ilot.json(&["app", "show", &name]);
     assert_eq!(show["status"], "failed");
     let (_, _, volumes) = ilot.objects();
-    assert_eq!(volumes, vec![format!("ilot-{name}-data")], "a failed install keeps its data");
+    assert_eq!(
+        volumes,
+        vec![format!("ilot-{name}-data")],
+        "a failed install keeps its data"
+    );
     ilot.ok(&["app", "remove", &name, "--purge"]);
     assert_eq!(ilot.objects(), (vec![], vec![], vec![]));
 }

@@ -71,17 +71,27 @@ fn sigkill_during_upgrade_rolls_back_with_data() {
         ilot.wait_ready();
         converged_running(&ilot, &name);
         let show = ilot.json(&["app", "show", &name]);
-        assert_eq!(show["services"][0]["image_id"], image_1.as_str(), "{point}: previous image");
+        assert_eq!(
+            show["services"][0]["image_id"],
+            image_1.as_str(),
+            "{point}: previous image"
+        );
         assert_eq!(volume_checksums(&volume), data, "{point}: data intact");
         let snaps = ilot.dir.join("state/snapshots").join(&name);
-        assert!(!snaps.exists() || std::fs::read_dir(&snaps).unwrap().next().is_none(), "{point}: snapshots left");
+        assert!(
+            !snaps.exists() || std::fs::read_dir(&snaps).unwrap().next().is_none(),
+            "{point}: snapshots left"
+        );
     }
 }
 
 #[test]
 fn sigkill_during_remove_converges() {
     let mut ilot = Ilot::start();
-    for (point, purge) in [("remove:journalled", true), ("remove:after:remove-container", false)] {
+    for (point, purge) in [
+        ("remove:journalled", true),
+        ("remove:after:remove-container", false),
+    ] {
         let name = unique("crrm");
         ilot.ok(&["app", "install", "hello", "--name", &name]);
         ilot.kill9();
@@ -97,11 +107,18 @@ fn sigkill_during_remove_converges() {
         ilot.wait_ready();
         ilot.fails(&["app", "show", &name], 2);
         let (containers, networks, volumes) = ilot.objects();
-        assert!(containers.is_empty() && networks.is_empty(), "{point}: {containers:?} {networks:?}");
+        assert!(
+            containers.is_empty() && networks.is_empty(),
+            "{point}: {containers:?} {networks:?}"
+        );
         if purge {
             assert!(volumes.is_empty(), "{point}: {volumes:?}");
         } else {
-            assert_eq!(volumes, vec![format!("ilot-{name}-data")], "{point}: data kept");
+            assert_eq!(
+                volumes,
+                vec![format!("ilot-{name}-data")],
+                "{point}: data kept"
+            );
             ilot.ok(&["app", "remove", &name, "--purge"]);
         }
     }
@@ -114,7 +131,10 @@ fn drift_is_shown_by_plan_and_corrected_on_restart() {
     ilot.ok(&["app", "install", "hello", "--name", &name]);
     docker_ok(&["rm", "-f", &format!("ilot-{name}-web")]);
     let plan = ilot.ok(&["plan"]);
-    assert!(plan.contains(&format!("create container ilot-{name}-web")), "{plan}");
+    assert!(
+        plan.contains(&format!("create container ilot-{name}-web")),
+        "{plan}"
+    );
     ilot.restart();
     converged_running(&ilot, &name);
     assert!(ilot.ok(&["events"]).contains("drift"));

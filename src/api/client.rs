@@ -8,7 +8,11 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 /// Sends `req` and returns the final result; progress and log lines go to `on_line`.
-pub fn call(socket: &Path, req: &Request, mut on_line: impl FnMut(Reply)) -> Result<serde_json::Value> {
+pub fn call(
+    socket: &Path,
+    req: &Request,
+    mut on_line: impl FnMut(Reply),
+) -> Result<serde_json::Value> {
     let mut stream = UnixStream::connect(socket).map_err(|e| {
         let hint = match e.kind() {
             std::io::ErrorKind::PermissionDenied => "run as root, or add yourself to the group ilot (then log in again)",
@@ -23,15 +27,20 @@ pub fn call(socket: &Path, req: &Request, mut on_line: impl FnMut(Reply)) -> Res
         .map_err(|e| Error::unavailable(format!("cannot send to the ilot daemon: {e}")))?;
     let reader = BufReader::new(stream);
     for line in reader.lines() {
-        let line = line.map_err(|e| Error::unavailable(format!("lost the connection to the ilot daemon: {e}")))?;
-        let reply: Reply = serde_json::from_str(&line)
-            .map_err(|e| Error::failed(format!("unexpected reply from the daemon ({e}): {line}")))?;
+        let line = line.map_err(|e| {
+            Error::unavailable(format!("lost the connection to the ilot daemon: {e}"))
+        })?;
+        let reply: Reply = serde_json::from_str(&line).map_err(|e| {
+            Error::failed(format!("unexpected reply from the daemon ({e}): {line}"))
+        })?;
         match reply {
             Reply::Ok(v) => return Ok(v),
             Reply::Err(e) => return Err(e),
             other => on_line(other),
         }
     }
-    Err(Error::unavailable("the ilot daemon closed the connection before answering")
-        .hint("it may have stopped or restarted: check `ilot status`, then retry"))
+    Err(
+        Error::unavailable("the ilot daemon closed the connection before answering")
+            .hint("it may have stopped or restarted: check `ilot status`, then retry"),
+    )
 }

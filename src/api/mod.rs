@@ -88,8 +88,15 @@ pub struct LogsParams {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reply {
-    Progress { message: String, current: Option<u64>, total: Option<u64> },
-    Log { service: String, line: String },
+    Progress {
+        message: String,
+        current: Option<u64>,
+        total: Option<u64>,
+    },
+    Log {
+        service: String,
+        line: String,
+    },
     Ok(serde_json::Value),
     Err(Error),
 }

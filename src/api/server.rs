@@ -36,8 +36,10 @@ async fn connection(stream: UnixStream, daemon: Arc<Daemon>) {
         Ok(_) if !line.ends_with('\n') => Err(Error::bad_input(format!(
             "request too long or not terminated by a newline (limit {MAX_REQUEST} bytes)"
         ))),
-        Ok(_) => serde_json::from_str::<Request>(&line)
-            .map_err(|e| Error::bad_input(format!("malformed request: {e}")).hint("see docs/api.md for the protocol")),
+        Ok(_) => serde_json::from_str::<Request>(&line).map_err(|e| {
+            Error::bad_input(format!("malformed request: {e}"))
+                .hint("see docs/api.md for the protocol")
+        }),
         Err(e) => Err(Error::bad_input(format!("unreadable request: {e}"))),
     };
     let (tx, mut rx) = mpsc::unbounded_channel::<Reply>();

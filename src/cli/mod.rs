@@ -121,9 +121,13 @@ struct InstallArgs {
 }
 
 fn parse_setting(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
     if !crate::names::is_key(k) {
-        return Err(format!("setting key {k:?} must be lowercase letters, digits and '_', starting with a letter"));
+        return Err(format!(
+            "setting key {k:?} must be lowercase letters, digits and '_', starting with a letter"
+        ));
     }
     Ok((k.to_string(), v.to_string()))
 }
@@ -141,35 +145,71 @@ pub fn main() -> i32 {
                 let mut settings = BTreeMap::new();
                 for (k, v) in a.settings {
                     if settings.insert(k.clone(), v).is_some() {
-                        return render::error(&Error::bad_input(format!("--set {k} given twice")), cli.json);
+                        return render::error(
+                            &Error::bad_input(format!("--set {k} given twice")),
+                            cli.json,
+                        );
                     }
                 }
-                Request::AppInstall(InstallParams { app: a.app, name: a.name, domain: a.domain, settings, dry_run: a.dry_run })
+                Request::AppInstall(InstallParams {
+                    app: a.app,
+                    name: a.name,
+                    domain: a.domain,
+                    settings,
+                    dry_run: a.dry_run,
+                })
             }
             AppCommand::List => Request::AppList,
             AppCommand::Show { instance } => Request::AppShow { name: instance },
             AppCommand::Start { instance } => Request::AppStart { name: instance },
             AppCommand::Stop { instance } => Request::AppStop { name: instance },
             AppCommand::Restart { instance } => Request::AppRestart { name: instance },
-            AppCommand::Logs { instance, follow, tail, service } => {
-                Request::AppLogs(LogsParams { name: instance, follow, tail, service })
-            }
-            AppCommand::Upgrade { instance, images, dry_run } => {
-                Request::AppUpgrade(UpgradeParams { name: instance, images, dry_run })
-            }
-            AppCommand::Remove { instance, purge, dry_run } => {
-                Request::AppRemove(RemoveParams { name: instance, purge, dry_run })
-            }
+            AppCommand::Logs {
+                instance,
+                follow,
+                tail,
+                service,
+            } => Request::AppLogs(LogsParams {
+                name: instance,
+                follow,
+                tail,
+                service,
+            }),
+            AppCommand::Upgrade {
+                instance,
+                images,
+                dry_run,
+            } => Request::AppUpgrade(UpgradeParams {
+                name: instance,
+                images,
+                dry_run,
+            }),
+            AppCommand::Remove {
+                instance,
+                purge,
+                dry_run,
+            } => Request::AppRemove(RemoveParams {
+                name: instance,
+                purge,
+                dry_run,
+            }),
         },
     };
     let mut progress = render::Progress::new(cli.json);
     let multi_service_logs = matches!(&request, Request::AppLogs(p) if p.service.is_none());
     let result = client::call(&cli.socket, &request, |reply| match reply {
-        Reply::Progress { message, current, total } => progress.update(&message, current.zip(total)),
+        Reply::Progress {
+            message,
+            current,
+            total,
+        } => progress.update(&message, current.zip(total)),
         Reply::Log { service, line } => {
             progress.clear();
             if cli.json {
-                println!("{}", serde_json::json!({ "service": service, "line": line }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "service": service, "line": line })
+                );
             } else if multi_service_logs {
                 println!("{service} | {line}");
             } else {
@@ -183,7 +223,10 @@ pub fn main() -> i32 {
         Ok(value) => {
             if cli.json {
                 if !matches!(request, Request::AppLogs(_)) {
-                    println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&value).unwrap_or_default()
+                    );
                 }
             } else {
                 render::human(&request, &value);

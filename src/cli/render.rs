@@ -14,8 +14,11 @@ pub struct Progress {
 impl Progress {
     pub fn new(json: bool) -> Progress {
         let tty = std::io::stderr().is_terminal();
-        Progress { bar: None, plain: !json && !tty }
-            .with_bar(!json && tty)
+        Progress {
+            bar: None,
+            plain: !json && !tty,
+        }
+        .with_bar(!json && tty)
     }
 
     fn with_bar(mut self, on: bool) -> Self {
@@ -30,7 +33,9 @@ impl Progress {
     pub fn update(&mut self, message: &str, bytes: Option<(u64, u64)>) {
         if let Some(bar) = &self.bar {
             match bytes {
-                Some((done, total)) => bar.set_message(format!("{message} ({}/{} MiB)", done >> 20, total >> 20)),
+                Some((done, total)) => {
+                    bar.set_message(format!("{message} ({}/{} MiB)", done >> 20, total >> 20))
+                }
                 None => {
                     bar.println(format!("  {message}"));
                     bar.set_message(message.to_string());
@@ -54,7 +59,10 @@ impl Progress {
 
 pub fn error(e: &Error, json: bool) -> i32 {
     if json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "error": e })).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "error": e })).unwrap_or_default()
+        );
     }
     eprintln!("error: {}", e.message);
     if let Some(h) = &e.hint {
@@ -79,7 +87,11 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
         }
     }
     let line = |cells: Vec<String>| {
-        let out: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{:w$}", c, w = widths[i])).collect();
+        let out: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{:w$}", c, w = widths[i]))
+            .collect();
         println!("{}", out.join("  ").trim_end());
     };
     line(headers.iter().map(|h| h.to_string()).collect());
@@ -103,11 +115,24 @@ pub fn human(req: &Request, v: &Value) {
     match req {
         Request::Status => {
             let e = &v["engine"];
-            println!("ilot {} — daemon up {}s (pid {})", s(&v["version"]), s(&v["uptime_secs"]), s(&v["pid"]));
+            println!(
+                "ilot {} — daemon up {}s (pid {})",
+                s(&v["version"]),
+                s(&v["uptime_secs"]),
+                s(&v["pid"])
+            );
             if e["reachable"] == Value::Bool(true) {
-                println!("engine:     Docker {} at {}", s(&e["version"]), s(&e["address"]));
+                println!(
+                    "engine:     Docker {} at {}",
+                    s(&e["version"]),
+                    s(&e["address"])
+                );
             } else {
-                println!("engine:     NOT REACHABLE at {}: {}", s(&e["address"]), s(&e["error"]));
+                println!(
+                    "engine:     NOT REACHABLE at {}: {}",
+                    s(&e["address"]),
+                    s(&e["error"])
+                );
             }
             let counts: Vec<String> = v["instances"]["by_status"]
                 .as_object()
@@ -127,7 +152,10 @@ pub fn human(req: &Request, v: &Value) {
         }
         Request::Plan => {
             let changes = v["changes"].as_array().cloned().unwrap_or_default();
-            let pending = v["operations_in_progress"].as_array().cloned().unwrap_or_default();
+            let pending = v["operations_in_progress"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             if changes.is_empty() && pending.is_empty() {
                 println!("Nothing to do: every instance matches its desired state.");
             }
@@ -138,7 +166,12 @@ pub fn human(req: &Request, v: &Value) {
                 }
             }
             for p in pending {
-                println!("operation in progress: {} {} ({})", s(&p["kind"]), s(&p["instance"]), s(&p["step"]));
+                println!(
+                    "operation in progress: {} {} ({})",
+                    s(&p["kind"]),
+                    s(&p["instance"]),
+                    s(&p["step"])
+                );
             }
         }
         Request::Events { .. } => {
@@ -169,13 +202,32 @@ pub fn human(req: &Request, v: &Value) {
             }
             let rows = apps
                 .iter()
-                .map(|a| vec![s(&a["name"]), s(&a["app"]), s(&a["version"]), s(&a["status"]), s(&a["health"]), s(&a["url"])])
+                .map(|a| {
+                    vec![
+                        s(&a["name"]),
+                        s(&a["app"]),
+                        s(&a["version"]),
+                        s(&a["status"]),
+                        s(&a["health"]),
+                        s(&a["url"]),
+                    ]
+                })
                 .collect();
             table(&["NAME", "APP", "VERSION", "STATUS", "HEALTH", "URL"], rows);
         }
         Request::AppShow { .. } => {
-            println!("{} ({} {}): {}", s(&v["name"]), s(&v["app"]), s(&v["version"]), s(&v["description"]));
-            println!("status:    {} (wanted: {})", s(&v["status"]), s(&v["desired"]));
+            println!(
+                "{} ({} {}): {}",
+                s(&v["name"]),
+                s(&v["app"]),
+                s(&v["version"]),
+                s(&v["description"])
+            );
+            println!(
+                "status:    {} (wanted: {})",
+                s(&v["status"]),
+                s(&v["desired"])
+            );
             if !v["message"].is_null() {
                 println!("message:   {}", s(&v["message"]));
             }
@@ -196,12 +248,31 @@ pub fn human(req: &Request, v: &Value) {
                     s(&svc["image"]),
                     crate::plan::short_id(svc["image_id"].as_str().unwrap_or("")),
                     s(&svc["state"]),
-                    svc["health"].as_str().map(|h| format!(", {h}")).unwrap_or_default(),
-                    if ports.is_empty() { String::new() } else { format!(", ports {}", ports.join(" ")) }
+                    svc["health"]
+                        .as_str()
+                        .map(|h| format!(", {h}"))
+                        .unwrap_or_default(),
+                    if ports.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", ports {}", ports.join(" "))
+                    }
                 );
             }
-            let vols: Vec<String> = v["volumes"].as_array().into_iter().flatten().map(s).collect();
-            println!("volumes:   {}", if vols.is_empty() { "-".into() } else { vols.join(", ") });
+            let vols: Vec<String> = v["volumes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(s)
+                .collect();
+            println!(
+                "volumes:   {}",
+                if vols.is_empty() {
+                    "-".into()
+                } else {
+                    vols.join(", ")
+                }
+            );
             for (k, val) in v["settings"].as_object().into_iter().flatten() {
                 println!("setting:   {k} = {}", s(val));
             }
@@ -211,7 +282,14 @@ pub fn human(req: &Request, v: &Value) {
         }
         Request::AppLogs(_) => {}
         Request::AppInstall(_) => {
-            println!("{} installed and healthy{}", s(&v["instance"]), v["url"].as_str().map(|u| format!(": {u}")).unwrap_or_default());
+            println!(
+                "{} installed and healthy{}",
+                s(&v["instance"]),
+                v["url"]
+                    .as_str()
+                    .map(|u| format!(": {u}"))
+                    .unwrap_or_default()
+            );
         }
         Request::AppUpgrade(_) => match v["status"].as_str() {
             Some("up-to-date") => println!("{}", s(&v["message"])),
@@ -236,7 +314,12 @@ fn format_time(t: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
 
 #[cfg(test)]

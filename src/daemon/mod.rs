@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 mod ops;
 mod views;
 
-
 pub struct Daemon {
     pub config: Config,
     pub config_path: Option<PathBuf>,
@@ -53,7 +52,8 @@ pub fn run(config_path: Option<&Path>) -> i32 {
     };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ILOT_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("ILOT_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -80,7 +80,11 @@ async fn serve(config: Config, config_path: Option<PathBuf>, catalog: Catalog) -
         None => store.owner_id()?,
     };
     let listener = bind_socket(&config.daemon.socket, &config.daemon.socket_group)?;
-    let instances = store.instances()?.into_iter().map(|i| (i.name.clone(), i)).collect();
+    let instances = store
+        .instances()?
+        .into_iter()
+        .map(|i| (i.name.clone(), i))
+        .collect();
     let daemon = Arc::new(Daemon {
         config,
         config_path,
@@ -126,16 +130,25 @@ async fn shutdown_signal() {
 /// and restricts it to root and the `ilot` group (0660).
 fn bind_socket(path: &Path, group: &str) -> Result<tokio::net::UnixListener> {
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(Error::conflict(format!("another ilot daemon is already listening on {}", path.display()))
-            .hint("stop it first, or give this one another [daemon] socket"));
+        return Err(Error::conflict(format!(
+            "another ilot daemon is already listening on {}",
+            path.display()
+        ))
+        .hint("stop it first, or give this one another [daemon] socket"));
     }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::failed(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::failed(format!("cannot create {}: {e}", dir.display())))?;
     }
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::failed(format!("cannot remove stale socket {}: {e}", path.display()))),
+        Err(e) => {
+            return Err(Error::failed(format!(
+                "cannot remove stale socket {}: {e}",
+                path.display()
+            )))
+        }
     }
     let listener = tokio::net::UnixListener::bind(path)
         .map_err(|e| Error::failed(format!("cannot listen on {}: {e}", path.display())))?;
@@ -163,8 +176,11 @@ fn group_id(name: &str) -> Option<u32> {
 impl Daemon {
     fn runtime(&self) -> Result<&(Engine, Arc<Observer>)> {
         self.runtime.get().ok_or_else(|| {
-            Error::unavailable(format!("the Docker engine at {} is not reachable yet", self.config.daemon.docker))
-                .hint("start it (systemctl start docker, or dockerd); ilot retries every 2 s")
+            Error::unavailable(format!(
+                "the Docker engine at {} is not reachable yet",
+                self.config.daemon.docker
+            ))
+            .hint("start it (systemctl start docker, or dockerd); ilot retries every 2 s")
         })
     }
 
@@ -220,14 +236,20 @@ impl Daemon {
             Request::Catalog => Ok(self.catalog_view()),
             Request::AppList => Ok(self.list_view()),
             Request::AppShow { name } => self.show_view(&name),
-            Request::Events { limit } => Ok(serde_json::to_value(self.store.events(limit.min(1000))?).unwrap_or_default()),
+            Request::Events { limit } => {
+                Ok(serde_json::to_value(self.store.events(limit.min(1000))?).unwrap_or_default())
+            }
             Request::Plan => self.plan_all().await,
             Request::AppLogs(p) => self.logs(p, tx).await,
             _ => unreachable!("mutating requests handled above"),
         }
     }
 
-    async fn handle_mutation(self: &Arc<Self>, req: Request, tx: &Replies) -> Result<serde_json::Value> {
+    async fn handle_mutation(
+        self: &Arc<Self>,
+        req: Request,
+        tx: &Replies,
+    ) -> Result<serde_json::Value> {
         let progress = Progress { tx };
         match req {
             Request::AppInstall(p) => self.install(p, &progress).await,
@@ -241,9 +263,15 @@ impl Daemon {
     }
 
     fn instance(&self, name: &str) -> Result<Instance> {
-        self.instances.read().expect("instances lock").get(name).cloned().ok_or_else(|| {
-            Error::not_found(format!("no instance named {name:?}")).hint("see `ilot app list` for installed instances")
-        })
+        self.instances
+            .read()
+            .expect("instances lock")
+            .get(name)
+            .cloned()
+            .ok_or_else(|| {
+                Error::not_found(format!("no instance named {name:?}"))
+                    .hint("see `ilot app list` for installed instances")
+            })
     }
 }
 
@@ -256,9 +284,17 @@ impl Progress<'_> {
     pub fn step(&self, message: impl Into<String>) {
         let message = message.into();
         tracing::info!("{message}");
-        let _ = self.tx.send(Reply::Progress { message, current: None, total: None });
+        let _ = self.tx.send(Reply::Progress {
+            message,
+            current: None,
+            total: None,
+        });
     }
     pub fn bytes(&self, message: String, done: Option<(u64, u64)>) {
-        let _ = self.tx.send(Reply::Progress { message, current: done.map(|d| d.0), total: done.map(|d| d.1) });
+        let _ = self.tx.send(Reply::Progress {
+            message,
+            current: done.map(|d| d.0),
+            total: done.map(|d| d.1),
+        });
     }
 }

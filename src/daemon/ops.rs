@@ -12,7 +12,9 @@ use crate::catalog::{self, Manifest};
 use crate::error::{Error, ErrorKind, Result};
 use crate::names;
 use crate::plan::{self, Action, ContainerSpec};
-use crate::state::{now, random_token, Instance, Kept, Op, OpKind, Phase, PinnedImage, Snapshot, Status};
+use crate::state::{
+    now, random_token, Instance, Kept, Op, OpKind, Phase, PinnedImage, Snapshot, Status,
+};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::os::unix::fs::DirBuilderExt;
@@ -38,9 +40,16 @@ pub const CRASH_POINTS: &[&str] = &[
 ];
 
 fn crash_point(point: &str) {
-    debug_assert!(CRASH_POINTS.contains(&point) || point.contains(":after:"), "unknown crash point {point}");
+    debug_assert!(
+        CRASH_POINTS.contains(&point) || point.contains(":after:"),
+        "unknown crash point {point}"
+    );
     static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    if AT.get_or_init(|| std::env::var("ILOT_CRASH_AT").ok()).as_deref() == Some(point) {
+    if AT
+        .get_or_init(|| std::env::var("ILOT_CRASH_AT").ok())
+        .as_deref()
+        == Some(point)
+    {
         eprintln!("ILOT_CRASH_AT={point}: killing the daemon (test hook)");
         // SAFETY: plain syscalls on our own pid.
         unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
@@ -58,7 +67,10 @@ impl Daemon {
             }
             Ok(())
         })?;
-        self.instances.write().expect("instances lock").insert(inst.name.clone(), inst.clone());
+        self.instances
+            .write()
+            .expect("instances lock")
+            .insert(inst.name.clone(), inst.clone());
         Ok(())
     }
 
@@ -72,17 +84,28 @@ impl Daemon {
             w.put_instance(inst)?;
             w.delete_op(op.id)
         })?;
-        self.instances.write().expect("instances lock").insert(inst.name.clone(), inst.clone());
+        self.instances
+            .write()
+            .expect("instances lock")
+            .insert(inst.name.clone(), inst.clone());
         Ok(())
     }
 
     fn snapshot_dir(&self, instance: &str, op: u64) -> std::path::PathBuf {
-        self.store.dir.join("snapshots").join(instance).join(op.to_string())
+        self.store
+            .dir
+            .join("snapshots")
+            .join(instance)
+            .join(op.to_string())
     }
 
     // ---- install ----
 
-    pub(super) async fn install(self: &Arc<Self>, p: InstallParams, progress: &Progress<'_>) -> Result<serde_json::Value> {
+    pub(super) async fn install(
+        self: &Arc<Self>,
+        p: InstallParams,
+        progress: &Progress<'_>,
+    ) -> Result<serde_json::Value> {
         let manifest = self.catalog.get(&p.app)?.clone();
         let name = p.name.clone().unwrap_or_else(|| manifest.name.clone());
         names::check_instance_name(&name)?;
@@ -90,9 +113,18 @@ impl Daemon {
             names::check_domain(d)?;
         }
         let settings = resolve_settings(&manifest, &p.settings)?;
-        if self.instances.read().expect("instances lock").contains_key(&name) {
-            return Err(Error::conflict(format!("an instance named {name:?} is already installed"))
-                .hint(format!("choose another name with --name, or see `ilot app show {name}`")));
+        if self
+            .instances
+            .read()
+            .expect("instances lock")
+            .contains_key(&name)
+        {
+            return Err(Error::conflict(format!(
+                "an instance named {name:?} is already installed"
+            ))
+            .hint(format!(
+                "choose another name with --name, or see `ilot app show {name}`"
+            )));
         }
         let engine = self.engine()?;
         let kept = self.store.kept(&name)?;
@@ -107,14 +139,30 @@ impl Daemon {
             }
         }
         let mut claimed = vec![("network", plan::network_name(&name))];
-        claimed.extend(manifest.volumes.keys().map(|v| ("volume", plan::volume_name(&name, v))));
-        claimed.extend(manifest.services.keys().map(|s| ("container", plan::container_name(&name, s))));
+        claimed.extend(
+            manifest
+                .volumes
+                .keys()
+                .map(|v| ("volume", plan::volume_name(&name, v))),
+        );
+        claimed.extend(
+            manifest
+                .services
+                .keys()
+                .map(|s| ("container", plan::container_name(&name, s))),
+        );
         engine.check_names_free(&claimed).await?;
 
-        let images = self.resolve_images(&manifest, &BTreeMap::new(), progress).await?;
+        let images = self
+            .resolve_images(&manifest, &BTreeMap::new(), progress)
+            .await?;
         let secrets = match &kept {
             Some(k) => k.secrets.clone(),
-            None => manifest.secrets.iter().map(|(k, s)| (k.clone(), random_token(s.length))).collect(),
+            None => manifest
+                .secrets
+                .iter()
+                .map(|(k, s)| (k.clone(), random_token(s.length)))
+                .collect(),
         };
         let t = now();
         let inst = Instance {
@@ -135,11 +183,16 @@ impl Daemon {
         let actions = plan::plan_instance(Some(&inst), &observed, false);
         if p.dry_run {
             let mut steps: Vec<String> = actions.iter().map(Action::describe).collect();
-            steps.push(format!("wait until healthy (up to {}s)", inst.manifest.health_timeout.as_secs()));
+            steps.push(format!(
+                "wait until healthy (up to {}s)",
+                inst.manifest.health_timeout.as_secs()
+            ));
             return Ok(json!({ "dry_run": true, "instance": name, "plan": steps }));
         }
         if kept.is_some() {
-            progress.step(format!("reusing the kept data of the previous {name:?} instance"));
+            progress.step(format!(
+                "reusing the kept data of the previous {name:?} instance"
+            ));
         }
         let mut op = self.new_op(OpKind::Install, &name, None, Some(inst.clone()), false)?;
         self.save(&inst, Some(&op))?;
@@ -148,7 +201,12 @@ impl Daemon {
     }
 
     /// Applies an install's plan and health-gates it; used by install and by recovery.
-    async fn converge_install(&self, op: &mut Op, mut inst: Instance, progress: &Progress<'_>) -> Result<serde_json::Value> {
+    async fn converge_install(
+        &self,
+        op: &mut Op,
+        mut inst: Instance,
+        progress: &Progress<'_>,
+    ) -> Result<serde_json::Value> {
         let name = inst.name.clone();
         let outcome = async {
             self.converge(op, Some(&inst), false, progress).await?;
@@ -166,8 +224,15 @@ impl Daemon {
                     w.delete_op(op.id)?;
                     w.delete_kept(&name)
                 })?;
-                self.instances.write().expect("instances lock").insert(name.clone(), inst.clone());
-                self.bus.publish("installed", Some(&name), format!("{} installed and healthy", inst.app));
+                self.instances
+                    .write()
+                    .expect("instances lock")
+                    .insert(name.clone(), inst.clone());
+                self.bus.publish(
+                    "installed",
+                    Some(&name),
+                    format!("{} installed and healthy", inst.app),
+                );
                 Ok(json!({ "instance": name, "status": "running", "url": self.url_of(&inst) }))
             }
             Err(e) => {
@@ -175,8 +240,13 @@ impl Daemon {
                 inst.message = Some(e.message.clone());
                 inst.updated_at = now();
                 self.finish(op, &inst)?;
-                self.bus.publish("install-failed", Some(&name), e.message.clone());
-                let kind = if e.kind == ErrorKind::Unavailable { ErrorKind::Unavailable } else { ErrorKind::Failed };
+                self.bus
+                    .publish("install-failed", Some(&name), e.message.clone());
+                let kind = if e.kind == ErrorKind::Unavailable {
+                    ErrorKind::Unavailable
+                } else {
+                    ErrorKind::Failed
+                };
                 Err(Error::new(kind, format!("install of {name} failed: {}", e.message)).hint(format!(
                     "the instance and its data are kept, marked failed: see `ilot app logs {name}`, then \
                      `ilot app restart {name}` once fixed, or `ilot app remove {name}`"
@@ -185,7 +255,14 @@ impl Daemon {
         }
     }
 
-    fn new_op(&self, kind: OpKind, instance: &str, prev: Option<Instance>, next: Option<Instance>, purge: bool) -> Result<Op> {
+    fn new_op(
+        &self,
+        kind: OpKind,
+        instance: &str,
+        prev: Option<Instance>,
+        next: Option<Instance>,
+        purge: bool,
+    ) -> Result<Op> {
         let id = self.store.write(|w| w.next_op_id())?;
         Ok(Op {
             id,
@@ -203,7 +280,13 @@ impl Daemon {
 
     /// Plans `desired` against what the engine holds and applies it step by step, journalling
     /// each step before it acts.
-    async fn converge(&self, op: &mut Op, desired: Option<&Instance>, purge: bool, progress: &Progress<'_>) -> Result<()> {
+    async fn converge(
+        &self,
+        op: &mut Op,
+        desired: Option<&Instance>,
+        purge: bool,
+        progress: &Progress<'_>,
+    ) -> Result<()> {
         let engine = self.engine()?;
         let observed = engine.observe(&op.instance).await?;
         let actions = plan::plan_instance(desired, &observed, purge);
@@ -238,7 +321,10 @@ impl Daemon {
         for service in inst.manifest.service_order().unwrap_or_default() {
             let container = plan::container_name(&inst.name, &service);
             let health = inst.manifest.services[&service].health.clone();
-            progress.step(format!("waiting for {service} to be healthy (up to {}s)", timeout.as_secs()));
+            progress.step(format!(
+                "waiting for {service} to be healthy (up to {}s)",
+                timeout.as_secs()
+            ));
             loop {
                 let state = engine.container_state(&container).await?;
                 let running = matches!(&state, Some((s, _)) if s == "running");
@@ -252,7 +338,9 @@ impl Daemon {
                 }
                 if Instant::now() >= deadline {
                     let state = match state {
-                        Some((s, code)) if s != "running" => format!("container {s} (exit code {code})"),
+                        Some((s, code)) if s != "running" => {
+                            format!("container {s} (exit code {code})")
+                        }
                         Some(_) => "container running but its health check fails".to_string(),
                         None => "container missing".to_string(),
                     };
@@ -288,7 +376,9 @@ impl Daemon {
                 })?
             } else {
                 let report = |msg: String, done: Option<(u64, u64)>| progress.bytes(msg, done);
-                engine.ensure_image(&reference, digest.as_deref(), &report).await?
+                engine
+                    .ensure_image(&reference, digest.as_deref(), &report)
+                    .await?
             };
             out.insert(service.clone(), PinnedImage { reference, id });
         }
@@ -297,10 +387,20 @@ impl Daemon {
 
     // ---- upgrade ----
 
-    pub(super) async fn upgrade(self: &Arc<Self>, p: UpgradeParams, progress: &Progress<'_>) -> Result<serde_json::Value> {
+    pub(super) async fn upgrade(
+        self: &Arc<Self>,
+        p: UpgradeParams,
+        progress: &Progress<'_>,
+    ) -> Result<serde_json::Value> {
         let inst = self.instance(&p.name)?;
-        if inst.status == Status::Installing || inst.status == Status::Removing || inst.status == Status::Upgrading {
-            return Err(Error::conflict(format!("{} is {:?}; wait for that to finish", inst.name, inst.status)));
+        if inst.status == Status::Installing
+            || inst.status == Status::Removing
+            || inst.status == Status::Upgrading
+        {
+            return Err(Error::conflict(format!(
+                "{} is {:?}; wait for that to finish",
+                inst.name, inst.status
+            )));
         }
         let mut overrides = BTreeMap::new();
         for item in &p.images {
@@ -309,19 +409,34 @@ impl Daemon {
                 None => (inst.manifest.main_service().to_string(), item.clone()),
             };
             if !inst.manifest.services.contains_key(&service) {
-                return Err(Error::bad_input(format!("{} has no service {service:?}", inst.app)).hint(format!(
-                    "services: {}",
-                    inst.manifest.services.keys().cloned().collect::<Vec<_>>().join(", ")
-                )));
+                return Err(
+                    Error::bad_input(format!("{} has no service {service:?}", inst.app)).hint(
+                        format!(
+                            "services: {}",
+                            inst.manifest
+                                .services
+                                .keys()
+                                .cloned()
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ),
+                );
             }
             check_image_ref(&reference)?;
             overrides.insert(service, reference);
         }
         // Without --image, move to the catalogue's current manifest; with it, keep the manifest.
-        let manifest = if overrides.is_empty() { self.catalog.get(&inst.app)?.clone() } else { inst.manifest.clone() };
+        let manifest = if overrides.is_empty() {
+            self.catalog.get(&inst.app)?.clone()
+        } else {
+            inst.manifest.clone()
+        };
         let mut images = inst.images.clone();
         if overrides.is_empty() {
-            images = self.resolve_images(&manifest, &BTreeMap::new(), progress).await?;
+            images = self
+                .resolve_images(&manifest, &BTreeMap::new(), progress)
+                .await?;
         } else {
             let resolved = self.resolve_images(&manifest, &overrides, progress).await?;
             for service in overrides.keys() {
@@ -329,54 +444,98 @@ impl Daemon {
             }
         }
         if images == inst.images && manifest == inst.manifest {
-            return Ok(json!({ "instance": inst.name, "status": "up-to-date", "message": format!("{} is already up to date", inst.name) }));
+            return Ok(
+                json!({ "instance": inst.name, "status": "up-to-date", "message": format!("{} is already up to date", inst.name) }),
+            );
         }
         let mut next = inst.clone();
         next.manifest = manifest;
         next.images = images;
         next.settings = resolve_settings(&next.manifest, &inst.settings)?;
         for (k, s) in &next.manifest.secrets {
-            next.secrets.entry(k.clone()).or_insert_with(|| random_token(s.length));
+            next.secrets
+                .entry(k.clone())
+                .or_insert_with(|| random_token(s.length));
         }
         next.running = true;
         next.status = Status::Running;
         next.updated_at = now();
         if p.dry_run {
             let observed = self.engine()?.observe(&inst.name).await?;
-            let mut steps: Vec<String> = inst.manifest.volumes.keys().map(|v| format!("snapshot volume {}", plan::volume_name(&inst.name, v))).collect();
-            steps.extend(plan::plan_instance(Some(&next), &observed, false).iter().map(Action::describe));
+            let mut steps: Vec<String> = inst
+                .manifest
+                .volumes
+                .keys()
+                .map(|v| format!("snapshot volume {}", plan::volume_name(&inst.name, v)))
+                .collect();
+            steps.extend(
+                plan::plan_instance(Some(&next), &observed, false)
+                    .iter()
+                    .map(Action::describe),
+            );
             steps.push(format!("wait until healthy (up to {}s); if not: restore the snapshots and the previous images", next.manifest.health_timeout.as_secs()));
             return Ok(json!({ "dry_run": true, "instance": inst.name, "plan": steps }));
         }
         let mut upgrading = inst.clone();
         upgrading.status = Status::Upgrading;
-        let mut op = self.new_op(OpKind::Upgrade, &inst.name, Some(inst.clone()), Some(next.clone()), false)?;
+        let mut op = self.new_op(
+            OpKind::Upgrade,
+            &inst.name,
+            Some(inst.clone()),
+            Some(next.clone()),
+            false,
+        )?;
         op.phase = Phase::Snapshotting;
         self.save(&upgrading, Some(&op))?;
-        self.bus.publish("upgrade-started", Some(&inst.name), describe_images("from", &inst));
+        self.bus.publish(
+            "upgrade-started",
+            Some(&inst.name),
+            describe_images("from", &inst),
+        );
 
         // 1. Stop, and copy every volume out (checksummed), before anything changes.
         let engine = self.engine()?;
-        for service in inst.manifest.service_order().unwrap_or_default().iter().rev() {
+        for service in inst
+            .manifest
+            .service_order()
+            .unwrap_or_default()
+            .iter()
+            .rev()
+        {
             let name = plan::container_name(&inst.name, service);
             progress.step(format!("stopping {name}"));
             engine.apply(&Action::StopContainer { name }).await?;
         }
         crash_point("upgrade:snapshotting");
         let dir = self.snapshot_dir(&inst.name, op.id);
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
             .map_err(|e| Error::failed(format!("cannot create {}: {e}", dir.display())))?;
         for (volume, (service, mount)) in volume_mounts(&inst) {
             let file = dir.join(format!("{volume}.tar"));
-            progress.step(format!("snapshotting volume {}", plan::volume_name(&inst.name, &volume)));
+            progress.step(format!(
+                "snapshotting volume {}",
+                plan::volume_name(&inst.name, &volume)
+            ));
             let container = plan::container_name(&inst.name, &service);
             match engine.snapshot(&container, &mount, &file).await {
-                Ok((sha256, bytes)) => op.snapshots.push(Snapshot { volume: volume.clone(), mount, file, sha256, bytes }),
+                Ok((sha256, bytes)) => op.snapshots.push(Snapshot {
+                    volume: volume.clone(),
+                    mount,
+                    file,
+                    sha256,
+                    bytes,
+                }),
                 Err(e) => {
                     // Nothing switched yet: put the old version back as it was.
                     self.abort_upgrade(&mut op, progress).await?;
-                    return Err(Error::failed(format!("upgrade of {} aborted: could not snapshot {volume}: {}", inst.name, e.message))
-                        .hint("nothing was changed; the previous version runs again"));
+                    return Err(Error::failed(format!(
+                        "upgrade of {} aborted: could not snapshot {volume}: {}",
+                        inst.name, e.message
+                    ))
+                    .hint("nothing was changed; the previous version runs again"));
                 }
             }
         }
@@ -396,7 +555,8 @@ impl Daemon {
             Ok(()) => {
                 self.finish(&op, &next)?;
                 let _ = std::fs::remove_dir_all(&dir);
-                self.bus.publish("upgraded", Some(&next.name), describe_images("to", &next));
+                self.bus
+                    .publish("upgraded", Some(&next.name), describe_images("to", &next));
                 Ok(json!({ "instance": next.name, "status": "upgraded", "images": next.images }))
             }
             Err(e) => {
@@ -424,7 +584,11 @@ impl Daemon {
             back.message = Some(e.message);
         }
         self.finish(op, &back)?;
-        self.bus.publish("upgrade-aborted", Some(&prev.name), "upgrade interrupted before the switch; previous version restarted");
+        self.bus.publish(
+            "upgrade-aborted",
+            Some(&prev.name),
+            "upgrade interrupted before the switch; previous version restarted",
+        );
         Ok(())
     }
 
@@ -438,15 +602,22 @@ impl Daemon {
         let engine = self.engine()?;
         for c in engine.observe(&prev.name).await?.containers {
             progress.step(format!("removing {}", c.name));
-            engine.apply(&Action::RemoveContainer { name: c.name }).await?;
+            engine
+                .apply(&Action::RemoveContainer { name: c.name })
+                .await?;
         }
         let mounts = volume_mounts(&prev);
         for snap in &op.snapshots {
             let volume = plan::volume_name(&prev.name, &snap.volume);
             progress.step(format!("restoring volume {volume} from its snapshot"));
-            let service = mounts.get(&snap.volume).map(|(s, _)| s.clone()).unwrap_or_else(|| prev.manifest.main_service().to_string());
+            let service = mounts
+                .get(&snap.volume)
+                .map(|(s, _)| s.clone())
+                .unwrap_or_else(|| prev.manifest.main_service().to_string());
             let spec = ContainerSpec::for_service(&prev, &service);
-            engine.restore(&spec, &volume, &snap.mount, &snap.file, &snap.sha256).await?;
+            engine
+                .restore(&spec, &volume, &snap.mount, &snap.file, &snap.sha256)
+                .await?;
         }
         self.converge(op, Some(&prev), false, progress).await?;
         let mut back = prev.clone();
@@ -454,17 +625,28 @@ impl Daemon {
         back.message = Some(format!("upgrade rolled back at {}", now()));
         if let Err(e) = self.gate(&prev, progress).await {
             back.status = Status::Failed;
-            back.message = Some(format!("rolled back, but the previous version is not healthy either: {}", e.message));
+            back.message = Some(format!(
+                "rolled back, but the previous version is not healthy either: {}",
+                e.message
+            ));
         }
         self.finish(op, &back)?;
         let _ = std::fs::remove_dir_all(self.snapshot_dir(&prev.name, op.id));
-        self.bus.publish("upgrade-rolled-back", Some(&prev.name), describe_images("back to", &prev));
+        self.bus.publish(
+            "upgrade-rolled-back",
+            Some(&prev.name),
+            describe_images("back to", &prev),
+        );
         Ok(())
     }
 
     // ---- remove ----
 
-    pub(super) async fn remove(self: &Arc<Self>, p: RemoveParams, progress: &Progress<'_>) -> Result<serde_json::Value> {
+    pub(super) async fn remove(
+        self: &Arc<Self>,
+        p: RemoveParams,
+        progress: &Progress<'_>,
+    ) -> Result<serde_json::Value> {
         names::check_instance_name(&p.name)?;
         let engine = self.engine()?;
         let inst = match self.instance(&p.name) {
@@ -480,9 +662,15 @@ impl Daemon {
         };
         if p.dry_run {
             let observed = engine.observe(&p.name).await?;
-            let mut steps: Vec<String> = plan::plan_instance(None, &observed, p.purge).iter().map(Action::describe).collect();
+            let mut steps: Vec<String> = plan::plan_instance(None, &observed, p.purge)
+                .iter()
+                .map(Action::describe)
+                .collect();
             if !p.purge && !observed.volumes.is_empty() {
-                steps.push(format!("keep volumes {} (use --purge to delete them)", observed.volumes.join(", ")));
+                steps.push(format!(
+                    "keep volumes {} (use --purge to delete them)",
+                    observed.volumes.join(", ")
+                ));
             }
             return Ok(json!({ "dry_run": true, "instance": p.name, "plan": steps }));
         }
@@ -499,12 +687,21 @@ impl Daemon {
         self.converge_remove(&mut op, progress).await
     }
 
-    async fn converge_remove(&self, op: &mut Op, progress: &Progress<'_>) -> Result<serde_json::Value> {
+    async fn converge_remove(
+        &self,
+        op: &mut Op,
+        progress: &Progress<'_>,
+    ) -> Result<serde_json::Value> {
         let name = op.instance.clone();
         let volumes = self.engine()?.observe(&name).await?.volumes;
         self.converge(op, None, op.purge, progress).await?;
         let kept = match (&op.prev, op.purge) {
-            (Some(prev), false) => Some(Kept { app: prev.app.clone(), secrets: prev.secrets.clone(), volumes: volumes.clone(), removed_at: now() }),
+            (Some(prev), false) => Some(Kept {
+                app: prev.app.clone(),
+                secrets: prev.secrets.clone(),
+                volumes: volumes.clone(),
+                removed_at: now(),
+            }),
             _ => None,
         };
         self.store.write(|w| {
@@ -515,22 +712,38 @@ impl Daemon {
                 None => w.delete_kept(&name),
             }
         })?;
-        self.instances.write().expect("instances lock").remove(&name);
+        self.instances
+            .write()
+            .expect("instances lock")
+            .remove(&name);
         if op.purge {
             let _ = std::fs::remove_dir_all(self.store.dir.join("snapshots").join(&name));
         }
         let kept_note = if op.purge || volumes.is_empty() {
             String::new()
         } else {
-            format!("; data kept in {} (reinstall under the same name to reuse it, or remove --purge)", volumes.join(", "))
+            format!(
+                "; data kept in {} (reinstall under the same name to reuse it, or remove --purge)",
+                volumes.join(", ")
+            )
         };
-        self.bus.publish("removed", Some(&name), format!("removed{}", if op.purge { " with its data" } else { "" }));
-        Ok(json!({ "instance": name, "status": "removed", "purged": op.purge, "kept_volumes": if op.purge { vec![] } else { volumes }, "message": format!("{name} removed{kept_note}") }))
+        self.bus.publish(
+            "removed",
+            Some(&name),
+            format!("removed{}", if op.purge { " with its data" } else { "" }),
+        );
+        Ok(
+            json!({ "instance": name, "status": "removed", "purged": op.purge, "kept_volumes": if op.purge { vec![] } else { volumes }, "message": format!("{name} removed{kept_note}") }),
+        )
     }
 
     // ---- start / stop / restart ----
 
-    pub(super) async fn start(self: &Arc<Self>, name: &str, progress: &Progress<'_>) -> Result<serde_json::Value> {
+    pub(super) async fn start(
+        self: &Arc<Self>,
+        name: &str,
+        progress: &Progress<'_>,
+    ) -> Result<serde_json::Value> {
         let mut inst = self.instance(name)?;
         inst.running = true;
         self.save(&inst, None)?;
@@ -538,7 +751,11 @@ impl Daemon {
         self.settle_health(inst, progress, "started").await
     }
 
-    pub(super) async fn stop(self: &Arc<Self>, name: &str, progress: &Progress<'_>) -> Result<serde_json::Value> {
+    pub(super) async fn stop(
+        self: &Arc<Self>,
+        name: &str,
+        progress: &Progress<'_>,
+    ) -> Result<serde_json::Value> {
         let mut inst = self.instance(name)?;
         inst.running = false;
         inst.status = Status::Stopped;
@@ -550,7 +767,11 @@ impl Daemon {
         Ok(json!({ "instance": name, "status": "stopped" }))
     }
 
-    pub(super) async fn restart(self: &Arc<Self>, name: &str, progress: &Progress<'_>) -> Result<serde_json::Value> {
+    pub(super) async fn restart(
+        self: &Arc<Self>,
+        name: &str,
+        progress: &Progress<'_>,
+    ) -> Result<serde_json::Value> {
         let mut inst = self.instance(name)?;
         inst.running = true;
         self.save(&inst, None)?;
@@ -580,7 +801,12 @@ impl Daemon {
         Ok(())
     }
 
-    async fn settle_health(&self, mut inst: Instance, progress: &Progress<'_>, verb: &str) -> Result<serde_json::Value> {
+    async fn settle_health(
+        &self,
+        mut inst: Instance,
+        progress: &Progress<'_>,
+        verb: &str,
+    ) -> Result<serde_json::Value> {
         let outcome = self.gate(&inst, progress).await;
         inst.updated_at = now();
         match outcome {
@@ -595,9 +821,13 @@ impl Daemon {
                 inst.status = Status::Failed;
                 inst.message = Some(e.message.clone());
                 self.save(&inst, None)?;
-                self.bus.publish("unhealthy", Some(&inst.name), e.message.clone());
-                Err(Error::failed(format!("{} {verb} but is not healthy: {}", inst.name, e.message))
-                    .hint(format!("see `ilot app logs {}`", inst.name)))
+                self.bus
+                    .publish("unhealthy", Some(&inst.name), e.message.clone());
+                Err(Error::failed(format!(
+                    "{} {verb} but is not healthy: {}",
+                    inst.name, e.message
+                ))
+                .hint(format!("see `ilot app logs {}`", inst.name)))
             }
         }
     }
@@ -614,17 +844,26 @@ impl Daemon {
             let result = match (op.kind, op.phase) {
                 (OpKind::Install, _) => {
                     let inst = op.next.clone().expect("install journal has next");
-                    self.converge_install(&mut op, inst, &progress).await.map(|_| ())
+                    self.converge_install(&mut op, inst, &progress)
+                        .await
+                        .map(|_| ())
                 }
                 (OpKind::Remove, _) => self.converge_remove(&mut op, &progress).await.map(|_| ()),
-                (OpKind::Upgrade, Phase::Applying | Phase::Snapshotting) => self.abort_upgrade(&mut op, &progress).await,
+                (OpKind::Upgrade, Phase::Applying | Phase::Snapshotting) => {
+                    self.abort_upgrade(&mut op, &progress).await
+                }
                 (OpKind::Upgrade, _) => self.rollback(&mut op, &progress).await,
             };
             match result {
-                Ok(()) => self.bus.publish("recovered", Some(&op.instance), format!("interrupted {:?} recovered", op.kind).to_lowercase()),
+                Ok(()) => self.bus.publish(
+                    "recovered",
+                    Some(&op.instance),
+                    format!("interrupted {:?} recovered", op.kind).to_lowercase(),
+                ),
                 Err(e) => {
                     tracing::error!("recovery of {} failed: {e}", op.instance);
-                    self.bus.publish("recovery-failed", Some(&op.instance), e.message);
+                    self.bus
+                        .publish("recovery-failed", Some(&op.instance), e.message);
                 }
             }
         }
@@ -636,7 +875,13 @@ impl Daemon {
         let engine = self.engine()?;
         let (tx, _) = tokio::sync::mpsc::unbounded_channel();
         let progress = Progress { tx: &tx };
-        let known: Vec<Instance> = self.instances.read().expect("instances lock").values().cloned().collect();
+        let known: Vec<Instance> = self
+            .instances
+            .read()
+            .expect("instances lock")
+            .values()
+            .cloned()
+            .collect();
         for name in engine.instances_present().await? {
             if !known.iter().any(|i| i.name == name) {
                 let observed = engine.observe(&name).await?;
@@ -653,7 +898,11 @@ impl Daemon {
                 continue;
             }
             let what: Vec<String> = actions.iter().map(Action::describe).collect();
-            self.bus.publish("drift", Some(&inst.name), format!("correcting drift: {}", what.join("; ")));
+            self.bus.publish(
+                "drift",
+                Some(&inst.name),
+                format!("correcting drift: {}", what.join("; ")),
+            );
             self.apply_direct(&inst, &progress).await?;
         }
         Ok(())
@@ -663,37 +912,62 @@ impl Daemon {
     pub(super) async fn plan_all(&self) -> Result<serde_json::Value> {
         let engine = self.engine()?;
         let mut out = Vec::new();
-        let known: Vec<Instance> = self.instances.read().expect("instances lock").values().cloned().collect();
+        let known: Vec<Instance> = self
+            .instances
+            .read()
+            .expect("instances lock")
+            .values()
+            .cloned()
+            .collect();
         for name in engine.instances_present().await? {
             if !known.iter().any(|i| i.name == name) {
                 let observed = engine.observe(&name).await?;
-                let steps: Vec<String> = plan::plan_instance(None, &observed, false).iter().map(Action::describe).collect();
+                let steps: Vec<String> = plan::plan_instance(None, &observed, false)
+                    .iter()
+                    .map(Action::describe)
+                    .collect();
                 out.push(json!({ "instance": name, "reason": "orphan", "plan": steps }));
             }
         }
         for inst in known {
             let observed = engine.observe(&inst.name).await?;
-            let steps: Vec<String> = plan::plan_instance(Some(&inst), &observed, false).iter().map(Action::describe).collect();
+            let steps: Vec<String> = plan::plan_instance(Some(&inst), &observed, false)
+                .iter()
+                .map(Action::describe)
+                .collect();
             if !steps.is_empty() {
                 out.push(json!({ "instance": inst.name, "reason": "drift", "plan": steps }));
             }
         }
-        let pending: Vec<_> = self.store.ops()?.into_iter().map(|o| json!({"instance": o.instance, "kind": o.kind, "step": o.step})).collect();
+        let pending: Vec<_> = self
+            .store
+            .ops()?
+            .into_iter()
+            .map(|o| json!({"instance": o.instance, "kind": o.kind, "step": o.step}))
+            .collect();
         Ok(json!({ "changes": out, "operations_in_progress": pending }))
     }
 }
 
 /// Validates `--set` values against the manifest and fills in defaults.
-fn resolve_settings(manifest: &Manifest, given: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>> {
+fn resolve_settings(
+    manifest: &Manifest,
+    given: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for (key, value) in given {
         let setting = manifest.settings.get(key).ok_or_else(|| {
             let known: Vec<&str> = manifest.settings.keys().map(String::as_str).collect();
-            Error::bad_input(format!("{} has no setting {key:?}", manifest.name)).hint(if known.is_empty() {
-                "this app takes no settings".to_string()
-            } else {
-                format!("its settings: {} (see `ilot app catalog`)", known.join(", "))
-            })
+            Error::bad_input(format!("{} has no setting {key:?}", manifest.name)).hint(
+                if known.is_empty() {
+                    "this app takes no settings".to_string()
+                } else {
+                    format!(
+                        "its settings: {} (see `ilot app catalog`)",
+                        known.join(", ")
+                    )
+                },
+            )
         })?;
         catalog::check_setting_value(key, setting, value).map_err(Error::bad_input)?;
         out.insert(key.clone(), value.clone());
@@ -705,8 +979,11 @@ fn resolve_settings(manifest: &Manifest, given: &BTreeMap<String, String>) -> Re
                     out.insert(key.clone(), d.clone());
                 }
                 None => {
-                    return Err(Error::bad_input(format!("{} needs the setting {key}", manifest.name))
-                        .hint(format!("add --set {key}=VALUE ({})", s.description)))
+                    return Err(Error::bad_input(format!(
+                        "{} needs the setting {key}",
+                        manifest.name
+                    ))
+                    .hint(format!("add --set {key}=VALUE ({})", s.description)))
                 }
             }
         }
@@ -720,11 +997,13 @@ fn check_image_ref(r: &str) -> Result<()> {
         && r.len() <= 255
         && (r.contains(':') || r.contains('@'))
         && !r.starts_with([':', '@', '/', '-'])
-        && r.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/:@".contains(&b));
+        && r.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-/:@".contains(&b));
     if ok {
         Ok(())
     } else {
-        Err(Error::bad_input(format!("invalid image reference {r:?}")).hint("use NAME:TAG or NAME@sha256:DIGEST, e.g. ilot/hello:2.0"))
+        Err(Error::bad_input(format!("invalid image reference {r:?}"))
+            .hint("use NAME:TAG or NAME@sha256:DIGEST, e.g. ilot/hello:2.0"))
     }
 }
 
@@ -733,13 +1012,18 @@ fn volume_mounts(inst: &Instance) -> BTreeMap<String, (String, String)> {
     let mut out = BTreeMap::new();
     for (service, svc) in &inst.manifest.services {
         for (vol, path) in &svc.mounts {
-            out.entry(vol.clone()).or_insert((service.clone(), path.clone()));
+            out.entry(vol.clone())
+                .or_insert((service.clone(), path.clone()));
         }
     }
     out
 }
 
 fn describe_images(prefix: &str, inst: &Instance) -> String {
-    let images: Vec<String> = inst.images.values().map(|i| format!("{} ({})", i.reference, plan::short_id(&i.id))).collect();
+    let images: Vec<String> = inst
+        .images
+        .values()
+        .map(|i| format!("{} ({})", i.reference, plan::short_id(&i.id)))
+        .collect();
     format!("{prefix} {}", images.join(", "))
 }

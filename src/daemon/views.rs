@@ -12,7 +12,10 @@ use serde_json::{json, Value};
 
 impl Daemon {
     fn observed_of(&self, instance: &str) -> Vec<ObservedContainer> {
-        self.runtime.get().map(|(_, o)| o.containers_of(instance)).unwrap_or_default()
+        self.runtime
+            .get()
+            .map(|(_, o)| o.containers_of(instance))
+            .unwrap_or_default()
     }
 
     /// The URL of the main service's first published port, e.g. http://127.0.0.1:49153/.
@@ -21,14 +24,26 @@ impl Daemon {
         let port = inst.manifest.services.get(main)?.ports.first()?.container;
         let name = plan::container_name(&inst.name, main);
         let observed = self.observed_of(&inst.name);
-        let addr = observed.iter().find(|c| c.name == name)?.ports.get(&port)?.clone();
+        let addr = observed
+            .iter()
+            .find(|c| c.name == name)?
+            .ports
+            .get(&port)?
+            .clone();
         Some(format!("http://{addr}/"))
     }
 
     /// Status as a user means it: the stored status, unless the containers say otherwise.
-    fn live_status(&self, inst: &Instance, observed: &[ObservedContainer]) -> (String, Option<String>) {
+    fn live_status(
+        &self,
+        inst: &Instance,
+        observed: &[ObservedContainer],
+    ) -> (String, Option<String>) {
         let main = plan::container_name(&inst.name, inst.manifest.main_service());
-        let mut health = observed.iter().find(|c| c.name == main).and_then(|c| c.health.clone());
+        let mut health = observed
+            .iter()
+            .find(|c| c.name == main)
+            .and_then(|c| c.health.clone());
         // The engine says "starting" until its first (slow, steady-state) check; ilot's own
         // health gate already passed for a running instance.
         if inst.status == Status::Running && health.as_deref() == Some("starting") {
@@ -37,10 +52,16 @@ impl Daemon {
         let apps: Vec<&ObservedContainer> = observed.iter().filter(|c| c.role == "app").collect();
         let status = match inst.status {
             Status::Running if self.runtime.get().is_none() => "unknown".to_string(),
-            Status::Running if apps.len() < inst.manifest.services.len() || apps.iter().any(|c| !c.running()) => {
+            Status::Running
+                if apps.len() < inst.manifest.services.len()
+                    || apps.iter().any(|c| !c.running()) =>
+            {
                 "degraded".to_string()
             }
-            s => serde_json::to_value(s).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+            s => serde_json::to_value(s)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
         };
         (status, health)
     }
@@ -173,16 +194,25 @@ impl Daemon {
         let services: Vec<String> = match &p.service {
             Some(s) if inst.manifest.services.contains_key(s) => vec![s.clone()],
             Some(s) => {
-                return Err(Error::bad_input(format!("{} has no service {s:?}", inst.name)).hint(format!(
-                    "services: {}",
-                    inst.manifest.services.keys().cloned().collect::<Vec<_>>().join(", ")
-                )))
+                return Err(
+                    Error::bad_input(format!("{} has no service {s:?}", inst.name)).hint(format!(
+                        "services: {}",
+                        inst.manifest
+                            .services
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
+                )
             }
             None => inst.manifest.service_order().unwrap_or_default(),
         };
         let streams = services.iter().map(|s| {
             let service = s.clone();
-            engine.logs(&plan::container_name(&inst.name, s), p.follow, p.tail).map(move |line| (service.clone(), line))
+            engine
+                .logs(&plan::container_name(&inst.name, s), p.follow, p.tail)
+                .map(move |line| (service.clone(), line))
         });
         let mut merged = futures_util::stream::select_all(streams.map(Box::pin));
         while let Some((service, line)) = merged.next().await {
@@ -192,7 +222,13 @@ impl Daemon {
                 Err(e) => return Err(e),
             };
             for l in text.lines() {
-                if tx.send(Reply::Log { service: service.clone(), line: l.to_string() }).is_err() {
+                if tx
+                    .send(Reply::Log {
+                        service: service.clone(),
+                        line: l.to_string(),
+                    })
+                    .is_err()
+                {
                     return Ok(Value::Null); // the client left
                 }
             }

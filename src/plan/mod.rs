@@ -55,7 +55,11 @@ impl ContainerSpec {
     pub fn for_service(inst: &Instance, service: &str) -> ContainerSpec {
         let svc = &inst.manifest.services[service];
         let image = &inst.images[service];
-        let env = svc.env.iter().map(|(k, v)| (k.clone(), render(v, inst))).collect();
+        let env = svc
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), render(v, inst)))
+            .collect();
         let mut spec = ContainerSpec {
             name: container_name(&inst.name, service),
             instance: inst.name.clone(),
@@ -66,7 +70,11 @@ impl ContainerSpec {
             user: svc.user.clone(),
             command: svc.command.clone(),
             env,
-            mounts: svc.mounts.iter().map(|(v, p)| (volume_name(&inst.name, v), p.clone())).collect(),
+            mounts: svc
+                .mounts
+                .iter()
+                .map(|(v, p)| (volume_name(&inst.name, v), p.clone()))
+                .collect(),
             ports: svc.ports.clone(),
             capabilities: svc.capabilities.clone(),
             memory: catalog::parse_memory(&svc.memory).unwrap_or(256 << 20),
@@ -175,7 +183,12 @@ impl Action {
             Action::CreateNetwork { name, .. } => format!("create network {name}"),
             Action::CreateVolume { name, .. } => format!("create volume {name}"),
             Action::CreateContainer { spec } => {
-                format!("create container {} from {} ({})", spec.name, spec.image_ref, short_id(&spec.image_id))
+                format!(
+                    "create container {} from {} ({})",
+                    spec.name,
+                    spec.image_ref,
+                    short_id(&spec.image_id)
+                )
             }
             Action::StartContainer { name, .. } => format!("start container {name}"),
             Action::StopContainer { name } => format!("stop container {name}"),
@@ -193,11 +206,17 @@ pub fn short_id(id: &str) -> &str {
 
 /// What it takes to bring `observed` to `desired` (`None`: the instance must not exist; its
 /// volumes are kept unless `purge`).
-pub fn plan_instance(desired: Option<&Instance>, observed: &ObservedInstance, purge: bool) -> Vec<Action> {
+pub fn plan_instance(
+    desired: Option<&Instance>,
+    observed: &ObservedInstance,
+    purge: bool,
+) -> Vec<Action> {
     let mut actions = Vec::new();
     let Some(inst) = desired else {
         for c in &observed.containers {
-            actions.push(Action::RemoveContainer { name: c.name.clone() });
+            actions.push(Action::RemoveContainer {
+                name: c.name.clone(),
+            });
         }
         for n in &observed.networks {
             actions.push(Action::RemoveNetwork { name: n.clone() });
@@ -211,45 +230,68 @@ pub fn plan_instance(desired: Option<&Instance>, observed: &ObservedInstance, pu
     };
 
     let order = inst.manifest.service_order().unwrap_or_default();
-    let specs: Vec<ContainerSpec> = order.iter().map(|s| ContainerSpec::for_service(inst, s)).collect();
+    let specs: Vec<ContainerSpec> = order
+        .iter()
+        .map(|s| ContainerSpec::for_service(inst, s))
+        .collect();
 
     // Containers that are not ours to keep: unknown services, leftovers (restore helpers),
     // and containers whose spec changed. Removed first, so names are free again.
     let mut keep: Vec<&ObservedContainer> = Vec::new();
     for c in &observed.containers {
-        let wanted = specs.iter().any(|s| s.name == c.name && s.hash == c.spec && c.role == "app");
+        let wanted = specs
+            .iter()
+            .any(|s| s.name == c.name && s.hash == c.spec && c.role == "app");
         if wanted {
             keep.push(c);
         } else {
             if c.running() {
-                actions.push(Action::StopContainer { name: c.name.clone() });
+                actions.push(Action::StopContainer {
+                    name: c.name.clone(),
+                });
             }
-            actions.push(Action::RemoveContainer { name: c.name.clone() });
+            actions.push(Action::RemoveContainer {
+                name: c.name.clone(),
+            });
         }
     }
 
     let network = network_name(&inst.name);
     if !observed.networks.contains(&network) {
-        actions.push(Action::CreateNetwork { name: network, instance: inst.name.clone() });
+        actions.push(Action::CreateNetwork {
+            name: network,
+            instance: inst.name.clone(),
+        });
     }
     for vol in inst.manifest.volumes.keys() {
         let name = volume_name(&inst.name, vol);
         if !observed.volumes.contains(&name) {
-            actions.push(Action::CreateVolume { name, instance: inst.name.clone() });
+            actions.push(Action::CreateVolume {
+                name,
+                instance: inst.name.clone(),
+            });
         }
     }
     for spec in &specs {
         match keep.iter().find(|c| c.name == spec.name) {
             None => {
-                actions.push(Action::CreateContainer { spec: Box::new(spec.clone()) });
+                actions.push(Action::CreateContainer {
+                    spec: Box::new(spec.clone()),
+                });
                 if inst.running {
-                    actions.push(Action::StartContainer { name: spec.name.clone(), service: spec.service.clone() });
+                    actions.push(Action::StartContainer {
+                        name: spec.name.clone(),
+                        service: spec.service.clone(),
+                    });
                 }
             }
-            Some(c) if inst.running && !c.running() => {
-                actions.push(Action::StartContainer { name: spec.name.clone(), service: spec.service.clone() })
-            }
-            Some(c) if !inst.running && c.running() => actions.push(Action::StopContainer { name: c.name.clone() }),
+            Some(c) if inst.running && !c.running() => actions.push(Action::StartContainer {
+                name: spec.name.clone(),
+                service: spec.service.clone(),
+            }),
+            Some(c) if !inst.running && c.running() => actions.push(Action::StopContainer {
+                name: c.name.clone(),
+            }),
             Some(_) => {}
         }
     }
@@ -267,8 +309,14 @@ mod tests {
         Instance {
             name: "h1".into(),
             app: "hello".into(),
-            images: [("web".to_string(), PinnedImage { reference: "ilot/hello:1.0".into(), id: "sha256:ab".into() })]
-                .into(),
+            images: [(
+                "web".to_string(),
+                PinnedImage {
+                    reference: "ilot/hello:1.0".into(),
+                    id: "sha256:ab".into(),
+                },
+            )]
+            .into(),
             manifest,
             domain: None,
             settings: [("greeting".to_string(), "Hi".to_string())].into(),
@@ -303,9 +351,19 @@ mod tests {
 
     #[test]
     fn fresh_install_creates_everything_in_order() {
-        let kinds: Vec<_> =
-            plan_instance(Some(&hello()), &ObservedInstance::default(), false).iter().map(|a| a.kind()).collect();
-        assert_eq!(kinds, ["create-network", "create-volume", "create-container", "start-container"]);
+        let kinds: Vec<_> = plan_instance(Some(&hello()), &ObservedInstance::default(), false)
+            .iter()
+            .map(|a| a.kind())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "create-network",
+                "create-volume",
+                "create-container",
+                "start-container"
+            ]
+        );
     }
 
     #[test]
@@ -320,21 +378,44 @@ mod tests {
         let observed = observed_as_applied(&inst);
         let mut newer = inst.clone();
         newer.images.get_mut("web").unwrap().id = "sha256:cd".into();
-        let kinds: Vec<_> = plan_instance(Some(&newer), &observed, false).iter().map(|a| a.kind()).collect();
-        assert_eq!(kinds, ["stop-container", "remove-container", "create-container", "start-container"]);
+        let kinds: Vec<_> = plan_instance(Some(&newer), &observed, false)
+            .iter()
+            .map(|a| a.kind())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "stop-container",
+                "remove-container",
+                "create-container",
+                "start-container"
+            ]
+        );
         let mut stopped = inst.clone();
         stopped.running = false;
-        let kinds: Vec<_> = plan_instance(Some(&stopped), &observed, false).iter().map(|a| a.kind()).collect();
+        let kinds: Vec<_> = plan_instance(Some(&stopped), &observed, false)
+            .iter()
+            .map(|a| a.kind())
+            .collect();
         assert_eq!(kinds, ["stop-container"]);
     }
 
     #[test]
     fn removal_keeps_volumes_unless_purged() {
         let observed = observed_as_applied(&hello());
-        let kinds: Vec<_> = plan_instance(None, &observed, false).iter().map(|a| a.kind()).collect();
+        let kinds: Vec<_> = plan_instance(None, &observed, false)
+            .iter()
+            .map(|a| a.kind())
+            .collect();
         assert_eq!(kinds, ["remove-container", "remove-network"]);
-        let kinds: Vec<_> = plan_instance(None, &observed, true).iter().map(|a| a.kind()).collect();
-        assert_eq!(kinds, ["remove-container", "remove-network", "remove-volume"]);
+        let kinds: Vec<_> = plan_instance(None, &observed, true)
+            .iter()
+            .map(|a| a.kind())
+            .collect();
+        assert_eq!(
+            kinds,
+            ["remove-container", "remove-network", "remove-volume"]
+        );
     }
 
     #[test]

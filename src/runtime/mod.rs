@@ -6,8 +6,9 @@
 use crate::error::{Error, Result};
 use crate::plan::{self, Action, ContainerSpec, ObservedContainer, ObservedInstance};
 use bollard::models::{
-    ContainerCreateBody, HealthConfig, HostConfig, Mount, MountType, MountVolumeOptions, NetworkCreateRequest,
-    NetworkingConfig, EndpointSettings, PortBinding, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
+    ContainerCreateBody, EndpointSettings, HealthConfig, HostConfig, Mount, MountType,
+    MountVolumeOptions, NetworkCreateRequest, NetworkingConfig, PortBinding, RestartPolicy,
+    RestartPolicyNameEnum, VolumeCreateRequest,
 };
 use bollard::query_parameters as q;
 use bollard::Docker;
@@ -32,12 +33,17 @@ pub type ProgressFn<'a> = &'a (dyn Fn(String, Option<(u64, u64)>) + Send + Sync)
 fn engine_err(what: &str, e: bollard::errors::Error) -> Error {
     use bollard::errors::Error as B;
     match e {
-        B::DockerResponseServerError { status_code, message } => {
-            Error::failed(format!("Docker engine refused to {what}: {message} (HTTP {status_code})"))
-        }
+        B::DockerResponseServerError {
+            status_code,
+            message,
+        } => Error::failed(format!(
+            "Docker engine refused to {what}: {message} (HTTP {status_code})"
+        )),
         B::HyperResponseError { .. } | B::IOError { .. } | B::RequestTimeoutError => {
-            Error::unavailable(format!("Docker engine not reachable while trying to {what}: {e}"))
-                .hint("start it (systemctl start docker, or dockerd) and retry")
+            Error::unavailable(format!(
+                "Docker engine not reachable while trying to {what}: {e}"
+            ))
+            .hint("start it (systemctl start docker, or dockerd) and retry")
         }
         e => Error::failed(format!("Docker engine: cannot {what}: {e}")),
     }
@@ -59,11 +65,18 @@ impl Engine {
                 Error::unavailable(format!("Docker engine not reachable at {address}: {e}"))
                     .hint("start it (systemctl start docker, or dockerd), or set [daemon] docker in the config")
             })?;
-        Ok(Engine { docker, owner: owner.to_string() })
+        Ok(Engine {
+            docker,
+            owner: owner.to_string(),
+        })
     }
 
     pub async fn version(&self) -> Result<String> {
-        let v = self.docker.version().await.map_err(|e| engine_err("report its version", e))?;
+        let v = self
+            .docker
+            .version()
+            .await
+            .map_err(|e| engine_err("report its version", e))?;
         Ok(v.version.unwrap_or_default())
     }
 
@@ -88,8 +101,16 @@ impl Engine {
 
     /// Every container this daemon owns.
     pub async fn list_containers(&self, instance: Option<&str>) -> Result<Vec<ObservedContainer>> {
-        let opts = q::ListContainersOptions { all: true, filters: Some(self.owner_filter(instance)), ..Default::default() };
-        let list = self.docker.list_containers(Some(opts)).await.map_err(|e| engine_err("list containers", e))?;
+        let opts = q::ListContainersOptions {
+            all: true,
+            filters: Some(self.owner_filter(instance)),
+            ..Default::default()
+        };
+        let list = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(|e| engine_err("list containers", e))?;
         Ok(list
             .into_iter()
             .map(|c| {
@@ -112,16 +133,34 @@ impl Engine {
                         let public = p.public_port?;
                         let ip = p.ip.unwrap_or_default();
                         // The engine lists v4 and v6 bindings; keep the first (v4).
-                        Some((p.private_port, if ip.contains(':') { format!("[{ip}]:{public}") } else { format!("{ip}:{public}") }))
+                        Some((
+                            p.private_port,
+                            if ip.contains(':') {
+                                format!("[{ip}]:{public}")
+                            } else {
+                                format!("{ip}:{public}")
+                            },
+                        ))
                     })
                     .rev()
                     .collect();
                 ObservedContainer {
                     id: c.id.unwrap_or_default(),
-                    name: c.names.and_then(|n| n.first().cloned()).unwrap_or_default().trim_start_matches('/').to_string(),
-                    instance: labels.get(plan::LABEL_INSTANCE).cloned().unwrap_or_default(),
+                    name: c
+                        .names
+                        .and_then(|n| n.first().cloned())
+                        .unwrap_or_default()
+                        .trim_start_matches('/')
+                        .to_string(),
+                    instance: labels
+                        .get(plan::LABEL_INSTANCE)
+                        .cloned()
+                        .unwrap_or_default(),
                     service: labels.get(plan::LABEL_SERVICE).cloned().unwrap_or_default(),
-                    role: labels.get(plan::LABEL_ROLE).cloned().unwrap_or_else(|| "app".into()),
+                    role: labels
+                        .get(plan::LABEL_ROLE)
+                        .cloned()
+                        .unwrap_or_else(|| "app".into()),
                     state: c.state.map(|s| s.to_string()).unwrap_or_default(),
                     health: health.map(String::from),
                     image_id: c.image_id.unwrap_or_default(),
@@ -136,30 +175,53 @@ impl Engine {
         let containers = self.list_containers(Some(instance)).await?;
         let nets = self
             .docker
-            .list_networks(Some(q::ListNetworksOptions { filters: Some(self.owner_filter(Some(instance))) }))
+            .list_networks(Some(q::ListNetworksOptions {
+                filters: Some(self.owner_filter(Some(instance))),
+            }))
             .await
             .map_err(|e| engine_err("list networks", e))?;
         let vols = self
             .docker
-            .list_volumes(Some(q::ListVolumesOptions { filters: Some(self.owner_filter(Some(instance))) }))
+            .list_volumes(Some(q::ListVolumesOptions {
+                filters: Some(self.owner_filter(Some(instance))),
+            }))
             .await
             .map_err(|e| engine_err("list volumes", e))?;
         let mut networks: Vec<String> = nets.into_iter().filter_map(|n| n.name).collect();
-        let mut volumes: Vec<String> = vols.volumes.unwrap_or_default().into_iter().map(|v| v.name).collect();
+        let mut volumes: Vec<String> = vols
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
         networks.sort();
         volumes.sort();
-        Ok(ObservedInstance { containers, networks, volumes })
+        Ok(ObservedInstance {
+            containers,
+            networks,
+            volumes,
+        })
     }
 
     /// Names of every instance that has objects in the engine (for orphan detection).
     pub async fn instances_present(&self) -> Result<Vec<String>> {
-        let mut names: Vec<String> = self.list_containers(None).await?.into_iter().map(|c| c.instance).collect();
+        let mut names: Vec<String> = self
+            .list_containers(None)
+            .await?
+            .into_iter()
+            .map(|c| c.instance)
+            .collect();
         let nets = self
             .docker
-            .list_networks(Some(q::ListNetworksOptions { filters: Some(self.owner_filter(None)) }))
+            .list_networks(Some(q::ListNetworksOptions {
+                filters: Some(self.owner_filter(None)),
+            }))
             .await
             .map_err(|e| engine_err("list networks", e))?;
-        names.extend(nets.into_iter().filter_map(|n| n.labels?.get(plan::LABEL_INSTANCE).cloned()));
+        names.extend(
+            nets.into_iter()
+                .filter_map(|n| n.labels?.get(plan::LABEL_INSTANCE).cloned()),
+        );
         names.sort();
         names.dedup();
         Ok(names)
@@ -169,12 +231,20 @@ impl Engine {
     pub async fn check_names_free(&self, names: &[(&str, String)]) -> Result<()> {
         for (kind, name) in names {
             let labels = match *kind {
-                "container" => match self.docker.inspect_container(name, None::<q::InspectContainerOptions>).await {
+                "container" => match self
+                    .docker
+                    .inspect_container(name, None::<q::InspectContainerOptions>)
+                    .await
+                {
                     Ok(c) => Some(c.config.and_then(|c| c.labels).unwrap_or_default()),
                     Err(e) if is_status(&e, 404) => None,
                     Err(e) => return Err(engine_err("inspect a container", e)),
                 },
-                "network" => match self.docker.inspect_network(name, None::<q::InspectNetworkOptions>).await {
+                "network" => match self
+                    .docker
+                    .inspect_network(name, None::<q::InspectNetworkOptions>)
+                    .await
+                {
                     Ok(n) => Some(n.labels.unwrap_or_default()),
                     Err(e) if is_status(&e, 404) => None,
                     Err(e) => return Err(engine_err("inspect a network", e)),
@@ -199,16 +269,31 @@ impl Engine {
 
     /// Makes sure the image is present (pulling it if needed, with progress) and returns its ID.
     /// A pinned digest must match the image's repo digest.
-    pub async fn ensure_image(&self, reference: &str, digest: Option<&str>, progress: ProgressFn<'_>) -> Result<String> {
+    pub async fn ensure_image(
+        &self,
+        reference: &str,
+        digest: Option<&str>,
+        progress: ProgressFn<'_>,
+    ) -> Result<String> {
         let want = match digest {
-            Some(d) => format!("{}@{}", reference.rsplit_once(':').map(|(n, _)| n).unwrap_or(reference), d),
+            Some(d) => format!(
+                "{}@{}",
+                reference
+                    .rsplit_once(':')
+                    .map(|(n, _)| n)
+                    .unwrap_or(reference),
+                d
+            ),
             None => reference.to_string(),
         };
         if let Ok(img) = self.docker.inspect_image(&want).await {
             return Ok(img.id.unwrap_or_default());
         }
         progress(format!("pulling {want}"), None);
-        let opts = q::CreateImageOptions { from_image: Some(want.clone()), ..Default::default() };
+        let opts = q::CreateImageOptions {
+            from_image: Some(want.clone()),
+            ..Default::default()
+        };
         let mut stream = self.docker.create_image(Some(opts), None, None);
         let mut layers: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         while let Some(item) = stream.next().await {
@@ -224,7 +309,11 @@ impl Engine {
                 }
             }
         }
-        let img = self.docker.inspect_image(&want).await.map_err(|e| engine_err("inspect the pulled image", e))?;
+        let img = self
+            .docker
+            .inspect_image(&want)
+            .await
+            .map_err(|e| engine_err("inspect the pulled image", e))?;
         Ok(img.id.unwrap_or_default())
     }
 
@@ -259,11 +348,18 @@ impl Engine {
                     ..Default::default()
                 };
                 // Creating an existing volume is a no-op in the engine: idempotent.
-                self.docker.create_volume(req).await.map_err(|e| engine_err(&format!("create volume {name}"), e))?;
+                self.docker
+                    .create_volume(req)
+                    .await
+                    .map_err(|e| engine_err(&format!("create volume {name}"), e))?;
                 Ok(())
             }
             Action::CreateContainer { spec } => self.create_container(spec, "app", false).await,
-            Action::StartContainer { name, .. } => match self.docker.start_container(name, None::<q::StartContainerOptions>).await {
+            Action::StartContainer { name, .. } => match self
+                .docker
+                .start_container(name, None::<q::StartContainerOptions>)
+                .await
+            {
                 Ok(()) => Ok(()),
                 Err(e) if is_status(&e, 304) => Ok(()),
                 Err(e) => Err(engine_err(&format!("start container {name}"), e)),
@@ -271,7 +367,10 @@ impl Engine {
             Action::StopContainer { name } => self.stop(name).await,
             Action::RemoveContainer { name } => {
                 self.stop(name).await?;
-                let opts = q::RemoveContainerOptions { force: true, ..Default::default() };
+                let opts = q::RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                };
                 match self.docker.remove_container(name, Some(opts)).await {
                     Ok(()) => Ok(()),
                     Err(e) if is_status(&e, 404) => Ok(()),
@@ -284,7 +383,11 @@ impl Engine {
                 Err(e) => Err(engine_err(&format!("remove network {name}"), e)),
             },
             Action::RemoveVolume { name } => {
-                match self.docker.remove_volume(name, None::<q::RemoveVolumeOptions>).await {
+                match self
+                    .docker
+                    .remove_volume(name, None::<q::RemoveVolumeOptions>)
+                    .await
+                {
                     Ok(()) => Ok(()),
                     Err(e) if is_status(&e, 404) => Ok(()),
                     Err(e) => Err(engine_err(&format!("remove volume {name}"), e)),
@@ -294,7 +397,10 @@ impl Engine {
     }
 
     async fn stop(&self, name: &str) -> Result<()> {
-        let opts = q::StopContainerOptions { t: Some(10), ..Default::default() };
+        let opts = q::StopContainerOptions {
+            t: Some(10),
+            ..Default::default()
+        };
         match self.docker.stop_container(name, Some(opts)).await {
             Ok(()) => Ok(()),
             Err(e) if is_status(&e, 304) || is_status(&e, 404) => Ok(()),
@@ -303,15 +409,25 @@ impl Engine {
     }
 
     pub async fn restart(&self, name: &str) -> Result<()> {
-        let opts = q::RestartContainerOptions { t: Some(10), ..Default::default() };
-        self.docker.restart_container(name, Some(opts)).await.map_err(|e| engine_err(&format!("restart {name}"), e))
+        let opts = q::RestartContainerOptions {
+            t: Some(10),
+            ..Default::default()
+        };
+        self.docker
+            .restart_container(name, Some(opts))
+            .await
+            .map_err(|e| engine_err(&format!("restart {name}"), e))
     }
 
     /// Creates a container with ilot's defaults: every capability dropped but those declared,
     /// no-new-privileges, a memory limit, a restart policy, labels. A `restore` helper mounts
     /// its volumes with nocopy, so the engine does not seed them from the image.
     async fn create_container(&self, spec: &ContainerSpec, role: &str, nocopy: bool) -> Result<()> {
-        let name = if role == "app" { spec.name.clone() } else { format!("{}-{role}", spec.name) };
+        let name = if role == "app" {
+            spec.name.clone()
+        } else {
+            format!("{}-{role}", spec.name)
+        };
         let labels = self.labels(
             &spec.instance,
             &[
@@ -328,7 +444,10 @@ impl Engine {
                 target: Some(path.clone()),
                 source: Some(vol.clone()),
                 typ: Some(MountType::VOLUME),
-                volume_options: nocopy.then(|| MountVolumeOptions { no_copy: Some(true), ..Default::default() }),
+                volume_options: nocopy.then(|| MountVolumeOptions {
+                    no_copy: Some(true),
+                    ..Default::default()
+                }),
                 ..Default::default()
             })
             .collect();
@@ -338,15 +457,26 @@ impl Engine {
             .map(|p| {
                 let binding = PortBinding {
                     host_ip: Some(p.host_ip.clone()),
-                    host_port: Some(if p.host == 0 { String::new() } else { p.host.to_string() }),
+                    host_port: Some(if p.host == 0 {
+                        String::new()
+                    } else {
+                        p.host.to_string()
+                    }),
                 };
-                (format!("{}/{}", p.container, p.protocol), Some(vec![binding]))
+                (
+                    format!("{}/{}", p.container, p.protocol),
+                    Some(vec![binding]),
+                )
             })
             .collect();
         let exposed: Vec<String> = port_bindings.keys().cloned().collect();
         let ns = |d: Duration| d.as_nanos().min(i64::MAX as u128) as i64;
         let healthcheck = spec.health.as_ref().map(|h| HealthConfig {
-            test: Some(std::iter::once("CMD".to_string()).chain(h.cmd.iter().cloned()).collect()),
+            test: Some(
+                std::iter::once("CMD".to_string())
+                    .chain(h.cmd.iter().cloned())
+                    .collect(),
+            ),
             interval: Some(ns(h.interval)),
             timeout: Some(ns(h.timeout)),
             retries: Some(h.retries as i64),
@@ -361,7 +491,11 @@ impl Engine {
             memory: Some(spec.memory),
             pids_limit: Some(512),
             restart_policy: Some(RestartPolicy {
-                name: Some(if role == "app" { RestartPolicyNameEnum::UNLESS_STOPPED } else { RestartPolicyNameEnum::NO }),
+                name: Some(if role == "app" {
+                    RestartPolicyNameEnum::UNLESS_STOPPED
+                } else {
+                    RestartPolicyNameEnum::NO
+                }),
                 maximum_retry_count: None,
             }),
             network_mode: Some(spec.network.clone()),
@@ -381,16 +515,24 @@ impl Engine {
             networking_config: Some(NetworkingConfig {
                 endpoints_config: Some(HashMap::from([(
                     spec.network.clone(),
-                    EndpointSettings { aliases: Some(vec![spec.service.clone()]), ..Default::default() },
+                    EndpointSettings {
+                        aliases: Some(vec![spec.service.clone()]),
+                        ..Default::default()
+                    },
                 )])),
             }),
             ..Default::default()
         };
-        let opts = q::CreateContainerOptions { name: Some(name.clone()), ..Default::default() };
+        let opts = q::CreateContainerOptions {
+            name: Some(name.clone()),
+            ..Default::default()
+        };
         match self.docker.create_container(Some(opts), body).await {
             Ok(_) => Ok(()),
-            Err(e) if is_status(&e, 409) => Err(Error::conflict(format!("container {name} already exists"))
-                .hint("if it is not ilot's, rename or remove it; otherwise retry (ilot converges)")),
+            Err(e) if is_status(&e, 409) => Err(Error::conflict(format!(
+                "container {name} already exists"
+            ))
+            .hint("if it is not ilot's, rename or remove it; otherwise retry (ilot converges)")),
             Err(e) => Err(engine_err(&format!("create container {name}"), e)),
         }
     }
@@ -401,22 +543,49 @@ impl Engine {
             .docker
             .create_exec(
                 container,
-                bollard::models::ExecConfig { cmd: Some(cmd.to_vec()), attach_stdout: Some(false), attach_stderr: Some(false), ..Default::default() },
+                bollard::models::ExecConfig {
+                    cmd: Some(cmd.to_vec()),
+                    attach_stdout: Some(false),
+                    attach_stderr: Some(false),
+                    ..Default::default()
+                },
             )
             .await;
         let exec = match exec {
             Ok(e) => e,
             // Not running (yet, or any more): not healthy.
             Err(e) if is_status(&e, 409) => return Ok(false),
-            Err(e) => return Err(engine_err(&format!("run the health check in {container}"), e)),
+            Err(e) => {
+                return Err(engine_err(
+                    &format!("run the health check in {container}"),
+                    e,
+                ))
+            }
         };
-        let start = self.docker.start_exec(&exec.id, Some(bollard::exec::StartExecOptions { detach: true, ..Default::default() })).await;
+        let start = self
+            .docker
+            .start_exec(
+                &exec.id,
+                Some(bollard::exec::StartExecOptions {
+                    detach: true,
+                    ..Default::default()
+                }),
+            )
+            .await;
         if let Err(e) = start {
-            return if is_status(&e, 409) { Ok(false) } else { Err(engine_err("start the health check", e)) };
+            return if is_status(&e, 409) {
+                Ok(false)
+            } else {
+                Err(engine_err("start the health check", e))
+            };
         }
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let info = self.docker.inspect_exec(&exec.id).await.map_err(|e| engine_err("read the health check", e))?;
+            let info = self
+                .docker
+                .inspect_exec(&exec.id)
+                .await
+                .map_err(|e| engine_err("read the health check", e))?;
             if info.running != Some(true) {
                 return Ok(info.exit_code == Some(0));
             }
@@ -429,17 +598,29 @@ impl Engine {
 
     /// State and last exit code of one container, for health-gate diagnostics.
     pub async fn container_state(&self, name: &str) -> Result<Option<(String, i64)>> {
-        match self.docker.inspect_container(name, None::<q::InspectContainerOptions>).await {
+        match self
+            .docker
+            .inspect_container(name, None::<q::InspectContainerOptions>)
+            .await
+        {
             Ok(c) => {
                 let s = c.state.unwrap_or_default();
-                Ok(Some((s.status.map(|s| s.to_string()).unwrap_or_default(), s.exit_code.unwrap_or(0))))
+                Ok(Some((
+                    s.status.map(|s| s.to_string()).unwrap_or_default(),
+                    s.exit_code.unwrap_or(0),
+                )))
             }
             Err(e) if is_status(&e, 404) => Ok(None),
             Err(e) => Err(engine_err("inspect a container", e)),
         }
     }
 
-    pub fn logs(&self, container: &str, follow: bool, tail: Option<u64>) -> impl Stream<Item = Result<String>> + use<> {
+    pub fn logs(
+        &self,
+        container: &str,
+        follow: bool,
+        tail: Option<u64>,
+    ) -> impl Stream<Item = Result<String>> + use<> {
         let opts = q::LogsOptions {
             follow,
             stdout: true,
@@ -447,22 +628,33 @@ impl Engine {
             tail: tail.map(|t| t.to_string()).unwrap_or_else(|| "all".into()),
             ..Default::default()
         };
-        self.docker
-            .logs(container, Some(opts))
-            .map(|item| item.map(|o| o.to_string()).map_err(|e| engine_err("read logs", e)))
+        self.docker.logs(container, Some(opts)).map(|item| {
+            item.map(|o| o.to_string())
+                .map_err(|e| engine_err("read logs", e))
+        })
     }
 
     /// Copies the content at `path` of a (stopped) container into a tar file; returns its
     /// sha256 and size. The file is written then fsynced, so a recorded snapshot is complete.
-    pub async fn snapshot(&self, container: &str, path: &str, file: &Path) -> Result<(String, u64)> {
-        let opts = q::DownloadFromContainerOptions { path: path.to_string() };
+    pub async fn snapshot(
+        &self,
+        container: &str,
+        path: &str,
+        file: &Path,
+    ) -> Result<(String, u64)> {
+        let opts = q::DownloadFromContainerOptions {
+            path: path.to_string(),
+        };
         let mut stream = self.docker.download_from_container(container, Some(opts));
-        let io = |e: std::io::Error| Error::failed(format!("cannot write snapshot {}: {e}", file.display()));
+        let io = |e: std::io::Error| {
+            Error::failed(format!("cannot write snapshot {}: {e}", file.display()))
+        };
         let mut out = tokio::fs::File::create(file).await.map_err(io)?;
         let mut hash = Sha256::new();
         let mut bytes = 0u64;
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| engine_err(&format!("copy {path} out of {container}"), e))?;
+            let chunk =
+                chunk.map_err(|e| engine_err(&format!("copy {path} out of {container}"), e))?;
             hash.update(&chunk);
             bytes += chunk.len() as u64;
             out.write_all(&chunk).await.map_err(io)?;
@@ -473,28 +665,61 @@ impl Engine {
 
     /// Restores a snapshot into a fresh, empty volume: recreate the volume, mount it (nocopy)
     /// in a helper container that is never started, and extract the tar through the API.
-    pub async fn restore(&self, spec: &ContainerSpec, volume: &str, mount: &str, file: &Path, sha256: &str) -> Result<()> {
-        let data = tokio::fs::read(file).await.map_err(|e| {
-            Error::failed(format!("cannot read snapshot {}: {e}", file.display()))
-        })?;
+    pub async fn restore(
+        &self,
+        spec: &ContainerSpec,
+        volume: &str,
+        mount: &str,
+        file: &Path,
+        sha256: &str,
+    ) -> Result<()> {
+        let data = tokio::fs::read(file)
+            .await
+            .map_err(|e| Error::failed(format!("cannot read snapshot {}: {e}", file.display())))?;
         if crate::state::hex(&Sha256::digest(&data)) != sha256 {
-            return Err(Error::failed(format!("snapshot {} is damaged (checksum mismatch); volume {volume} left as is", file.display())));
+            return Err(Error::failed(format!(
+                "snapshot {} is damaged (checksum mismatch); volume {volume} left as is",
+                file.display()
+            )));
         }
         let helper = format!("{}-restore", spec.name);
-        self.apply(&Action::RemoveContainer { name: helper.clone() }).await?;
-        self.apply(&Action::RemoveContainer { name: spec.name.clone() }).await?;
+        self.apply(&Action::RemoveContainer {
+            name: helper.clone(),
+        })
+        .await?;
+        self.apply(&Action::RemoveContainer {
+            name: spec.name.clone(),
+        })
+        .await?;
         // Other containers of the instance may mount the volume too; they are stopped and
         // removed by the caller before a restore.
-        self.apply(&Action::RemoveVolume { name: volume.to_string() }).await?;
-        self.apply(&Action::CreateVolume { name: volume.to_string(), instance: spec.instance.clone() }).await?;
+        self.apply(&Action::RemoveVolume {
+            name: volume.to_string(),
+        })
+        .await?;
+        self.apply(&Action::CreateVolume {
+            name: volume.to_string(),
+            instance: spec.instance.clone(),
+        })
+        .await?;
         let mut helper_spec = spec.clone();
         helper_spec.mounts = BTreeMap::from([(volume.to_string(), mount.to_string())]);
         self.create_container(&helper_spec, "restore", true).await?;
-        let parent = Path::new(mount).parent().and_then(|p| p.to_str()).unwrap_or("/").to_string();
-        let opts = q::UploadToContainerOptions { path: parent, ..Default::default() };
-        let upload = self.docker.upload_to_container(&helper, Some(opts), bollard::body_full(data.into())).await;
-        self.apply(&Action::RemoveContainer { name: helper }).await?;
+        let parent = Path::new(mount)
+            .parent()
+            .and_then(|p| p.to_str())
+            .unwrap_or("/")
+            .to_string();
+        let opts = q::UploadToContainerOptions {
+            path: parent,
+            ..Default::default()
+        };
+        let upload = self
+            .docker
+            .upload_to_container(&helper, Some(opts), bollard::body_full(data.into()))
+            .await;
+        self.apply(&Action::RemoveContainer { name: helper })
+            .await?;
         upload.map_err(|e| engine_err(&format!("restore volume {volume}"), e))
     }
 }
-

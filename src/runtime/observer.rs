@@ -29,7 +29,11 @@ const RESYNC: Duration = Duration::from_secs(30);
 
 impl Observer {
     pub fn new(engine: Engine) -> Arc<Observer> {
-        Arc::new(Observer { engine, cache: RwLock::new(Observed::default()), dirty: tokio::sync::Notify::new() })
+        Arc::new(Observer {
+            engine,
+            cache: RwLock::new(Observed::default()),
+            dirty: tokio::sync::Notify::new(),
+        })
     }
 
     pub fn get(&self) -> Observed {
@@ -37,7 +41,14 @@ impl Observer {
     }
 
     pub fn containers_of(&self, instance: &str) -> Vec<ObservedContainer> {
-        self.cache.read().expect("observer lock").containers.iter().filter(|c| c.instance == instance).cloned().collect()
+        self.cache
+            .read()
+            .expect("observer lock")
+            .containers
+            .iter()
+            .filter(|c| c.instance == instance)
+            .cloned()
+            .collect()
     }
 
     /// Asks for a refresh soon (after an apply, or on an engine event).
@@ -47,15 +58,31 @@ impl Observer {
 
     pub async fn refresh(&self) {
         let listed = self.engine.list_containers(None).await;
-        let version = if listed.is_ok() && self.cache.read().expect("observer lock").engine_version.is_empty() {
+        let version = if listed.is_ok()
+            && self
+                .cache
+                .read()
+                .expect("observer lock")
+                .engine_version
+                .is_empty()
+        {
             self.engine.version().await.unwrap_or_default()
         } else {
-            self.cache.read().expect("observer lock").engine_version.clone()
+            self.cache
+                .read()
+                .expect("observer lock")
+                .engine_version
+                .clone()
         };
         let mut cache = self.cache.write().expect("observer lock");
         match listed {
             Ok(containers) => {
-                *cache = Observed { engine_ok: true, engine_version: version, engine_error: None, containers };
+                *cache = Observed {
+                    engine_ok: true,
+                    engine_version: version,
+                    engine_error: None,
+                    containers,
+                };
             }
             Err(e) => {
                 cache.engine_ok = false;
@@ -83,10 +110,16 @@ impl Observer {
         tokio::spawn(async move {
             loop {
                 let filters = HashMap::from([
-                    ("label".to_string(), vec![format!("{}={}", crate::plan::LABEL_OWNER, me.engine.owner)]),
+                    (
+                        "label".to_string(),
+                        vec![format!("{}={}", crate::plan::LABEL_OWNER, me.engine.owner)],
+                    ),
                     ("type".to_string(), vec!["container".to_string()]),
                 ]);
-                let opts = bollard::query_parameters::EventsOptions { filters: Some(filters), ..Default::default() };
+                let opts = bollard::query_parameters::EventsOptions {
+                    filters: Some(filters),
+                    ..Default::default()
+                };
                 let mut events = me.engine.docker.events(Some(opts));
                 while let Some(ev) = events.next().await {
                     if ev.is_err() {

@@ -135,7 +135,10 @@ pub struct Store {
 }
 
 pub fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -143,15 +146,20 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|e| Error::failed(format!("state store: corrupt {what}: {e}")))
+    serde_json::from_slice(bytes)
+        .map_err(|e| Error::failed(format!("state store: corrupt {what}: {e}")))
 }
 
 impl Store {
     /// Opens (or creates) the store in `dir`. Fails if another daemon holds it.
     pub fn open(dir: &Path) -> Result<Store> {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| {
-            Error::failed(format!("cannot create state dir {}: {e}", dir.display()))
-        })?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| {
+                Error::failed(format!("cannot create state dir {}: {e}", dir.display()))
+            })?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| Error::failed(format!("cannot chmod state dir {}: {e}", dir.display())))?;
         let path = dir.join("ilot.redb");
@@ -170,7 +178,10 @@ impl Store {
             .hint("stop the other daemon, or give this one another state_dir"),
             e => Error::from(e),
         })?;
-        let store = Store { db, dir: dir.to_path_buf() };
+        let store = Store {
+            db,
+            dir: dir.to_path_buf(),
+        };
         let tx = store.db.begin_write()?;
         {
             tx.open_table(INSTANCES)?;
@@ -239,7 +250,9 @@ impl Store {
 
     /// Runs `f` in one write transaction, committed durably before returning.
     pub fn write<T>(&self, f: impl FnOnce(&mut Writer) -> Result<T>) -> Result<T> {
-        let mut w = Writer { tx: self.db.begin_write()? };
+        let mut w = Writer {
+            tx: self.db.begin_write()?,
+        };
         let out = f(&mut w)?;
         w.tx.commit()?;
         Ok(out)
@@ -252,7 +265,9 @@ pub struct Writer {
 
 impl Writer {
     pub fn put_instance(&mut self, i: &Instance) -> Result<()> {
-        self.tx.open_table(INSTANCES)?.insert(i.name.as_str(), encode(i).as_slice())?;
+        self.tx
+            .open_table(INSTANCES)?
+            .insert(i.name.as_str(), encode(i).as_slice())?;
         Ok(())
     }
     pub fn delete_instance(&mut self, name: &str) -> Result<()> {
@@ -260,7 +275,9 @@ impl Writer {
         Ok(())
     }
     pub fn put_op(&mut self, op: &Op) -> Result<()> {
-        self.tx.open_table(OPS)?.insert(op.id, encode(op).as_slice())?;
+        self.tx
+            .open_table(OPS)?
+            .insert(op.id, encode(op).as_slice())?;
         Ok(())
     }
     pub fn delete_op(&mut self, id: u64) -> Result<()> {
@@ -269,12 +286,17 @@ impl Writer {
     }
     pub fn next_op_id(&mut self) -> Result<u64> {
         let mut meta = self.tx.open_table(META)?;
-        let next = meta.get("next_op")?.and_then(|v| v.value().parse::<u64>().ok()).unwrap_or(1);
+        let next = meta
+            .get("next_op")?
+            .and_then(|v| v.value().parse::<u64>().ok())
+            .unwrap_or(1);
         meta.insert("next_op", (next + 1).to_string().as_str())?;
         Ok(next)
     }
     pub fn put_kept(&mut self, name: &str, k: &Kept) -> Result<()> {
-        self.tx.open_table(KEPT)?.insert(name, encode(k).as_slice())?;
+        self.tx
+            .open_table(KEPT)?
+            .insert(name, encode(k).as_slice())?;
         Ok(())
     }
     pub fn delete_kept(&mut self, name: &str) -> Result<()> {
@@ -297,7 +319,9 @@ pub fn random_token(len: usize) -> String {
     use rand::RngExt;
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
-    (0..len).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+    (0..len)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
 #[cfg(test)]
@@ -308,7 +332,11 @@ mod tests {
     fn store_file_is_private_and_single_owner() {
         let dir = std::env::temp_dir().join(format!("ilot-unit-{}", random_token(8)));
         let store = Store::open(&dir).unwrap();
-        let mode = std::fs::metadata(dir.join("ilot.redb")).unwrap().permissions().mode() & 0o777;
+        let mode = std::fs::metadata(dir.join("ilot.redb"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
         let owner = store.owner_id().unwrap();
         assert_eq!(owner, store.owner_id().unwrap());

@@ -24,7 +24,10 @@ pub struct Ilot {
 
 fn rand_suffix() -> String {
     let mut buf = [0u8; 6];
-    std::fs::File::open("/dev/urandom").unwrap().read_exact(&mut buf).unwrap();
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut buf)
+        .unwrap();
     buf.iter().map(|b| format!("{:02x}", b)).collect()
 }
 
@@ -34,12 +37,19 @@ pub fn unique(prefix: &str) -> String {
 }
 
 pub fn docker(args: &[&str]) -> Output {
-    Command::new("docker").args(args).output().expect("docker CLI")
+    Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker CLI")
 }
 
 pub fn docker_ok(args: &[&str]) -> String {
     let out = docker(args);
-    assert!(out.status.success(), "docker {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -64,9 +74,14 @@ impl Ilot {
         let id = rand_suffix();
         let dir = PathBuf::from(format!("/tmp/ilot-test-{id}"));
         std::fs::create_dir_all(dir.join("catalog/hello")).unwrap();
-        let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/apps/hello/app.toml")).unwrap();
+        let manifest =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/apps/hello/app.toml"))
+                .unwrap();
         let manifest = manifest.replace("health_timeout = \"30s\"", "health_timeout = \"6s\"");
-        assert!(manifest.contains("\"6s\""), "test catalogue: could not shorten hello's health_timeout");
+        assert!(
+            manifest.contains("\"6s\""),
+            "test catalogue: could not shorten hello's health_timeout"
+        );
         std::fs::write(dir.join("catalog/hello/app.toml"), manifest).unwrap();
         let owner = format!("test-{id}");
         let socket = dir.join("ilot.sock");
@@ -81,16 +96,29 @@ impl Ilot {
             ),
         )
         .unwrap();
-        let mut ilot = Ilot { dir, socket, owner, config, child: None };
+        let mut ilot = Ilot {
+            dir,
+            socket,
+            owner,
+            config,
+            child: None,
+        };
         ilot.spawn(env);
         ilot.wait_ready();
         ilot
     }
 
     pub fn spawn(&mut self, env: &[(&str, &str)]) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("daemon.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("daemon.log"))
+            .unwrap();
         let mut cmd = Command::new(BIN);
-        cmd.args(["daemon", "--config"]).arg(&self.config).stdout(Stdio::null()).stderr(log);
+        cmd.args(["daemon", "--config"])
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(log);
         cmd.env_remove("ILOT_CRASH_AT");
         for (k, v) in env {
             cmd.env(k, v);
@@ -109,11 +137,16 @@ impl Ilot {
             let out = self.cli(&["status", "--json"]);
             if out.status.success() {
                 let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-                if v["ready"] == Value::Bool(true) && v["engine"]["reachable"] == Value::Bool(true) {
+                if v["ready"] == Value::Bool(true) && v["engine"]["reachable"] == Value::Bool(true)
+                {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "daemon not ready in 60 s; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "daemon not ready in 60 s; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -123,7 +156,13 @@ impl Ilot {
     }
 
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN).arg("--socket").arg(&self.socket).args(args).stdin(Stdio::null()).output().expect("run ilot")
+        Command::new(BIN)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ilot")
     }
 
     /// Runs a command that must succeed; returns stdout.
@@ -150,7 +189,11 @@ impl Ilot {
     pub fn fails(&self, args: &[&str], code: i32) -> String {
         let out = self.cli(args);
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert_eq!(out.status.code(), Some(code), "ilot {args:?}: expected exit {code}; stderr: {stderr}");
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "ilot {args:?}: expected exit {code}; stderr: {stderr}"
+        );
         stderr
     }
 
@@ -170,7 +213,11 @@ impl Ilot {
                 assert!(!status.success(), "daemon exited cleanly, expected a crash");
                 return;
             }
-            assert!(Instant::now() < deadline, "daemon did not crash; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not crash; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -185,20 +232,34 @@ impl Ilot {
     pub fn objects(&self) -> (Vec<String>, Vec<String>, Vec<String>) {
         let filter = format!("label=ilot.owner={}", self.owner);
         let list = |args: &[&str]| -> Vec<String> {
-            let mut v: Vec<String> = docker_ok(args).lines().map(String::from).filter(|l| !l.is_empty()).collect();
+            let mut v: Vec<String> = docker_ok(args)
+                .lines()
+                .map(String::from)
+                .filter(|l| !l.is_empty())
+                .collect();
             v.sort();
             v
         };
         (
             list(&["ps", "-a", "--filter", &filter, "--format", "{{.Names}}"]),
-            list(&["network", "ls", "--filter", &filter, "--format", "{{.Name}}"]),
+            list(&[
+                "network",
+                "ls",
+                "--filter",
+                &filter,
+                "--format",
+                "{{.Name}}",
+            ]),
             list(&["volume", "ls", "--filter", &filter, "--format", "{{.Name}}"]),
         )
     }
 
     pub fn url(&self, instance: &str) -> String {
         let v = self.json(&["app", "show", instance]);
-        v["url"].as_str().unwrap_or_else(|| panic!("{instance} has no url: {v}")).to_string()
+        v["url"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{instance} has no url: {v}"))
+            .to_string()
     }
 }
 
@@ -208,11 +269,20 @@ impl Drop for Ilot {
         let filter = format!("label=ilot.owner={}", self.owner);
         for (list, rm) in [
             (vec!["ps", "-aq", "--filter", &filter], vec!["rm", "-f"]),
-            (vec!["network", "ls", "-q", "--filter", &filter], vec!["network", "rm"]),
-            (vec!["volume", "ls", "-q", "--filter", &filter], vec!["volume", "rm", "-f"]),
+            (
+                vec!["network", "ls", "-q", "--filter", &filter],
+                vec!["network", "rm"],
+            ),
+            (
+                vec!["volume", "ls", "-q", "--filter", &filter],
+                vec!["volume", "rm", "-f"],
+            ),
         ] {
             let out = docker(&list);
-            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
+            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(String::from)
+                .collect();
             if !ids.is_empty() {
                 let mut args: Vec<&str> = rm.clone();
                 args.extend(ids.iter().map(String::as_str));
@@ -226,17 +296,27 @@ impl Drop for Ilot {
 /// A plain HTTP/1.0 GET against "http://host:port/path"; returns (status, body).
 pub fn http_get(url: &str) -> (u16, String) {
     let rest = url.strip_prefix("http://").expect("http url");
-    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let (host, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
     let mut s = TcpStream::connect(host).unwrap_or_else(|e| panic!("connect {host}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
     let mut reader = BufReader::new(s);
     let mut status = String::new();
     reader.read_line(&mut status).unwrap();
-    let code = status.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let code = status
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     let mut rest = String::new();
     reader.read_to_string(&mut rest).unwrap();
-    let body = rest.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = rest
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (code, body)
 }
 
@@ -244,8 +324,17 @@ pub fn http_get(url: &str) -> (u16, String) {
 /// sha256sum). Sorted "hash  name" lines.
 pub fn volume_checksums(volume: &str) -> String {
     docker_ok(&[
-        "run", "--rm", "--user", "0", "-v", &format!("{volume}:/v:ro"), "--entrypoint", "/bin/sh", "ilot/hello:1.0",
-        "-c", "cd /v && find . -type f | sort | xargs sha256sum",
+        "run",
+        "--rm",
+        "--user",
+        "0",
+        "-v",
+        &format!("{volume}:/v:ro"),
+        "--entrypoint",
+        "/bin/sh",
+        "ilot/hello:1.0",
+        "-c",
+        "cd /v && find . -type f | sort | xargs sha256sum",
     ])
 }
 
