@@ -56,7 +56,7 @@ done
 # /tmp rather than $TMPDIR: the socket path must stay short (108 bytes).
 BENCH_DIR=$(mktemp -d /tmp/ilot-bench-XXXXXX)
 SUFFIX=${BENCH_DIR##*-}
-OWNER=test-bench-$SUFFIX
+OWNER=test-bench-$(printf %s "$SUFFIX" | tr "[:upper:]" "[:lower:]")
 SOCK=$BENCH_DIR/ilot.sock
 CONFIG=$BENCH_DIR/ilot.toml
 DAEMON_LOG=$BENCH_DIR/daemon.log
