@@ -256,3 +256,51 @@ fn failed_install_keeps_the_instance_and_reports_it() {
     ilot.ok(&["app", "remove", &name, "--purge"]);
     assert_eq!(ilot.objects(), (vec![], vec![], vec![]));
 }
+
+#[test]
+fn logs_follow_streams_new_lines_until_the_client_leaves() {
+    use std::io::BufRead;
+    let ilot = Ilot::start();
+    let name = unique("logs");
+    ilot.ok(&["app", "install", "hello", "--name", &name]);
+    let url = ilot.url(&name);
+    let mut child = std::process::Command::new(BIN)
+        .args([
+            "--socket",
+            ilot.socket.to_str().unwrap(),
+            "app",
+            "logs",
+            &name,
+            "--follow",
+            "--tail",
+            "0",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    // Requests made while following show up in it (retried: the follow may take a moment to
+    // attach, and --tail 0 shows nothing older).
+    let mut line = None;
+    for _ in 0..40 {
+        http_get(&format!("{url}version"));
+        if let Ok(l) = rx.recv_timeout(std::time::Duration::from_millis(500)) {
+            line = Some(l);
+            break;
+        }
+    }
+    let line = line.expect("a followed log line within 20 s");
+    assert!(line.contains("response:200"), "{line}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    ilot.ok(&["status"]);
+    ilot.ok(&["app", "remove", &name, "--purge"]);
+}

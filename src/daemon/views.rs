@@ -40,15 +40,7 @@ impl Daemon {
         observed: &[ObservedContainer],
     ) -> (String, Option<String>) {
         let main = plan::container_name(&inst.name, inst.manifest.main_service());
-        let mut health = observed
-            .iter()
-            .find(|c| c.name == main)
-            .and_then(|c| c.health.clone());
-        // The engine says "starting" until its first (slow, steady-state) check; ilot's own
-        // health gate already passed for a running instance.
-        if inst.status == Status::Running && health.as_deref() == Some("starting") {
-            health = Some("healthy".into());
-        }
+        let health = displayed_health(inst, observed.iter().find(|c| c.name == main));
         let apps: Vec<&ObservedContainer> = observed.iter().filter(|c| c.role == "app").collect();
         let status = match inst.status {
             Status::Running if self.runtime.get().is_none() => "unknown".to_string(),
@@ -135,7 +127,7 @@ impl Daemon {
                     "image": image.reference,
                     "image_id": image.id,
                     "state": c.map(|c| c.state.clone()).unwrap_or_else(|| "missing".into()),
-                    "health": c.and_then(|c| c.health.clone()),
+                    "health": displayed_health(&inst, c),
                     "ports": c.map(|c| c.ports.iter().map(|(p, a)| json!({"container": p, "host": a})).collect::<Vec<_>>()).unwrap_or_default(),
                 })
             })
@@ -234,5 +226,16 @@ impl Daemon {
             }
         }
         Ok(json!({ "instance": inst.name }))
+    }
+}
+
+/// The engine says "starting" until its first (slow, steady-state) check; for an instance whose
+/// health gate ilot saw pass, that means healthy.
+fn displayed_health(inst: &Instance, container: Option<&ObservedContainer>) -> Option<String> {
+    let raw = container.and_then(|c| c.health.clone());
+    if inst.status == Status::Running && raw.as_deref() == Some("starting") {
+        Some("healthy".into())
+    } else {
+        raw
     }
 }
