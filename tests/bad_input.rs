@@ -344,3 +344,64 @@ fn objects_ilot_does_not_own_are_never_touched() {
         );
     }
 }
+
+#[test]
+fn daemon_without_engine_answers_status_and_refuses_changes_clearly() {
+    let dir = std::env::temp_dir().join(format!("ilot-test-noeng-{}", unique("")));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("s.sock");
+    let config = dir.join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nsocket = \"{}\"\nstate_dir = \"{}\"\ndocker = \"unix://{}\"\nowner = \"test-noengine\"\n",
+            sock.display(),
+            dir.join("st").display(),
+            dir.join("no-docker.sock").display()
+        ),
+    )
+    .unwrap();
+    let mut daemon = Command::new(BIN)
+        .args(["daemon", "--config"])
+        .arg(&config)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let cli = |args: &[&str]| {
+        Command::new(BIN)
+            .arg("--socket")
+            .arg(&sock)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !cli(&["status"]).status.success() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "daemon did not answer"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let status = String::from_utf8_lossy(&cli(&["status"]).stdout).into_owned();
+    assert!(status.contains("NOT REACHABLE"), "{status}");
+    let out = cli(&["app", "install", "hello"]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not reachable") && err.contains("hint"),
+        "{err}"
+    );
+
+    // SIGTERM: a clean exit that removes the socket.
+    unsafe { libc_kill(daemon.id() as i32, 15) };
+    let code = daemon.wait().unwrap();
+    assert!(code.success(), "{code}");
+    assert!(!sock.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}

@@ -110,8 +110,11 @@ async fn serve(config: Config, config_path: Option<PathBuf>, catalog: Catalog) -
     shutdown_signal().await;
     tracing::info!("shutting down: waiting for the operation in progress, if any");
     server.abort();
-    // An operation in progress finishes (or is recovered at next start if we are killed).
-    let _ = tokio::time::timeout(Duration::from_secs(120), daemon.op_lock.lock()).await;
+    // An operation in progress may finish (within systemd's 30 s stop timeout); one cut short
+    // is recovered from the journal at the next start. Before recovery there is none.
+    if daemon.ready.load(std::sync::atomic::Ordering::SeqCst) {
+        let _ = tokio::time::timeout(Duration::from_secs(25), daemon.op_lock.lock()).await;
+    }
     let _ = std::fs::remove_file(&daemon.config.daemon.socket);
     Ok(())
 }
