@@ -448,6 +448,18 @@ impl Manifest {
         Ok(order)
     }
 
+    /// A clear error for a service name the app does not have.
+    pub fn check_service(&self, service: &str) -> Result<()> {
+        if self.services.contains_key(service) {
+            return Ok(());
+        }
+        let known: Vec<&str> = self.services.keys().map(String::as_str).collect();
+        Err(
+            Error::bad_input(format!("{} has no service {service:?}", self.name))
+                .hint(format!("its services: {}", known.join(", "))),
+        )
+    }
+
     pub fn main_service(&self) -> &str {
         self.main_service.as_deref().unwrap_or_else(|| {
             self.services

@@ -304,3 +304,38 @@ fn logs_follow_streams_new_lines_until_the_client_leaves() {
     ilot.ok(&["status"]);
     ilot.ok(&["app", "remove", &name, "--purge"]);
 }
+
+#[test]
+fn upgrade_without_image_follows_the_catalogue() {
+    let mut ilot = Ilot::start();
+    let name = unique("cat");
+    ilot.ok(&[
+        "app",
+        "install",
+        "hello",
+        "--name",
+        &name,
+        "--set",
+        "greeting=Hej",
+    ]);
+    let out = ilot.ok(&["app", "upgrade", &name]);
+    assert!(out.contains("already up to date"), "{out}");
+
+    // A newer catalogue (as a new ilot release would ship) changes nothing until upgrade.
+    let path = ilot.dir.join("catalog/hello/app.toml");
+    let newer = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("version = \"1.0\"", "version = \"2.0\"")
+        .replace("ilot/hello:1.0", "ilot/hello:2.0");
+    std::fs::write(&path, newer).unwrap();
+    ilot.restart();
+    assert_eq!(ilot.json(&["app", "show", &name])["version"], "1.0");
+    let plan = ilot.ok(&["app", "upgrade", &name, "--dry-run"]);
+    assert!(plan.contains("ilot/hello:2.0"), "{plan}");
+    ilot.ok(&["app", "upgrade", &name]);
+    let show = ilot.json(&["app", "show", &name]);
+    assert_eq!(show["version"], "2.0");
+    assert_eq!(show["settings"]["greeting"], "Hej", "settings carried over");
+    let (_, body) = http_get(&ilot.url(&name));
+    assert!(body.contains("2.0") && body.contains("Hej"), "{body}");
+}

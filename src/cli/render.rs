@@ -146,6 +146,9 @@ pub fn human(req: &Request, v: &Value) {
             } else {
                 println!("instances:  {total} ({})", counts.join(", "));
             }
+            if v["ready"] != Value::Bool(true) {
+                println!("ready:      no (waiting for the engine, then replaying the journal)");
+            }
             println!("catalogue:  {} apps", s(&v["catalog_apps"]));
             println!("config:     {}", s(&v["config"]));
             println!("state:      {}", s(&v["state_dir"]));

@@ -408,21 +408,7 @@ impl Daemon {
                 Some((s, r)) => (s.to_string(), r.to_string()),
                 None => (inst.manifest.main_service().to_string(), item.clone()),
             };
-            if !inst.manifest.services.contains_key(&service) {
-                return Err(
-                    Error::bad_input(format!("{} has no service {service:?}", inst.app)).hint(
-                        format!(
-                            "services: {}",
-                            inst.manifest
-                                .services
-                                .keys()
-                                .cloned()
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    ),
-                );
-            }
+            inst.manifest.check_service(&service)?;
             check_image_ref(&reference)?;
             overrides.insert(service, reference);
         }
@@ -451,7 +437,15 @@ impl Daemon {
         let mut next = inst.clone();
         next.manifest = manifest;
         next.images = images;
-        next.settings = resolve_settings(&next.manifest, &inst.settings)?;
+        // Settings the new manifest dropped are dropped; new ones take their defaults.
+        let kept_settings = inst
+            .settings
+            .iter()
+            .filter(|(k, _)| next.manifest.settings.contains_key(*k));
+        next.settings = resolve_settings(
+            &next.manifest,
+            &kept_settings.map(|(k, v)| (k.clone(), v.clone())).collect(),
+        )?;
         for (k, s) in &next.manifest.secrets {
             next.secrets
                 .entry(k.clone())
@@ -870,11 +864,10 @@ impl Daemon {
         self.reconcile_all().await
     }
 
-    /// Drift correction: orphans removed (volumes kept), every instance converged.
-    pub(super) async fn reconcile_all(&self) -> Result<()> {
+    /// What converging would do now: for orphans (engine objects of an instance ilot no longer
+    /// knows: containers and network go, volumes stay) and for drifted instances.
+    async fn pending_changes(&self) -> Result<Vec<(String, &'static str, Vec<Action>)>> {
         let engine = self.engine()?;
-        let (tx, _) = tokio::sync::mpsc::unbounded_channel();
-        let progress = Progress { tx: &tx };
         let known: Vec<Instance> = self
             .instances
             .read()
@@ -882,70 +875,58 @@ impl Daemon {
             .values()
             .cloned()
             .collect();
+        let mut out = Vec::new();
         for name in engine.instances_present().await? {
             if !known.iter().any(|i| i.name == name) {
-                let observed = engine.observe(&name).await?;
-                for action in plan::plan_instance(None, &observed, false) {
-                    tracing::warn!("orphan of instance {name}: {}", action.describe());
-                    engine.apply(&action).await?;
-                }
+                let actions = plan::plan_instance(None, &engine.observe(&name).await?, false);
+                out.push((name, "orphan", actions));
             }
         }
         for inst in known {
-            let observed = engine.observe(&inst.name).await?;
-            let actions = plan::plan_instance(Some(&inst), &observed, false);
-            if actions.is_empty() {
-                continue;
+            let actions =
+                plan::plan_instance(Some(&inst), &engine.observe(&inst.name).await?, false);
+            if !actions.is_empty() {
+                out.push((inst.name.clone(), "drift", actions));
             }
+        }
+        Ok(out)
+    }
+
+    /// Drift correction: orphans removed (volumes kept), every instance converged.
+    pub(super) async fn reconcile_all(&self) -> Result<()> {
+        let engine = self.engine()?;
+        for (name, reason, actions) in self.pending_changes().await? {
             let what: Vec<String> = actions.iter().map(Action::describe).collect();
             self.bus.publish(
-                "drift",
-                Some(&inst.name),
-                format!("correcting drift: {}", what.join("; ")),
+                reason,
+                Some(&name),
+                format!("correcting {reason}: {}", what.join("; ")),
             );
-            self.apply_direct(&inst, &progress).await?;
+            for action in &actions {
+                engine.apply(action).await?;
+            }
         }
         Ok(())
     }
 
     /// `ilot plan`: what converging every instance would do now, without doing it.
     pub(super) async fn plan_all(&self) -> Result<serde_json::Value> {
-        let engine = self.engine()?;
-        let mut out = Vec::new();
-        let known: Vec<Instance> = self
-            .instances
-            .read()
-            .expect("instances lock")
-            .values()
-            .cloned()
+        let changes: Vec<_> = self
+            .pending_changes()
+            .await?
+            .into_iter()
+            .map(|(name, reason, actions)| {
+                let steps: Vec<String> = actions.iter().map(Action::describe).collect();
+                json!({ "instance": name, "reason": reason, "plan": steps })
+            })
             .collect();
-        for name in engine.instances_present().await? {
-            if !known.iter().any(|i| i.name == name) {
-                let observed = engine.observe(&name).await?;
-                let steps: Vec<String> = plan::plan_instance(None, &observed, false)
-                    .iter()
-                    .map(Action::describe)
-                    .collect();
-                out.push(json!({ "instance": name, "reason": "orphan", "plan": steps }));
-            }
-        }
-        for inst in known {
-            let observed = engine.observe(&inst.name).await?;
-            let steps: Vec<String> = plan::plan_instance(Some(&inst), &observed, false)
-                .iter()
-                .map(Action::describe)
-                .collect();
-            if !steps.is_empty() {
-                out.push(json!({ "instance": inst.name, "reason": "drift", "plan": steps }));
-            }
-        }
         let pending: Vec<_> = self
             .store
             .ops()?
             .into_iter()
             .map(|o| json!({"instance": o.instance, "kind": o.kind, "step": o.step}))
             .collect();
-        Ok(json!({ "changes": out, "operations_in_progress": pending }))
+        Ok(json!({ "changes": changes, "operations_in_progress": pending }))
     }
 }
 

@@ -4,7 +4,7 @@
 use super::Daemon;
 use crate::api::server::Replies;
 use crate::api::{LogsParams, Reply};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::plan::{self, ObservedContainer};
 use crate::state::{Instance, Status};
 use futures_util::StreamExt;
@@ -184,19 +184,9 @@ impl Daemon {
         let inst = self.instance(&p.name)?;
         let engine = self.engine()?;
         let services: Vec<String> = match &p.service {
-            Some(s) if inst.manifest.services.contains_key(s) => vec![s.clone()],
             Some(s) => {
-                return Err(
-                    Error::bad_input(format!("{} has no service {s:?}", inst.name)).hint(format!(
-                        "services: {}",
-                        inst.manifest
-                            .services
-                            .keys()
-                            .cloned()
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )),
-                )
+                inst.manifest.check_service(s)?;
+                vec![s.clone()]
             }
             None => inst.manifest.service_order().unwrap_or_default(),
         };
