@@ -114,6 +114,11 @@ cat >"$CONFIG" <<EOF
 socket = "$SOCK"
 state_dir = "$BENCH_DIR/state"
 owner = "$OWNER"
+
+[proxy]
+http = "127.0.0.1:0"
+https = "127.0.0.1:0"
+access_log = "$BENCH_DIR/access.log"
 EOF
 info "starting: $BIN daemon --config $CONFIG (owner $OWNER)"
 "$BIN" daemon --config "$CONFIG" >"$DAEMON_LOG" 2>&1 </dev/null &

@@ -231,6 +231,14 @@ pub struct Route {
     pub port: u16,
     #[serde(default = "slash")]
     pub path: String,
+    /// Largest request body accepted on this route ("100M", "4G"); uploads are streamed, never
+    /// buffered, whatever the size.
+    #[serde(default = "default_max_body")]
+    pub max_body: String,
+}
+
+fn default_max_body() -> String {
+    "100M".into()
 }
 
 fn slash() -> String {
@@ -408,6 +416,11 @@ impl Manifest {
             if !self.services.contains_key(&r.service) {
                 return Err(format!("route to unknown service {:?}", r.service));
             }
+            if !r.path.starts_with('/') {
+                return Err(format!("route path {:?} must start with /", r.path));
+            }
+            parse_memory(&r.max_body)
+                .ok_or_else(|| format!("route max_body {:?} is not like 100M or 4G", r.max_body))?;
         }
         Ok(())
     }

@@ -14,6 +14,34 @@ pub const DEFAULT_SOCKET: &str = "/run/ilot/ilot.sock";
 pub struct Config {
     #[serde(default)]
     pub daemon: DaemonConfig,
+    #[serde(default)]
+    pub proxy: ProxyConfig,
+}
+
+/// The built-in reverse proxy (HTTPS for every app with a domain).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    pub enabled: bool,
+    /// Plain HTTP: redirects to HTTPS and answers ACME HTTP-01 challenges. Port 0 = any free.
+    pub http: std::net::SocketAddr,
+    pub https: std::net::SocketAddr,
+    /// One line per request (time, client IP, host, method, path, status): read by the guard.
+    pub access_log: PathBuf,
+    /// Sent as Strict-Transport-Security on HTTPS responses; 0 disables it.
+    pub hsts_max_age: u64,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            enabled: true,
+            http: ([0, 0, 0, 0], 80).into(),
+            https: ([0, 0, 0, 0], 443).into(),
+            access_log: "/var/log/ilot/access.log".into(),
+            hsts_max_age: 31_536_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -98,6 +126,12 @@ impl Config {
         }
         if !d.state_dir.is_absolute() {
             return bad("state_dir", "must be an absolute path");
+        }
+        if !self.proxy.access_log.is_absolute() {
+            return Err(Error::bad_input(format!(
+                "invalid config {origin}: [proxy] access_log: must be an absolute path"
+            ))
+            .hint("fix the file (docs/config.md lists every key); the daemon did not start"));
         }
         if let Some(dir) = d.catalog.iter().find(|p| !p.is_absolute()) {
             return bad(

@@ -10,6 +10,7 @@ mod error;
 mod events;
 mod names;
 mod plan;
+mod proxy;
 mod runtime;
 mod state;
 

@@ -181,7 +181,7 @@ pub fn human(req: &Request, v: &Value) {
             for e in v.as_array().into_iter().flatten() {
                 println!(
                     "{}  {:<20} {:<12} {}",
-                    format_time(e["time"].as_u64().unwrap_or(0)),
+                    crate::state::format_utc(e["time"].as_u64().unwrap_or(0)),
                     s(&e["kind"]),
                     e["instance"].as_str().unwrap_or("-"),
                     s(&e["message"])
@@ -302,34 +302,5 @@ pub fn human(req: &Request, v: &Value) {
         Request::AppStart { name } => println!("{name} started and healthy"),
         Request::AppStop { name } => println!("{name} stopped"),
         Request::AppRestart { name } => println!("{name} restarted and healthy"),
-    }
-}
-
-/// UTC "YYYY-MM-DD HH:MM:SS" from a Unix time (civil-from-days, no date crate needed).
-fn format_time(t: u64) -> String {
-    let (days, secs) = ((t / 86400) as i64, t % 86400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn time_format() {
-        assert_eq!(super::format_time(0), "1970-01-01 00:00:00");
-        assert_eq!(super::format_time(1_795_000_000), "2026-11-18 11:06:40");
     }
 }

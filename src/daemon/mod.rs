@@ -33,6 +33,8 @@ pub struct Daemon {
     instances: RwLock<BTreeMap<String, Instance>>,
     /// One mutating operation at a time; recovery holds it first.
     op_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The reverse proxy, or why it could not start (the rest of the daemon runs regardless).
+    proxy: std::result::Result<Arc<crate::proxy::Proxy>, String>,
     /// True once the journal has been recovered: the daemon then serves every request.
     ready: std::sync::atomic::AtomicBool,
     started: Instant,
@@ -85,6 +87,16 @@ async fn serve(config: Config, config_path: Option<PathBuf>, catalog: Catalog) -
         .into_iter()
         .map(|i| (i.name.clone(), i))
         .collect();
+    let proxy = if config.proxy.enabled {
+        crate::proxy::Proxy::start(config.proxy.clone())
+            .await
+            .map_err(|e| {
+                tracing::error!("{e}");
+                e.to_string()
+            })
+    } else {
+        Err("disabled in the config ([proxy] enabled = false)".to_string())
+    };
     let daemon = Arc::new(Daemon {
         config,
         config_path,
@@ -95,10 +107,12 @@ async fn serve(config: Config, config_path: Option<PathBuf>, catalog: Catalog) -
         runtime: OnceLock::new(),
         instances: RwLock::new(instances),
         op_lock: Arc::new(tokio::sync::Mutex::new(())),
+        proxy,
         ready: std::sync::atomic::AtomicBool::new(false),
         started: Instant::now(),
     });
     daemon.bus.spawn_history(store);
+    daemon.refresh_routes();
     tracing::info!(socket = %daemon.config.daemon.socket.display(), owner = %daemon.owner, "ilot daemon listening");
 
     // Hold the operation lock until the journal is recovered: mutating requests wait for it.
@@ -208,6 +222,9 @@ impl Daemon {
         let observer = Observer::new(engine.clone());
         observer.refresh().await;
         observer.spawn();
+        if let Ok(proxy) = &self.proxy {
+            proxy.set_observer(observer.clone());
+        }
         let _ = self.runtime.set((engine, observer));
         if let Err(e) = self.recover().await {
             tracing::error!("recovery: {e}");
@@ -230,8 +247,9 @@ impl Daemon {
             self.runtime()?;
             let _lock = self.op_lock.lock().await;
             let result = self.handle_mutation(req, tx).await;
-            // Reads that follow must see what this operation did.
+            // Reads and requests that follow must see what this operation did.
             self.runtime()?.1.refresh().await;
+            self.refresh_routes();
             return result;
         }
         match req {
@@ -262,6 +280,32 @@ impl Daemon {
             Request::AppStop { name } => self.stop(&name, &progress).await,
             Request::AppRestart { name } => self.restart(&name, &progress).await,
             _ => unreachable!("read requests handled by handle()"),
+        }
+    }
+
+    /// Rebuilds the proxy's routes from the instances that have a domain.
+    fn refresh_routes(&self) {
+        let Ok(proxy) = &self.proxy else { return };
+        let mut routes: std::collections::HashMap<String, Vec<crate::proxy::Target>> =
+            Default::default();
+        for inst in self.instances.read().expect("instances lock").values() {
+            let Some(domain) = &inst.domain else { continue };
+            for r in &inst.manifest.needs.routes {
+                routes
+                    .entry(domain.clone())
+                    .or_default()
+                    .push(crate::proxy::Target {
+                        path: r.path.clone(),
+                        instance: inst.name.clone(),
+                        container: crate::plan::container_name(&inst.name, &r.service),
+                        port: r.port,
+                        max_body: crate::catalog::parse_memory(&r.max_body).unwrap_or(100 << 20)
+                            as u64,
+                    });
+            }
+        }
+        if let Err(e) = proxy.set_routes(routes) {
+            tracing::error!("proxy routes: {e}");
         }
     }
 

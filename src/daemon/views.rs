@@ -18,8 +18,18 @@ impl Daemon {
             .unwrap_or_default()
     }
 
-    /// The URL of the main service's first published port, e.g. http://127.0.0.1:49153/.
+    /// https://DOMAIN/ when the proxy serves the instance, else the main service's first
+    /// published port, e.g. http://127.0.0.1:49153/.
     pub(super) fn url_of(&self, inst: &Instance) -> Option<String> {
+        if let (Some(domain), Ok(proxy)) = (&inst.domain, &self.proxy) {
+            if let Some(r) = inst.manifest.needs.routes.first() {
+                let port = match proxy.https_addr.port() {
+                    443 => String::new(),
+                    p => format!(":{p}"),
+                };
+                return Some(format!("https://{domain}{port}{}", r.path));
+            }
+        }
         let main = inst.manifest.main_service();
         let port = inst.manifest.services.get(main)?.ports.first()?.container;
         let name = plan::container_name(&inst.name, main);
@@ -85,6 +95,10 @@ impl Daemon {
             "busy": self.op_lock.try_lock().is_err(),
             "instances": { "total": instances.len(), "by_status": counts },
             "catalog_apps": self.catalog.apps.len(),
+            "proxy": match &self.proxy {
+                Ok(p) => json!({ "http": p.http_addr.to_string(), "https": p.https_addr.to_string(), "hosts": p.hosts() }),
+                Err(e) => json!({ "error": e }),
+            },
         })
     }
 

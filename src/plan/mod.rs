@@ -134,6 +134,8 @@ pub struct ObservedContainer {
     pub spec: String,
     /// container port -> "host_ip:host_port"
     pub ports: BTreeMap<u16, String>,
+    /// Its address on the instance's network (the proxy's upstream).
+    pub ip: Option<String>,
 }
 
 impl ObservedContainer {
@@ -343,6 +345,7 @@ mod tests {
                 image_id: spec.image_id.clone(),
                 spec: spec.hash.clone(),
                 ports: BTreeMap::new(),
+                ip: None,
             }],
             networks: vec![network_name(&inst.name)],
             volumes: vec![volume_name(&inst.name, "data")],

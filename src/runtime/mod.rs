@@ -144,7 +144,18 @@ impl Engine {
                     })
                     .rev()
                     .collect();
+                let instance = labels
+                    .get(plan::LABEL_INSTANCE)
+                    .cloned()
+                    .unwrap_or_default();
+                let ip = c
+                    .network_settings
+                    .and_then(|n| n.networks)
+                    .and_then(|mut n| n.remove(&plan::network_name(&instance)))
+                    .and_then(|e| e.ip_address)
+                    .filter(|ip| !ip.is_empty());
                 ObservedContainer {
+                    ip,
                     id: c.id.unwrap_or_default(),
                     name: c
                         .names

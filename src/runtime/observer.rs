@@ -51,6 +51,16 @@ impl Observer {
             .collect()
     }
 
+    /// A container's address on its instance network (the proxy's upstream).
+    pub fn ip_of(&self, container: &str) -> Option<String> {
+        let cache = self.cache.read().expect("observer lock");
+        cache
+            .containers
+            .iter()
+            .find(|c| c.name == container && c.running())
+            .and_then(|c| c.ip.clone())
+    }
+
     /// Asks for a refresh soon (after an apply, or on an engine event).
     pub fn poke(&self) {
         self.dirty.notify_one();

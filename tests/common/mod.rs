@@ -89,10 +89,12 @@ impl Ilot {
         std::fs::write(
             &config,
             format!(
-                "[daemon]\nsocket = \"{}\"\nstate_dir = \"{}\"\nowner = \"{owner}\"\ncatalog = [\"{}\"]\n",
+                "[daemon]\nsocket = \"{}\"\nstate_dir = \"{}\"\nowner = \"{owner}\"\ncatalog = [\"{}\"]\n\n\
+                 [proxy]\nhttp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\naccess_log = \"{}\"\n",
                 socket.display(),
                 dir.join("state").display(),
-                dir.join("catalog").display()
+                dir.join("catalog").display(),
+                dir.join("access.log").display()
             ),
         )
         .unwrap();
