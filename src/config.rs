@@ -16,6 +16,42 @@ pub struct Config {
     pub daemon: DaemonConfig,
     #[serde(default)]
     pub proxy: ProxyConfig,
+    #[serde(default)]
+    pub acme: AcmeConfig,
+}
+
+/// Certificates from an ACME CA for every served domain (HTTP-01 through the proxy).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AcmeConfig {
+    pub enabled: bool,
+    /// Directory URL, or "letsencrypt" / "letsencrypt-staging".
+    pub directory: String,
+    /// Contact address given to the CA (expiry warnings), e.g. admin@example.org.
+    pub email: Option<String>,
+    /// A PEM file of extra trusted roots, for a private CA (or Pebble in tests).
+    pub ca_root: Option<PathBuf>,
+}
+
+impl Default for AcmeConfig {
+    fn default() -> Self {
+        AcmeConfig {
+            enabled: true,
+            directory: "letsencrypt".into(),
+            email: None,
+            ca_root: None,
+        }
+    }
+}
+
+impl AcmeConfig {
+    pub fn directory_url(&self) -> &str {
+        match self.directory.as_str() {
+            "letsencrypt" => "https://acme-v02.api.letsencrypt.org/directory",
+            "letsencrypt-staging" => "https://acme-staging-v02.api.letsencrypt.org/directory",
+            url => url,
+        }
+    }
 }
 
 /// The built-in reverse proxy (HTTPS for every app with a domain).
@@ -133,6 +169,20 @@ impl Config {
             ))
             .hint("fix the file (docs/config.md lists every key); the daemon did not start"));
         }
+        if !self.acme.directory_url().starts_with("https://") {
+            return bad_acme(
+                origin,
+                "directory: give an https:// URL, or letsencrypt / letsencrypt-staging",
+            );
+        }
+        if self
+            .acme
+            .email
+            .as_deref()
+            .is_some_and(|e| !e.contains('@') || e.contains([' ', '\n', ',']))
+        {
+            return bad_acme(origin, "email: give one address, like admin@example.org");
+        }
         if let Some(dir) = d.catalog.iter().find(|p| !p.is_absolute()) {
             return bad(
                 "catalog",
@@ -151,6 +201,13 @@ impl Config {
         }
         Ok(())
     }
+}
+
+fn bad_acme(origin: &str, why: &str) -> Result<()> {
+    Err(
+        Error::bad_input(format!("invalid config {origin}: [acme] {why}"))
+            .hint("fix the file (docs/config.md lists every key); the daemon did not start"),
+    )
 }
 
 /// "FILE:LINE:COL: what is wrong", then the line at fault (which names the key).

@@ -3,6 +3,7 @@
 
 mod api;
 mod catalog;
+mod certs;
 mod cli;
 mod config;
 mod daemon;

@@ -29,6 +29,8 @@ pub enum Request {
     AppStop { name: String },
     AppRestart { name: String },
     AppLogs(LogsParams),
+    CertList,
+    CertRenew { domain: Option<String>, force: bool },
 }
 
 impl Request {

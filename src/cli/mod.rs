@@ -48,6 +48,21 @@ enum Command {
     /// Install and manage apps.
     #[command(subcommand)]
     App(AppCommand),
+    /// HTTPS certificates of the served domains.
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Each served domain: issuer, expiry, next renewal, last error.
+    List,
+    /// Issue or renew now what is due (a domain, or all); --force renews even if not due.
+    Renew {
+        domain: Option<String>,
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -139,6 +154,8 @@ pub fn main() -> i32 {
         Command::Status => Request::Status,
         Command::Plan => Request::Plan,
         Command::Events { limit } => Request::Events { limit },
+        Command::Cert(CertCommand::List) => Request::CertList,
+        Command::Cert(CertCommand::Renew { domain, force }) => Request::CertRenew { domain, force },
         Command::App(cmd) => match cmd {
             AppCommand::Catalog => Request::Catalog,
             AppCommand::Install(a) => {

@@ -284,6 +284,46 @@ pub fn human(req: &Request, v: &Value) {
             }
         }
         Request::AppLogs(_) => {}
+        Request::CertList | Request::CertRenew { .. } => {
+            let rows: Vec<Vec<String>> = v
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| {
+                    let t = |k: &str| {
+                        c[k].as_u64()
+                            .map(crate::state::format_utc)
+                            .unwrap_or_else(|| "-".into())
+                    };
+                    let issuer = c["issuer"]
+                        .as_str()
+                        .map(|i| i.rsplit("CN=").next().unwrap_or(i).to_string());
+                    vec![
+                        s(&c["domain"]),
+                        s(&c["source"]),
+                        issuer.unwrap_or_else(|| "-".into()),
+                        t("not_after"),
+                        t("next_renewal"),
+                        s(&c["last_error"]),
+                    ]
+                })
+                .collect();
+            if rows.is_empty() {
+                println!("No domain is served. Install an app with --domain to get one.");
+            } else {
+                table(
+                    &[
+                        "DOMAIN",
+                        "CERT",
+                        "ISSUER",
+                        "EXPIRES",
+                        "RENEWS",
+                        "LAST ERROR",
+                    ],
+                    rows,
+                );
+            }
+        }
         Request::AppInstall(_) => {
             println!(
                 "{} installed and healthy{}",

@@ -35,6 +35,8 @@ pub struct Daemon {
     op_lock: Arc<tokio::sync::Mutex<()>>,
     /// The reverse proxy, or why it could not start (the rest of the daemon runs regardless).
     proxy: std::result::Result<Arc<crate::proxy::Proxy>, String>,
+    /// Certificates for the proxy's domains (when the proxy runs).
+    certs: Option<Arc<crate::certs::Certs>>,
     /// True once the journal has been recovered: the daemon then serves every request.
     ready: std::sync::atomic::AtomicBool,
     started: Instant,
@@ -97,13 +99,23 @@ async fn serve(config: Config, config_path: Option<PathBuf>, catalog: Catalog) -
     } else {
         Err("disabled in the config ([proxy] enabled = false)".to_string())
     };
+    let bus = Bus::new();
+    let certs = proxy.as_ref().ok().map(|p| {
+        crate::certs::Certs::start(
+            config.acme.clone(),
+            &config.daemon.state_dir,
+            p.clone(),
+            bus.clone(),
+        )
+    });
     let daemon = Arc::new(Daemon {
         config,
         config_path,
         catalog,
         store: store.clone(),
         owner,
-        bus: Bus::new(),
+        bus,
+        certs,
         runtime: OnceLock::new(),
         instances: RwLock::new(instances),
         op_lock: Arc::new(tokio::sync::Mutex::new(())),
@@ -201,6 +213,15 @@ impl Daemon {
         })
     }
 
+    fn certs(&self) -> Result<&Arc<crate::certs::Certs>> {
+        self.certs.as_ref().ok_or_else(|| {
+            let why = self.proxy.as_ref().err().cloned().unwrap_or_default();
+            Error::unavailable(format!(
+                "certificates need the proxy, which is not running: {why}"
+            ))
+        })
+    }
+
     fn engine(&self) -> Result<&Engine> {
         Ok(&self.runtime()?.0)
     }
@@ -261,6 +282,11 @@ impl Daemon {
                 Ok(serde_json::to_value(self.store.events(limit.min(1000))?).unwrap_or_default())
             }
             Request::Plan => self.plan_all().await,
+            Request::CertList => Ok(serde_json::to_value(self.certs()?.list()).unwrap_or_default()),
+            Request::CertRenew { domain, force } => {
+                let list = self.certs()?.renew(domain.as_deref(), force).await?;
+                Ok(serde_json::to_value(list).unwrap_or_default())
+            }
             Request::AppLogs(p) => self.logs(p, tx).await,
             _ => unreachable!("mutating requests handled above"),
         }
@@ -306,6 +332,9 @@ impl Daemon {
         }
         if let Err(e) = proxy.set_routes(routes) {
             tracing::error!("proxy routes: {e}");
+        }
+        if let Some(certs) = &self.certs {
+            certs.poke();
         }
     }
 

@@ -11,22 +11,9 @@ use rustls::sign::CertifiedKey;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-/// Where a served certificate came from.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CertSource {
-    SelfSigned,
-    Acme,
-}
-
-struct Entry {
-    key: Arc<CertifiedKey>,
-    source: CertSource,
-}
-
 pub struct CertStore {
     provider: Arc<CryptoProvider>,
-    by_host: RwLock<HashMap<String, Entry>>,
+    by_host: RwLock<HashMap<String, Arc<CertifiedKey>>>,
     fallback: Arc<CertifiedKey>,
 }
 
@@ -71,22 +58,13 @@ impl CertStore {
         let mut map = self.by_host.write().expect("cert lock");
         map.retain(|h, _| hosts.contains(h));
         for (host, key) in fresh {
-            map.entry(host).or_insert(Entry {
-                key,
-                source: CertSource::SelfSigned,
-            });
+            map.entry(host).or_insert(key);
         }
         Ok(())
     }
 
     /// Installs a certificate chain and key (PEM) for a host, replacing what was served.
-    pub fn install_pem(
-        &self,
-        host: &str,
-        chain_pem: &str,
-        key_pem: &str,
-        source: CertSource,
-    ) -> Result<()> {
+    pub fn install_pem(&self, host: &str, chain_pem: &str, key_pem: &str) -> Result<()> {
         let bad = |what: &str| Error::failed(format!("certificate for {host}: {what}"));
         let chain: Vec<CertificateDer<'static>> =
             rustls_pemfile_certs(chain_pem).ok_or_else(|| bad("unreadable chain"))?;
@@ -100,22 +78,11 @@ impl CertStore {
         certified
             .keys_match()
             .map_err(|e| bad(&format!("key does not match: {e}")))?;
-        self.by_host.write().expect("cert lock").insert(
-            host.to_string(),
-            Entry {
-                key: Arc::new(certified),
-                source,
-            },
-        );
-        Ok(())
-    }
-
-    pub fn source_of(&self, host: &str) -> Option<CertSource> {
         self.by_host
-            .read()
+            .write()
             .expect("cert lock")
-            .get(host)
-            .map(|e| e.source.clone())
+            .insert(host.to_string(), Arc::new(certified));
+        Ok(())
     }
 }
 
@@ -124,7 +91,7 @@ impl ResolvesServerCert for CertStore {
         let name = hello.server_name().map(|n| n.to_ascii_lowercase());
         let map = self.by_host.read().expect("cert lock");
         Some(
-            name.and_then(|n| map.get(&n).map(|e| e.key.clone()))
+            name.and_then(|n| map.get(&n).cloned())
                 .unwrap_or_else(|| self.fallback.clone()),
         )
     }

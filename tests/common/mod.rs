@@ -90,7 +90,7 @@ impl Ilot {
             &config,
             format!(
                 "[daemon]\nsocket = \"{}\"\nstate_dir = \"{}\"\nowner = \"{owner}\"\ncatalog = [\"{}\"]\n\n\
-                 [proxy]\nhttp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\naccess_log = \"{}\"\n",
+                 [proxy]\nhttp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\naccess_log = \"{}\"\n\n[acme]\nenabled = false\n",
                 socket.display(),
                 dir.join("state").display(),
                 dir.join("catalog").display(),

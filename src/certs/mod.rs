@@ -1,0 +1,511 @@
+//! Certificates: one per served domain, from an ACME CA (instant-acme, HTTP-01 answered by the
+//! proxy on port 80), stored 0600 in state_dir/certs/DOMAIN/, swapped into the running proxy
+//! without a restart. Renewal at two thirds of the lifetime (with jitter); failures retried
+//! with exponential backoff and reported (`ilot cert list`) with what to do. Until a domain
+//! has a certificate the proxy serves a self-signed one.
+
+use crate::config::AcmeConfig;
+use crate::error::{Error, Result};
+use crate::events::Bus;
+use crate::proxy::Proxy;
+use crate::state::now;
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
+    NewOrder, OrderStatus, RetryPolicy,
+};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// What `ilot cert list` shows for a domain.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct CertStatus {
+    pub domain: String,
+    /// "acme" once issued, "self-signed" until then.
+    pub source: String,
+    pub issuer: Option<String>,
+    pub not_before: Option<u64>,
+    pub not_after: Option<u64>,
+    pub next_renewal: Option<u64>,
+    pub last_error: Option<String>,
+    pub failures: u32,
+    /// When the next attempt is due after a failure.
+    pub retry_at: Option<u64>,
+}
+
+pub struct Certs {
+    config: AcmeConfig,
+    dir: PathBuf,
+    proxy: Arc<Proxy>,
+    bus: Bus,
+    status: RwLock<BTreeMap<String, CertStatus>>,
+    account: tokio::sync::Mutex<Option<Account>>,
+    /// One issuance at a time (the scheduler and `cert renew` share it).
+    issuing: tokio::sync::Mutex<()>,
+    wake: tokio::sync::Notify,
+}
+
+/// How often the scheduler looks for certificates that are due.
+const CHECK_EVERY: Duration = Duration::from_secs(300);
+
+impl Certs {
+    pub fn start(config: AcmeConfig, state_dir: &Path, proxy: Arc<Proxy>, bus: Bus) -> Arc<Certs> {
+        let certs = Arc::new(Certs {
+            config,
+            dir: state_dir.join("certs"),
+            proxy,
+            bus,
+            status: RwLock::new(BTreeMap::new()),
+            account: tokio::sync::Mutex::new(None),
+            issuing: tokio::sync::Mutex::new(()),
+            wake: tokio::sync::Notify::new(),
+        });
+        let me = certs.clone();
+        tokio::spawn(async move {
+            loop {
+                me.sync_hosts();
+                if me.config.enabled {
+                    for domain in me.due(false) {
+                        let _ = me.issue(&domain).await;
+                    }
+                }
+                tokio::select! {
+                    _ = me.wake.notified() => {}
+                    _ = tokio::time::sleep(CHECK_EVERY) => {}
+                }
+            }
+        });
+        certs
+    }
+
+    /// Called when the served domains change.
+    pub fn poke(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Tracks the proxy's hosts: loads stored certificates for new ones, forgets old ones.
+    fn sync_hosts(&self) {
+        let hosts = self.proxy.hosts();
+        let new: Vec<String> = {
+            let status = self.status.read().expect("cert status lock");
+            hosts
+                .iter()
+                .filter(|h| !status.contains_key(*h))
+                .cloned()
+                .collect()
+        };
+        for host in new {
+            let mut st = CertStatus {
+                domain: host.clone(),
+                source: "self-signed".into(),
+                ..Default::default()
+            };
+            if let Err(e) = self.load_stored(&host, &mut st) {
+                st.last_error = Some(e.message);
+            }
+            self.status
+                .write()
+                .expect("cert status lock")
+                .insert(host, st);
+        }
+        self.status
+            .write()
+            .expect("cert status lock")
+            .retain(|h, _| hosts.contains(h));
+    }
+
+    fn load_stored(&self, host: &str, st: &mut CertStatus) -> Result<()> {
+        let (chain, key) = (
+            self.dir.join(host).join("fullchain.pem"),
+            self.dir.join(host).join("privkey.pem"),
+        );
+        if !chain.exists() {
+            return Ok(());
+        }
+        let read = |p: &Path| {
+            std::fs::read_to_string(p)
+                .map_err(|e| Error::failed(format!("cannot read {}: {e}", p.display())))
+        };
+        let (chain, key) = (read(&chain)?, read(&key)?);
+        self.proxy.certs.install_pem(host, &chain, &key)?;
+        fill_from_cert(st, &chain);
+        Ok(())
+    }
+
+    pub fn list(&self) -> Vec<CertStatus> {
+        self.sync_hosts();
+        self.status
+            .read()
+            .expect("cert status lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Domains whose certificate should be (re)issued now.
+    fn due(&self, force: bool) -> Vec<String> {
+        let t = now();
+        self.status
+            .read()
+            .expect("cert status lock")
+            .values()
+            .filter(|s| {
+                force
+                    || s.retry_at.is_none_or(|r| r <= t)
+                        && (s.source != "acme" || s.next_renewal.is_some_and(|n| n <= t))
+            })
+            .map(|s| s.domain.clone())
+            .collect()
+    }
+
+    /// `ilot cert renew [DOMAIN] [--force]`: issues now what is due (or everything, forced).
+    pub async fn renew(&self, domain: Option<&str>, force: bool) -> Result<Vec<CertStatus>> {
+        if !self.config.enabled {
+            return Err(Error::bad_input(
+                "ACME is disabled in the config ([acme] enabled = false)",
+            )
+            .hint("enable it, with a directory your domains can be validated by"));
+        }
+        self.sync_hosts();
+        let targets: Vec<String> = match domain {
+            Some(d) => {
+                if !self
+                    .status
+                    .read()
+                    .expect("cert status lock")
+                    .contains_key(d)
+                {
+                    return Err(Error::not_found(format!("no app is served at {d}"))
+                        .hint("install an app with --domain, then see `ilot cert list`"));
+                }
+                if force || self.due(false).iter().any(|x| x == d) {
+                    vec![d.to_string()]
+                } else {
+                    vec![]
+                }
+            }
+            None => self.due(force),
+        };
+        let mut errors = Vec::new();
+        for d in &targets {
+            if let Err(e) = self.issue(d).await {
+                errors.push(e);
+            }
+        }
+        match errors.len() {
+            0 => Ok(self.list()),
+            1 => Err(errors.remove(0)),
+            n => Err(Error::failed(format!(
+                "{n} certificates could not be issued: {}",
+                errors
+                    .iter()
+                    .map(|e| e.message.clone())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ))
+            .hint("see `ilot cert list` for each domain's error")),
+        }
+    }
+
+    async fn issue(&self, domain: &str) -> Result<()> {
+        let _one = self.issuing.lock().await;
+        let result = self.order(domain).await;
+        let mut status = self.status.write().expect("cert status lock");
+        let st = status
+            .entry(domain.to_string())
+            .or_insert_with(|| CertStatus {
+                domain: domain.into(),
+                source: "self-signed".into(),
+                ..Default::default()
+            });
+        match &result {
+            Ok(chain) => {
+                fill_from_cert(st, chain);
+                st.source = "acme".into();
+                st.last_error = None;
+                st.failures = 0;
+                st.retry_at = None;
+                self.bus.publish(
+                    "cert-issued",
+                    None,
+                    format!(
+                        "certificate for {domain} issued by {}",
+                        st.issuer.clone().unwrap_or_default()
+                    ),
+                );
+            }
+            Err(e) => {
+                st.failures += 1;
+                st.last_error = Some(e.message.clone());
+                // 5 min, 10, 20... capped at a day, with up to 10% jitter.
+                let backoff = (300u64 << (st.failures - 1).min(9)).min(86_400);
+                st.retry_at = Some(now() + backoff + jitter(backoff / 10));
+                self.bus.publish(
+                    "cert-failed",
+                    None,
+                    format!("certificate for {domain}: {}", e.message),
+                );
+            }
+        }
+        result.map(|_| ())
+    }
+
+    /// One ACME order for `domain` by HTTP-01; returns the chain after storing and installing it.
+    async fn order(&self, domain: &str) -> Result<String> {
+        let account = self.account().await?;
+        let ids = [Identifier::Dns(domain.to_string())];
+        let mut order = account
+            .new_order(&NewOrder::new(&ids))
+            .await
+            .map_err(|e| acme_err(domain, e))?;
+        let mut tokens = Vec::new();
+        let mut authorizations = order.authorizations();
+        while let Some(authz) = authorizations.next().await {
+            let mut authz = authz.map_err(|e| acme_err(domain, e))?;
+            if authz.status == AuthorizationStatus::Valid {
+                continue;
+            }
+            let mut challenge = authz.challenge(ChallengeType::Http01).ok_or_else(|| {
+                Error::failed(format!("the CA offers no HTTP-01 challenge for {domain}"))
+            })?;
+            let token = challenge.token.clone();
+            self.proxy
+                .challenges
+                .write()
+                .expect("challenges lock")
+                .insert(
+                    token.clone(),
+                    challenge.key_authorization().as_str().to_string(),
+                );
+            tokens.push(token);
+            challenge
+                .set_ready()
+                .await
+                .map_err(|e| acme_err(domain, e))?;
+        }
+        let retry = RetryPolicy::new().timeout(Duration::from_secs(90));
+        let ready = order.poll_ready(&retry).await;
+        let outcome = match ready {
+            Ok(OrderStatus::Ready) => {
+                async {
+                    let key = order.finalize().await.map_err(|e| acme_err(domain, e))?;
+                    let chain = order
+                        .poll_certificate(&retry)
+                        .await
+                        .map_err(|e| acme_err(domain, e))?;
+                    Ok((chain, key))
+                }
+                .await
+            }
+            Ok(status) => Err(self.explain_invalid(&mut order, domain, status).await),
+            Err(e) => Err(acme_err(domain, e)),
+        };
+        {
+            let mut challenges = self.proxy.challenges.write().expect("challenges lock");
+            for t in &tokens {
+                challenges.remove(t);
+            }
+        }
+        let (chain, key) = outcome?;
+        self.store(domain, &chain, &key)?;
+        self.proxy.certs.install_pem(domain, &chain, &key)?;
+        Ok(chain)
+    }
+
+    /// A failed order: find the challenge's error and say what to do.
+    async fn explain_invalid(
+        &self,
+        order: &mut instant_acme::Order,
+        domain: &str,
+        status: OrderStatus,
+    ) -> Error {
+        let mut detail = format!("order {status:?}");
+        let mut authorizations = order.authorizations();
+        while let Some(Ok(mut authz)) = authorizations.next().await {
+            if let Some(problem) = authz
+                .challenge(ChallengeType::Http01)
+                .and_then(|c| c.error.clone())
+            {
+                detail = problem
+                    .detail
+                    .clone()
+                    .unwrap_or_else(|| format!("{problem:?}"));
+            }
+        }
+        Error::failed(format!("the CA could not validate {domain}: {detail}")).hint(format!(
+            "check that {domain} points at this host (its A/AAAA record) and that port 80 is open to the internet; ilot retries by itself"
+        ))
+    }
+
+    fn store(&self, domain: &str, chain: &str, key: &str) -> Result<()> {
+        let dir = self.dir.join(domain);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| Error::failed(format!("cannot create {}: {e}", dir.display())))?;
+        write_private(&dir.join("privkey.pem"), key)?;
+        write_private(&dir.join("fullchain.pem"), chain)
+    }
+
+    /// The ACME account for the configured directory: loaded from the state dir, or created.
+    async fn account(&self) -> Result<Account> {
+        let mut slot = self.account.lock().await;
+        if let Some(a) = slot.as_ref() {
+            return Ok(a.clone());
+        }
+        let url = self.config.directory_url().to_string();
+        let file = self.dir.join("accounts").join(format!(
+            "{}.json",
+            &crate::state::hex(&sha2_digest(url.as_bytes()))[..16]
+        ));
+        let builder = || match &self.config.ca_root {
+            Some(root) => Account::builder_with_root(root),
+            None => Account::builder(),
+        };
+        let reach = |e: instant_acme::Error| {
+            Error::failed(format!(
+                "cannot use the ACME directory {url}: {}",
+                error_chain(&e)
+            ))
+            .hint("check [acme] directory in the config and that this host reaches it")
+        };
+        let account = if let Ok(text) = std::fs::read_to_string(&file) {
+            let creds: AccountCredentials = serde_json::from_str(&text).map_err(|e| {
+                Error::failed(format!("corrupt ACME account {}: {e}", file.display()))
+            })?;
+            builder()
+                .map_err(reach)?
+                .from_credentials(creds)
+                .await
+                .map_err(reach)?
+        } else {
+            let contact = self.config.email.as_ref().map(|e| format!("mailto:{e}"));
+            let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
+            let new = NewAccount {
+                contact: &contacts,
+                terms_of_service_agreed: true,
+                only_return_existing: false,
+            };
+            let (account, creds) = builder()
+                .map_err(reach)?
+                .create(&new, url.clone(), None)
+                .await
+                .map_err(reach)?;
+            if let Some(dir) = file.parent() {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(|e| Error::failed(format!("cannot create {}: {e}", dir.display())))?;
+            }
+            write_private(
+                &file,
+                &serde_json::to_string(&creds).map_err(|e| Error::failed(e.to_string()))?,
+            )?;
+            self.bus.publish(
+                "acme-account",
+                None,
+                format!("ACME account created at {url}"),
+            );
+            account
+        };
+        *slot = Some(account.clone());
+        Ok(account)
+    }
+}
+
+/// An error with its causes ("client error (Connect): tls: invalid peer certificate...").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+fn sha2_digest(data: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).to_vec()
+}
+
+/// Writes a secret file 0600 from its first byte, atomically (temp file, then rename).
+fn write_private(path: &Path, content: &str) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let io = |e: std::io::Error| Error::failed(format!("cannot write {}: {e}", path.display()));
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
+    f.write_all(content.as_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Issuer, validity and the renewal time (two thirds of the lifetime, with a little jitter).
+fn fill_from_cert(st: &mut CertStatus, chain_pem: &str) {
+    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(chain_pem.as_bytes()) else {
+        return;
+    };
+    let Ok(cert) = pem.parse_x509() else { return };
+    let nb = cert.validity().not_before.timestamp().max(0) as u64;
+    let na = cert.validity().not_after.timestamp().max(0) as u64;
+    st.issuer = Some(cert.issuer().to_string());
+    st.not_before = Some(nb);
+    st.not_after = Some(na);
+    let lifetime = na.saturating_sub(nb);
+    st.next_renewal = Some(nb + lifetime * 2 / 3 + jitter(lifetime / 100));
+}
+
+fn jitter(max: u64) -> u64 {
+    use rand::RngExt;
+    if max == 0 {
+        0
+    } else {
+        rand::rng().random_range(0..max)
+    }
+}
+
+/// ACME errors in words a user can act on.
+fn acme_err(domain: &str, e: instant_acme::Error) -> Error {
+    match &e {
+        instant_acme::Error::Api(p) => {
+            let kind = p
+                .r#type
+                .as_deref()
+                .unwrap_or("")
+                .rsplit(':')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            let detail = p.detail.clone().unwrap_or_default();
+            let hint = match kind.as_str() {
+                "rateLimited" => "the CA's rate limit was hit: ilot retries later by itself (use letsencrypt-staging while testing)".to_string(),
+                "rejectedIdentifier" | "malformed" => format!("the CA will not issue for {domain}: use a public domain name you own"),
+                "unauthorized" | "connection" | "dns" | "incorrectResponse" => format!(
+                    "check that {domain} points at this host and that port 80 is open to the internet"
+                ),
+                _ => "see `ilot cert list`; ilot retries with backoff".to_string(),
+            };
+            Error::failed(format!(
+                "certificate for {domain}: the CA said {kind}: {detail}"
+            ))
+            .hint(hint)
+        }
+        _ => Error::failed(format!("certificate for {domain}: {}", error_chain(&e)))
+            .hint("check that the ACME directory is reachable; ilot retries with backoff"),
+    }
+}
