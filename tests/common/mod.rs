@@ -70,6 +70,11 @@ impl Ilot {
     }
 
     pub fn start_env(env: &[(&str, &str)]) -> Ilot {
+        Self::start_full(env, "")
+    }
+
+    /// `extra_config` is appended to the config; it may replace the default `[acme]` (off).
+    pub fn start_full(env: &[(&str, &str)], extra_config: &str) -> Ilot {
         require_images();
         let id = rand_suffix();
         let dir = PathBuf::from(format!("/tmp/ilot-test-{id}"));
@@ -90,11 +95,12 @@ impl Ilot {
             &config,
             format!(
                 "[daemon]\nsocket = \"{}\"\nstate_dir = \"{}\"\nowner = \"{owner}\"\ncatalog = [\"{}\"]\n\n\
-                 [proxy]\nhttp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\naccess_log = \"{}\"\n\n[acme]\nenabled = false\n",
+                 [proxy]\nhttp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\naccess_log = \"{}\"\n\n{}\n",
                 socket.display(),
                 dir.join("state").display(),
                 dir.join("catalog").display(),
-                dir.join("access.log").display()
+                dir.join("access.log").display(),
+                if extra_config.contains("[acme]") { extra_config.to_string() } else { format!("[acme]\nenabled = false\n{extra_config}") }
             ),
         )
         .unwrap();

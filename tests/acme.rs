@@ -1,0 +1,309 @@
+//! Certificates from a real ACME server: Debian's Pebble (with pebble-challtestsrv as the DNS
+//! it resolves names with), HTTP-01 answered by ilot's proxy, certificates observed with
+//! openssl while a long-lived connection stays up.
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Pebble and its DNS; killed and removed on drop.
+struct Pebble {
+    dir: PathBuf,
+    port: u16,
+    dns_port: u16,
+    mgmt_port: u16,
+    children: Vec<Child>,
+}
+
+impl Pebble {
+    /// A CA and a leaf certificate for Pebble's own HTTPS (it ships none), and its DNS.
+    fn prepare() -> Pebble {
+        for bin in [
+            "/usr/bin/pebble",
+            "/usr/bin/pebble-challtestsrv",
+            "/usr/bin/openssl",
+        ] {
+            assert!(
+                Path::new(bin).exists(),
+                "{bin} missing: run tests/run.sh (it installs pebble and openssl)"
+            );
+        }
+        let dir = std::env::temp_dir().join(format!("ilot-test-pebble-{}", unique("")));
+        std::fs::create_dir_all(&dir).unwrap();
+        sh(&format!(
+            "cd {d} && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem -days 30 -subj /CN=ilot-test-ca && \
+             openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout key.pem -out leaf.csr -subj /CN=localhost && \
+             printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth\\n' > ext.cnf && \
+             openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out cert.pem -days 30 -extfile ext.cnf",
+            d = dir.display()
+        ));
+        let (dns_port, mgmt_port) = (free_port(), free_port());
+        let dns = Command::new("pebble-challtestsrv")
+            .args([
+                "-dns01",
+                &format!("127.0.0.1:{dns_port}"),
+                "-http01",
+                "",
+                "-https01",
+                "",
+                "-tlsalpn01",
+                "",
+            ])
+            .args([
+                "-management",
+                &format!("127.0.0.1:{mgmt_port}"),
+                "-defaultIPv6",
+                "",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Pebble {
+            dir,
+            port: free_port(),
+            dns_port,
+            mgmt_port,
+            children: vec![dns],
+        }
+    }
+
+    fn directory(&self) -> String {
+        format!("https://127.0.0.1:{}/dir", self.port)
+    }
+
+    /// Starts Pebble, validating HTTP-01 on `http_port` (the proxy's).
+    fn start(&mut self, http_port: u16) {
+        let config = self.dir.join("pebble.json");
+        std::fs::write(
+            &config,
+            format!(
+                r#"{{"pebble": {{"listenAddress": "127.0.0.1:{}", "managementListenAddress": "127.0.0.1:{}", "certificate": "{}", "privateKey": "{}", "httpPort": {http_port}, "tlsPort": {}, "ocspResponderURL": "", "externalAccountBindingRequired": false}}}}"#,
+                self.port,
+                free_port(),
+                self.dir.join("cert.pem").display(),
+                self.dir.join("key.pem").display(),
+                free_port()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(self.dir.join("pebble.log")).unwrap();
+        let child = Command::new("pebble")
+            .arg("-config")
+            .arg(&config)
+            .args(["-dnsserver", &format!("127.0.0.1:{}", self.dns_port)])
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", "0")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.children.push(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "pebble did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Makes the test DNS answer `host` with `ip`.
+    fn set_a(&self, host: &str, ip: &str) {
+        sh(&format!(
+            "curl -sS -d '{{\"host\":\"{host}.\",\"addresses\":[\"{ip}\"]}}' http://127.0.0.1:{}/add-a",
+            self.mgmt_port
+        ));
+    }
+}
+
+impl Drop for Pebble {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The serial and issuer of the certificate the proxy presents for `domain`.
+fn presented(https: &str, domain: &str) -> String {
+    sh(&format!("openssl s_client -connect {https} -servername {domain} </dev/null 2>/dev/null | openssl x509 -noout -serial -issuer"))
+}
+
+#[test]
+fn certificates_are_issued_by_http01_renewed_and_swapped_live() {
+    let mut pebble = Pebble::prepare();
+    let mut ilot = Ilot::start_full(
+        &[],
+        &format!(
+            "[acme]\ndirectory = \"{}\"\nca_root = \"{}\"\nemail = \"admin@example.test\"\n",
+            pebble.directory(),
+            pebble.dir.join("ca.pem").display()
+        ),
+    );
+    let status = ilot.json(&["status"]);
+    let http = status["proxy"]["http"].as_str().unwrap().to_string();
+    let https = status["proxy"]["https"].as_str().unwrap().to_string();
+    pebble.start(http.rsplit_once(':').unwrap().1.parse().unwrap());
+
+    let name = unique("tls");
+    let domain = format!("{name}.example.test");
+    ilot.ok(&[
+        "app", "install", "hello", "--name", &name, "--domain", &domain,
+    ]);
+    // The scheduler may have tried before Pebble was up; issue now.
+    ilot.ok(&["cert", "renew", &domain, "--force"]);
+    let list = ilot.json(&["cert", "list"]);
+    let entry = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["domain"] == domain.as_str())
+        .expect("listed")
+        .clone();
+    assert_eq!(entry["source"], "acme", "{entry}");
+    assert!(
+        entry["issuer"].as_str().unwrap().contains("Pebble"),
+        "{entry}"
+    );
+    assert!(entry["last_error"].is_null());
+    let (nb, na, next) = (
+        entry["not_before"].as_u64().unwrap(),
+        entry["not_after"].as_u64().unwrap(),
+        entry["next_renewal"].as_u64().unwrap(),
+    );
+    assert!(
+        next > nb + (na - nb) * 6 / 10 && next < nb + (na - nb) * 7 / 10,
+        "renewal at ~2/3 of the lifetime: {entry}"
+    );
+    let first = presented(&https, &domain);
+    assert!(first.contains("Pebble"), "{first}");
+    // The key is private.
+    let key = ilot
+        .dir
+        .join("state/certs")
+        .join(&domain)
+        .join("privkey.pem");
+    assert_eq!(path_mode(&key), 0o600);
+    assert!(!ilot.log().contains(
+        &std::fs::read_to_string(&key)
+            .unwrap()
+            .lines()
+            .nth(1)
+            .unwrap()
+            .to_string()
+    ));
+
+    // A long-lived connection, opened before the renewal...
+    let port = https.rsplit_once(':').unwrap().1;
+    let mut long = Command::new("openssl")
+        .args([
+            "s_client",
+            "-quiet",
+            "-connect",
+            &https,
+            "-servername",
+            &domain,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    ilot.ok(&["cert", "renew", &domain, "--force"]);
+    // ...new connections get the new certificate...
+    let second = presented(&https, &domain);
+    assert_ne!(first, second, "renewal must serve a new certificate");
+    // ...while the old connection still works.
+    let mut stdin = long.stdin.take().unwrap();
+    write!(
+        stdin,
+        "GET /health HTTP/1.1\r\nHost: {domain}:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    long.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut reply)
+        .unwrap();
+    let _ = long.wait();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+
+    // After a restart the stored certificate is served without a new order.
+    ilot.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while presented(&https_after(&ilot), &domain) != second {
+        assert!(
+            Instant::now() < deadline,
+            "stored certificate not served after restart"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // A domain that does not point at this host: a clear error, the self-signed one served.
+    let bad = format!("{}.example.test", unique("bad"));
+    pebble.set_a(&bad, "127.0.0.2");
+    let bad_name = unique("bad");
+    ilot.ok(&[
+        "app", "install", "hello", "--name", &bad_name, "--domain", &bad,
+    ]);
+    let err = ilot.fails(&["cert", "renew", &bad, "--force"], 1);
+    assert!(
+        err.contains(&bad) && err.contains("points at this host") && err.contains("port 80"),
+        "{err}"
+    );
+    let list = ilot.json(&["cert", "list"]);
+    let entry = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["domain"] == bad.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(entry["source"], "self-signed");
+    assert!(
+        entry["last_error"].as_str().unwrap().contains(&bad)
+            && entry["retry_at"].as_u64().is_some(),
+        "{entry}"
+    );
+    assert!(
+        presented(&https_after(&ilot), &bad).contains("rcgen"),
+        "self-signed until issued"
+    );
+
+    // An ACME server that is down: an error that says so; served certificates stay.
+    drop(pebble);
+    let err = ilot.fails(&["cert", "renew", &domain, "--force"], 1);
+    assert!(err.contains(&domain) && err.contains("hint"), "{err}");
+    assert_eq!(presented(&https_after(&ilot), &domain), second);
+}
+
+fn https_after(ilot: &Ilot) -> String {
+    ilot.json(&["status"])["proxy"]["https"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
