@@ -23,7 +23,7 @@ fn install_show_stop_start_remove_keeps_then_purges_data() {
     assert!(out.contains("installed and healthy"), "{out}");
 
     // The page is served, with the setting (escaped) and the instance name.
-    let url = ilot.url(&name);
+    let url = ilot.direct_url(&name);
     let (code, body) = http_get(&url);
     assert_eq!(code, 200);
     assert!(
@@ -112,7 +112,7 @@ fn install_show_stop_start_remove_keeps_then_purges_data() {
         "true"
     );
     ilot.ok(&["app", "restart", &name]);
-    let url = ilot.url(&name);
+    let url = ilot.direct_url(&name);
     assert_eq!(
         http_get(&format!("{url}cgi-bin/visit")).1.trim(),
         "3",
@@ -129,7 +129,7 @@ fn install_show_stop_start_remove_keeps_then_purges_data() {
     );
     assert_eq!(volumes, vec![format!("ilot-{name}-data")]);
     ilot.ok(&["app", "install", "hello", "--name", &name]);
-    let url = ilot.url(&name);
+    let url = ilot.direct_url(&name);
     assert_eq!(
         http_get(&format!("{url}cgi-bin/visit")).1.trim(),
         "4",

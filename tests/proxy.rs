@@ -304,3 +304,86 @@ fn status_reports_a_proxy_that_cannot_bind() {
     );
     drop(taken);
 }
+
+#[test]
+fn websocket_upgrades_are_spliced_through() {
+    assert!(
+        docker(&["image", "inspect", "ilot/ws-echo:test"]).status.success(),
+        "image ilot/ws-echo:test missing: run tests/run.sh, or images/build.sh tests/images/ws-echo"
+    );
+    let mut ilot = Ilot::start();
+    let dir = ilot.dir.join("catalog/wsecho");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("app.toml"),
+        r#"name = "wsecho"
+version = "test"
+description = "WebSocket echo (tests)"
+health_timeout = "10s"
+[services.ws]
+image = "ilot/ws-echo:test"
+build = "ws-echo"
+memory = "32M"
+[services.ws.health]
+cmd = ["sh", "-c", "printf 'GET / HTTP/1.0\r\n\r\n' | nc 127.0.0.1 8080 | grep -q ok"]
+[needs]
+routes = [{ service = "ws", port = 8080 }]
+"#,
+    )
+    .unwrap();
+    ilot.restart();
+    let name = unique("ws");
+    let domain = format!("{name}.example.test");
+    ilot.ok(&[
+        "app", "install", "wsecho", "--name", &name, "--domain", &domain,
+    ]);
+    let p = ports(&ilot);
+
+    // TLS by openssl; the WebSocket handshake and frames by hand (RFC 6455's example key).
+    let mut tls = Command::new("openssl")
+        .args([
+            "s_client",
+            "-quiet",
+            "-connect",
+            &p.https,
+            "-servername",
+            &domain,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut input = tls.stdin.take().unwrap();
+    let mut output = tls.stdout.take().unwrap();
+    write!(
+        input,
+        "GET /chat HTTP/1.1\r\nHost: {domain}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        output.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+    for message in ["hello through ilot", "a second frame"] {
+        let mask = [0x12u8, 0x34, 0x56, 0x78];
+        let mut frame = vec![0x81, 0x80 | message.len() as u8];
+        frame.extend_from_slice(&mask);
+        frame.extend(message.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        input.write_all(&frame).unwrap();
+        input.flush().unwrap();
+        let mut reply = vec![0u8; 2 + message.len()];
+        output.read_exact(&mut reply).unwrap();
+        assert_eq!(reply[0], 0x81);
+        assert_eq!(&reply[2..], message.as_bytes());
+    }
+    drop(input);
+    let _ = tls.kill();
+    let _ = tls.wait();
+}

@@ -223,8 +223,8 @@ cleanup_leftovers "before tests"
 # ---------------------------------------------------------------------------- 3. test images
 step_begin "build test images"
 [[ -f images/build.sh ]] || die "images/build.sh is missing"
-bash images/build.sh hello tests/images/hello-2 tests/images/hello-broken
-step_end OK "ilot/hello:1.0, ilot/hello:2.0, ilot/hello:broken"
+bash images/build.sh hello tests/images/hello-2 tests/images/hello-broken tests/images/ws-echo
+step_end OK "ilot/hello:1.0, ilot/hello:2.0, ilot/hello:broken, ilot/ws-echo:test"
 
 # ---------------------------------------------------------------------------- 4. build + tests
 LOCKED=()

@@ -262,6 +262,15 @@ impl Ilot {
         )
     }
 
+    /// The main service's published port on loopback (bypassing the proxy).
+    pub fn direct_url(&self, instance: &str) -> String {
+        let v = self.json(&["app", "show", instance]);
+        let host = v["services"][0]["ports"][0]["host"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{instance} has no port: {v}"));
+        format!("http://{host}/")
+    }
+
     pub fn url(&self, instance: &str) -> String {
         let v = self.json(&["app", "show", instance]);
         v["url"]
