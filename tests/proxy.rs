@@ -387,3 +387,51 @@ routes = [{ service = "ws", port = 8080 }]
     let _ = tls.kill();
     let _ = tls.wait();
 }
+
+#[test]
+fn domains_can_be_added_listed_and_removed() {
+    let ilot = Ilot::start();
+    let (a, b) = (unique("da"), unique("db"));
+    let (main, alias) = (format!("{a}.example.test"), format!("www.{a}.example.test"));
+    ilot.ok(&["app", "install", "hello", "--name", &a, "--domain", &main]);
+    ilot.ok(&["app", "install", "hello", "--name", &b]);
+    let p = ports(&ilot);
+
+    ilot.ok(&["domain", "add", &alias, &a]);
+    let (out, _) = curl(&alias, &p.https, "https", "/", &["-i"]);
+    assert!(out.starts_with("HTTP/2 200") && out.contains(&a), "{out}");
+    let list = ilot.json(&["domain", "list"]);
+    let rows: Vec<(String, String, bool)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["domain"].as_str().unwrap().into(), r["instance"].as_str().unwrap().into(), r["primary"] == true))
+        .collect();
+    assert!(rows.contains(&(main.clone(), a.clone(), true)) && rows.contains(&(alias.clone(), a.clone(), false)), "{list}");
+
+    // A domain serves one instance; bad names and unknown instances are refused.
+    let err = ilot.fails(&["domain", "add", &alias, &b], 2);
+    assert!(err.contains(&format!("already served by {a}")), "{err}");
+    let err = ilot.fails(&["app", "install", "hello", "--name", &unique("dc"), "--domain", &main], 2);
+    assert!(err.contains("already served"), "{err}");
+    ilot.fails(&["domain", "add", "not a domain", &b], 2);
+    ilot.fails(&["domain", "add", &format!("x.{main}"), "ghost"], 2);
+    ilot.fails(&["domain", "remove", "nowhere.example.test"], 2);
+
+    // An instance without a domain gets one: it becomes its primary domain (and its URL).
+    let other = format!("{b}.example.test");
+    ilot.ok(&["domain", "add", &other, &b]);
+    assert!(ilot.json(&["app", "show", &b])["url"].as_str().unwrap().starts_with(&format!("https://{other}:")));
+    let (out, _) = curl(&other, &p.https, "https", "/", &[]);
+    assert!(out.contains(&b), "{out}");
+
+    // Removing the primary promotes the alias; removing the last one stops serving it.
+    ilot.ok(&["domain", "remove", &main]);
+    assert_eq!(ilot.json(&["app", "show", &a])["domain"], alias.as_str());
+    let (out, _) = curl(&main, &p.https, "https", "/", &["-i"]);
+    assert!(out.starts_with("HTTP/2 404"), "{out}");
+    ilot.ok(&["domain", "remove", &alias]);
+    let (out, _) = curl(&alias, &p.https, "https", "/", &["-i"]);
+    assert!(out.starts_with("HTTP/2 404"), "{out}");
+    assert!(ilot.json(&["app", "show", &a])["domain"].is_null());
+}

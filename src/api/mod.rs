@@ -30,6 +30,9 @@ pub enum Request {
     AppRestart { name: String },
     AppLogs(LogsParams),
     CertList,
+    DomainList,
+    DomainAdd { domain: String, instance: String },
+    DomainRemove { domain: String },
     CertRenew { domain: Option<String>, force: bool },
 }
 
@@ -44,6 +47,8 @@ impl Request {
                 | Request::AppStart { .. }
                 | Request::AppStop { .. }
                 | Request::AppRestart { .. }
+                | Request::DomainAdd { .. }
+                | Request::DomainRemove { .. }
         )
     }
 }

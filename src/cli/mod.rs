@@ -51,6 +51,19 @@ enum Command {
     /// HTTPS certificates of the served domains.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// The domains apps are served at.
+    #[command(subcommand)]
+    Domain(DomainCommand),
+}
+
+#[derive(Subcommand)]
+enum DomainCommand {
+    /// Each served domain, its instance and its certificate.
+    List,
+    /// Serve an instance at one more domain (its primary domain if it has none).
+    Add { domain: String, instance: String },
+    /// Stop serving a domain (an instance's next domain, if any, becomes primary).
+    Remove { domain: String },
 }
 
 #[derive(Subcommand)]
@@ -155,6 +168,11 @@ pub fn main() -> i32 {
         Command::Plan => Request::Plan,
         Command::Events { limit } => Request::Events { limit },
         Command::Cert(CertCommand::List) => Request::CertList,
+        Command::Domain(DomainCommand::List) => Request::DomainList,
+        Command::Domain(DomainCommand::Add { domain, instance }) => {
+            Request::DomainAdd { domain, instance }
+        }
+        Command::Domain(DomainCommand::Remove { domain }) => Request::DomainRemove { domain },
         Command::Cert(CertCommand::Renew { domain, force }) => Request::CertRenew { domain, force },
         Command::App(cmd) => match cmd {
             AppCommand::Catalog => Request::Catalog,

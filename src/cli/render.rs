@@ -284,6 +284,38 @@ pub fn human(req: &Request, v: &Value) {
             }
         }
         Request::AppLogs(_) => {}
+        Request::DomainList => {
+            let rows: Vec<Vec<String>> = v
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|d| {
+                    let primary = if d["primary"] == Value::Bool(true) {
+                        "primary"
+                    } else {
+                        "alias"
+                    };
+                    vec![
+                        s(&d["domain"]),
+                        s(&d["instance"]),
+                        s(&d["app"]),
+                        primary.to_string(),
+                        s(&d["certificate"]),
+                        s(&d["last_error"]),
+                    ]
+                })
+                .collect();
+            if rows.is_empty() {
+                println!("No domain is served. Use `ilot app install APP --domain D` or `ilot domain add D INSTANCE`.");
+            } else {
+                table(
+                    &["DOMAIN", "INSTANCE", "APP", "", "CERT", "LAST ERROR"],
+                    rows,
+                );
+            }
+        }
+        Request::DomainAdd { domain, instance } => println!("{domain} now serves {instance}"),
+        Request::DomainRemove { domain } => println!("{domain} is no longer served"),
         Request::CertList | Request::CertRenew { .. } => {
             let rows: Vec<Vec<String>> = v
                 .as_array()

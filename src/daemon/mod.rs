@@ -282,6 +282,7 @@ impl Daemon {
                 Ok(serde_json::to_value(self.store.events(limit.min(1000))?).unwrap_or_default())
             }
             Request::Plan => self.plan_all().await,
+            Request::DomainList => Ok(self.domain_view()),
             Request::CertList => Ok(serde_json::to_value(self.certs()?.list()).unwrap_or_default()),
             Request::CertRenew { domain, force } => {
                 let list = self.certs()?.renew(domain.as_deref(), force).await?;
@@ -305,6 +306,10 @@ impl Daemon {
             Request::AppStart { name } => self.start(&name, &progress).await,
             Request::AppStop { name } => self.stop(&name, &progress).await,
             Request::AppRestart { name } => self.restart(&name, &progress).await,
+            Request::DomainAdd { domain, instance } => {
+                self.domain_add(&domain, &instance, &progress).await
+            }
+            Request::DomainRemove { domain } => self.domain_remove(&domain, &progress).await,
             _ => unreachable!("read requests handled by handle()"),
         }
     }
@@ -315,19 +320,20 @@ impl Daemon {
         let mut routes: std::collections::HashMap<String, Vec<crate::proxy::Target>> =
             Default::default();
         for inst in self.instances.read().expect("instances lock").values() {
-            let Some(domain) = &inst.domain else { continue };
-            for r in &inst.manifest.needs.routes {
-                routes
-                    .entry(domain.clone())
-                    .or_default()
-                    .push(crate::proxy::Target {
-                        path: r.path.clone(),
-                        instance: inst.name.clone(),
-                        container: crate::plan::container_name(&inst.name, &r.service),
-                        port: r.port,
-                        max_body: crate::catalog::parse_memory(&r.max_body).unwrap_or(100 << 20)
-                            as u64,
-                    });
+            for domain in inst.domains() {
+                for r in &inst.manifest.needs.routes {
+                    routes
+                        .entry(domain.clone())
+                        .or_default()
+                        .push(crate::proxy::Target {
+                            path: r.path.clone(),
+                            instance: inst.name.clone(),
+                            container: crate::plan::container_name(&inst.name, &r.service),
+                            port: r.port,
+                            max_body: crate::catalog::parse_memory(&r.max_body).unwrap_or(100 << 20)
+                                as u64,
+                        });
+                }
             }
         }
         if let Err(e) = proxy.set_routes(routes) {

@@ -111,6 +111,7 @@ impl Daemon {
         names::check_instance_name(&name)?;
         if let Some(d) = &p.domain {
             names::check_domain(d)?;
+            self.check_domain_free(d)?;
         }
         let settings = resolve_settings(&manifest, &p.settings)?;
         if self
@@ -170,6 +171,7 @@ impl Daemon {
             app: manifest.name.clone(),
             manifest,
             domain: p.domain.clone(),
+            aliases: Vec::new(),
             settings,
             secrets,
             images,
@@ -729,6 +731,99 @@ impl Daemon {
         Ok(
             json!({ "instance": name, "status": "removed", "purged": op.purge, "kept_volumes": if op.purge { vec![] } else { volumes }, "message": format!("{name} removed{kept_note}") }),
         )
+    }
+
+    // ---- domains ----
+
+    /// A domain is served by one instance only.
+    fn check_domain_free(&self, domain: &str) -> Result<()> {
+        let instances = self.instances.read().expect("instances lock");
+        match instances
+            .values()
+            .find(|i| i.domains().any(|d| d == domain))
+        {
+            Some(owner) => {
+                Err(
+                    Error::conflict(format!("{domain} is already served by {}", owner.name)).hint(
+                        format!("remove it there first: `ilot domain remove {domain}`"),
+                    ),
+                )
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// `ilot domain add DOMAIN INSTANCE`: the instance's routes are served at one more domain
+    /// (its primary one if it has none).
+    pub(super) async fn domain_add(
+        self: &Arc<Self>,
+        domain: &str,
+        name: &str,
+        progress: &Progress<'_>,
+    ) -> Result<serde_json::Value> {
+        names::check_domain(domain)?;
+        let mut inst = self.instance(name)?;
+        if inst.manifest.needs.routes.is_empty() {
+            return Err(Error::bad_input(format!(
+                "{} ({}) has no web routes to serve at a domain",
+                inst.name, inst.app
+            )));
+        }
+        self.check_domain_free(domain)?;
+        if inst.domain.is_none() {
+            inst.domain = Some(domain.to_string());
+        } else {
+            inst.aliases.push(domain.to_string());
+        }
+        inst.updated_at = now();
+        self.save(&inst, None)?;
+        // The primary domain reaches the app through {{domain}}: converge (recreates if needed).
+        self.apply_direct(&inst, progress).await?;
+        self.bus.publish(
+            "domain-added",
+            Some(name),
+            format!("{domain} now serves {name}"),
+        );
+        Ok(json!({ "domain": domain, "instance": name }))
+    }
+
+    pub(super) async fn domain_remove(
+        self: &Arc<Self>,
+        domain: &str,
+        progress: &Progress<'_>,
+    ) -> Result<serde_json::Value> {
+        let owner = self
+            .instances
+            .read()
+            .expect("instances lock")
+            .values()
+            .find(|i| i.domains().any(|d| d == domain))
+            .cloned();
+        let Some(mut inst) = owner else {
+            return Err(
+                Error::not_found(format!("no instance is served at {domain:?}"))
+                    .hint("see `ilot domain list`"),
+            );
+        };
+        if inst.domain.as_deref() == Some(domain) {
+            // The first alias, if any, becomes the primary domain.
+            inst.domain = if inst.aliases.is_empty() {
+                None
+            } else {
+                Some(inst.aliases.remove(0))
+            };
+        } else {
+            inst.aliases.retain(|d| d != domain);
+        }
+        inst.updated_at = now();
+        self.save(&inst, None)?;
+        self.apply_direct(&inst, progress).await?;
+        self.bus.publish(
+            "domain-removed",
+            Some(&inst.name),
+            format!("{domain} no longer serves {}", inst.name),
+        );
+        Ok(json!({ "domain": domain, "instance": inst.name }))
     }
 
     // ---- start / stop / restart ----

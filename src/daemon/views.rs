@@ -170,6 +170,28 @@ impl Daemon {
         }))
     }
 
+    /// Every served domain with its instance and certificate.
+    pub(super) fn domain_view(&self) -> Value {
+        let certs: Vec<crate::certs::CertStatus> =
+            self.certs.as_ref().map(|c| c.list()).unwrap_or_default();
+        let mut rows = Vec::new();
+        for inst in self.instances.read().expect("instances lock").values() {
+            for (i, domain) in inst.domains().enumerate() {
+                let cert = certs.iter().find(|c| &c.domain == domain);
+                rows.push(json!({
+                    "domain": domain,
+                    "instance": inst.name,
+                    "app": inst.app,
+                    "primary": i == 0,
+                    "certificate": cert.map(|c| c.source.clone()).unwrap_or_else(|| "none".into()),
+                    "not_after": cert.and_then(|c| c.not_after),
+                    "last_error": cert.and_then(|c| c.last_error.clone()),
+                }));
+            }
+        }
+        Value::Array(rows)
+    }
+
     pub(super) fn catalog_view(&self) -> Value {
         let apps: Vec<Value> = self
             .catalog

@@ -321,6 +321,7 @@ mod tests {
             .into(),
             manifest,
             domain: None,
+            aliases: vec![],
             settings: [("greeting".to_string(), "Hi".to_string())].into(),
             secrets: [("admin_token".to_string(), "s3cret".to_string())].into(),
             running: true,

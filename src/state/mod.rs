@@ -50,7 +50,11 @@ pub struct Instance {
     /// The manifest as it was at install/upgrade: a newer catalogue changes nothing until
     /// `ilot app upgrade`.
     pub manifest: Manifest,
+    /// The primary domain (what {{domain}} renders to, and the URL shown).
     pub domain: Option<String>,
+    /// More domains the proxy serves the same routes at (`ilot domain add`).
+    #[serde(default)]
+    pub aliases: Vec<String>,
     pub settings: BTreeMap<String, String>,
     pub secrets: BTreeMap<String, String>,
     pub images: BTreeMap<String, PinnedImage>,
@@ -60,6 +64,13 @@ pub struct Instance {
     pub message: Option<String>,
     pub created_at: u64,
     pub updated_at: u64,
+}
+
+impl Instance {
+    /// Every domain the instance is served at, primary first.
+    pub fn domains(&self) -> impl Iterator<Item = &String> {
+        self.domain.iter().chain(self.aliases.iter())
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
