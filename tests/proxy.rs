@@ -405,14 +405,35 @@ fn domains_can_be_added_listed_and_removed() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| (r["domain"].as_str().unwrap().into(), r["instance"].as_str().unwrap().into(), r["primary"] == true))
+        .map(|r| {
+            (
+                r["domain"].as_str().unwrap().into(),
+                r["instance"].as_str().unwrap().into(),
+                r["primary"] == true,
+            )
+        })
         .collect();
-    assert!(rows.contains(&(main.clone(), a.clone(), true)) && rows.contains(&(alias.clone(), a.clone(), false)), "{list}");
+    assert!(
+        rows.contains(&(main.clone(), a.clone(), true))
+            && rows.contains(&(alias.clone(), a.clone(), false)),
+        "{list}"
+    );
 
     // A domain serves one instance; bad names and unknown instances are refused.
     let err = ilot.fails(&["domain", "add", &alias, &b], 2);
     assert!(err.contains(&format!("already served by {a}")), "{err}");
-    let err = ilot.fails(&["app", "install", "hello", "--name", &unique("dc"), "--domain", &main], 2);
+    let err = ilot.fails(
+        &[
+            "app",
+            "install",
+            "hello",
+            "--name",
+            &unique("dc"),
+            "--domain",
+            &main,
+        ],
+        2,
+    );
     assert!(err.contains("already served"), "{err}");
     ilot.fails(&["domain", "add", "not a domain", &b], 2);
     ilot.fails(&["domain", "add", &format!("x.{main}"), "ghost"], 2);
@@ -421,7 +442,10 @@ fn domains_can_be_added_listed_and_removed() {
     // An instance without a domain gets one: it becomes its primary domain (and its URL).
     let other = format!("{b}.example.test");
     ilot.ok(&["domain", "add", &other, &b]);
-    assert!(ilot.json(&["app", "show", &b])["url"].as_str().unwrap().starts_with(&format!("https://{other}:")));
+    assert!(ilot.json(&["app", "show", &b])["url"]
+        .as_str()
+        .unwrap()
+        .starts_with(&format!("https://{other}:")));
     let (out, _) = curl(&other, &p.https, "https", "/", &[]);
     assert!(out.contains(&b), "{out}");
 

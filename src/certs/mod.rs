@@ -34,6 +34,12 @@ pub struct CertStatus {
     pub failures: u32,
     /// When the next attempt is due after a failure.
     pub retry_at: Option<u64>,
+    /// How next_renewal was chosen: "ari" (the CA's suggested window, RFC 9773) or
+    /// "two-thirds" (of the lifetime, when the CA offers no renewal information).
+    pub renewal_basis: Option<String>,
+    /// When to ask the CA for renewal information again (its Retry-After).
+    #[serde(skip)]
+    pub ari_recheck_at: Option<u64>,
 }
 
 pub struct Certs {
@@ -68,6 +74,7 @@ impl Certs {
             loop {
                 me.sync_hosts();
                 if me.config.enabled {
+                    me.refresh_ari().await;
                     for domain in me.due(false) {
                         let _ = me.issue(&domain).await;
                     }
@@ -195,6 +202,7 @@ impl Certs {
                 errors.push(e);
             }
         }
+        self.refresh_ari().await;
         match errors.len() {
             0 => Ok(self.list()),
             1 => Err(errors.remove(0)),
@@ -225,6 +233,7 @@ impl Certs {
             Ok(chain) => {
                 fill_from_cert(st, chain);
                 st.source = "acme".into();
+                st.ari_recheck_at = None;
                 st.last_error = None;
                 st.failures = 0;
                 st.retry_at = None;
@@ -251,6 +260,65 @@ impl Certs {
             }
         }
         result.map(|_| ())
+    }
+
+    /// Asks the CA for renewal windows (ARI) of the certificates whose recheck is due; a CA
+    /// that offers none leaves the two-thirds rule in place.
+    async fn refresh_ari(&self) {
+        let t = now();
+        let due: Vec<String> = self
+            .status
+            .read()
+            .expect("cert status lock")
+            .values()
+            .filter(|s| s.source == "acme" && s.ari_recheck_at.is_none_or(|r| r <= t))
+            .map(|s| s.domain.clone())
+            .collect();
+        for domain in due {
+            let chain = std::fs::read_to_string(self.dir.join(&domain).join("fullchain.pem"))
+                .unwrap_or_default();
+            let outcome = self.ask_ari(&chain).await;
+            let mut status = self.status.write().expect("cert status lock");
+            let Some(st) = status.get_mut(&domain) else {
+                continue;
+            };
+            match outcome {
+                Ok(Some((start, end, recheck))) => {
+                    st.next_renewal = Some(start + jitter(end.saturating_sub(start).max(1)));
+                    st.renewal_basis = Some("ari".into());
+                    st.ari_recheck_at = Some(t + recheck.clamp(3600, 86_400));
+                }
+                // The CA has no renewal information: keep two thirds, ask again in a day.
+                Ok(None) => st.ari_recheck_at = Some(t + 86_400),
+                Err(e) => {
+                    tracing::debug!("renewal information for {domain}: {e}");
+                    st.ari_recheck_at = Some(t + 3600);
+                }
+            }
+        }
+    }
+
+    /// (window start, window end, seconds until asking again), or None without ARI.
+    async fn ask_ari(&self, chain_pem: &str) -> Result<Option<(u64, u64, u64)>> {
+        use rustls::pki_types::pem::PemObject;
+        let der = rustls::pki_types::CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+            .next()
+            .and_then(|c| c.ok())
+            .ok_or_else(|| Error::failed("unreadable stored certificate"))?;
+        let id = instant_acme::CertificateIdentifier::try_from(&der).map_err(Error::failed)?;
+        let account = self.account().await?;
+        match account.renewal_info(&id).await {
+            Ok((info, retry)) => {
+                let w = info.suggested_window;
+                Ok(Some((
+                    w.start.unix_timestamp().max(0) as u64,
+                    w.end.unix_timestamp().max(0) as u64,
+                    retry.as_secs(),
+                )))
+            }
+            Err(instant_acme::Error::Unsupported(_)) => Ok(None),
+            Err(e) => Err(Error::failed(error_chain(&e))),
+        }
     }
 
     /// One ACME order for `domain` by HTTP-01; returns the chain after storing and installing it.
@@ -468,6 +536,7 @@ fn fill_from_cert(st: &mut CertStatus, chain_pem: &str) {
     st.not_after = Some(na);
     let lifetime = na.saturating_sub(nb);
     st.next_renewal = Some(nb + lifetime * 2 / 3 + jitter(lifetime / 100));
+    st.renewal_basis = Some("two-thirds".into());
 }
 
 fn jitter(max: u64) -> u64 {
