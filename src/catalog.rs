@@ -222,6 +222,35 @@ pub struct Needs {
     /// The app needs a database ("postgres", "mariadb", "redis").
     #[serde(default)]
     pub database: Option<String>,
+    /// The app terminates TLS itself (mail): it gets the certificate of its domain as files.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+}
+
+/// Certificate files for an app that terminates TLS itself: `fullchain.pem` and `privkey.pem`
+/// in a read-only directory at `path`, replaced when the certificate is renewed, after which
+/// `reload` runs in the container.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub service: String,
+    pub path: String,
+    /// Owner of the key file (the app's user): "uid:gid".
+    #[serde(default = "root_owner")]
+    pub owner: String,
+    #[serde(default)]
+    pub reload: Option<Vec<String>>,
+}
+
+fn root_owner() -> String {
+    "0:0".into()
+}
+
+impl TlsFiles {
+    pub fn uid_gid(&self) -> Option<(u32, u32)> {
+        let (u, g) = self.owner.split_once(':')?;
+        Some((u.parse().ok()?, g.parse().ok()?))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -421,6 +450,23 @@ impl Manifest {
             }
             parse_memory(&r.max_body)
                 .ok_or_else(|| format!("route max_body {:?} is not like 100M or 4G", r.max_body))?;
+        }
+        if let Some(tls) = &self.needs.tls {
+            if !self.services.contains_key(&tls.service) {
+                return Err(format!("tls: unknown service {:?}", tls.service));
+            }
+            if !tls.path.starts_with('/') || tls.path == "/" {
+                return Err(format!(
+                    "tls: path {:?} must be absolute and not /",
+                    tls.path
+                ));
+            }
+            if tls.uid_gid().is_none() {
+                return Err(format!(
+                    "tls: owner {:?} is not uid:gid (numbers)",
+                    tls.owner
+                ));
+            }
         }
         Ok(())
     }

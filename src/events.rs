@@ -19,12 +19,27 @@ impl Bus {
     }
 
     pub fn publish(&self, kind: &str, instance: Option<&str>, message: impl Into<String>) {
-        let event = Event {
+        self.send(Event {
             time: now(),
             kind: kind.to_string(),
             instance: instance.map(String::from),
+            domain: None,
             message: message.into(),
-        };
+        });
+    }
+
+    /// An event about a domain (certificates).
+    pub fn publish_domain(&self, kind: &str, domain: &str, message: impl Into<String>) {
+        self.send(Event {
+            time: now(),
+            kind: kind.to_string(),
+            instance: None,
+            domain: Some(domain.to_string()),
+            message: message.into(),
+        });
+    }
+
+    fn send(&self, event: Event) {
         tracing::info!(kind = %event.kind, instance = ?event.instance, "{}", event.message);
         // No subscriber is not an error.
         let _ = self.tx.send(event);

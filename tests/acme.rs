@@ -162,10 +162,86 @@ fn certificates_are_issued_by_http01_renewed_and_swapped_live() {
             pebble.dir.join("ca.pem").display()
         ),
     );
+    // An app that terminates TLS itself: hello, given certificate files at /tls (key owned by
+    // its user) and a reload command that records which certificate it loaded.
+    let dir = ilot.dir.join("catalog/tlsapp");
+    std::fs::create_dir_all(&dir).unwrap();
+    let manifest = std::fs::read_to_string(ilot.dir.join("catalog/hello/app.toml")).unwrap().replace("name = \"hello\"", "name = \"tlsapp\"").replace(
+        "[needs]",
+        "[needs]\ntls = { service = \"web\", path = \"/tls\", owner = \"10001:10001\", reload = [\"sh\", \"-c\", \"cp /tls/fullchain.pem /tmp/loaded.pem\"] }",
+    );
+    std::fs::write(dir.join("app.toml"), manifest).unwrap();
+    ilot.restart();
     let status = ilot.json(&["status"]);
     let http = status["proxy"]["http"].as_str().unwrap().to_string();
     let https = status["proxy"]["https"].as_str().unwrap().to_string();
+    // Installed while the CA is still down: self-signed files, readable by the app, read-only.
+    let tls_name = unique("tf");
+    let tls_domain = format!("{tls_name}.example.test");
+    ilot.ok(&[
+        "app",
+        "install",
+        "tlsapp",
+        "--name",
+        &tls_name,
+        "--domain",
+        &tls_domain,
+    ]);
+    let container = format!("ilot-{tls_name}-web");
+    let issuer_in_app = |file: &str| {
+        sh(&format!(
+            "docker exec {container} cat {file} | openssl x509 -noout -issuer"
+        ))
+    };
+    assert!(
+        issuer_in_app("/tls/fullchain.pem").contains("rcgen"),
+        "self-signed at first"
+    );
+    assert!(
+        docker(&["exec", &container, "cat", "/tls/privkey.pem"])
+            .status
+            .success(),
+        "the app user reads its key"
+    );
+    assert!(
+        !docker(&["exec", &container, "touch", "/tls/x"])
+            .status
+            .success(),
+        "read-only"
+    );
+    assert_eq!(
+        path_mode(
+            &ilot
+                .dir
+                .join("state/tls")
+                .join(&tls_name)
+                .join("privkey.pem")
+        ),
+        0o600
+    );
+
     pebble.start(http.rsplit_once(':').unwrap().1.parse().unwrap());
+    // Issued: the files are replaced and the app told to reload.
+    ilot.ok(&["cert", "renew", &tls_domain, "--force"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !docker(&["exec", &container, "test", "-f", "/tmp/loaded.pem"])
+        .status
+        .success()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "reload command not run; events:\n{}",
+            ilot.ok(&["events"])
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(issuer_in_app("/tls/fullchain.pem").contains("Pebble"));
+    assert_eq!(
+        docker_ok(&["exec", &container, "cat", "/tmp/loaded.pem"]),
+        docker_ok(&["exec", &container, "cat", "/tls/fullchain.pem"]),
+        "the reload saw the new certificate"
+    );
+    assert!(ilot.ok(&["events"]).contains("tls-reloaded"));
 
     let name = unique("tls");
     let domain = format!("{name}.example.test");

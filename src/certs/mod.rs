@@ -142,6 +142,14 @@ impl Certs {
         Ok(())
     }
 
+    /// The issued chain and key for a domain, if any (PEM).
+    pub fn issued_pem(&self, domain: &str) -> Option<(String, String)> {
+        let dir = self.dir.join(domain);
+        let chain = std::fs::read_to_string(dir.join("fullchain.pem")).ok()?;
+        let key = std::fs::read_to_string(dir.join("privkey.pem")).ok()?;
+        Some((chain, key))
+    }
+
     pub fn list(&self) -> Vec<CertStatus> {
         self.sync_hosts();
         self.status
@@ -237,9 +245,9 @@ impl Certs {
                 st.last_error = None;
                 st.failures = 0;
                 st.retry_at = None;
-                self.bus.publish(
+                self.bus.publish_domain(
                     "cert-issued",
-                    None,
+                    domain,
                     format!(
                         "certificate for {domain} issued by {}",
                         st.issuer.clone().unwrap_or_default()
@@ -252,9 +260,9 @@ impl Certs {
                 // 5 min, 10, 20... capped at a day, with up to 10% jitter.
                 let backoff = (300u64 << (st.failures - 1).min(9)).min(86_400);
                 st.retry_at = Some(now() + backoff + jitter(backoff / 10));
-                self.bus.publish(
+                self.bus.publish_domain(
                     "cert-failed",
-                    None,
+                    domain,
                     format!("certificate for {domain}: {}", e.message),
                 );
             }
@@ -507,7 +515,7 @@ fn sha2_digest(data: &[u8]) -> Vec<u8> {
 }
 
 /// Writes a secret file 0600 from its first byte, atomically (temp file, then rename).
-fn write_private(path: &Path, content: &str) -> Result<()> {
+pub fn write_private(path: &Path, content: &str) -> Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     let io = |e: std::io::Error| Error::failed(format!("cannot write {}: {e}", path.display()));

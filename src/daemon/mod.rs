@@ -79,6 +79,7 @@ fn fail(e: Error) -> i32 {
 
 async fn serve(config: Config, config_path: Option<PathBuf>, catalog: Catalog) -> Result<()> {
     let store = Arc::new(Store::open(&config.daemon.state_dir)?);
+    crate::plan::set_tls_root(config.daemon.state_dir.join("tls"));
     let owner = match &config.daemon.owner {
         Some(o) => o.clone(),
         None => store.owner_id()?,
@@ -247,6 +248,7 @@ impl Daemon {
             proxy.set_observer(observer.clone());
         }
         let _ = self.runtime.set((engine, observer));
+        self.clone().spawn_tls_reloader();
         if let Err(e) = self.recover().await {
             tracing::error!("recovery: {e}");
         }

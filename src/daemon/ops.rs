@@ -290,6 +290,16 @@ impl Daemon {
         progress: &Progress<'_>,
     ) -> Result<()> {
         let engine = self.engine()?;
+        match desired {
+            Some(inst) => {
+                self.write_tls_files(inst)?;
+            }
+            None => {
+                if let Some(dir) = plan::tls_dir(&op.instance) {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+            }
+        }
         let observed = engine.observe(&op.instance).await?;
         let actions = plan::plan_instance(desired, &observed, purge);
         let kind = match op.kind {
@@ -733,6 +743,105 @@ impl Daemon {
         )
     }
 
+    // ---- certificate files for apps that terminate TLS themselves ----
+
+    /// Writes the instance's certificate files (its domain's issued certificate, else a
+    /// self-signed one) into state_dir/tls/INSTANCE; returns whether they changed.
+    fn write_tls_files(&self, inst: &Instance) -> Result<bool> {
+        use std::os::unix::fs::PermissionsExt;
+        let (Some(tls), Some(dir)) = (&inst.manifest.needs.tls, plan::tls_dir(&inst.name)) else {
+            return Ok(false);
+        };
+        let domain = inst.domain.clone().unwrap_or_else(|| "localhost".into());
+        let key_path = dir.join("privkey.pem");
+        let issued = self.certs.as_ref().and_then(|c| c.issued_pem(&domain));
+        // Keep an existing self-signed pair rather than making a new one at every converge.
+        if issued.is_none() && key_path.exists() {
+            return Ok(false);
+        }
+        let (chain, key) = match issued {
+            Some(pair) => pair,
+            None => crate::proxy::tls::self_signed_pem(&domain)?,
+        };
+        if std::fs::read_to_string(dir.join("fullchain.pem"))
+            .ok()
+            .as_deref()
+            == Some(chain.as_str())
+        {
+            return Ok(false);
+        }
+        let io = |e: std::io::Error| {
+            Error::failed(format!(
+                "cannot write certificate files in {}: {e}",
+                dir.display()
+            ))
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&dir)
+            .map_err(io)?;
+        crate::certs::write_private(&key_path, &key)?;
+        let (uid, gid) = tls.uid_gid().unwrap_or((0, 0));
+        std::os::unix::fs::chown(&key_path, Some(uid), Some(gid)).map_err(io)?;
+        let chain_path = dir.join("fullchain.pem");
+        crate::certs::write_private(&chain_path, &chain)?;
+        std::fs::set_permissions(&chain_path, std::fs::Permissions::from_mode(0o644))
+            .map_err(io)?;
+        Ok(true)
+    }
+
+    /// On a new certificate, refreshes the files of the instances served at that domain and
+    /// runs their reload command.
+    pub(super) fn spawn_tls_reloader(self: Arc<Self>) {
+        let mut events = self.bus.subscribe();
+        tokio::spawn(async move {
+            while let Ok(event) = events.recv().await {
+                let (Some(domain), "cert-issued") = (event.domain.as_deref(), event.kind.as_str())
+                else {
+                    continue;
+                };
+                let targets: Vec<Instance> = self
+                    .instances
+                    .read()
+                    .expect("instances lock")
+                    .values()
+                    .filter(|i| {
+                        i.manifest.needs.tls.is_some() && i.domain.as_deref() == Some(domain)
+                    })
+                    .cloned()
+                    .collect();
+                for inst in targets {
+                    if let Err(e) = self.reload_tls(&inst).await {
+                        self.bus
+                            .publish("tls-reload-failed", Some(&inst.name), e.message);
+                    }
+                }
+            }
+        });
+    }
+
+    async fn reload_tls(&self, inst: &Instance) -> Result<()> {
+        if !self.write_tls_files(inst)? || !inst.running {
+            return Ok(());
+        }
+        let tls = inst.manifest.needs.tls.as_ref().expect("filtered on tls");
+        if let Some(cmd) = &tls.reload {
+            let container = plan::container_name(&inst.name, &tls.service);
+            if !self.engine()?.probe(&container, cmd).await? {
+                return Err(Error::failed(format!(
+                    "{container}: the reload command {cmd:?} failed"
+                )));
+            }
+        }
+        self.bus.publish(
+            "tls-reloaded",
+            Some(&inst.name),
+            "new certificate files in place, app reloaded",
+        );
+        Ok(())
+    }
+
     // ---- domains ----
 
     /// A domain is served by one instance only.
@@ -879,6 +988,7 @@ impl Daemon {
     /// saved, so a crash here is healed by the next reconcile).
     async fn apply_direct(&self, inst: &Instance, progress: &Progress<'_>) -> Result<()> {
         let engine = self.engine()?;
+        self.write_tls_files(inst)?;
         let observed = engine.observe(&inst.name).await?;
         for action in plan::plan_instance(Some(inst), &observed, false) {
             progress.step(action.describe());

@@ -25,6 +25,20 @@ pub fn container_name(instance: &str, service: &str) -> String {
     format!("ilot-{instance}-{service}")
 }
 
+/// Where instances' certificate files live on the host (state_dir/tls), set once at daemon
+/// start. A process-wide setting rather than a planner argument: it is fixed for the daemon's
+/// life, and unset (no certificate mounts) in unit tests.
+static TLS_ROOT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+pub fn set_tls_root(dir: std::path::PathBuf) {
+    let _ = TLS_ROOT.set(dir);
+}
+
+/// The host directory holding an instance's certificate files (`[needs] tls`).
+pub fn tls_dir(instance: &str) -> Option<std::path::PathBuf> {
+    TLS_ROOT.get().map(|root| root.join(instance))
+}
+
 /// Everything a service's container is made from. Its hash, stored as a label, tells the
 /// planner whether an existing container still matches the desired state.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -41,6 +55,8 @@ pub struct ContainerSpec {
     pub env: BTreeMap<String, String>,
     /// Docker volume name -> mount path.
     pub mounts: BTreeMap<String, String>,
+    /// Host directory -> mount path, read-only (certificate files).
+    pub binds: BTreeMap<String, String>,
     pub ports: Vec<Port>,
     pub capabilities: Vec<String>,
     pub memory: i64,
@@ -74,6 +90,15 @@ impl ContainerSpec {
                 .mounts
                 .iter()
                 .map(|(v, p)| (volume_name(&inst.name, v), p.clone()))
+                .collect(),
+            binds: inst
+                .manifest
+                .needs
+                .tls
+                .as_ref()
+                .filter(|t| t.service == service)
+                .and_then(|t| Some((tls_dir(&inst.name)?.display().to_string(), t.path.clone())))
+                .into_iter()
                 .collect(),
             ports: svc.ports.clone(),
             capabilities: svc.capabilities.clone(),

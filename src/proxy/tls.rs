@@ -97,6 +97,16 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
+/// A self-signed certificate and key for `host`, as PEM (for apps given certificate files).
+pub fn self_signed_pem(host: &str) -> Result<(String, String)> {
+    let generated = rcgen::generate_simple_self_signed(vec![host.to_string()]).map_err(|e| {
+        Error::failed(format!(
+            "cannot make a self-signed certificate for {host}: {e}"
+        ))
+    })?;
+    Ok((generated.cert.pem(), generated.signing_key.serialize_pem()))
+}
+
 fn self_signed(provider: &CryptoProvider, host: &str) -> Result<Arc<CertifiedKey>> {
     let generated = rcgen::generate_simple_self_signed(vec![host.to_string()]).map_err(|e| {
         Error::failed(format!(

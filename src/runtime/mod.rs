@@ -448,7 +448,7 @@ impl Engine {
                 (plan::LABEL_ROLE, role),
             ],
         );
-        let mounts = spec
+        let mut mounts: Vec<Mount> = spec
             .mounts
             .iter()
             .map(|(vol, path)| Mount {
@@ -462,6 +462,13 @@ impl Engine {
                 ..Default::default()
             })
             .collect();
+        mounts.extend(spec.binds.iter().map(|(host, path)| Mount {
+            target: Some(path.clone()),
+            source: Some(host.clone()),
+            typ: Some(MountType::BIND),
+            read_only: Some(true),
+            ..Default::default()
+        }));
         let port_bindings: HashMap<String, Option<Vec<PortBinding>>> = spec
             .ports
             .iter()
@@ -715,6 +722,7 @@ impl Engine {
         .await?;
         let mut helper_spec = spec.clone();
         helper_spec.mounts = BTreeMap::from([(volume.to_string(), mount.to_string())]);
+        helper_spec.binds.clear();
         self.create_container(&helper_spec, "restore", true).await?;
         let parent = Path::new(mount)
             .parent()
