@@ -76,7 +76,7 @@ impl Certs {
                 if me.config.enabled {
                     me.refresh_ari().await;
                     for domain in me.due(false) {
-                        let _ = me.issue(&domain).await;
+                        let _ = me.issue(&domain, false).await;
                     }
                 }
                 tokio::select! {
@@ -206,7 +206,7 @@ impl Certs {
         };
         let mut errors = Vec::new();
         for d in &targets {
-            if let Err(e) = self.issue(d).await {
+            if let Err(e) = self.issue(d, force).await {
                 errors.push(e);
             }
         }
@@ -226,8 +226,13 @@ impl Certs {
         }
     }
 
-    async fn issue(&self, domain: &str) -> Result<()> {
+    /// Issues a certificate for `domain`; unless `force`, only if it is still due once this
+    /// caller's turn comes (the scheduler and `cert renew` may have queued for the same one).
+    async fn issue(&self, domain: &str, force: bool) -> Result<()> {
         let _one = self.issuing.lock().await;
+        if !force && !self.due(false).iter().any(|d| d == domain) {
+            return Ok(());
+        }
         let result = self.order(domain).await;
         let mut status = self.status.write().expect("cert status lock");
         let st = status
