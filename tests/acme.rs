@@ -328,8 +328,24 @@ fn certificates_are_issued_by_http01_renewed_and_swapped_live() {
     let _ = long.wait();
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
 
-    // After a restart the stored certificate is served without a new order.
+    // After a restart the stored certificate is served, and known as issued: no new order.
+    let cert_entry = |ilot: &Ilot| {
+        let list = ilot.json(&["cert", "list"]);
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["domain"] == domain.as_str())
+            .unwrap()
+            .clone()
+    };
+    let before = cert_entry(&ilot);
     ilot.restart();
+    let after = cert_entry(&ilot);
+    assert_eq!(
+        after["source"], "acme",
+        "stored certificate known as issued after restart: {after}"
+    );
+    assert_eq!(after["not_after"], before["not_after"], "{after}");
     let deadline = Instant::now() + Duration::from_secs(20);
     while presented(&https_after(&ilot), &domain) != second {
         assert!(

@@ -139,6 +139,7 @@ impl Certs {
         let (chain, key) = (read(&chain)?, read(&key)?);
         self.proxy.certs.install_pem(host, &chain, &key)?;
         fill_from_cert(st, &chain);
+        st.source = "acme".into();
         Ok(())
     }
 
