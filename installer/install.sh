@@ -257,6 +257,15 @@ if [ ! -e "$CONF" ]; then
 # state_dir = "/var/lib/ilot"           # store, journal, snapshots (0700)
 # docker = "unix:///var/run/docker.sock" # Docker engine address
 # catalog = ["/etc/ilot/apps"]          # extra catalogue dirs, searched before the built-in one
+
+[proxy]
+# http = "0.0.0.0:80"                   # redirects to HTTPS, answers ACME HTTP-01
+# https = "0.0.0.0:443"                 # apps installed with --domain are served here
+# access_log = "/var/log/ilot/access.log"
+
+[acme]
+# directory = "letsencrypt"             # or "letsencrypt-staging", or any ACME directory URL
+# email = "admin@example.org"           # the CA's expiry warnings go here
 EOF
 	)
 	chgrp ilot "$CONF"
