@@ -19,9 +19,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 
 pub mod tls;
 
@@ -55,7 +53,7 @@ pub struct Proxy {
     pub challenges: RwLock<HashMap<String, String>>,
     observer: OnceLock<Arc<Observer>>,
     client: Client<HttpConnector, UpBody>,
-    access_log: mpsc::UnboundedSender<String>,
+    access_log: std::sync::mpsc::Sender<String>,
     pub http_addr: SocketAddr,
     pub https_addr: SocketAddr,
 }
@@ -491,8 +489,11 @@ fn not_served() -> Response<DownBody> {
     text(StatusCode::NOT_FOUND, "No app is served at this address.\n")
 }
 
-/// The access log: lines are queued by request handlers and written by one task.
-fn spawn_access_log(path: &std::path::Path) -> Result<mpsc::UnboundedSender<String>> {
+/// The access log: request handlers queue lines; one plain thread writes them in batches.
+/// (Not a tokio task: tokio's file writes go through its blocking pool, a thread hand-off per
+/// write, which cost more CPU than the proxying itself.)
+fn spawn_access_log(path: &std::path::Path) -> Result<std::sync::mpsc::Sender<String>> {
+    use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
@@ -509,18 +510,21 @@ fn spawn_access_log(path: &std::path::Path) -> Result<mpsc::UnboundedSender<Stri
                 path.display()
             ))
         })?;
-    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
-    tokio::spawn(async move {
-        let mut out = tokio::io::BufWriter::new(tokio::fs::File::from_std(file));
-        while let Some(line) = rx.recv().await {
-            let _ = out.write_all(line.as_bytes()).await;
-            // Write what is queued, then flush: a reader (the guard) sees lines at once.
-            while let Ok(more) = rx.try_recv() {
-                let _ = out.write_all(more.as_bytes()).await;
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::Builder::new()
+        .name("access-log".into())
+        .spawn(move || {
+            let mut out = std::io::BufWriter::new(file);
+            while let Ok(line) = rx.recv() {
+                let _ = out.write_all(line.as_bytes());
+                // Write what is queued, then flush: a reader (the guard) sees lines at once.
+                while let Ok(more) = rx.try_recv() {
+                    let _ = out.write_all(more.as_bytes());
+                }
+                let _ = out.flush();
             }
-            let _ = out.flush().await;
-        }
-    });
+        })
+        .map_err(|e| Error::failed(format!("cannot start the access log writer: {e}")))?;
     Ok(tx)
 }
 
