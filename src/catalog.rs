@@ -451,6 +451,9 @@ impl Manifest {
             parse_memory(&r.max_body)
                 .ok_or_else(|| format!("route max_body {:?} is not like 100M or 4G", r.max_body))?;
         }
+        for r in &self.needs.dns {
+            crate::dns::check_record(r)?;
+        }
         if let Some(tls) = &self.needs.tls {
             if !self.services.contains_key(&tls.service) {
                 return Err(format!("tls: unknown service {:?}", tls.service));

@@ -18,6 +18,19 @@ pub struct Config {
     pub proxy: ProxyConfig,
     #[serde(default)]
     pub acme: AcmeConfig,
+    #[serde(default)]
+    pub host: HostConfig,
+}
+
+/// Facts about the host that ilot cannot always discover (behind NAT, the public address is
+/// not on any interface).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostConfig {
+    /// Public IPv4 address: the A records of every served domain.
+    pub ipv4: Option<std::net::Ipv4Addr>,
+    /// Public IPv6 address: the AAAA records.
+    pub ipv6: Option<std::net::Ipv6Addr>,
 }
 
 /// Certificates from an ACME CA for every served domain (HTTP-01 through the proxy).
@@ -45,6 +58,12 @@ impl Default for AcmeConfig {
 }
 
 impl AcmeConfig {
+    /// The CA's CAA issuer domain, when known.
+    pub fn caa_issuer(&self) -> Option<&'static str> {
+        (self.enabled && self.directory_url().contains(".letsencrypt.org/"))
+            .then_some("letsencrypt.org")
+    }
+
     pub fn directory_url(&self) -> &str {
         match self.directory.as_str() {
             "letsencrypt" => "https://acme-v02.api.letsencrypt.org/directory",

@@ -7,6 +7,7 @@ mod certs;
 mod cli;
 mod config;
 mod daemon;
+mod dns;
 mod error;
 mod events;
 mod names;

@@ -158,7 +158,8 @@ trap 'exit 143' TERM
 # command -> Debian package. A command that is present (whatever installed it) is not reinstalled.
 # shellcheck disable=SC2034  # used through a nameref in missing_packages
 declare -A REQUIRED=([docker]=docker.io [dockerd]=docker.io [nft]=nftables [ip]=iproute2
-    [curl]=curl [jq]=jq [docker-registry]=docker-registry [pebble]=pebble [openssl]=openssl)
+    [curl]=curl [jq]=jq [docker-registry]=docker-registry [pebble]=pebble [openssl]=openssl
+    [named-checkzone]=bind9utils)
 # shellcheck disable=SC2034
 declare -A OPTIONAL=([hyperfine]=hyperfine)
 

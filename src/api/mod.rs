@@ -31,6 +31,7 @@ pub enum Request {
     AppLogs(LogsParams),
     CertList,
     DomainList,
+    DnsShow { domain: Option<String> },
     DomainAdd { domain: String, instance: String },
     DomainRemove { domain: String },
     CertRenew { domain: Option<String>, force: bool },

@@ -54,6 +54,27 @@ enum Command {
     /// The domains apps are served at.
     #[command(subcommand)]
     Domain(DomainCommand),
+    /// DNS records the served domains need.
+    #[command(subcommand)]
+    Dns(DnsCommand),
+}
+
+#[derive(Subcommand)]
+enum DnsCommand {
+    /// Print the records (to paste at a registrar): a table, a zone-file snippet, or JSON.
+    Show {
+        /// Only this domain and its subdomains.
+        domain: Option<String>,
+        #[arg(long, value_enum, default_value_t = DnsFormat::Table)]
+        format: DnsFormat,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DnsFormat {
+    Table,
+    Zone,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -162,11 +183,16 @@ fn parse_setting(s: &str) -> Result<(String, String), String> {
 
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    let mut dns_format = DnsFormat::Table;
     let request = match cli.command {
         Command::Daemon { config } => return crate::daemon::run(config.as_deref()),
         Command::Status => Request::Status,
         Command::Plan => Request::Plan,
         Command::Events { limit } => Request::Events { limit },
+        Command::Dns(DnsCommand::Show { domain, format }) => {
+            dns_format = format;
+            Request::DnsShow { domain }
+        }
         Command::Cert(CertCommand::List) => Request::CertList,
         Command::Domain(DomainCommand::List) => Request::DomainList,
         Command::Domain(DomainCommand::Add { domain, instance }) => {
@@ -256,13 +282,15 @@ pub fn main() -> i32 {
     progress.finish();
     match result {
         Ok(value) => {
-            if cli.json {
+            if cli.json || dns_format == DnsFormat::Json {
                 if !matches!(request, Request::AppLogs(_)) {
                     println!(
                         "{}",
                         serde_json::to_string_pretty(&value).unwrap_or_default()
                     );
                 }
+            } else if dns_format == DnsFormat::Zone {
+                print!("{}", value["zone"].as_str().unwrap_or_default());
             } else {
                 render::human(&request, &value);
             }

@@ -284,6 +284,34 @@ pub fn human(req: &Request, v: &Value) {
             }
         }
         Request::AppLogs(_) => {}
+        Request::DnsShow { .. } => {
+            let rows: Vec<Vec<String>> = v["records"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| {
+                    vec![
+                        s(&r["name"]),
+                        s(&r["type"]),
+                        s(&r["value"]),
+                        s(&r["reason"]),
+                    ]
+                })
+                .collect();
+            if rows.is_empty() {
+                println!("No record to publish: no app is served at a domain.");
+            } else {
+                table(&["NAME", "TYPE", "VALUE", "FOR"], rows);
+            }
+            for f in v["findings"].as_array().into_iter().flatten() {
+                println!(
+                    "\n{}: {}\n  fix: {}",
+                    s(&f["domain"]),
+                    s(&f["problem"]),
+                    s(&f["fix"])
+                );
+            }
+        }
         Request::DomainList => {
             let rows: Vec<Vec<String>> = v
                 .as_array()

@@ -285,6 +285,7 @@ impl Daemon {
             }
             Request::Plan => self.plan_all().await,
             Request::DomainList => Ok(self.domain_view()),
+            Request::DnsShow { domain } => self.dns_view(domain.as_deref()),
             Request::CertList => Ok(serde_json::to_value(self.certs()?.list()).unwrap_or_default()),
             Request::CertRenew { domain, force } => {
                 let list = self.certs()?.renew(domain.as_deref(), force).await?;

@@ -192,6 +192,31 @@ impl Daemon {
         Value::Array(rows)
     }
 
+    /// `ilot dns show`: the records the served domains need, and what cannot be computed.
+    pub(super) fn dns_view(&self, only: Option<&str>) -> Result<Value> {
+        if let Some(d) = only {
+            crate::names::check_domain(d)?;
+        }
+        let instances: Vec<Instance> = self
+            .instances
+            .read()
+            .expect("instances lock")
+            .values()
+            .cloned()
+            .collect();
+        let host = &self.config.host;
+        let (records, findings) = crate::dns::plan(
+            &instances,
+            host.ipv4,
+            host.ipv6,
+            self.config.acme.caa_issuer(),
+            only,
+        );
+        Ok(
+            json!({ "zone": crate::dns::zone_snippet(&records), "records": records, "findings": findings }),
+        )
+    }
+
     pub(super) fn catalog_view(&self) -> Value {
         let apps: Vec<Value> = self
             .catalog

@@ -1,0 +1,324 @@
+//! DNS: the records the host and its apps need, computed from the config and the installed
+//! instances (desired state, like everything else). This first part is the record model and
+//! the `print` mode: a zone-file snippet or a table to paste at a registrar. Serving the zones
+//! (hickory-server) and pushing them (RFC 2136) build on the same model.
+
+use crate::catalog::DnsRecord;
+use crate::state::Instance;
+use serde::Serialize;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+pub const DEFAULT_TTL: u32 = 3600;
+
+/// One record, in presentation form: `name` is absolute (ends with a dot) and `value` is what
+/// follows the type in a zone file.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Record {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub ttl: u32,
+    pub value: String,
+    /// Why it exists: "instance NAME" or "host".
+    pub reason: String,
+}
+
+/// Something ilot cannot compute, with what to do.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Finding {
+    pub domain: String,
+    pub problem: String,
+    pub fix: String,
+}
+
+/// Everything the served domains need. `only` restricts to one domain (and its subdomains).
+pub fn plan(
+    instances: &[Instance],
+    ipv4: Option<Ipv4Addr>,
+    ipv6: Option<Ipv6Addr>,
+    caa_issuer: Option<&str>,
+    only: Option<&str>,
+) -> (Vec<Record>, Vec<Finding>) {
+    let mut records = Vec::new();
+    let mut findings = Vec::new();
+    for inst in instances {
+        for domain in inst.domains() {
+            if only.is_some_and(|o| domain != o && !domain.ends_with(&format!(".{o}"))) {
+                continue;
+            }
+            let fqdn = format!("{domain}.");
+            let reason = format!("instance {}", inst.name);
+            let mut push = |kind: &str, value: String| {
+                records.push(Record {
+                    name: fqdn.clone(),
+                    kind: kind.into(),
+                    ttl: DEFAULT_TTL,
+                    value,
+                    reason: reason.clone(),
+                })
+            };
+            match (ipv4, ipv6) {
+                (None, None) => findings.push(Finding {
+                    domain: domain.clone(),
+                    problem: "the host's public address is not configured, so its A/AAAA records cannot be computed".into(),
+                    fix: "set [host] ipv4 (and ipv6, if the host has one) in /etc/ilot/ilot.toml".into(),
+                }),
+                _ => {
+                    if let Some(ip) = ipv4 {
+                        push("A", ip.to_string());
+                    }
+                    if let Some(ip) = ipv6 {
+                        push("AAAA", ip.to_string());
+                    }
+                }
+            }
+            if let Some(issuer) = caa_issuer {
+                push("CAA", format!("0 issue {}", quote(issuer)));
+            }
+            for r in &inst.manifest.needs.dns {
+                let name = absolute(&r.name, domain);
+                records.push(Record {
+                    name,
+                    kind: r.kind.clone(),
+                    ttl: DEFAULT_TTL,
+                    value: presentation(r, domain),
+                    reason: reason.clone(),
+                });
+            }
+        }
+    }
+    records.sort_by(|a, b| (&a.name, &a.kind, &a.value).cmp(&(&b.name, &b.kind, &b.value)));
+    records.dedup_by(|a, b| a.name == b.name && a.kind == b.kind && a.value == b.value);
+    (records, findings)
+}
+
+/// "@" -> the domain; "www" -> www.domain.; "host.other.org." stays absolute.
+fn absolute(name: &str, domain: &str) -> String {
+    match name {
+        "@" | "" => format!("{domain}."),
+        n if n.ends_with('.') => n.to_string(),
+        n => format!("{n}.{domain}."),
+    }
+}
+
+/// The value as a zone file writes it: targets made absolute, TXT quoted and split.
+fn presentation(r: &DnsRecord, domain: &str) -> String {
+    let parts: Vec<&str> = r.value.split_whitespace().collect();
+    match r.kind.as_str() {
+        "TXT" => txt(&r.value),
+        "CNAME" => absolute(r.value.trim(), domain),
+        "MX" => format!("{} {}", parts[0], absolute(parts[1], domain)),
+        "SRV" => format!(
+            "{} {} {} {}",
+            parts[0],
+            parts[1],
+            parts[2],
+            absolute(parts[3], domain)
+        ),
+        "CAA" => format!(
+            "{} {} {}",
+            parts[0],
+            parts[1],
+            quote(parts[2..].join(" ").trim_matches('"'))
+        ),
+        _ => r.value.trim().to_string(),
+    }
+}
+
+/// A TXT value: quoted strings of at most 255 bytes (RFC 1035 character-strings).
+fn txt(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < bytes.len() || out.is_empty() {
+        let mut end = (start + 255).min(bytes.len());
+        while !value.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.push(quote(&value[start..end]));
+        start = end;
+        if start >= bytes.len() {
+            break;
+        }
+    }
+    out.join(" ")
+}
+
+/// A zone-file quoted string: `"` and `\` escaped (control characters are refused earlier).
+fn quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// Checks a manifest's DNS record, so nothing malformed or injected reaches a zone.
+pub fn check_record(r: &DnsRecord) -> Result<(), String> {
+    let name_ok = r.name == "@"
+        || r.name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        });
+    if !name_ok {
+        return Err(format!(
+            "dns record name {:?}: use @ or lowercase labels (letters, digits, - and _)",
+            r.name
+        ));
+    }
+    if r.value.chars().any(|c| c.is_control()) || r.value.trim().is_empty() {
+        return Err(format!(
+            "dns record value {:?} is empty or has control characters",
+            r.value
+        ));
+    }
+    let target_ok = |t: &str| {
+        t == "@"
+            || t.trim_end_matches('.').split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            })
+    };
+    let parts: Vec<&str> = r.value.split_whitespace().collect();
+    let ok = match r.kind.as_str() {
+        "A" => r.value.trim().parse::<Ipv4Addr>().is_ok(),
+        "AAAA" => r.value.trim().parse::<Ipv6Addr>().is_ok(),
+        "CNAME" => parts.len() == 1 && target_ok(parts[0]),
+        "MX" => parts.len() == 2 && parts[0].parse::<u16>().is_ok() && target_ok(parts[1]),
+        "SRV" => {
+            parts.len() == 4
+                && parts[..3].iter().all(|p| p.parse::<u16>().is_ok())
+                && target_ok(parts[3])
+        }
+        "CAA" => {
+            parts.len() >= 3
+                && parts[0].parse::<u8>().is_ok()
+                && matches!(parts[1], "issue" | "issuewild" | "iodef")
+        }
+        "TXT" => r.value.len() <= 4000,
+        other => {
+            return Err(format!(
+                "dns record type {other:?} is not one of A, AAAA, CNAME, MX, SRV, CAA, TXT"
+            ))
+        }
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "dns record {} {} {:?} is malformed",
+            r.name, r.kind, r.value
+        ))
+    }
+}
+
+/// A zone-file snippet for the records.
+pub fn zone_snippet(records: &[Record]) -> String {
+    let mut out =
+        String::from("; Records for the apps ilot serves. Paste them at your DNS provider.\n");
+    for r in records {
+        out.push_str(&format!(
+            "{}\t{}\tIN\t{}\t{}\n",
+            r.name, r.ttl, r.kind, r.value
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(kind: &str, name: &str, value: &str) -> DnsRecord {
+        DnsRecord {
+            kind: kind.into(),
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+
+    #[test]
+    fn values_are_checked() {
+        assert!(check_record(&rec("TXT", "@", "v=spf1 mx -all")).is_ok());
+        assert!(check_record(&rec("MX", "@", "10 mail")).is_ok());
+        assert!(check_record(&rec("SRV", "_imaps._tcp", "0 1 993 mail")).is_ok());
+        assert!(
+            check_record(&rec("TXT", "@", "a\nb IN A 1.2.3.4")).is_err(),
+            "newline injection"
+        );
+        assert!(check_record(&rec("TXT", "a b", "x")).is_err());
+        assert!(check_record(&rec("MX", "@", "ten mail")).is_err());
+        assert!(check_record(&rec("A", "@", "1.2.3")).is_err());
+        assert!(check_record(&rec("NS", "@", "x")).is_err());
+        assert!(
+            check_record(&rec("TXT", &"a".repeat(64), "x")).is_err(),
+            "label over 63 bytes"
+        );
+    }
+
+    #[test]
+    fn caa_follows_the_ca_and_findings_say_what_is_missing() {
+        use crate::state::{PinnedImage, Status};
+        let manifest = crate::catalog::Catalog::load(&[]).unwrap().apps["hello"].clone();
+        let inst = Instance {
+            name: "h".into(),
+            app: "hello".into(),
+            manifest,
+            domain: Some("blog.example.org".into()),
+            aliases: vec!["www.example.org".into()],
+            settings: Default::default(),
+            secrets: Default::default(),
+            images: [(
+                "web".to_string(),
+                PinnedImage {
+                    reference: "r".into(),
+                    id: "i".into(),
+                },
+            )]
+            .into(),
+            running: true,
+            status: Status::Running,
+            message: None,
+            created_at: 0,
+            updated_at: 0,
+        };
+        let (records, findings) = plan(
+            std::slice::from_ref(&inst),
+            Some("192.0.2.1".parse().unwrap()),
+            None,
+            Some("letsencrypt.org"),
+            None,
+        );
+        assert!(findings.is_empty());
+        assert!(records.contains(&Record {
+            name: "www.example.org.".into(),
+            kind: "A".into(),
+            ttl: DEFAULT_TTL,
+            value: "192.0.2.1".into(),
+            reason: "instance h".into()
+        }));
+        assert!(records.iter().any(|r| r.name == "blog.example.org."
+            && r.kind == "CAA"
+            && r.value == "0 issue \"letsencrypt.org\""));
+        let (records, findings) = plan(&[inst], None, None, None, Some("example.org"));
+        assert!(
+            records.is_empty() && findings.len() == 2 && findings[0].fix.contains("[host] ipv4")
+        );
+    }
+
+    #[test]
+    fn presentation_is_zone_safe() {
+        assert_eq!(txt(r#"say "hi" \ bye"#), r#""say \"hi\" \\ bye""#);
+        let long = "x".repeat(300);
+        assert_eq!(
+            txt(&long),
+            format!("\"{}\" \"{}\"", "x".repeat(255), "x".repeat(45))
+        );
+        assert_eq!(
+            presentation(&rec("MX", "@", "10 mail"), "example.org"),
+            "10 mail.example.org."
+        );
+        assert_eq!(absolute("@", "example.org"), "example.org.");
+        assert_eq!(absolute("other.net.", "example.org"), "other.net.");
+    }
+}
