@@ -31,6 +31,8 @@ pub struct HostConfig {
     pub ipv4: Option<std::net::Ipv4Addr>,
     /// Public IPv6 address: the AAAA records.
     pub ipv6: Option<std::net::Ipv6Addr>,
+    /// The host's own name (its mail HELO name): A/AAAA for it, and the PTR of its addresses.
+    pub hostname: Option<String>,
 }
 
 /// Certificates from an ACME CA for every served domain (HTTP-01 through the proxy).
@@ -187,6 +189,14 @@ impl Config {
                 "invalid config {origin}: [proxy] access_log: must be an absolute path"
             ))
             .hint("fix the file (docs/config.md lists every key); the daemon did not start"));
+        }
+        if let Some(h) = &self.host.hostname {
+            if crate::names::check_domain(h).is_err() {
+                return Err(Error::bad_input(format!(
+                    "invalid config {origin}: [host] hostname {h:?} is not a host name"
+                ))
+                .hint("give a lowercase fully qualified name such as mail.example.org"));
+            }
         }
         if !self.acme.directory_url().starts_with("https://") {
             return bad_acme(

@@ -164,6 +164,12 @@ fn invalid_config_and_catalogue_are_refused_with_their_location() {
             "state_dir",
             "absolute",
         ),
+        ("[host]\nipv4 = \"300.1.2.3\"\n", ":2:8", "invalid"),
+        (
+            "[host]\nhostname = \"mail example\"\n",
+            "hostname",
+            "not a host name",
+        ),
     ];
     for (text, location, what) in cases {
         let path = dir.join("bad.toml");

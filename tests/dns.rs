@@ -9,7 +9,7 @@ use std::process::Command;
 fn printed_records_form_a_zone_bind_accepts() {
     let mut ilot = Ilot::start_full(
         &[],
-        "[host]\nipv4 = \"203.0.113.10\"\nipv6 = \"2001:db8::10\"\n",
+        "[host]\nipv4 = \"203.0.113.10\"\nipv6 = \"2001:db8::10\"\nhostname = \"mail.example.test\"\n",
     );
     // An app that declares records of every kind, with values a zone file must quote.
     let dir = ilot.dir.join("catalog/dnsapp");
@@ -71,6 +71,47 @@ fn printed_records_form_a_zone_bind_accepts() {
     assert!(
         out.status.success(),
         "{}\n{zone}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // The host's own name, and its addresses' PTR records, which load as a reverse zone.
+    assert!(
+        has("mail.example.test.", "A", "203.0.113.10")
+            && has("mail.example.test.", "AAAA", "2001:db8::10"),
+        "{v}"
+    );
+    assert!(
+        has("10.113.0.203.in-addr.arpa.", "PTR", "mail.example.test."),
+        "{v}"
+    );
+    assert!(
+        v["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["type"] == "PTR"
+                && r["name"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with(".8.b.d.0.1.0.0.2.ip6.arpa.")),
+        "{v}"
+    );
+    let ptrs: String = snippet
+        .lines()
+        .filter(|l| l.contains("in-addr.arpa."))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let reverse = format!("$TTL 3600\n@ IN SOA ns1.example.test. hostmaster.example.test. 1 3600 600 86400 3600\n@ IN NS ns1.example.test.\n{ptrs}");
+    let file = ilot.dir.join("reverse.zone");
+    std::fs::write(&file, &reverse).unwrap();
+    let out = Command::new("named-checkzone")
+        .arg("113.0.203.in-addr.arpa")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{reverse}",
         String::from_utf8_lossy(&out.stdout)
     );
 

@@ -204,11 +204,9 @@ impl Daemon {
             .values()
             .cloned()
             .collect();
-        let host = &self.config.host;
         let (records, findings) = crate::dns::plan(
             &instances,
-            host.ipv4,
-            host.ipv6,
+            &self.config.host,
             self.config.acme.caa_issuer(),
             only,
         );

@@ -34,13 +34,37 @@ pub struct Finding {
 /// Everything the served domains need. `only` restricts to one domain (and its subdomains).
 pub fn plan(
     instances: &[Instance],
-    ipv4: Option<Ipv4Addr>,
-    ipv6: Option<Ipv6Addr>,
+    host: &crate::config::HostConfig,
     caa_issuer: Option<&str>,
     only: Option<&str>,
 ) -> (Vec<Record>, Vec<Finding>) {
+    let (ipv4, ipv6) = (host.ipv4, host.ipv6);
     let mut records = Vec::new();
     let mut findings = Vec::new();
+    // The host itself: its name resolves to its addresses and back (forward-confirmed reverse
+    // DNS, which receiving mail servers check). The PTR records belong to whoever holds the
+    // address space: the ISP, or the user's own reverse zone.
+    let wanted = |n: &str| only.is_none_or(|o| n == o || n.ends_with(&format!(".{o}")));
+    if let Some(name) = host.hostname.as_deref().filter(|n| wanted(n)) {
+        let fqdn = format!("{name}.");
+        let mut push = |n: String, kind: &str, value: String| {
+            records.push(Record {
+                name: n,
+                kind: kind.into(),
+                ttl: DEFAULT_TTL,
+                value,
+                reason: "host".into(),
+            })
+        };
+        if let Some(ip) = ipv4 {
+            push(fqdn.clone(), "A", ip.to_string());
+            push(reverse_v4(ip), "PTR", fqdn.clone());
+        }
+        if let Some(ip) = ipv6 {
+            push(fqdn.clone(), "AAAA", ip.to_string());
+            push(reverse_v6(ip), "PTR", fqdn.clone());
+        }
+    }
     for inst in instances {
         for domain in inst.domains() {
             if only.is_some_and(|o| domain != o && !domain.ends_with(&format!(".{o}"))) {
@@ -90,6 +114,24 @@ pub fn plan(
     records.sort_by(|a, b| (&a.name, &a.kind, &a.value).cmp(&(&b.name, &b.kind, &b.value)));
     records.dedup_by(|a, b| a.name == b.name && a.kind == b.kind && a.value == b.value);
     (records, findings)
+}
+
+/// 203.0.113.10 -> 10.113.0.203.in-addr.arpa.
+pub fn reverse_v4(ip: Ipv4Addr) -> String {
+    let o = ip.octets();
+    format!("{}.{}.{}.{}.in-addr.arpa.", o[3], o[2], o[1], o[0])
+}
+
+/// 2001:db8::10 -> 0.1.0.0.(...).8.b.d.0.1.0.0.2.ip6.arpa. (one label per nibble, reversed)
+pub fn reverse_v6(ip: Ipv6Addr) -> String {
+    let nibbles: Vec<String> = ip
+        .octets()
+        .iter()
+        .flat_map(|b| [b >> 4, b & 15])
+        .rev()
+        .map(|n| format!("{n:x}"))
+        .collect();
+    format!("{}.ip6.arpa.", nibbles.join("."))
 }
 
 /// "@" -> the domain; "www" -> www.domain.; "host.other.org." stays absolute.
@@ -282,10 +324,13 @@ mod tests {
             created_at: 0,
             updated_at: 0,
         };
+        let host = crate::config::HostConfig {
+            ipv4: Some("192.0.2.1".parse().unwrap()),
+            ..Default::default()
+        };
         let (records, findings) = plan(
             std::slice::from_ref(&inst),
-            Some("192.0.2.1".parse().unwrap()),
-            None,
+            &host,
             Some("letsencrypt.org"),
             None,
         );
@@ -300,10 +345,24 @@ mod tests {
         assert!(records.iter().any(|r| r.name == "blog.example.org."
             && r.kind == "CAA"
             && r.value == "0 issue \"letsencrypt.org\""));
-        let (records, findings) = plan(&[inst], None, None, None, Some("example.org"));
+        let (records, findings) = plan(&[inst], &Default::default(), None, Some("example.org"));
         assert!(
             records.is_empty() && findings.len() == 2 && findings[0].fix.contains("[host] ipv4")
         );
+    }
+
+    #[test]
+    fn reverse_names() {
+        assert_eq!(
+            reverse_v4("203.0.113.10".parse().unwrap()),
+            "10.113.0.203.in-addr.arpa."
+        );
+        let v6 = reverse_v6("2001:db8::10".parse().unwrap());
+        assert!(
+            v6.starts_with("0.1.0.0.0.0.0.0.") && v6.ends_with(".8.b.d.0.1.0.0.2.ip6.arpa."),
+            "{v6}"
+        );
+        assert_eq!(v6.matches('.').count(), 32 + 2);
     }
 
     #[test]
