@@ -119,6 +119,9 @@ owner = "$OWNER"
 http = "127.0.0.1:0"
 https = "127.0.0.1:0"
 access_log = "$BENCH_DIR/access.log"
+
+[acme]
+enabled = false
 EOF
 info "starting: $BIN daemon --config $CONFIG (owner $OWNER)"
 "$BIN" daemon --config "$CONFIG" >"$DAEMON_LOG" 2>&1 </dev/null &

@@ -347,6 +347,16 @@ impl Daemon {
         }
     }
 
+    /// A copy of every instance (the lock is not held while the caller works).
+    fn instances_snapshot(&self) -> Vec<Instance> {
+        self.instances
+            .read()
+            .expect("instances lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
     fn instance(&self, name: &str) -> Result<Instance> {
         self.instances
             .read()

@@ -1073,13 +1073,7 @@ impl Daemon {
     /// knows: containers and network go, volumes stay) and for drifted instances.
     async fn pending_changes(&self) -> Result<Vec<(String, &'static str, Vec<Action>)>> {
         let engine = self.engine()?;
-        let known: Vec<Instance> = self
-            .instances
-            .read()
-            .expect("instances lock")
-            .values()
-            .cloned()
-            .collect();
+        let known: Vec<Instance> = self.instances_snapshot();
         let mut out = Vec::new();
         for name in engine.instances_present().await? {
             if !known.iter().any(|i| i.name == name) {

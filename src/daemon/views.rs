@@ -197,13 +197,7 @@ impl Daemon {
         if let Some(d) = only {
             crate::names::check_domain(d)?;
         }
-        let instances: Vec<Instance> = self
-            .instances
-            .read()
-            .expect("instances lock")
-            .values()
-            .cloned()
-            .collect();
+        let instances: Vec<Instance> = self.instances_snapshot();
         let (records, findings) = crate::dns::plan(
             &instances,
             &self.config.host,
