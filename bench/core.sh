@@ -109,30 +109,7 @@ info "building $IMAGE (images/build.sh hello)"
 bash images/build.sh hello
 docker image inspect "$IMAGE" >/dev/null 2>&1 || die "images/build.sh hello did not produce $IMAGE"
 
-cat >"$CONFIG" <<EOF
-[daemon]
-socket = "$SOCK"
-state_dir = "$BENCH_DIR/state"
-owner = "$OWNER"
-
-[proxy]
-http = "127.0.0.1:0"
-https = "127.0.0.1:0"
-access_log = "$BENCH_DIR/access.log"
-
-[acme]
-enabled = false
-EOF
-info "starting: $BIN daemon --config $CONFIG (owner $OWNER)"
-"$BIN" daemon --config "$CONFIG" >"$DAEMON_LOG" 2>&1 </dev/null &
-DAEMON_PID=$!
-t0=$(now_ms)
-until ilot_cli status >/dev/null 2>&1; do
-    kill -0 "$DAEMON_PID" 2>/dev/null || die "the daemon exited at start (see the log above)"
-    (($(now_ms) - t0 < 30000)) || die "ilot status did not answer within 30 s"
-    sleep 0.05
-done
-info "daemon answers after $(($(now_ms) - t0)) ms"
+bench_start_daemon
 sleep 0.2
 daemon_alive() {
     kill -0 "$DAEMON_PID" 2>/dev/null || die "the daemon (pid $DAEMON_PID) has exited; $1"

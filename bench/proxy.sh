@@ -190,30 +190,7 @@ if ! docker image inspect "$IMAGE" >/dev/null 2>&1; then
 fi
 
 # ---------------------------------------------------------------------------- ilot daemon
-cat >"$CONFIG" <<EOF
-[daemon]
-socket = "$SOCK"
-state_dir = "$BENCH_DIR/state"
-owner = "$OWNER"
-
-[proxy]
-http = "127.0.0.1:0"
-https = "127.0.0.1:0"
-access_log = "$BENCH_DIR/access.log"
-
-[acme]
-enabled = false
-EOF
-info "starting: $BIN_SRC daemon --config $CONFIG (owner $OWNER; run from a copy in the temp dir)"
-"$BIN" daemon --config "$CONFIG" >"$DAEMON_LOG" 2>&1 </dev/null &
-DAEMON_PID=$!
-t0=$(now_ms)
-until ilot_cli status >/dev/null 2>&1; do
-    kill -0 "$DAEMON_PID" 2>/dev/null || die "the daemon exited at start (see the log above)"
-    (($(now_ms) - t0 < 30000)) || die "ilot status did not answer within 30 s"
-    sleep 0.05
-done
-info "daemon answers after $(($(now_ms) - t0)) ms"
+bench_start_daemon
 STATUS_JSON=$(ilot_cli status --json) || die "ilot status --json failed"
 ILOT_HTTPS=$(jq -r '.proxy.https // empty' <<<"$STATUS_JSON")
 ILOT_HTTP=$(jq -r '.proxy.http // empty' <<<"$STATUS_JSON")

@@ -149,3 +149,37 @@ stop_pid() {
     kill -KILL "$pid" 2>/dev/null || true
     wait_gone "$pid" 5 || true
 }
+
+# bench_start_daemon: writes $CONFIG for a daemon of its own (socket $SOCK, state and access log
+# in $BENCH_DIR, owner $OWNER, proxy on free loopback ports, ACME off: benches make no traffic
+# beyond loopback), starts "$BIN daemon" logging to $DAEMON_LOG, and waits until `ilot status`
+# answers. Sets DAEMON_PID. The caller defines BIN, SOCK, CONFIG, DAEMON_LOG, BENCH_DIR, OWNER
+# and ilot_cli.
+# shellcheck disable=SC2153  # OWNER, BIN, SOCK... are the calling script's
+bench_start_daemon() {
+    cat >"$CONFIG" <<CONF
+[daemon]
+socket = "$SOCK"
+state_dir = "$BENCH_DIR/state"
+owner = "$OWNER"
+
+[proxy]
+http = "127.0.0.1:0"
+https = "127.0.0.1:0"
+access_log = "$BENCH_DIR/access.log"
+
+[acme]
+enabled = false
+CONF
+    info "starting: $BIN daemon --config $CONFIG (owner $OWNER)"
+    "$BIN" daemon --config "$CONFIG" >"$DAEMON_LOG" 2>&1 </dev/null &
+    DAEMON_PID=$!
+    local t0
+    t0=$(now_ms)
+    until ilot_cli status >/dev/null 2>&1; do
+        kill -0 "$DAEMON_PID" 2>/dev/null || die "the daemon exited at start (see $DAEMON_LOG)"
+        (($(now_ms) - t0 < 30000)) || die "ilot status did not answer within 30 s"
+        sleep 0.05
+    done
+    info "daemon answers after $(($(now_ms) - t0)) ms"
+}
