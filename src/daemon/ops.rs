@@ -887,13 +887,26 @@ impl Daemon {
         inst.updated_at = now();
         self.save(&inst, None)?;
         // The primary domain reaches the app through {{domain}}: converge (recreates if needed).
-        self.apply_direct(&inst, progress).await?;
+        self.reconfigure(&inst, progress).await?;
         self.bus.publish(
             "domain-added",
             Some(name),
             format!("{domain} now serves {name}"),
         );
         Ok(json!({ "domain": domain, "instance": name }))
+    }
+
+    /// Applies a changed instance (the primary domain reaches the app through {{domain}}, so
+    /// its container may be recreated) and, like start, waits until it is healthy again.
+    async fn reconfigure(&self, inst: &Instance, progress: &Progress<'_>) -> Result<()> {
+        self.apply_direct(inst, progress).await?;
+        self.gate(inst, progress).await.map_err(|e| {
+            Error::failed(format!(
+                "{} was reconfigured but is not healthy: {}",
+                inst.name, e.message
+            ))
+            .hint(format!("see `ilot app logs {}`", inst.name))
+        })
     }
 
     pub(super) async fn domain_remove(
@@ -926,7 +939,7 @@ impl Daemon {
         }
         inst.updated_at = now();
         self.save(&inst, None)?;
-        self.apply_direct(&inst, progress).await?;
+        self.reconfigure(&inst, progress).await?;
         self.bus.publish(
             "domain-removed",
             Some(&inst.name),
