@@ -219,6 +219,10 @@ pub struct Needs {
     /// The app sends mail through the host's SMTP relay.
     #[serde(default)]
     pub smtp: bool,
+    /// The app is the mail server of its mail domains: they get MX, SPF, DKIM, DMARC,
+    /// MTA-STS, TLS-RPT and client SRV records pointing at the instance's domain.
+    #[serde(default)]
+    pub mail: bool,
     /// The app needs a database ("postgres", "mariadb", "redis").
     #[serde(default)]
     pub database: Option<String>,

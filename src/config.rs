@@ -20,6 +20,101 @@ pub struct Config {
     pub acme: AcmeConfig,
     #[serde(default)]
     pub host: HostConfig,
+    #[serde(default)]
+    pub dns: DnsConfig,
+}
+
+/// DNS: where each zone's records go (`print`, `serve`, `push`), the authoritative server's
+/// addresses, mail policy records, and what `ilot diagnose` asks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// Zones ilot serves or pushes to. A record belongs to the longest zone that contains its
+    /// name; records in no zone are printed for the user to paste at their registrar.
+    pub zones: Vec<ZoneConfig>,
+    /// Addresses the authoritative server (for `serve` zones) listens on, UDP and TCP.
+    pub listen: Vec<std::net::SocketAddr>,
+    /// NS names of `serve` zones (default: [host] hostname).
+    pub nameservers: Vec<String>,
+    /// Admin mailbox in the SOA of `serve` zones (default: hostmaster@ZONE).
+    pub hostmaster: Option<String>,
+    /// DMARC policy for mail domains: none, quarantine or reject.
+    pub dmarc_policy: String,
+    /// Where DMARC aggregate reports go (default: postmaster@DOMAIN).
+    pub dmarc_report: Option<String>,
+    /// Resolvers `ilot diagnose` asks ("IP" or "IP:PORT"); empty = the system's.
+    pub resolvers: Vec<String>,
+    /// DNS blocklists the host's address is checked against.
+    pub blocklists: Vec<String>,
+    /// An SMTP server (HOST:PORT) `ilot diagnose mail` connects to, to tell whether outbound
+    /// port 25 is blocked.
+    pub smtp_probe: String,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            zones: Vec::new(),
+            listen: vec![([0, 0, 0, 0], 53).into(), (std::net::Ipv6Addr::UNSPECIFIED, 53).into()],
+            nameservers: Vec::new(),
+            hostmaster: None,
+            dmarc_policy: "quarantine".into(),
+            dmarc_report: None,
+            resolvers: Vec::new(),
+            blocklists: vec![
+                "zen.spamhaus.org".into(),
+                "bl.spamcop.net".into(),
+                "b.barracudacentral.org".into(),
+            ],
+            smtp_probe: "gmail-smtp-in.l.google.com:25".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ZoneMode {
+    /// A zone-file snippet and a table to paste at a registrar.
+    #[default]
+    Print,
+    /// ilot is the authoritative server for the zone.
+    Serve,
+    /// RFC 2136 dynamic updates, signed with TSIG, to an external primary.
+    Push,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneConfig {
+    /// A domain (example.org) or an address block (203.0.113.0/24, 2001:db8:1::/48) for a
+    /// reverse zone.
+    pub name: String,
+    #[serde(default)]
+    pub mode: ZoneMode,
+    /// `serve`: sign the zone (DNSSEC, ECDSA P-256); the DS record to give the parent is in
+    /// `ilot dns show`.
+    #[serde(default = "yes")]
+    pub dnssec: bool,
+    /// Extra records of this zone (e.g. PTRs for the other hosts of a /24).
+    #[serde(default)]
+    pub records: Vec<crate::catalog::DnsRecord>,
+    /// `push`: the primary server, IP:PORT.
+    pub server: Option<std::net::SocketAddr>,
+    /// `push`: TSIG key name, as in the server's config.
+    pub tsig_key: Option<String>,
+    /// `push`: hmac-sha256 (default), hmac-sha384 or hmac-sha512.
+    #[serde(default = "hmac_sha256")]
+    pub tsig_algorithm: String,
+    /// `push`: a file (mode 0600) holding the base64 secret, or a BIND key file (tsig-keygen).
+    pub tsig_secret_file: Option<PathBuf>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn hmac_sha256() -> String {
+    "hmac-sha256".into()
 }
 
 /// Facts about the host that ilot cannot always discover (behind NAT, the public address is
@@ -211,6 +306,19 @@ impl Config {
             .is_some_and(|e| !e.contains('@') || e.contains([' ', '\n', ',']))
         {
             return bad_acme(origin, "email: give one address, like admin@example.org");
+        }
+        for z in &self.dns.zones {
+            crate::dns::zones::check_zone_config(z, &self.dns).map_err(|why| {
+                Error::bad_input(format!("invalid config {origin}: [[dns.zones]] {why}"))
+                    .hint("fix the file (docs/dns.md explains zones); the daemon did not start")
+            })?;
+        }
+        if !matches!(self.dns.dmarc_policy.as_str(), "none" | "quarantine" | "reject") {
+            return Err(Error::bad_input(format!(
+                "invalid config {origin}: [dns] dmarc_policy {:?}: use none, quarantine or reject",
+                self.dns.dmarc_policy
+            ))
+            .hint("fix the file (docs/dns.md); the daemon did not start"));
         }
         if let Some(dir) = d.catalog.iter().find(|p| !p.is_absolute()) {
             return bad(

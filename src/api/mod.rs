@@ -32,6 +32,8 @@ pub enum Request {
     CertList,
     DomainList,
     DnsShow { domain: Option<String> },
+    DnsApply { dry_run: bool },
+    Diagnose { what: String },
     DomainAdd { domain: String, instance: String },
     DomainRemove { domain: String },
     CertRenew { domain: Option<String>, force: bool },

@@ -15,7 +15,7 @@ use instant_acme::{
 };
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -429,8 +429,8 @@ impl Certs {
             .mode(0o700)
             .create(&dir)
             .map_err(|e| Error::failed(format!("cannot create {}: {e}", dir.display())))?;
-        write_private(&dir.join("privkey.pem"), key)?;
-        write_private(&dir.join("fullchain.pem"), chain)
+        crate::state::write_private(&dir.join("privkey.pem"), key)?;
+        crate::state::write_private(&dir.join("fullchain.pem"), chain)
     }
 
     /// The ACME account for the configured directory: loaded from the state dir, or created.
@@ -484,7 +484,7 @@ impl Certs {
                     .create(dir)
                     .map_err(|e| Error::failed(format!("cannot create {}: {e}", dir.display())))?;
             }
-            write_private(
+            crate::state::write_private(
                 &file,
                 &serde_json::to_string(&creds).map_err(|e| Error::failed(e.to_string()))?,
             )?;
@@ -518,23 +518,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 fn sha2_digest(data: &[u8]) -> Vec<u8> {
     use sha2::Digest;
     sha2::Sha256::digest(data).to_vec()
-}
-
-/// Writes a secret file 0600 from its first byte, atomically (temp file, then rename).
-pub fn write_private(path: &Path, content: &str) -> Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let io = |e: std::io::Error| Error::failed(format!("cannot write {}: {e}", path.display()));
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(content.as_bytes()).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
 }
 
 /// Issuer, validity and the renewal time (two thirds of the lifetime, with a little jitter).

@@ -57,6 +57,12 @@ enum Command {
     /// DNS records the served domains need.
     #[command(subcommand)]
     Dns(DnsCommand),
+    /// What is still wrong, in plain words: DNS records as the world sees them, reverse DNS,
+    /// outbound port 25, blocklists. Exit code 1 when something fails.
+    Diagnose {
+        #[arg(value_enum, default_value_t = DiagnoseArea::All)]
+        area: DiagnoseArea,
+    },
 }
 
 #[derive(Subcommand)]
@@ -68,6 +74,20 @@ enum DnsCommand {
         #[arg(long, value_enum, default_value_t = DnsFormat::Table)]
         format: DnsFormat,
     },
+    /// Put the records where they belong: rebuild the served zones, push the pushed ones
+    /// (RFC 2136), and count those left to paste.
+    Apply {
+        /// Show what would be pushed, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DiagnoseArea {
+    Dns,
+    Mail,
+    All,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -193,6 +213,15 @@ pub fn main() -> i32 {
             dns_format = format;
             Request::DnsShow { domain }
         }
+        Command::Dns(DnsCommand::Apply { dry_run }) => Request::DnsApply { dry_run },
+        Command::Diagnose { area } => Request::Diagnose {
+            what: match area {
+                DiagnoseArea::Dns => "dns",
+                DiagnoseArea::Mail => "mail",
+                DiagnoseArea::All => "all",
+            }
+            .into(),
+        },
         Command::Cert(CertCommand::List) => Request::CertList,
         Command::Domain(DomainCommand::List) => Request::DomainList,
         Command::Domain(DomainCommand::Add { domain, instance }) => {
@@ -294,7 +323,11 @@ pub fn main() -> i32 {
             } else {
                 render::human(&request, &value);
             }
-            0
+            // Diagnosis that found a failure exits 1, so scripts and monitors can act on it.
+            let failed = value["checks"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["status"] == "fail"));
+            i32::from(matches!(request, Request::Diagnose { .. }) && failed)
         }
         Err(e) => render::error(&e, cli.json),
     }

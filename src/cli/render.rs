@@ -295,13 +295,27 @@ pub fn human(req: &Request, v: &Value) {
                         s(&r["type"]),
                         s(&r["value"]),
                         s(&r["reason"]),
+                        match r["mode"].as_str() {
+                            Some("serve") => format!("served in {}", s(&r["zone"])),
+                            Some("push") => format!("pushed to {}", s(&r["zone"])),
+                            _ => "to paste".to_string(),
+                        },
                     ]
                 })
                 .collect();
             if rows.is_empty() {
                 println!("No record to publish: no app is served at a domain.");
             } else {
-                table(&["NAME", "TYPE", "VALUE", "FOR"], rows);
+                table(&["NAME", "TYPE", "VALUE", "FOR", "WHERE"], rows);
+            }
+            for z in v["zones"].as_array().into_iter().flatten() {
+                if let Some(ds) = z["ds"].as_str() {
+                    println!(
+                        "\nZone {} is served and signed (serial {}). Give its parent (your registrar) this DS record:\n  {ds}",
+                        s(&z["zone"]),
+                        s(&z["serial"])
+                    );
+                }
             }
             for f in v["findings"].as_array().into_iter().flatten() {
                 println!(
@@ -311,6 +325,56 @@ pub fn human(req: &Request, v: &Value) {
                     s(&f["fix"])
                 );
             }
+        }
+        Request::DnsApply { .. } => {
+            for z in v["served"].as_array().into_iter().flatten() {
+                println!("served  {}  serial {}  {} records", s(&z["zone"]), s(&z["serial"]), s(&z["records"]));
+            }
+            let dry = v["dry_run"] == Value::Bool(true);
+            for z in v["pushed"].as_array().into_iter().flatten() {
+                let verb = if dry { "would push" } else { "pushed" };
+                let count = |k: &str| z[k].as_array().map_or(0, |a| a.len());
+                println!(
+                    "{verb}  {} to {}: {} added, {} removed, {} left alone (created by others)",
+                    s(&z["zone"]),
+                    s(&z["server"]),
+                    count("added"),
+                    count("removed"),
+                    count("foreign")
+                );
+                for (k, sign) in [("added", "+"), ("removed", "-")] {
+                    for r in z[k].as_array().into_iter().flatten() {
+                        println!("  {sign} {} {} {}", s(&r["name"]), s(&r["type"]), s(&r["value"]));
+                    }
+                }
+            }
+            if let Some(m) = v["message"].as_str() {
+                println!("{m}");
+            } else if v["printed"].as_u64().unwrap_or(0) > 0 {
+                println!(
+                    "{} record(s) are in no configured zone: paste them at your DNS provider (`ilot dns show`)",
+                    s(&v["printed"])
+                );
+            }
+        }
+        Request::Diagnose { .. } => {
+            let checks = v["checks"].as_array().cloned().unwrap_or_default();
+            for c in &checks {
+                let mark = match c["status"].as_str() {
+                    Some("ok") => "ok  ",
+                    Some("warn") => "WARN",
+                    _ => "FAIL",
+                };
+                println!("{mark}  {}", s(&c["subject"]));
+                if c["status"] != "ok" {
+                    println!("      expected: {}", s(&c["expected"]));
+                    println!("      seen:     {}", s(&c["seen"]));
+                    println!("      fix:      {}", s(&c["fix"]));
+                }
+            }
+            let fails = checks.iter().filter(|c| c["status"] == "fail").count();
+            let warns = checks.iter().filter(|c| c["status"] == "warn").count();
+            println!("\n{} checks: {} failed, {} warnings", checks.len(), fails, warns);
         }
         Request::DomainList => {
             let rows: Vec<Vec<String>> = v

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
+mod dns;
 mod ops;
 mod views;
 
@@ -37,6 +38,12 @@ pub struct Daemon {
     proxy: std::result::Result<Arc<crate::proxy::Proxy>, String>,
     /// Certificates for the proxy's domains (when the proxy runs).
     certs: Option<Arc<crate::certs::Certs>>,
+    /// The authoritative DNS server, when a zone is served (`None` when none is, or when it
+    /// could not start: `dns_server_error` then says why).
+    dns_server: Option<Arc<crate::dns::serve::Server>>,
+    dns_server_error: Option<String>,
+    /// One RFC 2136 push at a time.
+    dns_push_lock: tokio::sync::Mutex<()>,
     /// True once the journal has been recovered: the daemon then serves every request.
     ready: std::sync::atomic::AtomicBool,
     started: Instant,
@@ -109,7 +116,26 @@ async fn serve(config: Config, config_path: Option<PathBuf>, catalog: Catalog) -
             bus.clone(),
         )
     });
+    let serves_dns = config
+        .dns
+        .zones
+        .iter()
+        .any(|z| z.mode == crate::config::ZoneMode::Serve);
+    let (dns_server, dns_server_error) = if serves_dns {
+        match crate::dns::serve::Server::start(&config.dns.listen).await {
+            Ok(s) => (Some(s), None),
+            Err(e) => {
+                tracing::error!("{e}");
+                (None, Some(e.to_string()))
+            }
+        }
+    } else {
+        (None, None)
+    };
     let daemon = Arc::new(Daemon {
+        dns_server,
+        dns_server_error,
+        dns_push_lock: tokio::sync::Mutex::new(()),
         config,
         config_path,
         catalog,
@@ -126,6 +152,15 @@ async fn serve(config: Config, config_path: Option<PathBuf>, catalog: Catalog) -
     });
     daemon.bus.spawn_history(store);
     daemon.refresh_routes();
+    daemon.refresh_dns();
+    let d = daemon.clone();
+    tokio::spawn(async move {
+        // Served zones are re-signed before their signatures expire.
+        loop {
+            tokio::time::sleep(dns::RESIGN_EVERY).await;
+            d.refresh_dns();
+        }
+    });
     tracing::info!(socket = %daemon.config.daemon.socket.display(), owner = %daemon.owner, "ilot daemon listening");
 
     // Hold the operation lock until the journal is recovered: mutating requests wait for it.
@@ -273,6 +308,7 @@ impl Daemon {
             // Reads and requests that follow must see what this operation did.
             self.runtime()?.1.refresh().await;
             self.refresh_routes();
+            self.refresh_dns();
             return result;
         }
         match req {
@@ -286,6 +322,8 @@ impl Daemon {
             Request::Plan => self.plan_all().await,
             Request::DomainList => Ok(self.domain_view()),
             Request::DnsShow { domain } => self.dns_view(domain.as_deref()),
+            Request::DnsApply { dry_run } => self.dns_apply(dry_run).await,
+            Request::Diagnose { what } => self.diagnose(&what).await,
             Request::CertList => Ok(serde_json::to_value(self.certs()?.list()).unwrap_or_default()),
             Request::CertRenew { domain, force } => {
                 let list = self.certs()?.renew(domain.as_deref(), force).await?;

@@ -781,11 +781,11 @@ impl Daemon {
             .mode(0o755)
             .create(&dir)
             .map_err(io)?;
-        crate::certs::write_private(&key_path, &key)?;
+        crate::state::write_private(&key_path, &key)?;
         let (uid, gid) = tls.uid_gid().unwrap_or((0, 0));
         std::os::unix::fs::chown(&key_path, Some(uid), Some(gid)).map_err(io)?;
         let chain_path = dir.join("fullchain.pem");
-        crate::certs::write_private(&chain_path, &chain)?;
+        crate::state::write_private(&chain_path, &chain)?;
         std::fs::set_permissions(&chain_path, std::fs::Permissions::from_mode(0o644))
             .map_err(io)?;
         Ok(true)

@@ -99,6 +99,11 @@ impl Daemon {
                 Ok(p) => json!({ "http": p.http_addr.to_string(), "https": p.https_addr.to_string(), "hosts": p.hosts() }),
                 Err(e) => json!({ "error": e }),
             },
+            "dns": match (&self.dns_server, &self.dns_server_error) {
+                (Some(s), _) => json!({ "listen": s.addrs, "zones": s.zones() }),
+                (None, Some(e)) => json!({ "error": e }),
+                (None, None) => json!(null),
+            },
         })
     }
 
@@ -193,22 +198,6 @@ impl Daemon {
     }
 
     /// `ilot dns show`: the records the served domains need, and what cannot be computed.
-    pub(super) fn dns_view(&self, only: Option<&str>) -> Result<Value> {
-        if let Some(d) = only {
-            crate::names::check_domain(d)?;
-        }
-        let instances: Vec<Instance> = self.instances_snapshot();
-        let (records, findings) = crate::dns::plan(
-            &instances,
-            &self.config.host,
-            self.config.acme.caa_issuer(),
-            only,
-        );
-        Ok(
-            json!({ "zone": crate::dns::zone_snippet(&records), "records": records, "findings": findings }),
-        )
-    }
-
     pub(super) fn catalog_view(&self) -> Value {
         let apps: Vec<Value> = self
             .catalog

@@ -3,6 +3,11 @@
 //! the `print` mode: a zone-file snippet or a table to paste at a registrar. Serving the zones
 //! (hickory-server) and pushing them (RFC 2136) build on the same model.
 
+pub mod diagnose;
+pub mod push;
+pub mod serve;
+pub mod zones;
+
 use crate::catalog::DnsRecord;
 use crate::state::Instance;
 use serde::Serialize;
@@ -12,7 +17,7 @@ pub const DEFAULT_TTL: u32 = 3600;
 
 /// One record, in presentation form: `name` is absolute (ends with a dot) and `value` is what
 /// follows the type in a zone file.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct Record {
     pub name: String,
     #[serde(rename = "type")]
@@ -31,84 +36,152 @@ pub struct Finding {
     pub fix: String,
 }
 
+/// What the records are computed from (all of it desired state).
+pub struct Inputs<'a> {
+    pub instances: &'a [Instance],
+    pub host: &'a crate::config::HostConfig,
+    pub dns: &'a crate::config::DnsConfig,
+    /// CAA: the ACME CA's issuer domain, when it has a well-known one.
+    pub caa_issuer: Option<&'a str>,
+    /// Whether certificates come from a public CA (MTA-STS can then `enforce`).
+    pub acme: bool,
+    /// DKIM public keys by mail domain: (selector, TXT value).
+    pub dkim: &'a std::collections::BTreeMap<String, Vec<(String, String)>>,
+}
+
+/// The mail domains an instance that declares `[needs] mail` serves: for now the parent of a
+/// `mail.` domain (mail.example.org serves example.org), else its domain.
+pub fn mail_domains(inst: &Instance) -> Vec<String> {
+    if !inst.manifest.needs.mail {
+        return Vec::new();
+    }
+    inst.domain
+        .iter()
+        .map(|d| d.strip_prefix("mail.").unwrap_or(d).to_string())
+        .collect()
+}
+
+/// The MTA-STS policy a mail domain publishes at https://mta-sts.DOMAIN/.well-known/mta-sts.txt
+/// (RFC 8461). `enforce` only when certificates come from a public CA.
+pub fn mta_sts_policy(mx: &str, enforce: bool) -> String {
+    let mode = if enforce { "enforce" } else { "testing" };
+    format!("version: STSv1\r\nmode: {mode}\r\nmx: {mx}\r\nmax_age: 604800\r\n")
+}
+
 /// Everything the served domains need. `only` restricts to one domain (and its subdomains).
-pub fn plan(
-    instances: &[Instance],
-    host: &crate::config::HostConfig,
-    caa_issuer: Option<&str>,
-    only: Option<&str>,
-) -> (Vec<Record>, Vec<Finding>) {
+pub fn plan(inp: &Inputs, only: Option<&str>) -> (Vec<Record>, Vec<Finding>) {
+    let (host, caa_issuer) = (inp.host, inp.caa_issuer);
     let (ipv4, ipv6) = (host.ipv4, host.ipv6);
     let mut records = Vec::new();
     let mut findings = Vec::new();
-    // The host itself: its name resolves to its addresses and back (forward-confirmed reverse
-    // DNS, which receiving mail servers check). The PTR records belong to whoever holds the
-    // address space: the ISP, or the user's own reverse zone.
     let wanted = |n: &str| only.is_none_or(|o| n == o || n.ends_with(&format!(".{o}")));
-    if let Some(name) = host.hostname.as_deref().filter(|n| wanted(n)) {
-        let fqdn = format!("{name}.");
-        let mut push = |n: String, kind: &str, value: String| {
+    let mut push = |name: String, kind: &str, value: String, reason: &str| {
+        if wanted(name.trim_end_matches('.')) {
             records.push(Record {
-                name: n,
+                name,
                 kind: kind.into(),
                 ttl: DEFAULT_TTL,
                 value,
-                reason: "host".into(),
+                reason: reason.into(),
             })
-        };
+        }
+    };
+    // The host itself: its name resolves to its addresses and back (forward-confirmed reverse
+    // DNS, which receiving mail servers check). The PTR records belong to whoever holds the
+    // address space: the ISP, or the user's own reverse zone.
+    if let Some(name) = host.hostname.as_deref() {
+        let fqdn = format!("{name}.");
         if let Some(ip) = ipv4 {
-            push(fqdn.clone(), "A", ip.to_string());
-            push(reverse_v4(ip), "PTR", fqdn.clone());
+            push(fqdn.clone(), "A", ip.to_string(), "host");
+            push(reverse_v4(ip), "PTR", fqdn.clone(), "host");
         }
         if let Some(ip) = ipv6 {
-            push(fqdn.clone(), "AAAA", ip.to_string());
-            push(reverse_v6(ip), "PTR", fqdn.clone());
+            push(fqdn.clone(), "AAAA", ip.to_string(), "host");
+            push(reverse_v6(ip), "PTR", fqdn.clone(), "host");
         }
     }
-    for inst in instances {
-        for domain in inst.domains() {
-            if only.is_some_and(|o| domain != o && !domain.ends_with(&format!(".{o}"))) {
-                continue;
-            }
+    let no_address = |domain: &str| Finding {
+        domain: domain.to_string(),
+        problem: "the host's public address is not configured, so its A/AAAA records cannot be computed".into(),
+        fix: "set [host] ipv4 (and ipv6, if the host has one) in /etc/ilot/ilot.toml".into(),
+    };
+    for inst in inp.instances {
+        let reason = format!("instance {}", inst.name);
+        // A web name: the host's addresses, and CAA for the CA that issues its certificate.
+        let web_name = |domain: &str,
+                        push: &mut dyn FnMut(String, &str, String, &str),
+                        findings: &mut Vec<Finding>| {
             let fqdn = format!("{domain}.");
-            let reason = format!("instance {}", inst.name);
-            let mut push = |kind: &str, value: String| {
-                records.push(Record {
-                    name: fqdn.clone(),
-                    kind: kind.into(),
-                    ttl: DEFAULT_TTL,
-                    value,
-                    reason: reason.clone(),
-                })
-            };
-            match (ipv4, ipv6) {
-                (None, None) => findings.push(Finding {
-                    domain: domain.clone(),
-                    problem: "the host's public address is not configured, so its A/AAAA records cannot be computed".into(),
-                    fix: "set [host] ipv4 (and ipv6, if the host has one) in /etc/ilot/ilot.toml".into(),
-                }),
-                _ => {
-                    if let Some(ip) = ipv4 {
-                        push("A", ip.to_string());
-                    }
-                    if let Some(ip) = ipv6 {
-                        push("AAAA", ip.to_string());
-                    }
-                }
+            if ipv4.is_none() && ipv6.is_none() && wanted(domain) {
+                findings.push(no_address(domain));
+            }
+            if let Some(ip) = ipv4 {
+                push(fqdn.clone(), "A", ip.to_string(), &reason);
+            }
+            if let Some(ip) = ipv6 {
+                push(fqdn.clone(), "AAAA", ip.to_string(), &reason);
             }
             if let Some(issuer) = caa_issuer {
-                push("CAA", format!("0 issue {}", quote(issuer)));
+                push(fqdn, "CAA", format!("0 issue {}", quote(issuer)), &reason);
             }
+        };
+        for domain in inst.domains() {
+            web_name(domain, &mut push, &mut findings);
             for r in &inst.manifest.needs.dns {
-                let name = absolute(&r.name, domain);
-                records.push(Record {
-                    name,
-                    kind: r.kind.clone(),
-                    ttl: DEFAULT_TTL,
-                    value: presentation(r, domain),
-                    reason: reason.clone(),
-                });
+                push(absolute(&r.name, domain), &r.kind, presentation(r, domain), &reason);
             }
+        }
+        // A mail server: everything receiving servers and mail clients look up.
+        let Some(mx) = inst.domain.as_deref() else { continue };
+        for m in mail_domains(inst) {
+            let at = |label: &str| format!("{label}.{m}.");
+            let apex = format!("{m}.");
+            push(apex.clone(), "MX", format!("10 {mx}."), &reason);
+            push(apex.clone(), "TXT", txt("v=spf1 mx -all"), &reason);
+            let report = inp
+                .dns
+                .dmarc_report
+                .clone()
+                .unwrap_or_else(|| format!("postmaster@{m}"));
+            push(
+                at("_dmarc"),
+                "TXT",
+                txt(&format!(
+                    "v=DMARC1; p={}; rua=mailto:{report}",
+                    inp.dns.dmarc_policy
+                )),
+                &reason,
+            );
+            match inp.dkim.get(&m).filter(|k| !k.is_empty()) {
+                Some(keys) => {
+                    for (selector, value) in keys {
+                        push(at(&format!("{selector}._domainkey")), "TXT", txt(value), &reason);
+                    }
+                }
+                None if wanted(&m) => findings.push(Finding {
+                    domain: m.clone(),
+                    problem: "no DKIM key yet, so mail from this domain is not signed".into(),
+                    fix: "the key is generated when the mail app starts; run `ilot dns show` again".into(),
+                }),
+                None => {}
+            }
+            // MTA-STS: the TXT record's id changes whenever the policy does.
+            let policy = mta_sts_policy(mx, inp.acme);
+            let id = &crate::state::hex(&<sha2::Sha256 as sha2::Digest>::digest(policy.as_bytes()))[..16];
+            push(at("_mta-sts"), "TXT", txt(&format!("v=STSv1; id={id}")), &reason);
+            web_name(&format!("mta-sts.{m}"), &mut push, &mut findings);
+            push(
+                at("_smtp._tls"),
+                "TXT",
+                txt(&format!("v=TLSRPTv1; rua=mailto:{report}")),
+                &reason,
+            );
+            // RFC 6186 (mail clients find their servers) and RFC 8314 (implicit TLS first).
+            push(at("_submissions._tcp"), "SRV", format!("0 1 465 {mx}."), &reason);
+            push(at("_submission._tcp"), "SRV", format!("0 1 587 {mx}."), &reason);
+            push(at("_imaps._tcp"), "SRV", format!("0 1 993 {mx}."), &reason);
+            push(at("_imap._tcp"), "SRV", "0 0 0 .".into(), &reason);
+            push(at("_pop3._tcp"), "SRV", "0 0 0 .".into(), &reason);
         }
     }
     records.sort_by(|a, b| (&a.name, &a.kind, &a.value).cmp(&(&b.name, &b.kind, &b.value)));
@@ -135,7 +208,7 @@ pub fn reverse_v6(ip: Ipv6Addr) -> String {
 }
 
 /// "@" -> the domain; "www" -> www.domain.; "host.other.org." stays absolute.
-fn absolute(name: &str, domain: &str) -> String {
+pub(crate) fn absolute(name: &str, domain: &str) -> String {
     match name {
         "@" | "" => format!("{domain}."),
         n if n.ends_with('.') => n.to_string(),
@@ -144,11 +217,11 @@ fn absolute(name: &str, domain: &str) -> String {
 }
 
 /// The value as a zone file writes it: targets made absolute, TXT quoted and split.
-fn presentation(r: &DnsRecord, domain: &str) -> String {
+pub(crate) fn presentation(r: &DnsRecord, domain: &str) -> String {
     let parts: Vec<&str> = r.value.split_whitespace().collect();
     match r.kind.as_str() {
         "TXT" => txt(&r.value),
-        "CNAME" => absolute(r.value.trim(), domain),
+        "CNAME" | "PTR" | "NS" => absolute(r.value.trim(), domain),
         "MX" => format!("{} {}", parts[0], absolute(parts[1], domain)),
         "SRV" => format!(
             "{} {} {} {}",
@@ -193,6 +266,15 @@ fn quote(s: &str) -> String {
 
 /// Checks a manifest's DNS record, so nothing malformed or injected reaches a zone.
 pub fn check_record(r: &DnsRecord) -> Result<(), String> {
+    check(r, false)
+}
+
+/// Checks an extra record of a zone in the config: as an app's, plus PTR and NS.
+pub fn check_zone_record(r: &DnsRecord) -> Result<(), String> {
+    check(r, true)
+}
+
+fn check(r: &DnsRecord, zone_types: bool) -> Result<(), String> {
     let name_ok = r.name == "@"
         || r.name.split('.').all(|l| {
             !l.is_empty()
@@ -238,6 +320,7 @@ pub fn check_record(r: &DnsRecord) -> Result<(), String> {
                 && matches!(parts[1], "issue" | "issuewild" | "iodef")
         }
         "TXT" => r.value.len() <= 4000,
+        "PTR" | "NS" if zone_types => parts.len() == 1 && target_ok(parts[0]),
         other => {
             return Err(format!(
                 "dns record type {other:?} is not one of A, AAAA, CNAME, MX, SRV, CAA, TXT"

@@ -221,6 +221,13 @@ impl Store {
         Ok(id)
     }
 
+    /// A small value kept by a subsystem (zone serials, what was pushed to DNS).
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        let tx = self.db.begin_read()?;
+        let v = tx.open_table(META)?.get(key)?.map(|v| v.value().to_string());
+        Ok(v)
+    }
+
     pub fn instances(&self) -> Result<Vec<Instance>> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(INSTANCES)?;
@@ -307,6 +314,10 @@ impl Writer {
         meta.insert("next_op", (next + 1).to_string().as_str())?;
         Ok(next)
     }
+    pub fn put_meta(&mut self, key: &str, value: &str) -> Result<()> {
+        self.tx.open_table(META)?.insert(key, value)?;
+        Ok(())
+    }
     pub fn put_kept(&mut self, name: &str, k: &Kept) -> Result<()> {
         self.tx
             .open_table(KEPT)?
@@ -326,6 +337,31 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// Writes a secret file 0600 from its first byte, atomically (temp file, then rename), creating
+/// its directory (0700) if needed.
+pub fn write_private(path: &Path, content: impl AsRef<[u8]>) -> Result<()> {
+    use std::io::Write;
+    let io = |e: std::io::Error| Error::failed(format!("cannot write {}: {e}", path.display()));
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
+    f.write_all(content.as_ref()).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
 }
 
 /// A random token of `len` characters from [A-Za-z0-9], from the OS's CSPRNG.
