@@ -36,6 +36,9 @@ pub struct DnsConfig {
     pub listen: Vec<std::net::SocketAddr>,
     /// NS names of `serve` zones (default: [host] hostname).
     pub nameservers: Vec<String>,
+    /// The CA allowed to issue certificates (CAA), e.g. "letsencrypt.org". Default: the
+    /// configured ACME CA when it is Let's Encrypt, else no CAA record.
+    pub caa: Option<String>,
     /// Admin mailbox in the SOA of `serve` zones (default: hostmaster@ZONE).
     pub hostmaster: Option<String>,
     /// DMARC policy for mail domains: none, quarantine or reject.
@@ -57,6 +60,7 @@ impl Default for DnsConfig {
             zones: Vec::new(),
             listen: vec![([0, 0, 0, 0], 53).into(), (std::net::Ipv6Addr::UNSPECIFIED, 53).into()],
             nameservers: Vec::new(),
+            caa: None,
             hostmaster: None,
             dmarc_policy: "quarantine".into(),
             dmarc_report: None,
@@ -312,6 +316,32 @@ impl Config {
                 Error::bad_input(format!("invalid config {origin}: [[dns.zones]] {why}"))
                     .hint("fix the file (docs/dns.md explains zones); the daemon did not start")
             })?;
+        }
+        if let Some(caa) = &self.dns.caa {
+            if crate::names::check_domain(caa).is_err() {
+                return Err(Error::bad_input(format!(
+                    "invalid config {origin}: [dns] caa {caa:?} is not a CA's domain"
+                ))
+                .hint("give the CA's issuer domain, e.g. caa = \"letsencrypt.org\""));
+            }
+        }
+        if let Some(h) = &self.dns.hostmaster {
+            if !h.contains('@') || crate::names::check_domain(h.split('@').nth(1).unwrap_or("")).is_err() || h.split('@').next().unwrap_or("").contains(['.', ' ', '"', ';']) {
+                return Err(Error::bad_input(format!(
+                    "invalid config {origin}: [dns] hostmaster {h:?} is not a simple address"
+                ))
+                .hint("give an address like hostmaster@example.org (no dot before the @)"));
+            }
+        }
+        for (key, addr) in [("dmarc_report", &self.dns.dmarc_report)] {
+            if let Some(a) = addr {
+                if !a.contains('@') || a.contains([' ', '"', ';', ',', '\\', '\n']) {
+                    return Err(Error::bad_input(format!(
+                        "invalid config {origin}: [dns] {key} {a:?} is not one address"
+                    ))
+                    .hint("give an address like dmarc@example.org"));
+                }
+            }
         }
         if !matches!(self.dns.dmarc_policy.as_str(), "none" | "quarantine" | "reject") {
             return Err(Error::bad_input(format!(

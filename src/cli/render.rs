@@ -100,6 +100,15 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     }
 }
 
+/// Long values (DKIM keys) cut for a table; `--format zone` and `--json` give them whole.
+fn ellipsis(v: &str, max: usize) -> String {
+    if v.chars().count() <= max {
+        v.to_string()
+    } else {
+        format!("{}…", v.chars().take(max - 1).collect::<String>())
+    }
+}
+
 fn print_plan(v: &Value) {
     println!("Plan for {}:", s(&v["instance"]));
     for (i, step) in v["plan"].as_array().into_iter().flatten().enumerate() {
@@ -109,7 +118,7 @@ fn print_plan(v: &Value) {
 }
 
 pub fn human(req: &Request, v: &Value) {
-    if v["dry_run"] == Value::Bool(true) {
+    if v["dry_run"] == Value::Bool(true) && !matches!(req, Request::DnsApply { .. }) {
         return print_plan(v);
     }
     match req {
@@ -293,7 +302,7 @@ pub fn human(req: &Request, v: &Value) {
                     vec![
                         s(&r["name"]),
                         s(&r["type"]),
-                        s(&r["value"]),
+                        ellipsis(&s(&r["value"]), 60),
                         s(&r["reason"]),
                         match r["mode"].as_str() {
                             Some("serve") => format!("served in {}", s(&r["zone"])),
@@ -307,6 +316,7 @@ pub fn human(req: &Request, v: &Value) {
                 println!("No record to publish: no app is served at a domain.");
             } else {
                 table(&["NAME", "TYPE", "VALUE", "FOR", "WHERE"], rows);
+                println!("(long values are cut here: `ilot dns show --format zone` prints them whole)");
             }
             for z in v["zones"].as_array().into_iter().flatten() {
                 if let Some(ds) = z["ds"].as_str() {

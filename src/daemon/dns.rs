@@ -34,7 +34,12 @@ impl Daemon {
             instances: &instances,
             host: &self.config.host,
             dns: &self.config.dns,
-            caa_issuer: self.config.acme.caa_issuer(),
+            caa_issuer: self
+                .config
+                .dns
+                .caa
+                .as_deref()
+                .or(self.config.acme.caa_issuer()),
             acme: self.config.acme.enabled,
             dkim: &dkim,
         };
@@ -278,8 +283,16 @@ impl Daemon {
             .map_err(|e| Error::bad_input(e).hint("fix [dns] resolvers in the config"))?;
         let mut checks = Vec::new();
         if what != "mail" {
+            // Every record ilot publishes: the planned ones and the zones' extras.
             let (records, _) = self.dns_records(None);
-            checks.extend(dns::diagnose::dns_checks(&resolver, &records).await);
+            let split = dns::zones::split(&records, &self.config.dns.zones);
+            let all: Vec<Record> = split
+                .zones
+                .into_values()
+                .flat_map(|(_, r)| r)
+                .chain(split.unzoned)
+                .collect();
+            checks.extend(dns::diagnose::dns_checks(&resolver, &all).await);
         }
         if what != "dns" {
             checks.extend(

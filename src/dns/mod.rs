@@ -411,12 +411,18 @@ mod tests {
             ipv4: Some("192.0.2.1".parse().unwrap()),
             ..Default::default()
         };
-        let (records, findings) = plan(
-            std::slice::from_ref(&inst),
-            &host,
-            Some("letsencrypt.org"),
-            None,
-        );
+        let dns = crate::config::DnsConfig::default();
+        let dkim = Default::default();
+        let insts = [inst];
+        let mut inputs = Inputs {
+            instances: &insts,
+            host: &host,
+            dns: &dns,
+            caa_issuer: Some("letsencrypt.org"),
+            acme: true,
+            dkim: &dkim,
+        };
+        let (records, findings) = plan(&inputs, None);
         assert!(findings.is_empty());
         assert!(records.contains(&Record {
             name: "www.example.org.".into(),
@@ -428,10 +434,60 @@ mod tests {
         assert!(records.iter().any(|r| r.name == "blog.example.org."
             && r.kind == "CAA"
             && r.value == "0 issue \"letsencrypt.org\""));
-        let (records, findings) = plan(&[inst], &Default::default(), None, Some("example.org"));
+        let no_host = Default::default();
+        inputs.host = &no_host;
+        let (records, findings) = plan(&inputs, Some("example.org"));
         assert!(
-            records.is_empty() && findings.len() == 2 && findings[0].fix.contains("[host] ipv4")
+            records.iter().all(|r| r.kind == "CAA")
+                && findings.len() == 2
+                && findings[0].fix.contains("[host] ipv4"),
+            "{records:?} {findings:?}"
         );
+    }
+
+    #[test]
+    fn a_mail_server_gets_every_mail_record() {
+        use crate::state::{PinnedImage, Status};
+        let mut manifest = crate::catalog::Catalog::load(&[]).unwrap().apps["hello"].clone();
+        manifest.needs.mail = true;
+        let inst = Instance {
+            name: "m".into(),
+            app: "mail".into(),
+            manifest,
+            domain: Some("mail.example.org".into()),
+            aliases: vec![],
+            settings: Default::default(),
+            secrets: Default::default(),
+            images: [("web".to_string(), PinnedImage { reference: "r".into(), id: "i".into() })].into(),
+            running: true,
+            status: Status::Running,
+            message: None,
+            created_at: 0,
+            updated_at: 0,
+        };
+        let host = crate::config::HostConfig {
+            ipv4: Some("192.0.2.1".parse().unwrap()),
+            hostname: Some("mail.example.org".into()),
+            ..Default::default()
+        };
+        let dns = crate::config::DnsConfig::default();
+        let dkim = [("example.org".to_string(), vec![("ilot1".to_string(), "v=DKIM1; k=rsa; p=AAAA".to_string())])].into();
+        let insts = [inst];
+        let inputs = Inputs { instances: &insts, host: &host, dns: &dns, caa_issuer: None, acme: false, dkim: &dkim };
+        let (records, findings) = plan(&inputs, None);
+        assert!(findings.is_empty(), "{findings:?}");
+        let has = |n: &str, t: &str, v: &str| records.iter().any(|r| r.name == n && r.kind == t && r.value.contains(v));
+        assert!(has("example.org.", "MX", "10 mail.example.org."));
+        assert!(has("example.org.", "TXT", "v=spf1 mx -all"));
+        assert!(has("ilot1._domainkey.example.org.", "TXT", "v=DKIM1; k=rsa; p=AAAA"));
+        assert!(has("_dmarc.example.org.", "TXT", "v=DMARC1; p=quarantine; rua=mailto:postmaster@example.org"));
+        assert!(has("_mta-sts.example.org.", "TXT", "v=STSv1; id="));
+        assert!(has("mta-sts.example.org.", "A", "192.0.2.1"));
+        assert!(has("_smtp._tls.example.org.", "TXT", "v=TLSRPTv1"));
+        assert!(has("_submissions._tcp.example.org.", "SRV", "0 1 465 mail.example.org."));
+        assert!(has("_imaps._tcp.example.org.", "SRV", "0 1 993 mail.example.org."));
+        assert!(has("1.2.0.192.in-addr.arpa.", "PTR", "mail.example.org."));
+        assert!(mta_sts_policy("mail.example.org", false).contains("mode: testing"));
     }
 
     #[test]

@@ -148,7 +148,14 @@ impl Session {
     }
 
     fn refused(&self, what: &str) -> Error {
-        let hint = if what.contains("NOTAUTH") || what.contains("NotAuth") || what.to_lowercase().contains("tsig") {
+        let lower = what.to_lowercase();
+        // A server that rejects the key answers BADKEY/BADSIG, with a truncated or missing MAC.
+        let what = if lower.contains("hmac") || lower.contains("tsig") || lower.contains("signature") {
+            "the server rejected ilot's TSIG signature (BADSIG or BADKEY)"
+        } else {
+            what
+        };
+        let hint = if what.contains("NOTAUTH") || what.contains("NotAuth") || what.contains("TSIG") {
             "the server did not accept ilot's TSIG key: check tsig_key, tsig_algorithm and the \
              secret against the server's key (and that both clocks are right)"
         } else if what.contains("REFUSED") || what.contains("Refused") {

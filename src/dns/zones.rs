@@ -75,8 +75,18 @@ pub fn check_zone_config(z: &ZoneConfig, dns: &DnsConfig) -> Result<(), String> 
                     z.name
                 ));
             };
-            crate::names::check_domain(key.trim_end_matches('.'))
-                .map_err(|_| format!("{}: tsig_key {key:?} is not a valid key name", z.name))?;
+            let key_ok = key.len() <= 253
+                && key.trim_end_matches('.').split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                });
+            if !key_ok {
+                return Err(format!(
+                    "{}: tsig_key {key:?} is not a key name (letters, digits, '-', '_' and dots)",
+                    z.name
+                ));
+            }
             super::push::algorithm(&z.tsig_algorithm).map_err(|e| format!("{}: {e}", z.name))?;
             if !file.is_absolute() {
                 return Err(format!(
