@@ -147,3 +147,334 @@ fn records_that_cannot_be_computed_are_reported_with_the_fix() {
         "{out}"
     );
 }
+
+/// Adds `mailer` to the test catalogue: the demo app declaring itself a mail server, so the
+/// mail records (MX, SPF, DKIM, DMARC, MTA-STS, TLS-RPT, SRV) are planned for its domain.
+fn add_mailer(ilot: &mut Ilot) {
+    let dir = ilot.dir.join("catalog/mailer");
+    std::fs::create_dir_all(&dir).unwrap();
+    let manifest = std::fs::read_to_string(ilot.dir.join("catalog/hello/app.toml"))
+        .unwrap()
+        .replace("name = \"hello\"", "name = \"mailer\"")
+        .replace("[needs]", "[needs]\nmail = true");
+    std::fs::write(dir.join("app.toml"), manifest).unwrap();
+    ilot.restart();
+}
+
+fn dns_port(ilot: &Ilot) -> u16 {
+    let v = ilot.json(&["status"]);
+    let addr = v["dns"]["listen"][0].as_str().unwrap_or_else(|| panic!("no DNS server: {v}"));
+    addr.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+fn zone_info(ilot: &Ilot, zone: &str) -> serde_json::Value {
+    let v = ilot.json(&["status"]);
+    v["dns"]["zones"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|z| z["zone"] == zone)
+        .unwrap_or_else(|| panic!("zone {zone} not served: {v}"))
+        .clone()
+}
+
+/// `delv` validating against the zone's own key as trust anchor: "fully validated".
+fn delv(ilot: &Ilot, port: u16, zone: &str, name: &str, kind: &str) -> String {
+    let key = zone_info(ilot, zone)["dnskey"].as_str().unwrap().to_string();
+    // "ZONE IN DNSKEY 257 3 13 BASE64"
+    let f: Vec<&str> = key.split_whitespace().collect();
+    let anchors = ilot.dir.join(format!("anchor-{zone}conf"));
+    std::fs::write(
+        &anchors,
+        format!(
+            "trust-anchors {{ {} static-key {} {} {} \"{}\"; }};\n",
+            f[0],
+            f[3],
+            f[4],
+            f[5],
+            f[6..].concat()
+        ),
+    )
+    .unwrap();
+    let out = Command::new("delv")
+        .arg("-a")
+        .arg(&anchors)
+        .arg(format!("+root={}", zone.trim_end_matches('.')))
+        .args(["@127.0.0.1", "-p", &port.to_string(), name, kind])
+        .output()
+        .expect("delv (tests/run.sh installs bind9-dnsutils)");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn served_zones_answer_every_record_signed() {
+    let mut ilot = Ilot::start_full(
+        &[],
+        "[host]\nipv4 = \"203.0.113.10\"\nipv6 = \"2001:db8:1::10\"\nhostname = \"mail.serve.test\"\n\n\
+         [dns]\nlisten = [\"127.0.0.1:0\"]\ncaa = \"letsencrypt.org\"\n\n\
+         [[dns.zones]]\nname = \"serve.test\"\nmode = \"serve\"\n\n\
+         [[dns.zones]]\nname = \"203.0.113.0/24\"\nmode = \"serve\"\n\
+         records = [{ name = \"1\", type = \"PTR\", value = \"router.serve.test.\" }]\n\n\
+         [[dns.zones]]\nname = \"2001:db8:1::/48\"\nmode = \"serve\"\n",
+    );
+    add_mailer(&mut ilot);
+    let mail = unique("mail");
+    ilot.ok(&["app", "install", "mailer", "--name", &mail, "--domain", "mail.serve.test"]);
+    let port = dns_port(&ilot);
+    let dig = |name: &str, kind: &str| common::named::dig(port, name, kind);
+
+    // Every record a mail domain and a web name need, forward and reverse.
+    assert_eq!(dig("serve.test", "MX"), ["10 mail.serve.test."]);
+    assert_eq!(dig("serve.test", "TXT"), ["\"v=spf1 mx -all\""]);
+    let dkim = dig("ilot1._domainkey.serve.test", "TXT").concat();
+    assert!(dkim.starts_with("\"v=DKIM1; k=rsa; p=MIIBIjAN"), "{dkim}");
+    assert_eq!(
+        dig("_dmarc.serve.test", "TXT"),
+        ["\"v=DMARC1; p=quarantine; rua=mailto:postmaster@serve.test\""]
+    );
+    assert!(dig("_mta-sts.serve.test", "TXT").concat().starts_with("\"v=STSv1; id="));
+    assert_eq!(dig("mta-sts.serve.test", "A"), ["203.0.113.10"]);
+    assert_eq!(
+        dig("_smtp._tls.serve.test", "TXT"),
+        ["\"v=TLSRPTv1; rua=mailto:postmaster@serve.test\""]
+    );
+    assert_eq!(dig("_submissions._tcp.serve.test", "SRV"), ["0 1 465 mail.serve.test."]);
+    assert_eq!(dig("_imaps._tcp.serve.test", "SRV"), ["0 1 993 mail.serve.test."]);
+    assert_eq!(dig("mail.serve.test", "A"), ["203.0.113.10"]);
+    assert_eq!(dig("mail.serve.test", "AAAA"), ["2001:db8:1::10"]);
+    assert_eq!(dig("mail.serve.test", "CAA"), ["0 issue \"letsencrypt.org\""]);
+    assert_eq!(dig("10.113.0.203.in-addr.arpa", "PTR"), ["mail.serve.test."]);
+    assert_eq!(dig("1.113.0.203.in-addr.arpa", "PTR"), ["router.serve.test."]);
+    let v6 = "0.1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.1.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa";
+    assert_eq!(dig(v6, "PTR"), ["mail.serve.test."]);
+    assert!(dig("nothing.example.com", "A").is_empty(), "not our zone");
+
+    // DNSSEC: answers and denials validate against the zone's key.
+    for (zone, name, kind) in [
+        ("serve.test.", "serve.test", "MX"),
+        ("serve.test.", "ilot1._domainkey.serve.test", "TXT"),
+        ("serve.test.", "mail.serve.test", "CAA"),
+        ("113.0.203.in-addr.arpa.", "10.113.0.203.in-addr.arpa", "PTR"),
+        ("1.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa.", v6, "PTR"),
+    ] {
+        let out = delv(&ilot, port, zone, name, kind);
+        assert!(out.contains("; fully validated"), "{name} {kind}:\n{out}");
+    }
+    let out = delv(&ilot, port, "serve.test.", "absent.serve.test", "A");
+    assert!(
+        out.contains("negative response, fully validated"),
+        "a signed denial:\n{out}"
+    );
+
+    // The SOA serial moves when the content does, and only then.
+    let serial = |ilot: &Ilot| zone_info(ilot, "serve.test.")["serial"].as_u64().unwrap();
+    let s1 = serial(&ilot);
+    assert_eq!(
+        dig("serve.test", "SOA").concat().split_whitespace().nth(2).unwrap(),
+        s1.to_string()
+    );
+    let web = unique("web");
+    ilot.ok(&["app", "install", "hello", "--name", &web, "--domain", "www.serve.test"]);
+    assert_eq!(dig("www.serve.test", "A"), ["203.0.113.10"]);
+    let s2 = serial(&ilot);
+    assert_eq!(s2, s1 + 1);
+    ilot.restart();
+    let port = dns_port(&ilot);
+    assert_eq!(serial(&ilot), s2, "a restart changes nothing");
+    assert_eq!(
+        common::named::dig(port, "serve.test", "SOA").concat().split_whitespace().nth(2).unwrap(),
+        s2.to_string()
+    );
+    // The DS for the parent is shown to the user.
+    let out = ilot.ok(&["dns", "show"]);
+    assert!(out.contains("serve.test. IN DS ") && out.contains("served in serve.test."), "{out}");
+}
+
+#[test]
+fn pushed_zones_follow_the_apps_and_keep_others_records() {
+    let dir = std::path::PathBuf::from(format!("/tmp/ilot-test-named-{}", unique("")));
+    std::fs::create_dir_all(&dir).unwrap();
+    let zone = "$TTL 300\n@ IN SOA ns.push.test. hostmaster.push.test. 1 3600 900 1209600 300\n\
+                @ IN NS ns.push.test.\nns IN A 192.0.2.53\n@ IN TXT \"google-site-verification=abc\"\n\
+                taken IN A 203.0.113.10\n";
+    let named = common::named::Named::start(&dir, &[("push.test", zone.to_string())]);
+    let key = named.key_file(&named.secret);
+    let ilot = Ilot::start_full(
+        &[],
+        &format!(
+            "[host]\nipv4 = \"203.0.113.10\"\n\n[[dns.zones]]\nname = \"push.test\"\nmode = \"push\"\n\
+             server = \"127.0.0.1:{}\"\ntsig_key = \"{}\"\ntsig_secret_file = \"{}\"\n",
+            named.port,
+            named.key_name,
+            key.display()
+        ),
+    );
+    let web = unique("web");
+    ilot.ok(&["app", "install", "hello", "--name", &web, "--domain", "www.push.test"]);
+    let v = ilot.json(&["dns", "apply"]);
+    assert_eq!(named.dig("www.push.test", "A"), ["203.0.113.10"], "{v}\n{}", named.log());
+
+    // A record ilot wants that someone else made is left to them, and never removed.
+    ilot.ok(&["domain", "add", "taken.push.test", &web]);
+    let v = ilot.json(&["dns", "apply"]);
+    assert!(
+        v["pushed"][0]["foreign"].as_array().unwrap().iter().any(|r| r["name"] == "taken.push.test."),
+        "{v}"
+    );
+    ilot.ok(&["domain", "remove", "taken.push.test"]);
+    ilot.ok(&["dns", "apply"]);
+    assert_eq!(named.dig("taken.push.test", "A"), ["203.0.113.10"]);
+
+    // A wrong key: refused, clearly, and nothing changes.
+    std::fs::write(
+        &key,
+        std::fs::read_to_string(named.key_file("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")).unwrap(),
+    )
+    .unwrap();
+    ilot.ok(&["app", "remove", &web]);
+    let err = ilot.fails(&["dns", "apply"], 1);
+    assert!(err.contains("TSIG") && err.contains("nothing was changed"), "{err}");
+    assert_eq!(named.dig("www.push.test", "A"), ["203.0.113.10"]);
+    let events = ilot.ok(&["events"]);
+    assert!(events.contains("dns-push-failed"), "{events}");
+
+    // The right key again: ilot's record goes, everyone else's stays.
+    std::fs::write(&key, std::fs::read_to_string(named.key_file(&named.secret)).unwrap()).unwrap();
+    let out = ilot.ok(&["dns", "apply"]);
+    assert!(out.contains("- www.push.test. A 203.0.113.10"), "{out}");
+    assert!(named.dig("www.push.test", "A").is_empty());
+    assert_eq!(named.dig("push.test", "TXT"), ["\"google-site-verification=abc\""]);
+    assert_eq!(named.dig("ns.push.test", "A"), ["192.0.2.53"]);
+    assert_eq!(named.dig("taken.push.test", "A"), ["203.0.113.10"]);
+    drop(named);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_unreachable_primary_is_a_clear_error() {
+    let port = common::named::free_port();
+    let dir = std::path::PathBuf::from(format!("/tmp/ilot-test-key-{}", unique("")));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("k");
+    std::fs::write(&key, "pxGxU/aWCMnBhBdYJJ6usM76r3RjVPB+PCOa+GbBSBM=\n").unwrap();
+    // A key others can read is refused before anything is sent.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let ilot = Ilot::start_full(
+        &[],
+        &format!(
+            "[host]\nipv4 = \"203.0.113.10\"\n\n[[dns.zones]]\nname = \"down.test\"\nmode = \"push\"\n\
+             server = \"127.0.0.1:{port}\"\ntsig_key = \"k\"\ntsig_secret_file = \"{}\"\n",
+            key.display()
+        ),
+    );
+    let web = unique("web");
+    ilot.ok(&["app", "install", "hello", "--name", &web, "--domain", "www.down.test"]);
+    let err = ilot.fails(&["dns", "apply"], 2);
+    assert!(err.contains("readable by other users") && err.contains("chmod 600"), "{err}");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let err = ilot.fails(&["dns", "apply"], 1);
+    assert!(err.contains("cannot be reached") && err.contains("nothing was changed"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn diagnosis_names_each_problem_and_passes_a_correct_zone() {
+    let dir = std::path::PathBuf::from(format!("/tmp/ilot-test-named-{}", unique("")));
+    std::fs::create_dir_all(&dir).unwrap();
+    let soa = |z: &str| {
+        format!("$TTL 300\n$ORIGIN {z}.\n@ IN SOA ns.diag.test. hostmaster.diag.test. 1 3600 900 1209600 300\n@ IN NS ns.diag.test.\n")
+    };
+    // Deliberately wrong: a bad SPF, no DKIM, a PTR to a name that points elsewhere, and the
+    // address on a blocklist.
+    let wrong = format!(
+        "{}ns IN A 192.0.2.53\nmail IN A 203.0.113.10\n@ IN MX 10 mail.diag.test.\n@ IN TXT \"v=spf1 a -all\"\n\
+         other IN A 203.0.113.99\n",
+        soa("diag.test")
+    );
+    let reverse = format!("{}10 IN PTR other.diag.test.\n", soa("113.0.203.in-addr.arpa"));
+    let listed = format!("{}10.113.0.203 IN A 127.0.0.2\n10.113.0.203 IN TXT \"listed for testing\"\n", soa("bl.test"));
+    let mut named = common::named::Named::start(
+        &dir,
+        &[
+            ("diag.test", wrong),
+            ("113.0.203.in-addr.arpa", reverse),
+            ("bl.test", listed),
+        ],
+    );
+    let smtp_port = common::named::free_port();
+    let mut ilot = Ilot::start_full(
+        &[],
+        &format!(
+            "[host]\nipv4 = \"203.0.113.10\"\nhostname = \"mail.diag.test\"\n\n[dns]\n\
+             resolvers = [\"127.0.0.1:{}\"]\nblocklists = [\"bl.test\"]\nsmtp_probe = \"127.0.0.1:{smtp_port}\"\n",
+            named.port
+        ),
+    );
+    add_mailer(&mut ilot);
+    let mail = unique("mail");
+    ilot.ok(&["app", "install", "mailer", "--name", &mail, "--domain", "mail.diag.test"]);
+
+    let run = |ilot: &Ilot| {
+        let out = ilot.cli(&["diagnose", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code(), v["checks"].as_array().unwrap().clone())
+    };
+    let find = |checks: &[serde_json::Value], subject: &str| {
+        checks
+            .iter()
+            .find(|c| c["subject"] == subject)
+            .unwrap_or_else(|| panic!("no check {subject}: {checks:?}"))
+            .clone()
+    };
+    let (code, checks) = run(&ilot);
+    assert_eq!(code, Some(1), "{checks:?}");
+    let spf = find(&checks, "diag.test. TXT");
+    assert!(spf["status"] == "fail" && spf["seen"] == "v=spf1 a -all" && spf["expected"] == "v=spf1 mx -all", "{spf}");
+    let dkim = find(&checks, "ilot1._domainkey.diag.test. TXT");
+    assert!(dkim["status"] == "fail" && dkim["seen"] == "nothing", "{dkim}");
+    assert_eq!(find(&checks, "diag.test. MX")["status"], "ok");
+    let ptr = find(&checks, "reverse DNS of 203.0.113.10");
+    assert!(ptr["status"] == "fail" && ptr["seen"].as_str().unwrap().contains("does not resolve back"), "{ptr}");
+    let p25 = find(&checks, "outbound port 25");
+    assert!(p25["status"] == "fail" && p25["fix"].as_str().unwrap().contains("relay"), "{p25}");
+    let bl = find(&checks, "blocklist bl.test");
+    assert!(bl["status"] == "fail" && bl["seen"].as_str().unwrap().contains("listed for testing"), "{bl}");
+    let human = ilot.cli(&["diagnose", "mail"]);
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(human.contains("FAIL  reverse DNS of 203.0.113.10") && human.contains("fix:"), "{human}");
+    assert!(ilot.ok(&["events"]).contains("dns-drift"));
+
+    // The zone as ilot prints it, a PTR that confirms, no listing, port 25 answering:
+    // nothing to report.
+    let snippet = ilot.ok(&["dns", "show", "--format", "zone"]);
+    let forward: String = snippet
+        .lines()
+        .filter(|l| l.split_whitespace().next().is_some_and(|n| n.ends_with("diag.test.")))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(
+        named.dir.join("diag.test.zone"),
+        format!("{}ns IN A 192.0.2.53\n{forward}", soa("diag.test")),
+    )
+    .unwrap();
+    std::fs::write(
+        named.dir.join("113.0.203.in-addr.arpa.zone"),
+        format!("{}10 IN PTR mail.diag.test.\n", soa("113.0.203.in-addr.arpa")),
+    )
+    .unwrap();
+    std::fs::write(named.dir.join("bl.test.zone"), soa("bl.test")).unwrap();
+    named.reload();
+    let _smtp = std::net::TcpListener::bind(("127.0.0.1", smtp_port)).unwrap();
+    let (code, checks) = run(&ilot);
+    let bad: Vec<&serde_json::Value> = checks.iter().filter(|c| c["status"] != "ok").collect();
+    assert!(bad.is_empty() && code == Some(0), "{bad:?}");
+    assert!(checks.len() >= 15, "every planned record is checked: {checks:?}");
+    drop(named);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -9,7 +9,7 @@
 # Steps: install what the tests need (only what is missing), make sure a Docker engine answers
 # (start dockerd if none does, and stop it again at the end), build the test images, build the
 # release binary, run the Rust tests against it, and clean up whatever the tests left behind:
-# Docker objects labelled ilot.owner=test-*, `ilot daemon` processes whose config lives in
+# Docker objects labelled ilot.owner=test-*, `ilot daemon` and `named` processes whose config lives in
 # ${TMPDIR:-/tmp}/ilot-test-*, and those temp dirs. Objects of any other owner are never touched.
 #
 # Environment:
@@ -71,7 +71,7 @@ step_end() { # step_end STATUS [NOTE]
 }
 
 # ---------------------------------------------------------------------------- cleanup
-# ilot daemons started by tests: argv[0] is .../ilot, one argument is `daemon`, and one argument
+# ilot daemons (and the DNS tests' named) started by tests: argv[0] is .../ilot, one argument is `daemon`, and one argument
 # names a path in a test temp dir (${TMPDIR:-/tmp}/ilot-test-* or /tmp/ilot-test-*).
 test_daemon_pids() {
     local d pid a is_ilot is_daemon in_test_dir
@@ -83,6 +83,8 @@ test_daemon_pids() {
         ((${#args[@]})) || continue
         is_ilot=0 is_daemon=0 in_test_dir=0
         [[ ${args[0]##*/} == ilot ]] && is_ilot=1
+        # The DNS tests' own BIND (tests/common/named.rs): named -g -c TESTDIR/named/named.conf
+        [[ ${args[0]##*/} == named ]] && is_ilot=1 is_daemon=1
         for a in "${args[@]:1}"; do
             [[ $a == daemon ]] && is_daemon=1
             case $a in
@@ -159,7 +161,7 @@ trap 'exit 143' TERM
 # shellcheck disable=SC2034  # used through a nameref in missing_packages
 declare -A REQUIRED=([docker]=docker.io [dockerd]=docker.io [nft]=nftables [ip]=iproute2
     [curl]=curl [jq]=jq [docker-registry]=docker-registry [pebble]=pebble [openssl]=openssl
-    [named-checkzone]=bind9utils)
+    [named-checkzone]=bind9utils [named]=bind9 [dig]=bind9-dnsutils [delv]=bind9-dnsutils)
 # shellcheck disable=SC2034
 declare -A OPTIONAL=([hyperfine]=hyperfine)
 

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod named;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_ilot");
 
 pub struct Ilot {
