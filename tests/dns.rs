@@ -253,6 +253,22 @@ fn served_zones_answer_every_record_signed() {
     assert_eq!(dig(v6, "PTR"), ["mail.serve.test."]);
     assert!(dig("nothing.example.com", "A").is_empty(), "not our zone");
 
+    // The MTA-STS policy the TXT record announces, served over HTTPS by the proxy.
+    let https = ilot.json(&["status"])["proxy"]["https"].as_str().unwrap().to_string();
+    let https_port = https.rsplit(':').next().unwrap();
+    let out = Command::new("curl")
+        .args(["-sk", "--resolve", &format!("mta-sts.serve.test:{https_port}:127.0.0.1")])
+        .arg(format!("https://mta-sts.serve.test:{https_port}/.well-known/mta-sts.txt"))
+        .output()
+        .unwrap();
+    let policy = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        policy.starts_with("version: STSv1\r\n")
+            && policy.contains("mx: mail.serve.test\r\n")
+            && policy.contains("mode: testing"),
+        "{policy}"
+    );
+
     // DNSSEC: answers and denials validate against the zone's key.
     for (zone, name, kind) in [
         ("serve.test.", "serve.test", "MX"),

@@ -48,6 +48,8 @@ pub struct Proxy {
     config: ProxyConfig,
     /// host -> targets, longest path prefix first.
     routes: RwLock<HashMap<String, Vec<Target>>>,
+    /// Small documents ilot itself serves: (host, path) -> text (MTA-STS policies).
+    documents: RwLock<HashMap<(String, String), String>>,
     pub certs: Arc<tls::CertStore>,
     /// ACME HTTP-01: token -> key authorization.
     pub challenges: RwLock<HashMap<String, String>>,
@@ -87,6 +89,7 @@ impl Proxy {
             access_log: spawn_access_log(&config.access_log)?,
             config,
             routes: RwLock::new(HashMap::new()),
+            documents: RwLock::new(HashMap::new()),
             certs,
             challenges: RwLock::new(HashMap::new()),
             observer: OnceLock::new(),
@@ -104,13 +107,23 @@ impl Proxy {
     }
 
     /// Replaces the route table (after any change to instances).
-    pub fn set_routes(&self, mut routes: HashMap<String, Vec<Target>>) -> Result<()> {
+    /// Replaces the routes, and the documents ilot serves itself (their hosts get
+    /// certificates like the apps' do).
+    pub fn set_routes(
+        &self,
+        mut routes: HashMap<String, Vec<Target>>,
+        documents: HashMap<(String, String), String>,
+    ) -> Result<()> {
         for targets in routes.values_mut() {
             targets.sort_by(|a, b| b.path.len().cmp(&a.path.len()));
         }
-        let hosts: Vec<String> = routes.keys().cloned().collect();
+        let mut hosts: Vec<String> = routes.keys().cloned().collect();
+        hosts.extend(documents.keys().map(|(h, _)| h.clone()));
+        hosts.sort();
+        hosts.dedup();
         self.certs.sync_hosts(&hosts)?;
         *self.routes.write().expect("routes lock") = routes;
+        *self.documents.write().expect("documents lock") = documents;
         Ok(())
     }
 
@@ -121,9 +134,27 @@ impl Proxy {
             .expect("routes lock")
             .keys()
             .cloned()
+            .chain(
+                self.documents
+                    .read()
+                    .expect("documents lock")
+                    .keys()
+                    .map(|(h, _)| h.clone()),
+            )
             .collect();
         h.sort();
+        h.dedup();
         h
+    }
+
+    fn serves(&self, host: &str) -> bool {
+        self.routes.read().expect("routes lock").contains_key(host)
+            || self
+                .documents
+                .read()
+                .expect("documents lock")
+                .keys()
+                .any(|(h, _)| h == host)
     }
 
     async fn accept(
@@ -231,7 +262,7 @@ impl Proxy {
                 None => text(StatusCode::NOT_FOUND, "Unknown challenge.\n"),
             };
         }
-        if !self.routes.read().expect("routes lock").contains_key(host) {
+        if !self.serves(host) {
             return not_served();
         }
         let port = match self.https_addr.port() {
@@ -260,6 +291,15 @@ impl Proxy {
         host: &str,
         peer: SocketAddr,
     ) -> Response<DownBody> {
+        let document = self
+            .documents
+            .read()
+            .expect("documents lock")
+            .get(&(host.to_string(), req.uri().path().to_string()))
+            .cloned();
+        if let Some(body) = document {
+            return text(StatusCode::OK, &body);
+        }
         let Some(target) = self.target(host, req.uri().path()) else {
             return not_served();
         };
