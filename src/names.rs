@@ -33,24 +33,36 @@ pub fn is_key(key: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
-/// A fully qualified host name as used for `--domain`.
+/// A fully qualified host name as used for `--domain`. The error says which rule is broken.
 pub fn check_domain(domain: &str) -> Result<()> {
-    let labels_ok = domain.split('.').all(|l| {
-        !l.is_empty()
-            && l.len() <= 63
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    });
-    if domain.len() <= 253
-        && domain.contains('.')
-        && labels_ok
-        && domain == domain.to_ascii_lowercase()
+    let why = if domain.len() > 253 {
+        Some("it is longer than 253 bytes".to_string())
+    } else if !domain.contains('.') {
+        Some("it has a single label; give a full name".to_string())
+    } else if let Some(l) = domain.split('.').find(|l| l.len() > 63) {
+        Some(format!(
+            "the label {:?}… is {} bytes long, over 63",
+            l.chars().take(8).collect::<String>(),
+            l.len()
+        ))
+    } else if domain.split('.').any(|l| l.is_empty()) {
+        Some("it has an empty label (two dots in a row, or a dot at an end)".to_string())
+    } else if domain.split('.').any(|l| l.starts_with('-') || l.ends_with('-')) {
+        Some("a label starts or ends with '-'".to_string())
+    } else if let Some(c) = domain
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '.'))
     {
-        Ok(())
+        Some(format!("it contains {c:?}: only letters, digits, '-' and dots are allowed"))
+    } else if domain != domain.to_ascii_lowercase() {
+        Some("it has capital letters".to_string())
     } else {
-        Err(Error::bad_input(format!("invalid domain {:?}", domain))
-            .hint("give a lowercase host name such as blog.example.org"))
+        None
+    };
+    match why {
+        None => Ok(()),
+        Some(why) => Err(Error::bad_input(format!("invalid domain {domain:?}: {why}"))
+            .hint("give a lowercase host name such as blog.example.org")),
     }
 }
 

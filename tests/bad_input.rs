@@ -146,6 +146,7 @@ fn invalid_config_and_catalogue_are_refused_with_their_location() {
     let dir = std::env::temp_dir().join(format!("ilot-test-cfg-{}", unique("")));
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("s.sock");
+    let long_label = format!("[[dns.zones]]\nname = \"{}.org\"\n", "a".repeat(64));
     let cases = [
         (
             "[daemon]\nsocket = \"/x\"\nsockett = \"/y\"\n",
@@ -170,6 +171,39 @@ fn invalid_config_and_catalogue_are_refused_with_their_location() {
             "hostname",
             "not a host name",
         ),
+        // DNS zones: a name that would inject into a zone file, an address block off a label
+        // boundary, a label over 63 bytes, a push zone without its key, a bad extra record.
+        (
+            "[[dns.zones]]\nname = \"ex.org\\nevil IN A 1.2.3.4\"\n",
+            "[[dns.zones]]",
+            "ex.org",
+        ),
+        (
+            "[[dns.zones]]\nname = \"203.0.113.0/25\"\n",
+            "[[dns.zones]]",
+            "label boundary",
+        ),
+        (
+            long_label.as_str(),
+            "[[dns.zones]]",
+            "aaaa",
+        ),
+        (
+            "[[dns.zones]]\nname = \"ex.org\"\nmode = \"push\"\nserver = \"127.0.0.1:53\"\n",
+            "[[dns.zones]]",
+            "tsig_key and tsig_secret_file",
+        ),
+        (
+            "[[dns.zones]]\nname = \"ex.org\"\nmode = \"pull\"\n",
+            ":3:8",
+            "pull",
+        ),
+        (
+            "[[dns.zones]]\nname = \"ex.org\"\nrecords = [{ type = \"TXT\", value = \"a\\nb IN A 1.2.3.4\" }]\n",
+            "[[dns.zones]]",
+            "control characters",
+        ),
+        ("[dns]\ndmarc_policy = \"strict\"\n", "dmarc_policy", "quarantine"),
     ];
     for (text, location, what) in cases {
         let path = dir.join("bad.toml");

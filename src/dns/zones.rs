@@ -12,7 +12,7 @@ use std::net::IpAddr;
 pub fn origin_of(name: &str) -> Result<String, String> {
     let Some((addr, len)) = name.split_once('/') else {
         crate::names::check_domain(name.trim_end_matches('.'))
-            .map_err(|e| format!("name {name:?}: {}", e.message))?;
+            .map_err(|e| e.message)?;
         return Ok(format!("{}.", name.trim_end_matches('.')));
     };
     let bad = || {
