@@ -58,7 +58,10 @@ impl Default for DnsConfig {
     fn default() -> Self {
         DnsConfig {
             zones: Vec::new(),
-            listen: vec![([0, 0, 0, 0], 53).into(), (std::net::Ipv6Addr::UNSPECIFIED, 53).into()],
+            listen: vec![
+                ([0, 0, 0, 0], 53).into(),
+                (std::net::Ipv6Addr::UNSPECIFIED, 53).into(),
+            ],
             nameservers: Vec::new(),
             caa: None,
             hostmaster: None,
@@ -326,7 +329,13 @@ impl Config {
             }
         }
         if let Some(h) = &self.dns.hostmaster {
-            if !h.contains('@') || crate::names::check_domain(h.split('@').nth(1).unwrap_or("")).is_err() || h.split('@').next().unwrap_or("").contains(['.', ' ', '"', ';']) {
+            if !h.contains('@')
+                || crate::names::check_domain(h.split('@').nth(1).unwrap_or("")).is_err()
+                || h.split('@')
+                    .next()
+                    .unwrap_or("")
+                    .contains(['.', ' ', '"', ';'])
+            {
                 return Err(Error::bad_input(format!(
                     "invalid config {origin}: [dns] hostmaster {h:?} is not a simple address"
                 ))
@@ -343,7 +352,10 @@ impl Config {
                 }
             }
         }
-        if !matches!(self.dns.dmarc_policy.as_str(), "none" | "quarantine" | "reject") {
+        if !matches!(
+            self.dns.dmarc_policy.as_str(),
+            "none" | "quarantine" | "reject"
+        ) {
             return Err(Error::bad_input(format!(
                 "invalid config {origin}: [dns] dmarc_policy {:?}: use none, quarantine or reject",
                 self.dns.dmarc_policy

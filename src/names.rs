@@ -47,13 +47,18 @@ pub fn check_domain(domain: &str) -> Result<()> {
         ))
     } else if domain.split('.').any(|l| l.is_empty()) {
         Some("it has an empty label (two dots in a row, or a dot at an end)".to_string())
-    } else if domain.split('.').any(|l| l.starts_with('-') || l.ends_with('-')) {
+    } else if domain
+        .split('.')
+        .any(|l| l.starts_with('-') || l.ends_with('-'))
+    {
         Some("a label starts or ends with '-'".to_string())
     } else if let Some(c) = domain
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '.'))
     {
-        Some(format!("it contains {c:?}: only letters, digits, '-' and dots are allowed"))
+        Some(format!(
+            "it contains {c:?}: only letters, digits, '-' and dots are allowed"
+        ))
     } else if domain != domain.to_ascii_lowercase() {
         Some("it has capital letters".to_string())
     } else {
@@ -61,8 +66,10 @@ pub fn check_domain(domain: &str) -> Result<()> {
     };
     match why {
         None => Ok(()),
-        Some(why) => Err(Error::bad_input(format!("invalid domain {domain:?}: {why}"))
-            .hint("give a lowercase host name such as blog.example.org")),
+        Some(why) => Err(
+            Error::bad_input(format!("invalid domain {domain:?}: {why}"))
+                .hint("give a lowercase host name such as blog.example.org"),
+        ),
     }
 }
 

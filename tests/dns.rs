@@ -163,7 +163,9 @@ fn add_mailer(ilot: &mut Ilot) {
 
 fn dns_port(ilot: &Ilot) -> u16 {
     let v = ilot.json(&["status"]);
-    let addr = v["dns"]["listen"][0].as_str().unwrap_or_else(|| panic!("no DNS server: {v}"));
+    let addr = v["dns"]["listen"][0]
+        .as_str()
+        .unwrap_or_else(|| panic!("no DNS server: {v}"));
     addr.rsplit(':').next().unwrap().parse().unwrap()
 }
 
@@ -180,7 +182,10 @@ fn zone_info(ilot: &Ilot, zone: &str) -> serde_json::Value {
 
 /// `delv` validating against the zone's own key as trust anchor: "fully validated".
 fn delv(ilot: &Ilot, port: u16, zone: &str, name: &str, kind: &str) -> String {
-    let key = zone_info(ilot, zone)["dnskey"].as_str().unwrap().to_string();
+    let key = zone_info(ilot, zone)["dnskey"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // "ZONE IN DNSKEY 257 3 13 BASE64"
     let f: Vec<&str> = key.split_whitespace().collect();
     let anchors = ilot.dir.join(format!("anchor-{zone}conf"));
@@ -223,7 +228,15 @@ fn served_zones_answer_every_record_signed() {
     );
     add_mailer(&mut ilot);
     let mail = unique("mail");
-    ilot.ok(&["app", "install", "mailer", "--name", &mail, "--domain", "mail.serve.test"]);
+    ilot.ok(&[
+        "app",
+        "install",
+        "mailer",
+        "--name",
+        &mail,
+        "--domain",
+        "mail.serve.test",
+    ]);
     let port = dns_port(&ilot);
     let dig = |name: &str, kind: &str| common::named::dig(port, name, kind);
 
@@ -236,29 +249,55 @@ fn served_zones_answer_every_record_signed() {
         dig("_dmarc.serve.test", "TXT"),
         ["\"v=DMARC1; p=quarantine; rua=mailto:postmaster@serve.test\""]
     );
-    assert!(dig("_mta-sts.serve.test", "TXT").concat().starts_with("\"v=STSv1; id="));
+    assert!(dig("_mta-sts.serve.test", "TXT")
+        .concat()
+        .starts_with("\"v=STSv1; id="));
     assert_eq!(dig("mta-sts.serve.test", "A"), ["203.0.113.10"]);
     assert_eq!(
         dig("_smtp._tls.serve.test", "TXT"),
         ["\"v=TLSRPTv1; rua=mailto:postmaster@serve.test\""]
     );
-    assert_eq!(dig("_submissions._tcp.serve.test", "SRV"), ["0 1 465 mail.serve.test."]);
-    assert_eq!(dig("_imaps._tcp.serve.test", "SRV"), ["0 1 993 mail.serve.test."]);
+    assert_eq!(
+        dig("_submissions._tcp.serve.test", "SRV"),
+        ["0 1 465 mail.serve.test."]
+    );
+    assert_eq!(
+        dig("_imaps._tcp.serve.test", "SRV"),
+        ["0 1 993 mail.serve.test."]
+    );
     assert_eq!(dig("mail.serve.test", "A"), ["203.0.113.10"]);
     assert_eq!(dig("mail.serve.test", "AAAA"), ["2001:db8:1::10"]);
-    assert_eq!(dig("mail.serve.test", "CAA"), ["0 issue \"letsencrypt.org\""]);
-    assert_eq!(dig("10.113.0.203.in-addr.arpa", "PTR"), ["mail.serve.test."]);
-    assert_eq!(dig("1.113.0.203.in-addr.arpa", "PTR"), ["router.serve.test."]);
+    assert_eq!(
+        dig("mail.serve.test", "CAA"),
+        ["0 issue \"letsencrypt.org\""]
+    );
+    assert_eq!(
+        dig("10.113.0.203.in-addr.arpa", "PTR"),
+        ["mail.serve.test."]
+    );
+    assert_eq!(
+        dig("1.113.0.203.in-addr.arpa", "PTR"),
+        ["router.serve.test."]
+    );
     let v6 = "0.1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.1.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa";
     assert_eq!(dig(v6, "PTR"), ["mail.serve.test."]);
     assert!(dig("nothing.example.com", "A").is_empty(), "not our zone");
 
     // The MTA-STS policy the TXT record announces, served over HTTPS by the proxy.
-    let https = ilot.json(&["status"])["proxy"]["https"].as_str().unwrap().to_string();
+    let https = ilot.json(&["status"])["proxy"]["https"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let https_port = https.rsplit(':').next().unwrap();
     let out = Command::new("curl")
-        .args(["-sk", "--resolve", &format!("mta-sts.serve.test:{https_port}:127.0.0.1")])
-        .arg(format!("https://mta-sts.serve.test:{https_port}/.well-known/mta-sts.txt"))
+        .args([
+            "-sk",
+            "--resolve",
+            &format!("mta-sts.serve.test:{https_port}:127.0.0.1"),
+        ])
+        .arg(format!(
+            "https://mta-sts.serve.test:{https_port}/.well-known/mta-sts.txt"
+        ))
         .output()
         .unwrap();
     let policy = String::from_utf8_lossy(&out.stdout);
@@ -274,7 +313,11 @@ fn served_zones_answer_every_record_signed() {
         ("serve.test.", "serve.test", "MX"),
         ("serve.test.", "ilot1._domainkey.serve.test", "TXT"),
         ("serve.test.", "mail.serve.test", "CAA"),
-        ("113.0.203.in-addr.arpa.", "10.113.0.203.in-addr.arpa", "PTR"),
+        (
+            "113.0.203.in-addr.arpa.",
+            "10.113.0.203.in-addr.arpa",
+            "PTR",
+        ),
         ("1.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa.", v6, "PTR"),
     ] {
         let out = delv(&ilot, port, zone, name, kind);
@@ -290,11 +333,23 @@ fn served_zones_answer_every_record_signed() {
     let serial = |ilot: &Ilot| zone_info(ilot, "serve.test.")["serial"].as_u64().unwrap();
     let s1 = serial(&ilot);
     assert_eq!(
-        dig("serve.test", "SOA").concat().split_whitespace().nth(2).unwrap(),
+        dig("serve.test", "SOA")
+            .concat()
+            .split_whitespace()
+            .nth(2)
+            .unwrap(),
         s1.to_string()
     );
     let web = unique("web");
-    ilot.ok(&["app", "install", "hello", "--name", &web, "--domain", "www.serve.test"]);
+    ilot.ok(&[
+        "app",
+        "install",
+        "hello",
+        "--name",
+        &web,
+        "--domain",
+        "www.serve.test",
+    ]);
     assert_eq!(dig("www.serve.test", "A"), ["203.0.113.10"]);
     let s2 = serial(&ilot);
     assert_eq!(s2, s1 + 1);
@@ -302,12 +357,19 @@ fn served_zones_answer_every_record_signed() {
     let port = dns_port(&ilot);
     assert_eq!(serial(&ilot), s2, "a restart changes nothing");
     assert_eq!(
-        common::named::dig(port, "serve.test", "SOA").concat().split_whitespace().nth(2).unwrap(),
+        common::named::dig(port, "serve.test", "SOA")
+            .concat()
+            .split_whitespace()
+            .nth(2)
+            .unwrap(),
         s2.to_string()
     );
     // The DS for the parent is shown to the user.
     let out = ilot.ok(&["dns", "show"]);
-    assert!(out.contains("serve.test. IN DS ") && out.contains("served in serve.test."), "{out}");
+    assert!(
+        out.contains("serve.test. IN DS ") && out.contains("served in serve.test."),
+        "{out}"
+    );
 }
 
 #[test]
@@ -330,15 +392,32 @@ fn pushed_zones_follow_the_apps_and_keep_others_records() {
         ),
     );
     let web = unique("web");
-    ilot.ok(&["app", "install", "hello", "--name", &web, "--domain", "www.push.test"]);
+    ilot.ok(&[
+        "app",
+        "install",
+        "hello",
+        "--name",
+        &web,
+        "--domain",
+        "www.push.test",
+    ]);
     let v = ilot.json(&["dns", "apply"]);
-    assert_eq!(named.dig("www.push.test", "A"), ["203.0.113.10"], "{v}\n{}", named.log());
+    assert_eq!(
+        named.dig("www.push.test", "A"),
+        ["203.0.113.10"],
+        "{v}\n{}",
+        named.log()
+    );
 
     // A record ilot wants that someone else made is left to them, and never removed.
     ilot.ok(&["domain", "add", "taken.push.test", &web]);
     let v = ilot.json(&["dns", "apply"]);
     assert!(
-        v["pushed"][0]["foreign"].as_array().unwrap().iter().any(|r| r["name"] == "taken.push.test."),
+        v["pushed"][0]["foreign"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == "taken.push.test."),
         "{v}"
     );
     ilot.ok(&["domain", "remove", "taken.push.test"]);
@@ -348,22 +427,33 @@ fn pushed_zones_follow_the_apps_and_keep_others_records() {
     // A wrong key: refused, clearly, and nothing changes.
     std::fs::write(
         &key,
-        std::fs::read_to_string(named.key_file("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")).unwrap(),
+        std::fs::read_to_string(named.key_file("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="))
+            .unwrap(),
     )
     .unwrap();
     ilot.ok(&["app", "remove", &web]);
     let err = ilot.fails(&["dns", "apply"], 1);
-    assert!(err.contains("TSIG") && err.contains("nothing was changed"), "{err}");
+    assert!(
+        err.contains("TSIG") && err.contains("nothing was changed"),
+        "{err}"
+    );
     assert_eq!(named.dig("www.push.test", "A"), ["203.0.113.10"]);
     let events = ilot.ok(&["events"]);
     assert!(events.contains("dns-push-failed"), "{events}");
 
     // The right key again: ilot's record goes, everyone else's stays.
-    std::fs::write(&key, std::fs::read_to_string(named.key_file(&named.secret)).unwrap()).unwrap();
+    std::fs::write(
+        &key,
+        std::fs::read_to_string(named.key_file(&named.secret)).unwrap(),
+    )
+    .unwrap();
     let out = ilot.ok(&["dns", "apply"]);
     assert!(out.contains("- www.push.test. A 203.0.113.10"), "{out}");
     assert!(named.dig("www.push.test", "A").is_empty());
-    assert_eq!(named.dig("push.test", "TXT"), ["\"google-site-verification=abc\""]);
+    assert_eq!(
+        named.dig("push.test", "TXT"),
+        ["\"google-site-verification=abc\""]
+    );
     assert_eq!(named.dig("ns.push.test", "A"), ["192.0.2.53"]);
     assert_eq!(named.dig("taken.push.test", "A"), ["203.0.113.10"]);
     drop(named);
@@ -389,12 +479,26 @@ fn an_unreachable_primary_is_a_clear_error() {
         ),
     );
     let web = unique("web");
-    ilot.ok(&["app", "install", "hello", "--name", &web, "--domain", "www.down.test"]);
+    ilot.ok(&[
+        "app",
+        "install",
+        "hello",
+        "--name",
+        &web,
+        "--domain",
+        "www.down.test",
+    ]);
     let err = ilot.fails(&["dns", "apply"], 2);
-    assert!(err.contains("readable by other users") && err.contains("chmod 600"), "{err}");
+    assert!(
+        err.contains("readable by other users") && err.contains("chmod 600"),
+        "{err}"
+    );
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     let err = ilot.fails(&["dns", "apply"], 1);
-    assert!(err.contains("cannot be reached") && err.contains("nothing was changed"), "{err}");
+    assert!(
+        err.contains("cannot be reached") && err.contains("nothing was changed"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -412,8 +516,14 @@ fn diagnosis_names_each_problem_and_passes_a_correct_zone() {
          other IN A 203.0.113.99\n",
         soa("diag.test")
     );
-    let reverse = format!("{}10 IN PTR other.diag.test.\n", soa("113.0.203.in-addr.arpa"));
-    let listed = format!("{}10.113.0.203 IN A 127.0.0.2\n10.113.0.203 IN TXT \"listed for testing\"\n", soa("bl.test"));
+    let reverse = format!(
+        "{}10 IN PTR other.diag.test.\n",
+        soa("113.0.203.in-addr.arpa")
+    );
+    let listed = format!(
+        "{}10.113.0.203 IN A 127.0.0.2\n10.113.0.203 IN TXT \"listed for testing\"\n",
+        soa("bl.test")
+    );
     let mut named = common::named::Named::start(
         &dir,
         &[
@@ -433,7 +543,15 @@ fn diagnosis_names_each_problem_and_passes_a_correct_zone() {
     );
     add_mailer(&mut ilot);
     let mail = unique("mail");
-    ilot.ok(&["app", "install", "mailer", "--name", &mail, "--domain", "mail.diag.test"]);
+    ilot.ok(&[
+        "app",
+        "install",
+        "mailer",
+        "--name",
+        &mail,
+        "--domain",
+        "mail.diag.test",
+    ]);
 
     let run = |ilot: &Ilot| {
         let out = ilot.cli(&["diagnose", "--json"]);
@@ -451,19 +569,43 @@ fn diagnosis_names_each_problem_and_passes_a_correct_zone() {
     let (code, checks) = run(&ilot);
     assert_eq!(code, Some(1), "{checks:?}");
     let spf = find(&checks, "diag.test. TXT");
-    assert!(spf["status"] == "fail" && spf["seen"] == "v=spf1 a -all" && spf["expected"] == "v=spf1 mx -all", "{spf}");
+    assert!(
+        spf["status"] == "fail"
+            && spf["seen"] == "v=spf1 a -all"
+            && spf["expected"] == "v=spf1 mx -all",
+        "{spf}"
+    );
     let dkim = find(&checks, "ilot1._domainkey.diag.test. TXT");
-    assert!(dkim["status"] == "fail" && dkim["seen"] == "nothing", "{dkim}");
+    assert!(
+        dkim["status"] == "fail" && dkim["seen"] == "nothing",
+        "{dkim}"
+    );
     assert_eq!(find(&checks, "diag.test. MX")["status"], "ok");
     let ptr = find(&checks, "reverse DNS of 203.0.113.10");
-    assert!(ptr["status"] == "fail" && ptr["seen"].as_str().unwrap().contains("does not resolve back"), "{ptr}");
+    assert!(
+        ptr["status"] == "fail"
+            && ptr["seen"]
+                .as_str()
+                .unwrap()
+                .contains("does not resolve back"),
+        "{ptr}"
+    );
     let p25 = find(&checks, "outbound port 25");
-    assert!(p25["status"] == "fail" && p25["fix"].as_str().unwrap().contains("relay"), "{p25}");
+    assert!(
+        p25["status"] == "fail" && p25["fix"].as_str().unwrap().contains("relay"),
+        "{p25}"
+    );
     let bl = find(&checks, "blocklist bl.test");
-    assert!(bl["status"] == "fail" && bl["seen"].as_str().unwrap().contains("listed for testing"), "{bl}");
+    assert!(
+        bl["status"] == "fail" && bl["seen"].as_str().unwrap().contains("listed for testing"),
+        "{bl}"
+    );
     let human = ilot.cli(&["diagnose", "mail"]);
     let human = String::from_utf8_lossy(&human.stdout);
-    assert!(human.contains("FAIL  reverse DNS of 203.0.113.10") && human.contains("fix:"), "{human}");
+    assert!(
+        human.contains("FAIL  reverse DNS of 203.0.113.10") && human.contains("fix:"),
+        "{human}"
+    );
     assert!(ilot.ok(&["events"]).contains("dns-drift"));
 
     // The zone as ilot prints it, a PTR that confirms, no listing, port 25 answering:
@@ -471,7 +613,11 @@ fn diagnosis_names_each_problem_and_passes_a_correct_zone() {
     let snippet = ilot.ok(&["dns", "show", "--format", "zone"]);
     let forward: String = snippet
         .lines()
-        .filter(|l| l.split_whitespace().next().is_some_and(|n| n.ends_with("diag.test.")))
+        .filter(|l| {
+            l.split_whitespace()
+                .next()
+                .is_some_and(|n| n.ends_with("diag.test."))
+        })
         .map(|l| format!("{l}\n"))
         .collect();
     std::fs::write(
@@ -481,7 +627,10 @@ fn diagnosis_names_each_problem_and_passes_a_correct_zone() {
     .unwrap();
     std::fs::write(
         named.dir.join("113.0.203.in-addr.arpa.zone"),
-        format!("{}10 IN PTR mail.diag.test.\n", soa("113.0.203.in-addr.arpa")),
+        format!(
+            "{}10 IN PTR mail.diag.test.\n",
+            soa("113.0.203.in-addr.arpa")
+        ),
     )
     .unwrap();
     std::fs::write(named.dir.join("bl.test.zone"), soa("bl.test")).unwrap();
@@ -490,7 +639,10 @@ fn diagnosis_names_each_problem_and_passes_a_correct_zone() {
     let (code, checks) = run(&ilot);
     let bad: Vec<&serde_json::Value> = checks.iter().filter(|c| c["status"] != "ok").collect();
     assert!(bad.is_empty() && code == Some(0), "{bad:?}");
-    assert!(checks.len() >= 15, "every planned record is checked: {checks:?}");
+    assert!(
+        checks.len() >= 15,
+        "every planned record is checked: {checks:?}"
+    );
     drop(named);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -316,7 +316,9 @@ pub fn human(req: &Request, v: &Value) {
                 println!("No record to publish: no app is served at a domain.");
             } else {
                 table(&["NAME", "TYPE", "VALUE", "FOR", "WHERE"], rows);
-                println!("(long values are cut here: `ilot dns show --format zone` prints them whole)");
+                println!(
+                    "(long values are cut here: `ilot dns show --format zone` prints them whole)"
+                );
             }
             for z in v["zones"].as_array().into_iter().flatten() {
                 if let Some(ds) = z["ds"].as_str() {
@@ -338,7 +340,12 @@ pub fn human(req: &Request, v: &Value) {
         }
         Request::DnsApply { .. } => {
             for z in v["served"].as_array().into_iter().flatten() {
-                println!("served  {}  serial {}  {} records", s(&z["zone"]), s(&z["serial"]), s(&z["records"]));
+                println!(
+                    "served  {}  serial {}  {} records",
+                    s(&z["zone"]),
+                    s(&z["serial"]),
+                    s(&z["records"])
+                );
             }
             let dry = v["dry_run"] == Value::Bool(true);
             for z in v["pushed"].as_array().into_iter().flatten() {
@@ -354,7 +361,12 @@ pub fn human(req: &Request, v: &Value) {
                 );
                 for (k, sign) in [("added", "+"), ("removed", "-")] {
                     for r in z[k].as_array().into_iter().flatten() {
-                        println!("  {sign} {} {} {}", s(&r["name"]), s(&r["type"]), s(&r["value"]));
+                        println!(
+                            "  {sign} {} {} {}",
+                            s(&r["name"]),
+                            s(&r["type"]),
+                            s(&r["value"])
+                        );
                     }
                 }
             }
@@ -384,7 +396,12 @@ pub fn human(req: &Request, v: &Value) {
             }
             let fails = checks.iter().filter(|c| c["status"] == "fail").count();
             let warns = checks.iter().filter(|c| c["status"] == "warn").count();
-            println!("\n{} checks: {} failed, {} warnings", checks.len(), fails, warns);
+            println!(
+                "\n{} checks: {} failed, {} warnings",
+                checks.len(),
+                fails,
+                warns
+            );
         }
         Request::DomainList => {
             let rows: Vec<Vec<String>> = v

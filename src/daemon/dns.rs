@@ -112,7 +112,13 @@ impl Daemon {
                 }
             }
         }
-        if self.config.dns.zones.iter().any(|z| z.mode == ZoneMode::Push) {
+        if self
+            .config
+            .dns
+            .zones
+            .iter()
+            .any(|z| z.mode == ZoneMode::Push)
+        {
             let d = self.clone();
             tokio::spawn(async move {
                 if let Err(e) = d.push_zones(false).await {
@@ -140,7 +146,8 @@ impl Daemon {
             }
             // The serial moves only when the content does (hash kept in the store).
             let content = serve::content_text(origin, &nameservers, recs);
-            let hash = crate::state::hex(&<sha2::Sha256 as sha2::Digest>::digest(content.as_bytes()));
+            let hash =
+                crate::state::hex(&<sha2::Sha256 as sha2::Digest>::digest(content.as_bytes()));
             let key = format!("dns.serial.{origin}");
             let stored: Option<(u32, String)> = self
                 .store
@@ -191,11 +198,8 @@ impl Daemon {
             match self.push_zone(zone, origin, recs, dry_run).await {
                 Ok(v) => out.push(v),
                 Err(e) => {
-                    self.bus.publish(
-                        "dns-push-failed",
-                        None,
-                        format!("{origin}: {}", e.message),
-                    );
+                    self.bus
+                        .publish("dns-push-failed", None, format!("{origin}: {}", e.message));
                     out.push(json!({"zone": origin, "error": e.message, "hint": e.hint}));
                     first_error.get_or_insert(e);
                 }

@@ -380,10 +380,15 @@ impl Daemon {
         // MTA-STS: each mail domain's policy at https://mta-sts.DOMAIN/.well-known/mta-sts.txt
         let mut documents = std::collections::HashMap::new();
         for inst in self.instances.read().expect("instances lock").values() {
-            let Some(mx) = inst.domain.as_deref() else { continue };
+            let Some(mx) = inst.domain.as_deref() else {
+                continue;
+            };
             for m in crate::dns::mail_domains(inst) {
                 documents.insert(
-                    (format!("mta-sts.{m}"), "/.well-known/mta-sts.txt".to_string()),
+                    (
+                        format!("mta-sts.{m}"),
+                        "/.well-known/mta-sts.txt".to_string(),
+                    ),
                     crate::dns::mta_sts_policy(mx, self.config.acme.enabled),
                 );
             }

@@ -125,18 +125,28 @@ fn txt_tag(v: &str) -> &str {
 }
 
 /// Compares each planned record with what resolves.
-pub async fn dns_checks(r: &Resolver<TokioRuntimeProvider>, origin_of_record: &[Record]) -> Vec<Check> {
+pub async fn dns_checks(
+    r: &Resolver<TokioRuntimeProvider>,
+    origin_of_record: &[Record],
+) -> Vec<Check> {
     let mut groups: BTreeMap<(String, String), Vec<&Record>> = BTreeMap::new();
     for rec in origin_of_record {
-        groups.entry((rec.name.clone(), rec.kind.clone())).or_default().push(rec);
+        groups
+            .entry((rec.name.clone(), rec.kind.clone()))
+            .or_default()
+            .push(rec);
     }
     let mut out = Vec::new();
     for ((name, kind), recs) in groups {
         let subject = format!("{name} {kind}");
-        let Ok(wanted) = super::push::to_wire(".", &recs.iter().map(|r| (*r).clone()).collect::<Vec<_>>()) else {
+        let Ok(wanted) =
+            super::push::to_wire(".", &recs.iter().map(|r| (*r).clone()).collect::<Vec<_>>())
+        else {
             continue;
         };
-        let Some(rtype) = wanted.first().map(|w| w.record_type()) else { continue };
+        let Some(rtype) = wanted.first().map(|w| w.record_type()) else {
+            continue;
+        };
         let expected: Vec<String> = wanted.iter().map(|w| normal(&w.data)).collect();
         let mut c = check("dns", Status::Ok, subject);
         c.expected = expected.join(" | ");
@@ -149,7 +159,7 @@ pub async fn dns_checks(r: &Resolver<TokioRuntimeProvider>, origin_of_record: &[
             Seen::Nothing => {
                 c.status = Status::Fail;
                 c.seen = "nothing".into();
-                c.fix = format!("publish the record (`ilot dns show --format zone` prints it; `ilot dns apply` for served or pushed zones)");
+                c.fix = "publish the record (`ilot dns show --format zone` prints it; `ilot dns apply` for served or pushed zones)".to_string();
             }
             Seen::Values(v) => {
                 let mut seen: Vec<String> = v.iter().map(normal).collect();
@@ -157,7 +167,11 @@ pub async fn dns_checks(r: &Resolver<TokioRuntimeProvider>, origin_of_record: &[
                     let tags: Vec<&str> = expected.iter().map(|e| txt_tag(e)).collect();
                     seen.retain(|s| tags.contains(&txt_tag(s)));
                 }
-                c.seen = if seen.is_empty() { "nothing".into() } else { seen.join(" | ") };
+                c.seen = if seen.is_empty() {
+                    "nothing".into()
+                } else {
+                    seen.join(" | ")
+                };
                 let missing: Vec<&String> = expected.iter().filter(|e| !seen.contains(e)).collect();
                 let spf_count = seen.iter().filter(|s| txt_tag(s) == "v=spf1").count();
                 if spf_count > 1 {
@@ -168,7 +182,14 @@ pub async fn dns_checks(r: &Resolver<TokioRuntimeProvider>, origin_of_record: &[
                     c.fix = if seen.is_empty() {
                         "publish the record (`ilot dns show --format zone` prints it)".into()
                     } else {
-                        format!("replace it with the expected value ({})", missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" | "))
+                        format!(
+                            "replace it with the expected value ({})",
+                            missing
+                                .iter()
+                                .map(|s| s.as_str())
+                                .collect::<Vec<_>>()
+                                .join(" | ")
+                        )
                     };
                 }
             }
@@ -209,7 +230,10 @@ pub async fn mail_checks(
             .map(|h| format!("{h}. (the HELO name), which resolves back to {ip}"))
             .unwrap_or_else(|| format!("a name that resolves back to {ip}"));
         let names: Vec<String> = match lookup(r, &ptr_name, RecordType::PTR).await {
-            Seen::Values(v) => v.iter().map(|d| d.to_string().to_ascii_lowercase()).collect(),
+            Seen::Values(v) => v
+                .iter()
+                .map(|d| d.to_string().to_ascii_lowercase())
+                .collect(),
             Seen::Nothing => Vec::new(),
             Seen::Error(e) => {
                 c.status = Status::Warn;
@@ -231,7 +255,11 @@ pub async fn mail_checks(
             continue;
         }
         // Forward-confirm each name: it must resolve to the same address.
-        let kind = if ip.is_ipv4() { RecordType::A } else { RecordType::AAAA };
+        let kind = if ip.is_ipv4() {
+            RecordType::A
+        } else {
+            RecordType::AAAA
+        };
         let mut confirmed = Vec::new();
         for n in &names {
             if let Seen::Values(v) = lookup(r, n, kind).await {
@@ -243,7 +271,8 @@ pub async fn mail_checks(
         c.seen = format!("PTR {}", names.join(", "));
         if confirmed.is_empty() {
             c.status = Status::Fail;
-            c.seen.push_str(&format!(", which does not resolve back to {ip}"));
+            c.seen
+                .push_str(&format!(", which does not resolve back to {ip}"));
             c.fix = format!(
                 "make {} resolve to {ip} (an {kind} record), or change the PTR to a name that does",
                 names[0]
@@ -251,7 +280,8 @@ pub async fn mail_checks(
         } else if let Some(h) = host.hostname.as_deref() {
             if !confirmed.iter().any(|n| n.trim_end_matches('.') == h) {
                 c.status = Status::Fail;
-                c.seen.push_str(&format!(" (the mail server says HELO {h})"));
+                c.seen
+                    .push_str(&format!(" (the mail server says HELO {h})"));
                 c.fix = format!(
                     "the PTR of {ip} and the HELO name must match: set the PTR to {h}, or set [host] hostname = \"{}\"",
                     confirmed[0].trim_end_matches('.')
@@ -279,7 +309,11 @@ pub async fn mail_checks(
 async fn port25(target: &str) -> Check {
     let mut c = check("mail", Status::Ok, "outbound port 25");
     c.expected = format!("a connection to {target}");
-    let attempt = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(target)).await;
+    let attempt = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect(target),
+    )
+    .await;
     match attempt {
         Ok(Ok(_)) => c.seen = "connected".into(),
         Ok(Err(e)) => {
@@ -301,9 +335,20 @@ async fn port25(target: &str) -> Check {
     c
 }
 
-async fn blocklist(r: &Resolver<TokioRuntimeProvider>, ip: std::net::Ipv4Addr, list: &str) -> Check {
+async fn blocklist(
+    r: &Resolver<TokioRuntimeProvider>,
+    ip: std::net::Ipv4Addr,
+    list: &str,
+) -> Check {
     let o = ip.octets();
-    let q = format!("{}.{}.{}.{}.{}.", o[3], o[2], o[1], o[0], list.trim_end_matches('.'));
+    let q = format!(
+        "{}.{}.{}.{}.{}.",
+        o[3],
+        o[2],
+        o[1],
+        o[0],
+        list.trim_end_matches('.')
+    );
     let mut c = check("mail", Status::Ok, format!("blocklist {list}"));
     c.expected = format!("{ip} not listed");
     match lookup(r, &q, RecordType::A).await {
@@ -314,7 +359,11 @@ async fn blocklist(r: &Resolver<TokioRuntimeProvider>, ip: std::net::Ipv4Addr, l
             c.fix = "retry later".into();
         }
         Seen::Values(v) => {
-            let codes: Vec<String> = v.iter().filter_map(|d| d.ip_addr()).map(|a| a.to_string()).collect();
+            let codes: Vec<String> = v
+                .iter()
+                .filter_map(|d| d.ip_addr())
+                .map(|a| a.to_string())
+                .collect();
             c.seen = format!("answered {}", codes.join(", "));
             if codes.iter().all(|a| a.starts_with("127.255.255.")) {
                 // Spamhaus and others answer 127.255.255.x to refuse queries that come through

@@ -102,7 +102,9 @@ pub fn plan(inp: &Inputs, only: Option<&str>) -> (Vec<Record>, Vec<Finding>) {
     }
     let no_address = |domain: &str| Finding {
         domain: domain.to_string(),
-        problem: "the host's public address is not configured, so its A/AAAA records cannot be computed".into(),
+        problem:
+            "the host's public address is not configured, so its A/AAAA records cannot be computed"
+                .into(),
         fix: "set [host] ipv4 (and ipv6, if the host has one) in /etc/ilot/ilot.toml".into(),
     };
     for inst in inp.instances {
@@ -128,11 +130,18 @@ pub fn plan(inp: &Inputs, only: Option<&str>) -> (Vec<Record>, Vec<Finding>) {
         for domain in inst.domains() {
             web_name(domain, &mut push, &mut findings);
             for r in &inst.manifest.needs.dns {
-                push(absolute(&r.name, domain), &r.kind, presentation(r, domain), &reason);
+                push(
+                    absolute(&r.name, domain),
+                    &r.kind,
+                    presentation(r, domain),
+                    &reason,
+                );
             }
         }
         // A mail server: everything receiving servers and mail clients look up.
-        let Some(mx) = inst.domain.as_deref() else { continue };
+        let Some(mx) = inst.domain.as_deref() else {
+            continue;
+        };
         for m in mail_domains(inst) {
             let at = |label: &str| format!("{label}.{m}.");
             let apex = format!("{m}.");
@@ -155,20 +164,32 @@ pub fn plan(inp: &Inputs, only: Option<&str>) -> (Vec<Record>, Vec<Finding>) {
             match inp.dkim.get(&m).filter(|k| !k.is_empty()) {
                 Some(keys) => {
                     for (selector, value) in keys {
-                        push(at(&format!("{selector}._domainkey")), "TXT", txt(value), &reason);
+                        push(
+                            at(&format!("{selector}._domainkey")),
+                            "TXT",
+                            txt(value),
+                            &reason,
+                        );
                     }
                 }
                 None if wanted(&m) => findings.push(Finding {
                     domain: m.clone(),
                     problem: "no DKIM key yet, so mail from this domain is not signed".into(),
-                    fix: "the key is generated when the mail app starts; run `ilot dns show` again".into(),
+                    fix: "the key is generated when the mail app starts; run `ilot dns show` again"
+                        .into(),
                 }),
                 None => {}
             }
             // MTA-STS: the TXT record's id changes whenever the policy does.
             let policy = mta_sts_policy(mx, inp.acme);
-            let id = &crate::state::hex(&<sha2::Sha256 as sha2::Digest>::digest(policy.as_bytes()))[..16];
-            push(at("_mta-sts"), "TXT", txt(&format!("v=STSv1; id={id}")), &reason);
+            let id = &crate::state::hex(&<sha2::Sha256 as sha2::Digest>::digest(policy.as_bytes()))
+                [..16];
+            push(
+                at("_mta-sts"),
+                "TXT",
+                txt(&format!("v=STSv1; id={id}")),
+                &reason,
+            );
             web_name(&format!("mta-sts.{m}"), &mut push, &mut findings);
             push(
                 at("_smtp._tls"),
@@ -177,8 +198,18 @@ pub fn plan(inp: &Inputs, only: Option<&str>) -> (Vec<Record>, Vec<Finding>) {
                 &reason,
             );
             // RFC 6186 (mail clients find their servers) and RFC 8314 (implicit TLS first).
-            push(at("_submissions._tcp"), "SRV", format!("0 1 465 {mx}."), &reason);
-            push(at("_submission._tcp"), "SRV", format!("0 1 587 {mx}."), &reason);
+            push(
+                at("_submissions._tcp"),
+                "SRV",
+                format!("0 1 465 {mx}."),
+                &reason,
+            );
+            push(
+                at("_submission._tcp"),
+                "SRV",
+                format!("0 1 587 {mx}."),
+                &reason,
+            );
             push(at("_imaps._tcp"), "SRV", format!("0 1 993 {mx}."), &reason);
             push(at("_imap._tcp"), "SRV", "0 0 0 .".into(), &reason);
             push(at("_pop3._tcp"), "SRV", "0 0 0 .".into(), &reason);
@@ -458,7 +489,14 @@ mod tests {
             aliases: vec![],
             settings: Default::default(),
             secrets: Default::default(),
-            images: [("web".to_string(), PinnedImage { reference: "r".into(), id: "i".into() })].into(),
+            images: [(
+                "web".to_string(),
+                PinnedImage {
+                    reference: "r".into(),
+                    id: "i".into(),
+                },
+            )]
+            .into(),
             running: true,
             status: Status::Running,
             message: None,
@@ -471,21 +509,52 @@ mod tests {
             ..Default::default()
         };
         let dns = crate::config::DnsConfig::default();
-        let dkim = [("example.org".to_string(), vec![("ilot1".to_string(), "v=DKIM1; k=rsa; p=AAAA".to_string())])].into();
+        let dkim = [(
+            "example.org".to_string(),
+            vec![("ilot1".to_string(), "v=DKIM1; k=rsa; p=AAAA".to_string())],
+        )]
+        .into();
         let insts = [inst];
-        let inputs = Inputs { instances: &insts, host: &host, dns: &dns, caa_issuer: None, acme: false, dkim: &dkim };
+        let inputs = Inputs {
+            instances: &insts,
+            host: &host,
+            dns: &dns,
+            caa_issuer: None,
+            acme: false,
+            dkim: &dkim,
+        };
         let (records, findings) = plan(&inputs, None);
         assert!(findings.is_empty(), "{findings:?}");
-        let has = |n: &str, t: &str, v: &str| records.iter().any(|r| r.name == n && r.kind == t && r.value.contains(v));
+        let has = |n: &str, t: &str, v: &str| {
+            records
+                .iter()
+                .any(|r| r.name == n && r.kind == t && r.value.contains(v))
+        };
         assert!(has("example.org.", "MX", "10 mail.example.org."));
         assert!(has("example.org.", "TXT", "v=spf1 mx -all"));
-        assert!(has("ilot1._domainkey.example.org.", "TXT", "v=DKIM1; k=rsa; p=AAAA"));
-        assert!(has("_dmarc.example.org.", "TXT", "v=DMARC1; p=quarantine; rua=mailto:postmaster@example.org"));
+        assert!(has(
+            "ilot1._domainkey.example.org.",
+            "TXT",
+            "v=DKIM1; k=rsa; p=AAAA"
+        ));
+        assert!(has(
+            "_dmarc.example.org.",
+            "TXT",
+            "v=DMARC1; p=quarantine; rua=mailto:postmaster@example.org"
+        ));
         assert!(has("_mta-sts.example.org.", "TXT", "v=STSv1; id="));
         assert!(has("mta-sts.example.org.", "A", "192.0.2.1"));
         assert!(has("_smtp._tls.example.org.", "TXT", "v=TLSRPTv1"));
-        assert!(has("_submissions._tcp.example.org.", "SRV", "0 1 465 mail.example.org."));
-        assert!(has("_imaps._tcp.example.org.", "SRV", "0 1 993 mail.example.org."));
+        assert!(has(
+            "_submissions._tcp.example.org.",
+            "SRV",
+            "0 1 465 mail.example.org."
+        ));
+        assert!(has(
+            "_imaps._tcp.example.org.",
+            "SRV",
+            "0 1 993 mail.example.org."
+        ));
         assert!(has("1.2.0.192.in-addr.arpa.", "PTR", "mail.example.org."));
         assert!(mta_sts_policy("mail.example.org", false).contains("mode: testing"));
     }

@@ -12,7 +12,9 @@ use hickory_net::client::Client;
 use hickory_net::runtime::TokioRuntimeProvider;
 use hickory_net::tcp::TcpClientStream;
 use hickory_net::xfer::{DnsHandle, DnsMultiplexer};
-use hickory_proto::op::{DnsRequest, DnsRequestOptions, Message, OpCode, Query, ResponseCode, UpdateMessage};
+use hickory_proto::op::{
+    DnsRequest, DnsRequestOptions, Message, OpCode, Query, ResponseCode, UpdateMessage,
+};
 use hickory_proto::rr::rdata::tsig::TsigAlgorithm;
 use hickory_proto::rr::{DNSClass, Name, RecordType, TSigner};
 use serde::Serialize;
@@ -51,8 +53,11 @@ pub fn algorithm(name: &str) -> std::result::Result<TsigAlgorithm, String> {
 pub fn read_secret(path: &std::path::Path) -> Result<Vec<u8>> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).map_err(|e| {
-        Error::bad_input(format!("cannot read the TSIG secret {}: {e}", path.display()))
-            .hint("check [[dns.zones]] tsig_secret_file")
+        Error::bad_input(format!(
+            "cannot read the TSIG secret {}: {e}",
+            path.display()
+        ))
+        .hint("check [[dns.zones]] tsig_secret_file")
     })?;
     if meta.mode() & 0o077 != 0 {
         return Err(Error::bad_input(format!(
@@ -85,7 +90,8 @@ pub fn to_wire(origin: &str, records: &[Record]) -> Result<Vec<hickory_proto::rr
     if records.is_empty() {
         return Ok(Vec::new());
     }
-    let name = Name::from_ascii(origin).map_err(|e| Error::bad_input(format!("zone {origin}: {e}")))?;
+    let name =
+        Name::from_ascii(origin).map_err(|e| Error::bad_input(format!("zone {origin}: {e}")))?;
     let text: String = records
         .iter()
         .map(|r| format!("{} {} IN {} {}\n", r.name, r.ttl, r.kind, r.value))
@@ -108,7 +114,11 @@ struct Session {
 impl Session {
     async fn connect(zone: &ZoneConfig, origin: &str) -> Result<Session> {
         let server = zone.server.expect("checked with the config");
-        let key = read_secret(zone.tsig_secret_file.as_deref().expect("checked with the config"))?;
+        let key = read_secret(
+            zone.tsig_secret_file
+                .as_deref()
+                .expect("checked with the config"),
+        )?;
         let key_name = zone.tsig_key.as_deref().expect("checked with the config");
         let signer = TSigner::new(
             key,
@@ -150,12 +160,14 @@ impl Session {
     fn refused(&self, what: &str) -> Error {
         let lower = what.to_lowercase();
         // A server that rejects the key answers BADKEY/BADSIG, with a truncated or missing MAC.
-        let what = if lower.contains("hmac") || lower.contains("tsig") || lower.contains("signature") {
-            "the server rejected ilot's TSIG signature (BADSIG or BADKEY)"
-        } else {
-            what
-        };
-        let hint = if what.contains("NOTAUTH") || what.contains("NotAuth") || what.contains("TSIG") {
+        let what =
+            if lower.contains("hmac") || lower.contains("tsig") || lower.contains("signature") {
+                "the server rejected ilot's TSIG signature (BADSIG or BADKEY)"
+            } else {
+                what
+            };
+        let hint = if what.contains("NOTAUTH") || what.contains("NotAuth") || what.contains("TSIG")
+        {
             "the server did not accept ilot's TSIG key: check tsig_key, tsig_algorithm and the \
              secret against the server's key (and that both clocks are right)"
         } else if what.contains("REFUSED") || what.contains("Refused") {
@@ -174,22 +186,38 @@ impl Session {
     }
 
     /// The records the server holds at `name`/`kind` (the query is signed too).
-    async fn existing(&self, name: &Name, kind: RecordType) -> Result<Vec<hickory_proto::rr::Record>> {
+    async fn existing(
+        &self,
+        name: &Name,
+        kind: RecordType,
+    ) -> Result<Vec<hickory_proto::rr::Record>> {
         let mut m = Message::query();
         m.add_query(Query::query(name.clone(), kind));
         let reply = self.exchange(m).await;
         match reply {
-            Ok(r) => Ok(r.answers.into_iter().filter(|a| a.record_type() == kind).collect()),
+            Ok(r) => Ok(r
+                .answers
+                .into_iter()
+                .filter(|a| a.record_type() == kind)
+                .collect()),
             // NXDOMAIN and friends: nothing there.
-            Err(e) if e.message.contains("NXDomain") || e.message.contains("NXDOMAIN") || e.message.contains("no records") => Ok(Vec::new()),
+            Err(e)
+                if e.message.contains("NXDomain")
+                    || e.message.contains("NXDOMAIN")
+                    || e.message.contains("no records") =>
+            {
+                Ok(Vec::new())
+            }
             Err(e) => Err(e),
         }
     }
 }
 
 fn unreachable_server(server: SocketAddr, why: &str) -> Error {
-    Error::failed(format!("DNS server {server} cannot be reached: {why}; nothing was changed"))
-        .hint("check [[dns.zones]] server and that the server listens on TCP")
+    Error::failed(format!(
+        "DNS server {server} cannot be reached: {why}; nothing was changed"
+    ))
+    .hint("check [[dns.zones]] server and that the server listens on TCP")
 }
 
 /// Brings the zone to `desired`, given what ilot pushed before (`owned`).

@@ -58,7 +58,10 @@ pub struct ZoneHead<'a> {
 pub fn content_text(origin: &str, nameservers: &[String], records: &[Record]) -> String {
     let mut text = String::new();
     for ns in nameservers {
-        text.push_str(&format!("{origin} 3600 IN NS {}.\n", ns.trim_end_matches('.')));
+        text.push_str(&format!(
+            "{origin} 3600 IN NS {}.\n",
+            ns.trim_end_matches('.')
+        ));
     }
     for r in records {
         text.push_str(&format!("{} {} IN {} {}\n", r.name, r.ttl, r.kind, r.value));
@@ -81,8 +84,8 @@ pub fn build_zone(
     records: &[Record],
     key: Option<&Path>,
 ) -> Result<BuiltZone> {
-    let name = Name::from_ascii(origin)
-        .map_err(|e| Error::bad_input(format!("zone {origin}: {e}")))?;
+    let name =
+        Name::from_ascii(origin).map_err(|e| Error::bad_input(format!("zone {origin}: {e}")))?;
     let hostmaster = head.hostmaster.replacen('@', ".", 1);
     // hickory's signing bumps the serial once; start one lower so the served serial is ours.
     let soa_serial = if key.is_some() {
@@ -103,7 +106,10 @@ pub fn build_zone(
     let (_, rrsets) = hickory_proto::serialize::txt::Parser::new(text, None, Some(name.clone()))
         .parse()
         .map_err(|e| Error::failed(format!("zone {origin}: cannot be built: {e}")))?;
-    let count = rrsets.values().map(|s| s.records_without_rrsigs().count()).sum();
+    let count = rrsets
+        .values()
+        .map(|s| s.records_without_rrsigs().count())
+        .sum();
     let mut zone = InMemoryZoneHandler::<hickory_server::net::runtime::TokioRuntimeProvider>::new(
         name.clone(),
         rrsets,
@@ -160,8 +166,11 @@ fn load_or_create_key(path: &Path) -> Result<EcdsaSigningKey> {
         }
     };
     EcdsaSigningKey::from_pkcs8(&PrivatePkcs8KeyDer::from(der), algorithm).map_err(|e| {
-        Error::failed(format!("the DNSSEC key {} is unusable: {e}", path.display()))
-            .hint("move it away to have a new key generated, then give the new DS to the parent zone")
+        Error::failed(format!(
+            "the DNSSEC key {} is unusable: {e}",
+            path.display()
+        ))
+        .hint("move it away to have a new key generated, then give the new DS to the parent zone")
     })
 }
 

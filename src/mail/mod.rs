@@ -48,7 +48,11 @@ fn read_keys(dir: &Path) -> Result<Vec<(String, String)>> {
     for e in entries.flatten() {
         let path = e.path();
         if path.extension().is_some_and(|x| x == "txt") && path.with_extension("key").exists() {
-            let selector = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+            let selector = path
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
             let value = std::fs::read_to_string(&path)
                 .map_err(|e| Error::failed(format!("cannot read {}: {e}", path.display())))?;
             out.push((selector, value.trim().to_string()));

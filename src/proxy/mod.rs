@@ -115,7 +115,7 @@ impl Proxy {
         documents: HashMap<(String, String), String>,
     ) -> Result<()> {
         for targets in routes.values_mut() {
-            targets.sort_by(|a, b| b.path.len().cmp(&a.path.len()));
+            targets.sort_by_key(|t| std::cmp::Reverse(t.path.len()));
         }
         let mut hosts: Vec<String> = routes.keys().cloned().collect();
         hosts.extend(documents.keys().map(|(h, _)| h.clone()));

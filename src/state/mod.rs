@@ -224,7 +224,10 @@ impl Store {
     /// A small value kept by a subsystem (zone serials, what was pushed to DNS).
     pub fn meta(&self, key: &str) -> Result<Option<String>> {
         let tx = self.db.begin_read()?;
-        let v = tx.open_table(META)?.get(key)?.map(|v| v.value().to_string());
+        let v = tx
+            .open_table(META)?
+            .get(key)?
+            .map(|v| v.value().to_string());
         Ok(v)
     }
 
@@ -394,6 +397,11 @@ pub fn format_utc(t: u64) -> String {
     )
 }
 
+/// Lowercase hex of a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -422,9 +430,4 @@ mod tests {
         drop(store);
         std::fs::remove_dir_all(dir).unwrap();
     }
-}
-
-/// Lowercase hex of a digest.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -86,7 +86,9 @@ impl Named {
     /// A file holding the key as tsig-keygen writes it (0600, as ilot demands).
     pub fn key_file(&self, secret: &str) -> PathBuf {
         use std::os::unix::fs::PermissionsExt;
-        let path = self.dir.join(format!("key-{}", &secret[..4].replace('/', "_")));
+        let path = self
+            .dir
+            .join(format!("key-{}", &secret[..4].replace('/', "_")));
         std::fs::write(
             &path,
             format!(
@@ -115,7 +117,14 @@ impl Drop for Named {
 /// `dig +short +norecurse @127.0.0.1 -p PORT NAME TYPE`, one answer per line (sorted).
 pub fn dig(port: u16, name: &str, kind: &str) -> Vec<String> {
     let out = Command::new("dig")
-        .args(["+short", "+norecurse", "+time=2", "+tries=2", "@127.0.0.1", "-p"])
+        .args([
+            "+short",
+            "+norecurse",
+            "+time=2",
+            "+tries=2",
+            "@127.0.0.1",
+            "-p",
+        ])
         .arg(port.to_string())
         .args([name, kind])
         .output()
@@ -148,14 +157,22 @@ impl Named {
                 .spawn()
                 .unwrap();
             while !self.log().contains("running") && self.child.try_wait().unwrap().is_none() {
-                assert!(Instant::now() < deadline, "named did not restart:\n{}", self.log());
+                assert!(
+                    Instant::now() < deadline,
+                    "named did not restart:\n{}",
+                    self.log()
+                );
                 std::thread::sleep(Duration::from_millis(50));
             }
             if self.log().contains("running") {
                 return;
             }
             // The port was not free yet: try again.
-            assert!(Instant::now() < deadline, "named did not restart:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "named did not restart:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
