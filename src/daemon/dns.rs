@@ -11,6 +11,18 @@ use std::sync::Arc;
 
 /// Served zones are re-signed this often (signatures last `serve::SIGNATURE_VALIDITY`).
 pub const RESIGN_EVERY: std::time::Duration = std::time::Duration::from_secs(86400);
+/// How often the daemon checks for zones to re-sign and failed pushes to retry.
+pub const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A served zone as last built: its content hash and serial, when it was signed, and the zone.
+pub struct Built {
+    hash: String,
+    serial: u32,
+    at: u64,
+    handler: Arc<dyn hickory_server::zone_handler::ZoneHandler>,
+    info: serve::ZoneInfo,
+}
+pub type BuiltCache = std::collections::HashMap<String, Built>;
 
 impl Daemon {
     /// Every record the host and its apps need, and what could not be computed.
@@ -128,6 +140,29 @@ impl Daemon {
         }
     }
 
+    /// The minute tick: rebuild when a served zone is due for new signatures, push again when
+    /// the last push failed.
+    pub(super) fn refresh_dns_if_due(self: &Arc<Self>) {
+        let now = crate::state::now();
+        let resign = self
+            .dns_built
+            .lock()
+            .expect("dns cache lock")
+            .values()
+            .any(|b| now.saturating_sub(b.at) >= RESIGN_EVERY.as_secs());
+        if resign {
+            self.refresh_dns();
+        } else if self
+            .dns_push_failed
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            let d = self.clone();
+            tokio::spawn(async move {
+                let _ = d.push_zones(false).await;
+            });
+        }
+    }
+
     fn build_served_zones(&self, records: &[Record]) -> Result<Vec<serve::BuiltZone>> {
         let split = dns::zones::split(records, &self.config.dns.zones);
         let nameservers: Vec<String> = if self.config.dns.nameservers.is_empty() {
@@ -173,13 +208,43 @@ impl Daemon {
                 hostmaster: &hostmaster,
                 serial,
             };
+            // Unchanged and signed recently: serve the zone as it is (signing costs ~10 ms).
+            let now = crate::state::now();
+            let mut cache = self.dns_built.lock().expect("dns cache lock");
+            if let Some(b) = cache.get(origin).filter(|b| {
+                b.hash == hash
+                    && b.serial == serial
+                    && now.saturating_sub(b.at) < RESIGN_EVERY.as_secs()
+            }) {
+                built.push(serve::BuiltZone {
+                    origin: b
+                        .info
+                        .zone
+                        .parse()
+                        .map_err(|e| Error::failed(format!("zone {origin}: {e}")))?,
+                    handler: b.handler.clone(),
+                    info: b.info.clone(),
+                });
+                continue;
+            }
             let key_path = serve::key_path(&self.config.daemon.state_dir, origin);
-            built.push(serve::build_zone(
+            let zone = serve::build_zone(
                 origin,
                 &head,
                 recs,
                 zone.dnssec.then_some(key_path.as_path()),
-            )?);
+            )?;
+            cache.insert(
+                origin.clone(),
+                Built {
+                    hash,
+                    serial,
+                    at: now,
+                    handler: zone.handler.clone(),
+                    info: zone.info.clone(),
+                },
+            );
+            built.push(zone);
         }
         Ok(built)
     }
@@ -204,6 +269,10 @@ impl Daemon {
                     first_error.get_or_insert(e);
                 }
             }
+        }
+        if !dry_run {
+            self.dns_push_failed
+                .store(first_error.is_some(), std::sync::atomic::Ordering::SeqCst);
         }
         match first_error {
             // Several zones: report each; fail the command when any failed.

@@ -44,6 +44,10 @@ pub struct Daemon {
     dns_server_error: Option<String>,
     /// One RFC 2136 push at a time.
     dns_push_lock: tokio::sync::Mutex<()>,
+    /// The last push failed: it is retried every minute until it succeeds.
+    dns_push_failed: std::sync::atomic::AtomicBool,
+    /// Served zones as last built, to skip re-signing an unchanged zone.
+    dns_built: std::sync::Mutex<dns::BuiltCache>,
     /// True once the journal has been recovered: the daemon then serves every request.
     ready: std::sync::atomic::AtomicBool,
     started: Instant,
@@ -61,11 +65,14 @@ pub fn run(config_path: Option<&Path>) -> i32 {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
+    // hickory-server logs every query at INFO (and a spurious WARN per answer in 0.26): that
+    // would flood the journal of an exposed server, and costs a third of its throughput.
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ILOT_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                .unwrap_or_else(|_| "info,hickory_server=error,hickory_proto=error".into()),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -136,6 +143,8 @@ async fn serve(config: Config, config_path: Option<PathBuf>, catalog: Catalog) -
         dns_server,
         dns_server_error,
         dns_push_lock: tokio::sync::Mutex::new(()),
+        dns_push_failed: std::sync::atomic::AtomicBool::new(false),
+        dns_built: Default::default(),
         config,
         config_path,
         catalog,
@@ -155,10 +164,11 @@ async fn serve(config: Config, config_path: Option<PathBuf>, catalog: Catalog) -
     daemon.refresh_dns();
     let d = daemon.clone();
     tokio::spawn(async move {
-        // Served zones are re-signed before their signatures expire.
+        // Served zones are re-signed before their signatures expire (a zone older than
+        // RESIGN_EVERY is rebuilt), and a failed push is tried again.
         loop {
-            tokio::time::sleep(dns::RESIGN_EVERY).await;
-            d.refresh_dns();
+            tokio::time::sleep(dns::RETRY_EVERY).await;
+            d.refresh_dns_if_due();
         }
     });
     tracing::info!(socket = %daemon.config.daemon.socket.display(), owner = %daemon.owner, "ilot daemon listening");

@@ -370,8 +370,9 @@ fn check(r: &DnsRecord, zone_types: bool) -> Result<(), String> {
 
 /// A zone-file snippet for the records.
 pub fn zone_snippet(records: &[Record]) -> String {
-    let mut out =
-        String::from("; Records for the apps ilot serves. Paste them at your DNS provider.\n");
+    let mut out = String::from(
+        "; DNS records of the host and the apps ilot serves (ilot dns show --format zone).\n",
+    );
     for r in records {
         out.push_str(&format!(
             "{}\t{}\tIN\t{}\t{}\n",

@@ -240,16 +240,34 @@ pub async fn push(
         .filter(|o| !desired.iter().any(|d| same(d, o)))
         .cloned()
         .collect();
+    // Already on the server, and not ours: someone else's record. Leave it, never own it.
+    // The questions go 16 at a time on the one connection (200 in a row cost 200 round trips).
+    let candidates: Vec<Record> = desired
+        .iter()
+        .filter(|d| !owned.iter().any(|o| same(d, o)))
+        .cloned()
+        .collect();
+    let session_ref = &session;
+    let answers: Vec<Result<(Record, bool)>> = futures_util::stream::iter(candidates)
+        .map(move |d: Record| async move {
+            let wire = to_wire(origin, std::slice::from_ref(&d))?;
+            let Some(w) = wire.first() else {
+                return Ok((d, false));
+            };
+            let there = session_ref.existing(&w.name, w.record_type()).await?;
+            let foreign = there.iter().any(|t| t.data == w.data);
+            Ok((d, foreign))
+        })
+        .buffered(16)
+        .collect()
+        .await;
     let mut added = Vec::new();
-    for d in desired.iter().filter(|d| !owned.iter().any(|o| same(d, o))) {
-        // Already on the server, and not ours: someone else's record. Leave it, never own it.
-        let wire = to_wire(origin, std::slice::from_ref(d))?;
-        let Some(w) = wire.first() else { continue };
-        let there = session.existing(&w.name, w.record_type()).await?;
-        if there.iter().any(|t| t.data == w.data) {
-            out.foreign.push(d.clone());
+    for a in answers {
+        let (d, foreign) = a?;
+        if foreign {
+            out.foreign.push(d);
         } else {
-            added.push(d.clone());
+            added.push(d);
         }
     }
     out.owned = owned

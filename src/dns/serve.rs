@@ -115,7 +115,8 @@ pub fn build_zone(
         rrsets,
         ZoneType::Primary,
         AxfrPolicy::Deny,
-        Some(NxProofKind::Nsec),
+        // Denial proofs only for signed zones.
+        key.is_some().then_some(NxProofKind::Nsec),
     )
     .map_err(|e| Error::failed(format!("zone {origin}: {e}")))?;
     let mut info = ZoneInfo {

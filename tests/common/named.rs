@@ -68,7 +68,7 @@ impl Named {
             child,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !named.log().contains("running") {
+        while !named.running() {
             assert!(
                 Instant::now() < deadline,
                 "named did not start:\n{}",
@@ -77,6 +77,11 @@ impl Named {
             std::thread::sleep(Duration::from_millis(50));
         }
         named
+    }
+
+    /// named's last start-up line is "... running" (an earlier one says "running on Linux").
+    fn running(&self) -> bool {
+        self.log().lines().any(|l| l.ends_with(" running"))
     }
 
     pub fn log(&self) -> String {
@@ -156,7 +161,7 @@ impl Named {
                 .stderr(log_file)
                 .spawn()
                 .unwrap();
-            while !self.log().contains("running") && self.child.try_wait().unwrap().is_none() {
+            while !self.running() && self.child.try_wait().unwrap().is_none() {
                 assert!(
                     Instant::now() < deadline,
                     "named did not restart:\n{}",
@@ -164,7 +169,7 @@ impl Named {
                 );
                 std::thread::sleep(Duration::from_millis(50));
             }
-            if self.log().contains("running") {
+            if self.running() {
                 return;
             }
             // The port was not free yet: try again.
