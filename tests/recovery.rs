@@ -12,7 +12,7 @@ fn converged_running(ilot: &Ilot, name: &str) {
     assert_eq!(containers, vec![format!("ilot-{name}-web")]);
     assert_eq!(networks, vec![format!("ilot-{name}")]);
     assert_eq!(volumes, vec![format!("ilot-{name}-data")]);
-    assert_eq!(http_get(&ilot.url(name)).0, 200);
+    assert_eq!(http_get_eventually(&ilot.url(name)).0, 200);
     let plan = ilot.ok(&["plan"]);
     assert!(plan.contains("Nothing to do"), "{plan}");
 }

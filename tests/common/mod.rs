@@ -312,31 +312,51 @@ impl Drop for Ilot {
     }
 }
 
+/// `http_get`, tried again for up to 20 s while the connection fails: a container the
+/// reconciler has just recreated runs before its server listens, and Docker's port proxy
+/// accepts the connection and then drops it.
+pub fn http_get_eventually(url: &str) -> (u16, String) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match try_http_get(url) {
+            Ok(r) if r.0 != 0 => return r,
+            r if Instant::now() >= deadline => {
+                panic!("GET {url}: {r:?}")
+            }
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
 /// A plain HTTP/1.0 GET against "http://host:port/path"; returns (status, body).
 pub fn http_get(url: &str) -> (u16, String) {
+    try_http_get(url).unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+pub fn try_http_get(url: &str) -> std::io::Result<(u16, String)> {
     let rest = url.strip_prefix("http://").expect("http url");
     let (host, path) = rest
         .split_once('/')
         .map(|(h, p)| (h, format!("/{p}")))
         .unwrap_or((rest, "/".into()));
-    let mut s = TcpStream::connect(host).unwrap_or_else(|e| panic!("connect {host}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
+    let mut s = TcpStream::connect(host)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
     let mut reader = BufReader::new(s);
     let mut status = String::new();
-    reader.read_line(&mut status).unwrap();
+    reader.read_line(&mut status)?;
     let code = status
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     let mut rest = String::new();
-    reader.read_to_string(&mut rest).unwrap();
+    reader.read_to_string(&mut rest)?;
     let body = rest
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
-    (code, body)
+    Ok((code, body))
 }
 
 /// sha256 of every file in a volume, read through a throwaway container (the image has
