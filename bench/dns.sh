@@ -5,10 +5,10 @@
 #
 # 1. Queries per second: dnsperf -c 8 -T 2 -l 10 (no rate limit) against ilot's DNS server
 #    (`serve` mode) and against BIND's named serving the same zone on 127.0.0.1, alternating
-#    (ilot, ilot with a quiet log, named) for 3 rounds after a 2 s warm-up of each; medians of
-#    queries/s, average latency, and each server's CPU time per 1000 queries (from /proc). Two
-#    zones hold the same records (200 A, 10 AAAA, 20 TXT, 5 CNAME, MX and TXT at the apex, plus
-#    ilot's own SOA, NS and host A): bench.test, unsigned on both sides (ilot `dnssec = false`),
+#    (ilot, named) for 3 rounds after a 2 s warm-up of each; medians of queries/s, average
+#    latency, and each server's CPU time per 1000 queries (from /proc). Two zones hold the same
+#    records (200 A, 10 AAAA, 20 TXT, 5 CNAME, MX and TXT at the apex, plus ilot's own SOA, NS
+#    and host A): bench.test, unsigned on both sides (ilot `dnssec = false`),
 #    and sig.test, DNSSEC-signed on both sides (ilot `dnssec = true`; named `dnssec-policy
 #    default` with inline signing: ECDSA P-256 and NSEC, as ilot) and queried with the DO bit
 #    (dnsperf -D). The query file cycles through every name of the zone (mostly A, some
@@ -17,11 +17,9 @@
 #    named-checkzone, and both servers' answers to every query of the files are compared before
 #    measuring. Both servers get the same threads: ilot's daemon has 2 tokio workers, named runs
 #    with -n 2.
-#    "ilot" is the daemon as shipped (default log filter, stderr to a file). With it, the
-#    hickory-server library logs 2-3 lines per query (INFO) plus a WARN per positive answer, so a
-#    second daemon with the same zones runs with ILOT_LOG=info,hickory_server=error ("ilot, quiet
-#    log") to show what the server costs without that. The bytes each daemon logs per query are
-#    printed; the per-query lines are not kept in target/bench (hundreds of MB per run).
+#    "ilot" is the daemon as shipped (default log filter: ILOT_LOG unset; stderr to a file). The
+#    bytes it logs per query are printed and the lines from hickory (its DNS library) counted:
+#    both should be 0 (hickory logs every query at INFO; ilot's default filter silences it).
 # 2. RFC 2136 push: the time `ilot dns apply` takes to add 200 records (150 A, 50 TXT, from the
 #    `records` of a `mode = "push"` zone push.test) to named over TCP with TSIG (hmac-sha256,
 #    a tsig-keygen key file), against `nsupdate -v -k KEYFILE` sending the same 200 adds in one
@@ -40,13 +38,12 @@
 #
 # Environment:
 #   ILOT_BIN                  the binary (default target/release/ilot; built if missing)
-#   ILOT_BENCH_ROUNDS         rounds of (ilot, ilot quiet, named) and of (ilot dns apply,
-#                             nsupdate) (default 3)
+#   ILOT_BENCH_ROUNDS         rounds of (ilot, named) and of (ilot dns apply, nsupdate)
+#                             (default 3)
 #   ILOT_BENCH_DURATION       seconds per measured dnsperf run (default 10)
 #   ILOT_BENCH_CLIENTS        dnsperf clients, -c (default 8)
 #   ILOT_BENCH_THREADS        dnsperf threads, -T (default 2)
 #   ILOT_BENCH_DNSSEC         0 skips the signed zone's runs (default 1)
-#   ILOT_BENCH_QUIET          0 skips the quiet-log daemon's runs (default 1)
 #   ILOT_BENCH_PUSH           0 skips the RFC 2136 part (default 1)
 #   ILOT_BENCH_OUT            where results are kept (default target/bench)
 set -euo pipefail
@@ -67,10 +64,8 @@ DURATION=${ILOT_BENCH_DURATION:-10}
 CLIENTS=${ILOT_BENCH_CLIENTS:-8}
 THREADS=${ILOT_BENCH_THREADS:-2}
 RUN_DNSSEC=${ILOT_BENCH_DNSSEC:-1}
-RUN_QUIET=${ILOT_BENCH_QUIET:-1}
 RUN_PUSH=${ILOT_BENCH_PUSH:-1}
 WARMUP_S=2
-QUIET_FILTER=info,hickory_server=error   # ILOT_LOG of the quiet-log daemon
 ZONE=bench.test         # unsigned on both sides
 SZONE=sig.test          # signed on both sides
 PZONE=push.test         # named's, updated by ilot (mode = "push") and by nsupdate
@@ -81,7 +76,7 @@ N_PUSH_TXT=50
 N_PUSH=$((N_PUSH_A + N_PUSH_TXT))
 OUT_DIR=${ILOT_BENCH_OUT:-$ROOT/target/bench}
 BIN_SRC=${ILOT_BIN:-$ROOT/target/release/ilot}
-INVOCATION="bench/dns.sh (ILOT_BENCH_ROUNDS=$ROUNDS ILOT_BENCH_DURATION=$DURATION ILOT_BENCH_CLIENTS=$CLIENTS ILOT_BENCH_THREADS=$THREADS ILOT_BENCH_DNSSEC=$RUN_DNSSEC ILOT_BENCH_QUIET=$RUN_QUIET ILOT_BENCH_PUSH=$RUN_PUSH)"
+INVOCATION="bench/dns.sh (ILOT_BENCH_ROUNDS=$ROUNDS ILOT_BENCH_DURATION=$DURATION ILOT_BENCH_CLIENTS=$CLIENTS ILOT_BENCH_THREADS=$THREADS ILOT_BENCH_DNSSEC=$RUN_DNSSEC ILOT_BENCH_PUSH=$RUN_PUSH)"
 [[ -d $HOME/.cargo/bin ]] && PATH=$HOME/.cargo/bin:$PATH
 PATH=$PATH:/usr/sbin:/sbin
 export PATH
@@ -89,7 +84,7 @@ export PATH
 for v in ROUNDS DURATION CLIENTS THREADS; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
 done
-for v in RUN_DNSSEC RUN_QUIET RUN_PUSH; do
+for v in RUN_DNSSEC RUN_PUSH; do
     [[ ${!v} == 0 || ${!v} == 1 ]] || die "$v must be 0 or 1 (got '${!v}')"
 done
 
@@ -101,16 +96,11 @@ OWNER=test-dbench-$(printf %s "$SUFFIX" | tr "[:upper:]" "[:lower:]")
 SOCK=$BENCH_DIR/ilot.sock
 CONFIG=$BENCH_DIR/ilot.toml
 DAEMON_LOG=$BENCH_DIR/daemon.log
-QUIET_DIR=$BENCH_DIR/quiet       # the quiet-log daemon's socket, config, state and log
-QUIET_SOCK=$QUIET_DIR/ilot.sock
-QUIET_CONFIG=$QUIET_DIR/ilot.toml
-QUIET_LOG=$QUIET_DIR/daemon.log
 NAMED_DIR=$BENCH_DIR/named
 NAMED_CONF=$NAMED_DIR/named.conf
 NAMED_LOG=$NAMED_DIR/named.log
 KEY_FILE=$BENCH_DIR/bench.key   # tsig-keygen's output: ilot's tsig_secret_file, included by named
 DAEMON_PID=""
-QUIET_PID=""
 NAMED_PID=""
 KEY_PARKED=""   # the key file while renamed away (put back at exit)
 BIN=$BENCH_DIR/ilot
@@ -139,10 +129,6 @@ cleanup() {
     if [[ -n $DAEMON_PID ]]; then
         info "stopping the daemon (pid $DAEMON_PID)"
         stop_pid "$DAEMON_PID" 10
-    fi
-    if [[ -n $QUIET_PID ]]; then
-        info "stopping the quiet-log daemon (pid $QUIET_PID)"
-        stop_pid "$QUIET_PID" 10
     fi
     rm -rf -- "$BENCH_DIR"
     exit "$rc"
@@ -183,7 +169,7 @@ fi
 # must stay the same build as the daemon.
 cp -- "$BIN_SRC" "$BIN"
 
-mkdir -p "$OUT_DIR" "$NAMED_DIR/keys" "$BENCH_DIR/catalog" "$QUIET_DIR"
+mkdir -p "$OUT_DIR" "$NAMED_DIR/keys" "$BENCH_DIR/catalog"
 STAMP=$(date +%Y%m%d-%H%M%S)
 RAW_PREFIX=$OUT_DIR/dns-$STAMP
 
@@ -319,15 +305,13 @@ $(push_records)
 CONF
     fi
 }
-# start_daemon CONFIG SOCKET LOG PIDVAR [ILOT_LOG]: starts "$BIN daemon" (log appended to LOG),
-# with the default log filter (ILOT_LOG unset) or the one given; waits until `ilot status`
-# answers. Sets the variable PIDVAR to the daemon's pid.
+# start_daemon CONFIG SOCKET LOG PIDVAR: starts "$BIN daemon" (log appended to LOG) with the
+# default log filter (ILOT_LOG unset); waits until `ilot status` answers. Sets the variable
+# PIDVAR to the daemon's pid.
 start_daemon() {
-    local config=$1 sock=$2 log=$3 pidvar=$4 filter=${5:-} t0
-    local -a envs=(env -u ILOT_LOG)
-    [[ -z $filter ]] || envs=(env "ILOT_LOG=$filter")
-    printf -- '---- %s: %s %s daemon --config %s\n' "$(ilot_lib_ts)" "${envs[*]}" "$BIN" "$config" >>"$log"
-    "${envs[@]}" "$BIN" daemon --config "$config" >>"$log" 2>&1 </dev/null &
+    local config=$1 sock=$2 log=$3 pidvar=$4 t0
+    printf -- '---- %s: env -u ILOT_LOG %s daemon --config %s\n' "$(ilot_lib_ts)" "$BIN" "$config" >>"$log"
+    env -u ILOT_LOG "$BIN" daemon --config "$config" >>"$log" 2>&1 </dev/null &
     printf -v "$pidvar" '%s' "$!"
     t0=$(now_ms)
     until "$BIN" --socket "$sock" status >/dev/null 2>&1; do
@@ -361,13 +345,6 @@ dns_port() {
 ILOT_PORT=$(dns_port "$SOCK")
 ZONES_INFO=$(ilot_cli status --json | jq -r '[.dns.zones[] | "\(.zone) serial \(.serial), \(.records) records\(if .ds then ", signed" else "" end)"] | join("; ")')
 info "ilot's DNS server: 127.0.0.1:$ILOT_PORT ($ZONES_INFO)"
-QUIET_PORT=""
-if ((RUN_QUIET)); then
-    write_config "$QUIET_CONFIG" "$QUIET_SOCK" "$QUIET_DIR/state" 0
-    start_daemon "$QUIET_CONFIG" "$QUIET_SOCK" "$QUIET_LOG" QUIET_PID "$QUIET_FILTER"
-    QUIET_PORT=$(dns_port "$QUIET_SOCK")
-    info "quiet-log daemon (ILOT_LOG=$QUIET_FILTER, same zones): DNS server 127.0.0.1:$QUIET_PORT"
-fi
 
 # ---------------------------------------------------------------------------- zone files
 # zone_file ZONE: named's zone file: the SOA and NS ilot serves, then `ilot dns show ZONE --format zone`.
@@ -485,10 +462,6 @@ for pair in "$ZONE:$QFILE" "$SZONE:$SQFILE"; do
     answers "$NAMED_PORT" "$f" >"$BENCH_DIR/answers-named-$z"
     n=$(wc -l <"$BENCH_DIR/answers-ilot-$z")
     ((n > 0)) || die "ilot gave no answer to the queries of $f"
-    if ((RUN_QUIET)); then
-        answers "$QUIET_PORT" "$f" | cmp -s - "$BENCH_DIR/answers-ilot-$z" ||
-            die "$z: the quiet-log daemon does not give the same answers as the other daemon"
-    fi
     if diff -u "$BENCH_DIR/answers-ilot-$z" "$BENCH_DIR/answers-named-$z" >"$BENCH_DIR/answers-$z.diff"; then
         info "$z: ilot and named give the same $n answer records to the $(wc -l <"$f") queries"
         ANSWERS_CHECK+="$z identical ($n answer records); "
@@ -500,7 +473,7 @@ for pair in "$ZONE:$QFILE" "$SZONE:$SQFILE"; do
     fi
 done
 # DNSSEC: with the DO bit, both must sign their answers and prove a name's absence (NSEC).
-for port_name in "$ILOT_PORT:ilot" "$NAMED_PORT:named" ${QUIET_PORT:+"$QUIET_PORT:ilot-quiet"}; do
+for port_name in "$ILOT_PORT:ilot" "$NAMED_PORT:named"; do
     p=${port_name%%:*} name=${port_name#*:}
     rr=$(dig +dnssec +norecurse +noall +answer +time=2 @127.0.0.1 -p "$p" "h1.$SZONE" A | awk '$4 == "RRSIG"' | wc -l)
     nsec=$(dig +dnssec +norecurse +noall +authority +time=2 @127.0.0.1 -p "$p" "nx1.$SZONE" A | awk '$4 == "NSEC"' | wc -l)
@@ -509,12 +482,10 @@ for port_name in "$ILOT_PORT:ilot" "$NAMED_PORT:named" ${QUIET_PORT:+"$QUIET_POR
 done
 
 # ---------------------------------------------------------------------------- load
-# Targets: ilot, ilot-quiet and named on the unsigned zone; ilot-sig, ilot-quiet-sig and
-# named-sig on the signed one, with -D.
+# Targets: ilot and named on the unsigned zone; ilot-sig and named-sig on the signed one, with -D.
 dnsperf_cmd() { # dnsperf_cmd TARGET SECONDS: the dnsperf command line
     local port qf dflag=()
     case $1 in
-        ilot-quiet*) port=$QUIET_PORT ;;
         ilot*) port=$ILOT_PORT ;;
         named*) port=$NAMED_PORT ;;
     esac
@@ -550,7 +521,6 @@ run_dnsperf() {
     local -a cmd
     mapfile -d '' -t cmd < <(dnsperf_cmd "$target" "$secs")
     case $target in
-        ilot-quiet*) pid=$QUIET_PID log=$QUIET_LOG ;;
         ilot*) pid=$DAEMON_PID log=$DAEMON_LOG ;;
         named*) pid=$NAMED_PID ;;
     esac
@@ -584,29 +554,22 @@ run_dnsperf() {
     LOGB[$target]=$logb
     RCODES[$target]=$(dnsperf_field "$out" rcodes)
 }
-TARGETS=(ilot)
-((RUN_QUIET)) && TARGETS+=(ilot-quiet)
-TARGETS+=(named)
-if ((RUN_DNSSEC)); then
-    TARGETS+=(ilot-sig)
-    ((RUN_QUIET)) && TARGETS+=(ilot-quiet-sig)
-    TARGETS+=(named-sig)
-fi
+TARGETS=(ilot named)
+((RUN_DNSSEC)) && TARGETS+=(ilot-sig named-sig)
 printf '\n==== load: %d s warm-up each, then %d rounds of (%s), %d s each\n' "$WARMUP_S" "$ROUNDS" "${TARGETS[*]}" "$DURATION"
 for t in "${TARGETS[@]}"; do run_dnsperf "$t" "$t-warmup" "$WARMUP_S"; done
 for ((r = 1; r <= ROUNDS; r++)); do
     for t in "${TARGETS[@]}"; do run_dnsperf "$t" "$t-$r" "$DURATION"; done
 done
 DNSPERF_VERSION=$(dnsperf -h 2>&1 | awk '/^Version/ { print $2; exit }')
-# The per-query log lines are not kept (hundreds of MB): the daemon's own lines are, plus a sample.
-HICKORY_LINES=$(grep -c 'hickory_server' "$DAEMON_LOG" || true)
-LOG_MB=$(awk -v b="$(stat -c %s "$DAEMON_LOG")" 'BEGIN { printf "%.0f", b / 1048576 }')
-info "the daemon's log (default filter) grew to $LOG_MB MiB: $HICKORY_LINES lines from hickory_server"
-grep -m 12 'hickory_server' "$DAEMON_LOG" | sed 's/\x1b\[[0-9;]*m//g' >"$RAW_PREFIX-daemon-sample.log" || true
-if ((RUN_QUIET)); then
-    grep -v 'hickory_server' "$QUIET_LOG" >"$RAW_PREFIX-quiet-daemon.log" || true
-    stop_pid "$QUIET_PID" 10
-    QUIET_PID=""
+# hickory (the DNS library) logs every query at INFO, which ilot's default filter silences. Should
+# such lines come back, they are counted and a sample kept, not the lines (hundreds of MB a run).
+HICKORY_LINES=$(grep -c 'hickory_' "$DAEMON_LOG" || true)
+LOG_KB=$(awk -v b="$(stat -c %s "$DAEMON_LOG")" 'BEGIN { printf "%.1f", b / 1024 }')
+info "the daemon's log (default filter) holds $LOG_KB KiB after the load: $HICKORY_LINES lines from hickory"
+if ((HICKORY_LINES > 0)); then
+    grep -m 12 'hickory_' "$DAEMON_LOG" | sed 's/\x1b\[[0-9;]*m//g' >"$RAW_PREFIX-daemon-sample.log" || true
+    warn "the daemon logged $HICKORY_LINES lines from hickory with its default filter (sample: $RAW_PREFIX-daemon-sample.log)"
 fi
 
 # ---------------------------------------------------------------------------- RFC 2136 push
@@ -721,7 +684,7 @@ if ((RUN_PUSH)); then
         die "dig @named does not find the $N_PUSH records ilot pushed"
     fi
 fi
-grep -v 'hickory_server' "$DAEMON_LOG" >"$RAW_PREFIX-daemon.log" || true
+grep -v 'hickory_' "$DAEMON_LOG" >"$RAW_PREFIX-daemon.log" || true
 cp -- "$NAMED_LOG" "$RAW_PREFIX-named.log"
 cp -- "$NAMED_CONF" "$RAW_PREFIX-named.conf"
 cp -- "$CONFIG" "$RAW_PREFIX-ilot.toml"
@@ -752,36 +715,36 @@ SUMMARY=$RAW_PREFIX-summary.txt
     printf 'queries: %s per cycle (%s); answers: %s\n' "$(wc -l <"$QFILE")" "$Q_MIX" "${ANSWERS_CHECK%; }"
     printf 'threads: ilot daemon 2 tokio workers; named -n 2; dnsperf -c %s -T %s, no rate limit; all on the same %s CPU(s)\n' \
         "$CLIENTS" "$THREADS" "$(nproc)"
-    printf '"ilot" = the daemon as shipped (default log filter, stderr to a file); "quiet" = ILOT_LOG=%s\n\n' "$QUIET_FILTER"
-    fmt='%-42s %-10s %-10s %-10s %-17s %s\n'
-    # row LABEL FORMAT KEY-ILOT KEY-QUIET KEY-NAMED ARRAY: one metric, with both ratios to named.
+    printf '"ilot" = the daemon as shipped (default log filter, ILOT_LOG unset, stderr to a file)\n\n'
+    fmt='%-42s %-10s %-10s %s\n'
+    # row LABEL FORMAT KEY-ILOT KEY-NAMED ARRAY: one metric, with its ratio to named.
     row() {
-        local label=$1 f=$2 ki=$3 kq=$4 kn=$5 arr=$6 vi vq vn
+        local label=$1 f=$2 ki=$3 kn=$4 arr=$5 vi vn
         local -n a=$arr
-        vi=${a[$ki]:-} vq=${a[$kq]:-} vn=${a[$kn]:-}
+        vi=${a[$ki]:-} vn=${a[$kn]:-}
         # shellcheck disable=SC2059
-        printf "$fmt" "$label" "$(fv "$f" "$vi")" "$(fv "$f" "$vq")" "$(fv "$f" "$vn")" "$(ratio "$vi" "$vn")" "$(ratio "$vq" "$vn")"
+        printf "$fmt" "$label" "$(fv "$f" "$vi")" "$(fv "$f" "$vn")" "$(ratio "$vi" "$vn")"
     }
     # shellcheck disable=SC2059
-    printf "$fmt" "metric (median of $ROUNDS)" "ilot" "quiet" "named" "ilot/named" "quiet/named"
+    printf "$fmt" "metric (median of $ROUNDS)" "ilot" "named" "ilot/named"
     for z in plain sig; do
         sfx=""
         [[ $z == sig ]] && sfx=-sig
         [[ $z == sig ]] && ! ((RUN_DNSSEC)) && continue
         if [[ $z == plain ]]; then
-            row "queries/s, $ZONE unsigned" f1 ilot ilot-quiet named M_QPS
+            row "queries/s, $ZONE unsigned" f1 ilot named M_QPS
         else
-            row "queries/s, $SZONE signed, DO bit (-D)" f1 ilot-sig ilot-quiet-sig named-sig M_QPS
+            row "queries/s, $SZONE signed, DO bit (-D)" f1 ilot-sig named-sig M_QPS
         fi
-        row "  average latency (ms)" f3 "ilot$sfx" "ilot-quiet$sfx" "named$sfx" M_LAT
-        row "  server CPU per 1000 queries (ms)" as-is "ilot$sfx" "ilot-quiet$sfx" "named$sfx" M_CPU
-        row "  daemon log written per query (bytes)" as-is "ilot$sfx" "ilot-quiet$sfx" "named$sfx" LOGB
-        row "  average response size (bytes)" as-is "ilot$sfx" "ilot-quiet$sfx" "named$sfx" RESP
-        row "  queries lost (all rounds)" as-is "ilot$sfx" "ilot-quiet$sfx" "named$sfx" LOST
+        row "  average latency (ms)" f3 "ilot$sfx" "named$sfx" M_LAT
+        row "  server CPU per 1000 queries (ms)" as-is "ilot$sfx" "named$sfx" M_CPU
+        row "  daemon log written per query (bytes)" as-is "ilot$sfx" "named$sfx" LOGB
+        row "  average response size (bytes)" as-is "ilot$sfx" "named$sfx" RESP
+        row "  queries lost (all rounds)" as-is "ilot$sfx" "named$sfx" LOST
     done
     if ((RUN_DNSSEC)); then
         M_QPS[named-unsigned]=${M_QPS[named]}
-        row "ilot signed+DO vs named UNSIGNED (q/s)" f1 ilot-sig ilot-quiet-sig named-unsigned M_QPS
+        row "ilot signed+DO vs named UNSIGNED (q/s)" f1 ilot-sig named-unsigned M_QPS
     fi
     printf '\nrounds, queries/s:'
     for t in "${TARGETS[@]}"; do printf ' %s %s;' "$t" "$(f0list "${QPS[$t]}")"; done
@@ -789,8 +752,7 @@ SUMMARY=$RAW_PREFIX-summary.txt
     for t in "${TARGETS[@]}"; do printf ' %s %s;' "$t" "${CPU[$t]% }"; done
     printf '\nresponse codes (last round):'
     for t in "${TARGETS[@]}"; do printf ' %s: %s;' "$t" "${RCODES[$t]:-?}"; done
-    printf '\ndaemon log (default filter): %s MiB by the end of the load, %s lines from hickory_server (sample: %s)\n' \
-        "$LOG_MB" "$HICKORY_LINES" "$RAW_PREFIX-daemon-sample.log"
+    printf '\ndaemon log (default filter): %s KiB by the end of the load, %s lines from hickory\n' "$LOG_KB" "$HICKORY_LINES"
     if ((RUN_PUSH)); then
         P_I=$(med "${PUSH_MS[ilot]}")
         P_N=$(med "${PUSH_MS[nsupdate]}")
@@ -814,6 +776,6 @@ SUMMARY=$RAW_PREFIX-summary.txt
         printf '  push, ilot:       ilot --socket SOCK dns apply --json\n'
         printf '  push, nsupdate:   %s FILE (server, zone, %d "update add" lines, send: one UPDATE)\n' "$(show_cmd "${NSU_CMD[@]}")" "$N_PUSH"
     fi
-    printf 'raw results: %s-*.txt (dnsperf outputs), -push-ilot-*.json, -daemon.log and -quiet-daemon.log (without the per-query lines), -daemon-sample.log, -named.log, -named.conf, -ilot.toml (the last config), -queries.txt, -%s.zone, %s\n' \
+    printf 'raw results: %s-*.txt (dnsperf outputs), -push-ilot-*.json, -daemon.log (without any hickory lines), -named.log, -named.conf, -ilot.toml (the last config), -queries.txt, -%s.zone, %s\n' \
         "$RAW_PREFIX" "$ZONE" "$SUMMARY"
 } | tee "$SUMMARY"

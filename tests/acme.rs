@@ -157,7 +157,8 @@ fn certificates_are_issued_by_http01_renewed_and_swapped_live() {
     let mut ilot = Ilot::start_full(
         &[],
         &format!(
-            "[acme]\ndirectory = \"{}\"\nca_root = \"{}\"\nemail = \"admin@example.test\"\n",
+            "[acme]\ndirectory = \"{}\"\nca_root = \"{}\"\nemail = \"admin@example.test\"\n\n\
+             [host]\nipv4 = \"203.0.113.10\"\n\n[dns]\ncaa = \"pebble.test\"\n",
             pebble.directory(),
             pebble.dir.join("ca.pem").display()
         ),
@@ -275,6 +276,21 @@ fn certificates_are_issued_by_http01_renewed_and_swapped_live() {
     );
     let first = presented(&https, &domain);
     assert!(first.contains("Pebble"), "{first}");
+    // CAA names the CA and binds issuance to ilot's account there (RFC 8657).
+    let dns = ilot.json(&["dns", "show", &domain]);
+    let caa = dns["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "CAA")
+        .unwrap_or_else(|| panic!("no CAA: {dns}"))["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        caa.starts_with("0 issue \"pebble.test; accounturi=https://") && caa.contains("/my-account/"),
+        "{caa}"
+    );
     // The key is private.
     let key = ilot
         .dir

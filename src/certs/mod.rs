@@ -433,6 +433,23 @@ impl Certs {
         crate::state::write_private(&dir.join("fullchain.pem"), chain)
     }
 
+    /// Where the account of the configured directory is kept.
+    fn account_file(&self) -> PathBuf {
+        let url = self.config.directory_url();
+        self.dir.join("accounts").join(format!(
+            "{}.json",
+            &crate::state::hex(&sha2_digest(url.as_bytes()))[..16]
+        ))
+    }
+
+    /// The account's URL at the CA, once it exists: CAA records bind issuance to it
+    /// (RFC 8657 accounturi), so another account at the same CA cannot get certificates.
+    pub fn account_url(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.account_file()).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        v["id"].as_str().map(str::to_string)
+    }
+
     /// The ACME account for the configured directory: loaded from the state dir, or created.
     async fn account(&self) -> Result<Account> {
         let mut slot = self.account.lock().await;
@@ -440,10 +457,7 @@ impl Certs {
             return Ok(a.clone());
         }
         let url = self.config.directory_url().to_string();
-        let file = self.dir.join("accounts").join(format!(
-            "{}.json",
-            &crate::state::hex(&sha2_digest(url.as_bytes()))[..16]
-        ));
+        let file = self.account_file();
         let builder = || match &self.config.ca_root {
             Some(root) => Account::builder_with_root(root),
             None => Account::builder(),

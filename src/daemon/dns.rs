@@ -42,7 +42,14 @@ impl Daemon {
                 }),
             }
         }
+        // Bind CAA to the ACME account when the CAA issuer is the configured ACME CA.
+        let caa_account = self
+            .certs
+            .as_ref()
+            .filter(|_| self.config.acme.enabled)
+            .and_then(|c| c.account_url());
         let inputs = dns::Inputs {
+            caa_account: caa_account.as_deref(),
             instances: &instances,
             host: &self.config.host,
             dns: &self.config.dns,

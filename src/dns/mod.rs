@@ -43,6 +43,8 @@ pub struct Inputs<'a> {
     pub dns: &'a crate::config::DnsConfig,
     /// CAA: the ACME CA's issuer domain, when it has a well-known one.
     pub caa_issuer: Option<&'a str>,
+    /// CAA: the ACME account's URL, to bind issuance to it (RFC 8657).
+    pub caa_account: Option<&'a str>,
     /// Whether certificates come from a public CA (MTA-STS can then `enforce`).
     pub acme: bool,
     /// DKIM public keys by mail domain: (selector, TXT value).
@@ -124,7 +126,11 @@ pub fn plan(inp: &Inputs, only: Option<&str>) -> (Vec<Record>, Vec<Finding>) {
                 push(fqdn.clone(), "AAAA", ip.to_string(), &reason);
             }
             if let Some(issuer) = caa_issuer {
-                push(fqdn, "CAA", format!("0 issue {}", quote(issuer)), &reason);
+                let value = match inp.caa_account {
+                    Some(acct) => format!("{issuer}; accounturi={acct}"),
+                    None => issuer.to_string(),
+                };
+                push(fqdn, "CAA", format!("0 issue {}", quote(&value)), &reason);
             }
         };
         for domain in inst.domains() {
@@ -451,6 +457,7 @@ mod tests {
             host: &host,
             dns: &dns,
             caa_issuer: Some("letsencrypt.org"),
+            caa_account: None,
             acme: true,
             dkim: &dkim,
         };
@@ -521,6 +528,7 @@ mod tests {
             host: &host,
             dns: &dns,
             caa_issuer: None,
+            caa_account: None,
             acme: false,
             dkim: &dkim,
         };
