@@ -267,6 +267,9 @@ access_log = "$dir/access.log"
 [acme]
 enabled = false
 
+[firewall]
+enabled = false
+
 [host]
 ipv4 = "203.0.113.10"
 hostname = "mail.$ZONE"

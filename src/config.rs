@@ -22,6 +22,36 @@ pub struct Config {
     pub host: HostConfig,
     #[serde(default)]
     pub dns: DnsConfig,
+    #[serde(default)]
+    pub firewall: FirewallConfig,
+}
+
+/// The nftables firewall (docs/firewall.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FirewallConfig {
+    pub enabled: bool,
+    /// Public interfaces the drop applies to; empty = all but loopback and Docker's bridges.
+    pub interfaces: Vec<String>,
+    /// SSH ports kept open; default: the ports sshd listens on (or its config's, or 22).
+    pub ssh_ports: Option<Vec<u16>>,
+    /// Ports always open, e.g. ["8443/tcp", "51820/udp"].
+    pub open: Vec<String>,
+    /// A change that could cut the admin off is reverted unless confirmed within this time.
+    #[serde(with = "humantime_serde")]
+    pub confirm_timeout: std::time::Duration,
+}
+
+impl Default for FirewallConfig {
+    fn default() -> Self {
+        FirewallConfig {
+            enabled: true,
+            interfaces: Vec::new(),
+            ssh_ports: None,
+            open: Vec::new(),
+            confirm_timeout: std::time::Duration::from_secs(60),
+        }
+    }
 }
 
 /// DNS: where each zone's records go (`print`, `serve`, `push`), the authoritative server's
@@ -313,6 +343,32 @@ impl Config {
             .is_some_and(|e| !e.contains('@') || e.contains([' ', '\n', ',']))
         {
             return bad_acme(origin, "email: give one address, like admin@example.org");
+        }
+        for p in &self.firewall.open {
+            p.parse::<crate::firewall::Port>().map_err(|e| {
+                Error::bad_input(format!(
+                    "invalid config {origin}: [firewall] open: {}",
+                    e.message
+                ))
+                .hint("give ports like \"8443/tcp\"; the daemon did not start")
+            })?;
+        }
+        if self.firewall.confirm_timeout < std::time::Duration::from_secs(5) {
+            return Err(Error::bad_input(format!(
+                "invalid config {origin}: [firewall] confirm_timeout is under 5 s, too short to confirm in"
+            ))
+            .hint("give at least \"5s\" (default \"60s\")"));
+        }
+        for i in &self.firewall.interfaces {
+            if i.is_empty()
+                || i.len() > 15
+                || i.contains(|c: char| c.is_whitespace() || c == '"' || c == '/')
+            {
+                return Err(Error::bad_input(format!(
+                    "invalid config {origin}: [firewall] interfaces: {i:?} is not an interface name"
+                ))
+                .hint("see `ip link` for the names; the daemon did not start"));
+            }
         }
         for z in &self.dns.zones {
             crate::dns::zones::check_zone_config(z, &self.dns).map_err(|why| {

@@ -10,6 +10,7 @@ mod daemon;
 mod dns;
 mod error;
 mod events;
+mod firewall;
 mod mail;
 mod names;
 mod plan;

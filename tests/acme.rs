@@ -288,7 +288,8 @@ fn certificates_are_issued_by_http01_renewed_and_swapped_live() {
         .unwrap()
         .to_string();
     assert!(
-        caa.starts_with("0 issue \"pebble.test; accounturi=https://") && caa.contains("/my-account/"),
+        caa.starts_with("0 issue \"pebble.test; accounturi=https://")
+            && caa.contains("/my-account/"),
         "{caa}"
     );
     // The key is private.

@@ -394,7 +394,7 @@ fn daemon_without_engine_answers_status_and_refuses_changes_clearly() {
     std::fs::write(
         &config,
         format!(
-            "[daemon]\nsocket = \"{}\"\nstate_dir = \"{}\"\ndocker = \"unix://{}\"\nowner = \"test-noengine\"\n[proxy]\nenabled = false\n",
+            "[daemon]\nsocket = \"{}\"\nstate_dir = \"{}\"\ndocker = \"unix://{}\"\nowner = \"test-noengine\"\n[proxy]\nenabled = false\n[firewall]\nenabled = false\n",
             sock.display(),
             dir.join("st").display(),
             dir.join("no-docker.sock").display()

@@ -161,7 +161,8 @@ trap 'exit 143' TERM
 # shellcheck disable=SC2034  # used through a nameref in missing_packages
 declare -A REQUIRED=([docker]=docker.io [dockerd]=docker.io [nft]=nftables [ip]=iproute2
     [curl]=curl [jq]=jq [docker-registry]=docker-registry [pebble]=pebble [openssl]=openssl
-    [named-checkzone]=bind9utils [named]=bind9 [dig]=bind9-dnsutils [delv]=bind9-dnsutils)
+    [named-checkzone]=bind9utils [named]=bind9 [dig]=bind9-dnsutils [delv]=bind9-dnsutils
+    [python3]=python3 [ss]=iproute2)
 # shellcheck disable=SC2034
 declare -A OPTIONAL=([hyperfine]=hyperfine)
 

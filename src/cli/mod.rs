@@ -57,6 +57,9 @@ enum Command {
     /// DNS records the served domains need.
     #[command(subcommand)]
     Dns(DnsCommand),
+    /// The nftables firewall: what is open and why; open or close a port.
+    #[command(subcommand)]
+    Firewall(FirewallCommand),
     /// What is still wrong, in plain words: DNS records as the world sees them, reverse DNS,
     /// outbound port 25, blocklists. Exit code 1 when something fails.
     Diagnose {
@@ -81,6 +84,18 @@ enum DnsCommand {
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum FirewallCommand {
+    /// The open ports and why each is open, the pending change if any.
+    Show,
+    /// Open a port to the world (PORT, PORT/tcp or PORT/udp).
+    Allow { port: String },
+    /// Close a port; reverted unless `ilot firewall confirm` follows in time.
+    Deny { port: String },
+    /// Keep the change that is waiting for confirmation.
+    Confirm,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -214,6 +229,10 @@ pub fn main() -> i32 {
             Request::DnsShow { domain }
         }
         Command::Dns(DnsCommand::Apply { dry_run }) => Request::DnsApply { dry_run },
+        Command::Firewall(FirewallCommand::Show) => Request::FirewallShow,
+        Command::Firewall(FirewallCommand::Allow { port }) => Request::FirewallAllow { port },
+        Command::Firewall(FirewallCommand::Deny { port }) => Request::FirewallDeny { port },
+        Command::Firewall(FirewallCommand::Confirm) => Request::FirewallConfirm,
         Command::Diagnose { area } => Request::Diagnose {
             what: match area {
                 DiagnoseArea::Dns => "dns",

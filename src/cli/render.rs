@@ -100,6 +100,38 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     }
 }
 
+fn print_firewall(v: &Value) {
+    if v["enabled"] != Value::Bool(true) {
+        println!("The firewall is disabled ([firewall] enabled = false): ilot's table is absent.");
+        return;
+    }
+    println!(
+        "Table {}; the rest is dropped on {}.",
+        s(&v["table"]),
+        s(&v["interfaces"])
+    );
+    let rows: Vec<Vec<String>> = v["open"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|o| vec![s(&o["port"]), s(&o["for"])])
+        .collect();
+    table(&["OPEN", "FOR"], rows);
+    for d in v["denied"].as_array().into_iter().flatten() {
+        println!("closed by the admin: {}", s(d));
+    }
+    if let Some(p) = v["pending"].as_object() {
+        println!(
+            "\nWaiting for confirmation: {} (reverted at {} UTC unless `ilot firewall confirm`)",
+            s(&p["change"]),
+            crate::state::format_utc(p["deadline"].as_u64().unwrap_or(0))
+        );
+    }
+    if let Some(e) = v["error"].as_str() {
+        println!("\nerror: {e}");
+    }
+}
+
 /// Long values (DKIM keys) cut for a table; `--format zone` and `--json` give them whole.
 fn ellipsis(v: &str, max: usize) -> String {
     if v.chars().count() <= max {
@@ -337,6 +369,10 @@ pub fn human(req: &Request, v: &Value) {
                     s(&f["fix"])
                 );
             }
+        }
+        Request::FirewallShow => print_firewall(v),
+        Request::FirewallAllow { .. } | Request::FirewallDeny { .. } | Request::FirewallConfirm => {
+            println!("{}", s(&v["message"]));
         }
         Request::DnsApply { .. } => {
             for z in v["served"].as_array().into_iter().flatten() {

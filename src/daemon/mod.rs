@@ -18,6 +18,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 mod dns;
+mod firewall;
 mod ops;
 mod views;
 
@@ -48,6 +49,10 @@ pub struct Daemon {
     dns_push_failed: std::sync::atomic::AtomicBool,
     /// Served zones as last built, to skip re-signing an unchanged zone.
     dns_built: std::sync::Mutex<dns::BuiltCache>,
+    /// Why the last firewall change failed, if it did.
+    firewall_error: std::sync::Mutex<Option<String>>,
+    /// One firewall change (or revert) at a time.
+    firewall_lock: tokio::sync::Mutex<()>,
     /// True once the journal has been recovered: the daemon then serves every request.
     ready: std::sync::atomic::AtomicBool,
     started: Instant,
@@ -145,6 +150,8 @@ async fn serve(config: Config, config_path: Option<PathBuf>, catalog: Catalog) -
         dns_push_lock: tokio::sync::Mutex::new(()),
         dns_push_failed: std::sync::atomic::AtomicBool::new(false),
         dns_built: Default::default(),
+        firewall_error: std::sync::Mutex::new(None),
+        firewall_lock: tokio::sync::Mutex::new(()),
         config,
         config_path,
         catalog,
@@ -162,6 +169,7 @@ async fn serve(config: Config, config_path: Option<PathBuf>, catalog: Catalog) -
     daemon.bus.spawn_history(store);
     daemon.refresh_routes();
     daemon.refresh_dns();
+    daemon.start_firewall();
     let d = daemon.clone();
     tokio::spawn(async move {
         // Served zones are re-signed before their signatures expire (a zone older than
@@ -319,6 +327,7 @@ impl Daemon {
             self.runtime()?.1.refresh().await;
             self.refresh_routes();
             self.refresh_dns();
+            self.refresh_firewall();
             return result;
         }
         match req {
@@ -334,6 +343,19 @@ impl Daemon {
             Request::DnsShow { domain } => self.dns_view(domain.as_deref()),
             Request::DnsApply { dry_run } => self.dns_apply(dry_run).await,
             Request::Diagnose { what } => self.diagnose(&what).await,
+            Request::FirewallShow => Ok(self.firewall_view()),
+            Request::FirewallAllow { port } => {
+                let _one = self.firewall_lock.lock().await;
+                self.firewall_allow(&port)
+            }
+            Request::FirewallDeny { port } => {
+                let _one = self.firewall_lock.lock().await;
+                self.firewall_deny(&port)
+            }
+            Request::FirewallConfirm => {
+                let _one = self.firewall_lock.lock().await;
+                self.firewall_confirm()
+            }
             Request::CertList => Ok(serde_json::to_value(self.certs()?.list()).unwrap_or_default()),
             Request::CertRenew { domain, force } => {
                 let list = self.certs()?.renew(domain.as_deref(), force).await?;

@@ -13,6 +13,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod named;
+pub mod netns;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ilot");
 
@@ -21,6 +22,8 @@ pub struct Ilot {
     pub socket: PathBuf,
     pub owner: String,
     pub config: PathBuf,
+    /// The network namespace the daemon runs in (firewall tests), if any.
+    pub netns: Option<String>,
     child: Option<Child>,
 }
 
@@ -77,6 +80,12 @@ impl Ilot {
 
     /// `extra_config` is appended to the config; it may replace the default `[acme]` (off).
     pub fn start_full(env: &[(&str, &str)], extra_config: &str) -> Ilot {
+        Self::start_in(None, env, extra_config)
+    }
+
+    /// A daemon inside network namespace `netns` (its nftables are that namespace's; the
+    /// engine's socket is a file, reachable from there).
+    pub fn start_in(netns: Option<&str>, env: &[(&str, &str)], extra_config: &str) -> Ilot {
         require_images();
         let id = rand_suffix();
         let dir = PathBuf::from(format!("/tmp/ilot-test-{id}"));
@@ -102,7 +111,18 @@ impl Ilot {
                 dir.join("state").display(),
                 dir.join("catalog").display(),
                 dir.join("access.log").display(),
-                if extra_config.contains("[acme]") { extra_config.to_string() } else { format!("[acme]\nenabled = false\n{extra_config}") }
+{
+                    // Test daemons run on the host: no firewall there unless a test (in its
+                    // own network namespace) asks for it.
+                    let mut c = extra_config.to_string();
+                    if !c.contains("[acme]") {
+                        c = format!("[acme]\nenabled = false\n{c}");
+                    }
+                    if !c.contains("[firewall]") {
+                        c = format!("[firewall]\nenabled = false\n{c}");
+                    }
+                    c
+                }
             ),
         )
         .unwrap();
@@ -111,6 +131,7 @@ impl Ilot {
             socket,
             owner,
             config,
+            netns: netns.map(str::to_string),
             child: None,
         };
         ilot.spawn(env);
@@ -124,7 +145,14 @@ impl Ilot {
             .append(true)
             .open(self.dir.join("daemon.log"))
             .unwrap();
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, BIN]);
+                c
+            }
+            None => Command::new(BIN),
+        };
         cmd.args(["daemon", "--config"])
             .arg(&self.config)
             .stdout(Stdio::null())

@@ -170,6 +170,9 @@ access_log = "$BENCH_DIR/access.log"
 
 [acme]
 enabled = false
+
+[firewall]
+enabled = false
 CONF
     info "starting: $BIN daemon --config $CONFIG (owner $OWNER)"
     "$BIN" daemon --config "$CONFIG" >"$DAEMON_LOG" 2>&1 </dev/null &
