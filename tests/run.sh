@@ -120,7 +120,8 @@ cleanup_leftovers() { # cleanup_leftovers WHEN
     if command -v ip >/dev/null 2>&1; then
         while read -r ns _; do
             [[ $ns == ilot-test-* ]] || continue
-            info "$1: deleting leftover network namespace $ns"
+            info "$1: deleting leftover network namespace $ns (and its processes)"
+            ip netns pids "$ns" 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
             ip netns delete "$ns" 2>/dev/null || warn "could not delete network namespace $ns"
         done < <(ip netns list 2>/dev/null || true)
     fi
