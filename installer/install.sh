@@ -266,6 +266,15 @@ if [ ! -e "$CONF" ]; then
 [acme]
 # directory = "letsencrypt"             # or "letsencrypt-staging", or any ACME directory URL
 # email = "admin@example.org"           # the CA's expiry warnings go here
+
+[host]
+# ipv4 = "203.0.113.10"                 # the public address: A records, reverse DNS checks
+# hostname = "mail.example.org"         # the host's name (HELO): A/AAAA and PTR
+
+[firewall]
+# enabled = true                        # ilot's nftables table: SSH, 80/443 and apps' ports open,
+#                                       # the rest dropped (docs/firewall.md)
+# open = ["60001/udp"]                  # more ports to keep open (mosh, WireGuard...)
 EOF
 	)
 	chgrp ilot "$CONF"
