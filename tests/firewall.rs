@@ -66,7 +66,30 @@ fn ports_open_and_close_and_an_unconfirmed_deny_reverts() {
         .replace("name = \"hello\"", "name = \"fwapp\"")
         .replace("[needs]", "[needs]\nfirewall = [{ port = 7070 }]");
     std::fs::write(dir.join("app.toml"), manifest).unwrap();
+    // The proxy on every address (not loopback only, as the harness has it): its ports open.
+    let config = std::fs::read_to_string(&ilot.config)
+        .unwrap()
+        .replace("127.0.0.1:0", "0.0.0.0:0");
+    std::fs::write(&ilot.config, config).unwrap();
     ilot.restart();
+    let https = ilot.json(&["status"])["proxy"]["https"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let https_port: u16 = https.rsplit(':').next().unwrap().parse().unwrap();
+    let show = ilot.json(&["firewall", "show"]);
+    assert!(
+        show["open"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["port"] == format!("{https_port}/tcp") && o["for"] == "proxy"),
+        "{show}"
+    );
+    assert!(
+        net.connects(0, &server, https_port),
+        "the proxy's HTTPS port answers"
+    );
     let app = unique("fw");
     ilot.ok(&["app", "install", "fwapp", "--name", &app]);
     assert!(net.connects(0, &server, 7070));

@@ -62,7 +62,10 @@ impl Daemon {
             ));
         }
         // ilot's own servers: the proxy (HTTP for ACME and redirects, HTTPS) and the DNS server.
-        let tcp = |port| Port { port, proto: firewall::Proto::Tcp };
+        let tcp = |port| Port {
+            port,
+            proto: firewall::Proto::Tcp,
+        };
         if let Ok(proxy) = &self.proxy {
             for addr in [proxy.http_addr, proxy.https_addr] {
                 if !addr.ip().is_loopback() {
@@ -73,7 +76,13 @@ impl Daemon {
         if let Some(dns) = &self.dns_server {
             for addr in dns.addrs.iter().filter(|a| !a.ip().is_loopback()) {
                 open.push((tcp(addr.port()), "dns".into()));
-                open.push((Port { port: addr.port(), proto: firewall::Proto::Udp }, "dns".into()));
+                open.push((
+                    Port {
+                        port: addr.port(),
+                        proto: firewall::Proto::Udp,
+                    },
+                    "dns".into(),
+                ));
             }
         }
         for p in cfg.open.iter().filter_map(|p| p.parse().ok()) {
