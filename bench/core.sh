@@ -28,11 +28,7 @@ cd "$ROOT"
 # shellcheck source=tests/lib/common.sh
 source "$ROOT/tests/lib/common.sh"
 
-case ${1:-} in
-    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0 ;;
-    "") ;;
-    *) die "bench/core.sh takes no arguments (see --help)" ;;
-esac
+bench_args "$@"
 
 INSTANCES=${ILOT_BENCH_INSTANCES:-10}
 RUNS=${ILOT_BENCH_RUNS:-100}

@@ -51,11 +51,7 @@ cd "$ROOT"
 # shellcheck source=tests/lib/common.sh
 source "$ROOT/tests/lib/common.sh"
 
-case ${1:-} in
-    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0 ;;
-    "") ;;
-    *) die "bench/proxy.sh takes no arguments (see --help)" ;;
-esac
+bench_args "$@"
 
 ROUNDS=${ILOT_BENCH_ROUNDS:-3}
 DURATION=${ILOT_BENCH_DURATION:-10}

@@ -161,6 +161,24 @@ fn add_mailer(ilot: &mut Ilot) {
     ilot.restart();
 }
 
+/// The config of a daemon whose host is 203.0.113.10, pushing `zone` to 127.0.0.1:`port`.
+fn push_config(zone: &str, port: u16, key_name: &str, key_file: &std::path::Path) -> String {
+    format!(
+        "[host]\nipv4 = \"203.0.113.10\"\n\n[[dns.zones]]\nname = \"{zone}\"\nmode = \"push\"\n\
+         server = \"127.0.0.1:{port}\"\ntsig_key = \"{key_name}\"\ntsig_secret_file = \"{}\"\n",
+        key_file.display()
+    )
+}
+
+/// Installs the demo app at `domain`; returns the instance's name.
+fn install_hello(ilot: &Ilot, domain: &str) -> String {
+    let name = unique("web");
+    ilot.ok(&[
+        "app", "install", "hello", "--name", &name, "--domain", domain,
+    ]);
+    name
+}
+
 fn dns_port(ilot: &Ilot) -> u16 {
     let v = ilot.json(&["status"]);
     let addr = v["dns"]["listen"][0]
@@ -340,16 +358,7 @@ fn served_zones_answer_every_record_signed() {
             .unwrap(),
         s1.to_string()
     );
-    let web = unique("web");
-    ilot.ok(&[
-        "app",
-        "install",
-        "hello",
-        "--name",
-        &web,
-        "--domain",
-        "www.serve.test",
-    ]);
+    install_hello(&ilot, "www.serve.test");
     assert_eq!(dig("www.serve.test", "A"), ["203.0.113.10"]);
     let s2 = serial(&ilot);
     assert_eq!(s2, s1 + 1);
@@ -383,24 +392,9 @@ fn pushed_zones_follow_the_apps_and_keep_others_records() {
     let key = named.key_file(&named.secret);
     let ilot = Ilot::start_full(
         &[],
-        &format!(
-            "[host]\nipv4 = \"203.0.113.10\"\n\n[[dns.zones]]\nname = \"push.test\"\nmode = \"push\"\n\
-             server = \"127.0.0.1:{}\"\ntsig_key = \"{}\"\ntsig_secret_file = \"{}\"\n",
-            named.port,
-            named.key_name,
-            key.display()
-        ),
+        &push_config("push.test", named.port, &named.key_name, &key),
     );
-    let web = unique("web");
-    ilot.ok(&[
-        "app",
-        "install",
-        "hello",
-        "--name",
-        &web,
-        "--domain",
-        "www.push.test",
-    ]);
+    let web = install_hello(&ilot, "www.push.test");
     let v = ilot.json(&["dns", "apply"]);
     assert_eq!(
         named.dig("www.push.test", "A"),
@@ -470,24 +464,8 @@ fn an_unreachable_primary_is_a_clear_error() {
     // A key others can read is refused before anything is sent.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let ilot = Ilot::start_full(
-        &[],
-        &format!(
-            "[host]\nipv4 = \"203.0.113.10\"\n\n[[dns.zones]]\nname = \"down.test\"\nmode = \"push\"\n\
-             server = \"127.0.0.1:{port}\"\ntsig_key = \"k\"\ntsig_secret_file = \"{}\"\n",
-            key.display()
-        ),
-    );
-    let web = unique("web");
-    ilot.ok(&[
-        "app",
-        "install",
-        "hello",
-        "--name",
-        &web,
-        "--domain",
-        "www.down.test",
-    ]);
+    let ilot = Ilot::start_full(&[], &push_config("down.test", port, "k", &key));
+    install_hello(&ilot, "www.down.test");
     let err = ilot.fails(&["dns", "apply"], 2);
     assert!(
         err.contains("readable by other users") && err.contains("chmod 600"),

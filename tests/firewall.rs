@@ -77,15 +77,7 @@ fn ports_open_and_close_and_an_unconfirmed_deny_reverts() {
         .unwrap()
         .to_string();
     let https_port: u16 = https.rsplit(':').next().unwrap().parse().unwrap();
-    let show = ilot.json(&["firewall", "show"]);
-    assert!(
-        show["open"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|o| o["port"] == format!("{https_port}/tcp") && o["for"] == "proxy"),
-        "{show}"
-    );
+    assert_open_for(&ilot, &format!("{https_port}/tcp"), "proxy");
     assert!(
         net.connects(0, &server, https_port),
         "the proxy's HTTPS port answers"
@@ -93,15 +85,7 @@ fn ports_open_and_close_and_an_unconfirmed_deny_reverts() {
     let app = unique("fw");
     ilot.ok(&["app", "install", "fwapp", "--name", &app]);
     assert!(net.connects(0, &server, 7070));
-    let show = ilot.json(&["firewall", "show"]);
-    assert!(
-        show["open"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|o| o["port"] == "7070/tcp" && o["for"] == format!("instance {app}")),
-        "{show}"
-    );
+    assert_open_for(&ilot, "7070/tcp", &format!("instance {app}"));
     ilot.ok(&["app", "remove", &app]);
     assert!(!net.connects(0, &server, 7070));
 
@@ -116,6 +100,19 @@ fn ports_open_and_close_and_an_unconfirmed_deny_reverts() {
     let err = ilot.fails(&["firewall", "allow", "70000"], 2);
     assert!(err.contains("not a port"), "{err}");
     assert_eq!(table_rules(&net), before);
+}
+
+/// `ilot firewall show` lists `port` as open, for `why`.
+fn assert_open_for(ilot: &Ilot, port: &str, why: &str) {
+    let show = ilot.json(&["firewall", "show"]);
+    assert!(
+        show["open"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["port"] == port && o["for"] == why),
+        "{port} for {why}: {show}"
+    );
 }
 
 fn table_rules(net: &Net) -> String {

@@ -122,28 +122,28 @@ impl Daemon {
         *self.firewall_error.lock().expect("firewall lock") = error;
     }
 
-    /// At start: a change left unconfirmed when the daemon stopped is reverted, then the
-    /// policy applied; a pending change still within its time gets its revert timer back.
+    /// At start: a change left unconfirmed when the daemon stopped is reverted (its admin
+    /// may be locked out, and nobody is left to confirm it), then the policy applied.
     pub(super) fn start_firewall(self: &Arc<Self>) {
-        if let Some(p) = self.pending() {
-            tracing::warn!(
-                "firewall: reverting {:?}, never confirmed before the daemon stopped",
-                p.change
-            );
-            let _ = self.store.write(|w| {
-                w.put_meta(
-                    ADMIN_KEY,
-                    &serde_json::to_string(&p.previous).unwrap_or_default(),
-                )?;
-                w.put_meta(PENDING_KEY, "null")
-            });
-            self.bus.publish(
-                "firewall-reverted",
-                None,
-                format!("{} (not confirmed)", p.change),
-            );
+        match self.pending() {
+            Some(p) => self.revert(&p, "never confirmed before the daemon stopped"),
+            None => self.refresh_firewall(),
         }
+    }
+
+    /// Puts the admin rules back as they were before `p`, and applies them.
+    fn revert(&self, p: &Pending, why: &str) {
+        let _ = self.store.write(|w| {
+            w.put_meta(
+                ADMIN_KEY,
+                &serde_json::to_string(&p.previous).unwrap_or_default(),
+            )?;
+            w.put_meta(PENDING_KEY, "null")
+        });
         self.refresh_firewall();
+        tracing::warn!("firewall: {} reverted: {why}", p.change);
+        self.bus
+            .publish("firewall-reverted", None, format!("{} ({why})", p.change));
     }
 
     fn require_firewall(&self) -> Result<()> {
@@ -231,20 +231,7 @@ impl Daemon {
             tokio::time::sleep(timeout).await;
             let _lock = d.firewall_lock.lock().await;
             if let Some(p) = d.pending().filter(|p| p.deadline == deadline) {
-                let _ = d.store.write(|w| {
-                    w.put_meta(
-                        ADMIN_KEY,
-                        &serde_json::to_string(&p.previous).unwrap_or_default(),
-                    )?;
-                    w.put_meta(PENDING_KEY, "null")
-                });
-                d.refresh_firewall();
-                tracing::warn!("firewall: {} reverted: not confirmed in time", p.change);
-                d.bus.publish(
-                    "firewall-reverted",
-                    None,
-                    format!("{} (not confirmed)", p.change),
-                );
+                d.revert(&p, "not confirmed in time");
             }
         });
         self.firewall_result(format!(

@@ -125,12 +125,9 @@ fn txt_tag(v: &str) -> &str {
 }
 
 /// Compares each planned record with what resolves.
-pub async fn dns_checks(
-    r: &Resolver<TokioRuntimeProvider>,
-    origin_of_record: &[Record],
-) -> Vec<Check> {
+pub async fn dns_checks(r: &Resolver<TokioRuntimeProvider>, records: &[Record]) -> Vec<Check> {
     let mut groups: BTreeMap<(String, String), Vec<&Record>> = BTreeMap::new();
-    for rec in origin_of_record {
+    for rec in records {
         groups
             .entry((rec.name.clone(), rec.kind.clone()))
             .or_default()

@@ -419,16 +419,17 @@ mod tests {
         );
     }
 
-    #[test]
-    fn caa_follows_the_ca_and_findings_say_what_is_missing() {
+    /// An installed instance of the built-in demo app, as the planner sees it.
+    fn instance(name: &str, domain: &str, aliases: &[&str], mail: bool) -> Instance {
         use crate::state::{PinnedImage, Status};
-        let manifest = crate::catalog::Catalog::load(&[]).unwrap().apps["hello"].clone();
-        let inst = Instance {
-            name: "h".into(),
-            app: "hello".into(),
+        let mut manifest = crate::catalog::Catalog::load(&[]).unwrap().apps["hello"].clone();
+        manifest.needs.mail = mail;
+        Instance {
+            name: name.into(),
+            app: manifest.name.clone(),
             manifest,
-            domain: Some("blog.example.org".into()),
-            aliases: vec!["www.example.org".into()],
+            domain: Some(domain.into()),
+            aliases: aliases.iter().map(|a| a.to_string()).collect(),
             settings: Default::default(),
             secrets: Default::default(),
             images: [(
@@ -444,7 +445,12 @@ mod tests {
             message: None,
             created_at: 0,
             updated_at: 0,
-        };
+        }
+    }
+
+    #[test]
+    fn caa_follows_the_ca_and_findings_say_what_is_missing() {
+        let inst = instance("h", "blog.example.org", &["www.example.org"], false);
         let host = crate::config::HostConfig {
             ipv4: Some("192.0.2.1".parse().unwrap()),
             ..Default::default()
@@ -486,31 +492,7 @@ mod tests {
 
     #[test]
     fn a_mail_server_gets_every_mail_record() {
-        use crate::state::{PinnedImage, Status};
-        let mut manifest = crate::catalog::Catalog::load(&[]).unwrap().apps["hello"].clone();
-        manifest.needs.mail = true;
-        let inst = Instance {
-            name: "m".into(),
-            app: "mail".into(),
-            manifest,
-            domain: Some("mail.example.org".into()),
-            aliases: vec![],
-            settings: Default::default(),
-            secrets: Default::default(),
-            images: [(
-                "web".to_string(),
-                PinnedImage {
-                    reference: "r".into(),
-                    id: "i".into(),
-                },
-            )]
-            .into(),
-            running: true,
-            status: Status::Running,
-            message: None,
-            created_at: 0,
-            updated_at: 0,
-        };
+        let inst = instance("m", "mail.example.org", &[], true);
         let host = crate::config::HostConfig {
             ipv4: Some("192.0.2.1".parse().unwrap()),
             hostname: Some("mail.example.org".into()),

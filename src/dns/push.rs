@@ -145,16 +145,18 @@ impl Session {
         })
     }
 
-    async fn exchange(&self, message: Message) -> Result<Message> {
+    /// One request, one answer. The outer error is the server not answering; the inner one is
+    /// the answer hickory turned into an error (a response code, a TSIG failure).
+    async fn exchange(
+        &self,
+        message: Message,
+    ) -> Result<std::result::Result<Message, hickory_net::NetError>> {
         let request = DnsRequest::new(message, DnsRequestOptions::default());
         let reply = tokio::time::timeout(TIMEOUT, self.client.send(request).next())
             .await
             .map_err(|_| unreachable_server(self.server, "no answer"))?
             .ok_or_else(|| unreachable_server(self.server, "connection closed"))?;
-        match reply {
-            Ok(r) => Ok(r.into_message()),
-            Err(e) => Err(self.refused(&e.to_string())),
-        }
+        Ok(reply.map(|r| r.into_message()))
     }
 
     fn refused(&self, what: &str) -> Error {
@@ -193,22 +195,15 @@ impl Session {
     ) -> Result<Vec<hickory_proto::rr::Record>> {
         let mut m = Message::query();
         m.add_query(Query::query(name.clone(), kind));
-        let reply = self.exchange(m).await;
-        match reply {
+        match self.exchange(m).await? {
             Ok(r) => Ok(r
                 .answers
                 .into_iter()
                 .filter(|a| a.record_type() == kind)
                 .collect()),
-            // NXDOMAIN and friends: nothing there.
-            Err(e)
-                if e.message.contains("NXDomain")
-                    || e.message.contains("NXDOMAIN")
-                    || e.message.contains("no records") =>
-            {
-                Ok(Vec::new())
-            }
-            Err(e) => Err(e),
+            // NXDOMAIN or no such record: nothing there.
+            Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(Vec::new()),
+            Err(e) => Err(self.refused(&e.to_string())),
         }
     }
 }
@@ -296,7 +291,10 @@ pub async fn push(
     for r in to_wire(origin, &out.added)? {
         m.add_update(r);
     }
-    let reply = session.exchange(m).await?;
+    let reply = session
+        .exchange(m)
+        .await?
+        .map_err(|e| session.refused(&e.to_string()))?;
     if reply.metadata.response_code != ResponseCode::NoError {
         return Err(session.refused(&format!("{:?}", reply.metadata.response_code)));
     }

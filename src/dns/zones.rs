@@ -52,7 +52,7 @@ pub fn origin_of(name: &str) -> Result<String, String> {
 /// Refuses a zone the daemon could not use: a bad name, a `push` zone without its server or
 /// key, a key file others can read, a malformed extra record.
 pub fn check_zone_config(z: &ZoneConfig, dns: &DnsConfig) -> Result<(), String> {
-    let origin = origin_of(&z.name)?;
+    origin_of(&z.name)?;
     for r in &z.records {
         super::check_zone_record(r).map_err(|e| format!("{}: {e}", z.name))?;
     }
@@ -97,7 +97,6 @@ pub fn check_zone_config(z: &ZoneConfig, dns: &DnsConfig) -> Result<(), String> 
             }
         }
     }
-    let _ = origin;
     Ok(())
 }
 

@@ -150,6 +150,16 @@ stop_pid() {
     wait_gone "$pid" 5 || true
 }
 
+# bench_args "$@": a bench script takes no arguments but -h/--help, which prints its header
+# comment (from line 2 to `set -euo pipefail`).
+bench_args() {
+    case ${1:-} in
+        -h | --help) sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0 ;;
+        "") ;;
+        *) die "${0#"$ROOT"/} takes no arguments (see --help)" ;;
+    esac
+}
+
 # bench_start_daemon: writes $CONFIG for a daemon of its own (socket $SOCK, state and access log
 # in $BENCH_DIR, owner $OWNER, proxy on free loopback ports, ACME off: benches make no traffic
 # beyond loopback), starts "$BIN daemon" logging to $DAEMON_LOG, and waits until `ilot status`
