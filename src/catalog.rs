@@ -303,10 +303,12 @@ pub struct FirewallPort {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LogFilter {
-    pub service: String,
-    pub name: String,
-    /// Regex with a `<HOST>` placeholder, fail2ban style.
-    pub failregex: String,
+    /// The guard filter (built in, or /etc/ilot/filters/NAME.toml).
+    pub filter: String,
+    /// The service whose output (container logs) the filter reads; absent: ilot's proxy
+    /// access log, where the real client address of a web app's requests is.
+    #[serde(default)]
+    pub service: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -457,6 +459,18 @@ impl Manifest {
         }
         for r in &self.needs.dns {
             crate::dns::check_record(r)?;
+        }
+        for f in &self.needs.log_filters {
+            if let Some(svc) = &f.service {
+                if !self.services.contains_key(svc) {
+                    return Err(format!("log_filters: unknown service {svc:?}"));
+                }
+            }
+            if f.filter.is_empty()
+                || !f.filter.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(format!("log_filters: {:?} is not a filter name", f.filter));
+            }
         }
         if let Some(tls) = &self.needs.tls {
             if !self.services.contains_key(&tls.service) {

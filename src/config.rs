@@ -24,6 +24,115 @@ pub struct Config {
     pub dns: DnsConfig,
     #[serde(default)]
     pub firewall: FirewallConfig,
+    #[serde(default)]
+    pub guard: GuardConfig,
+}
+
+/// The guard: log sources, jails, allowlists and blocklists (docs/guard.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuardConfig {
+    pub enabled: bool,
+    /// Never banned: addresses, CIDRs, or host names (resolved every 5 minutes: a family's
+    /// dynamic home address). Loopback, Docker's networks and live SSH sessions are implied.
+    pub allow: Vec<String>,
+    /// IPv6 offenders are banned by this prefix.
+    pub ipv6_prefix: u8,
+    /// An expired ban is remembered this long, to recognise a repeat offender.
+    #[serde(with = "humantime_serde")]
+    pub forget_after: std::time::Duration,
+    /// Where custom filters are (NAME.toml, adding to or replacing the built-in ones).
+    pub filters_dir: PathBuf,
+    /// The policy of every jail, unless the jail says otherwise.
+    pub defaults: crate::guard::jail::Policy,
+    /// Jails by name. `sshd`, `proxy-auth` and `proxy-flood` exist unless disabled here; a
+    /// jail of that name changes them.
+    pub jails: std::collections::BTreeMap<String, JailConfig>,
+    pub blocklists: Vec<BlocklistConfig>,
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        GuardConfig {
+            enabled: true,
+            allow: Vec::new(),
+            ipv6_prefix: 64,
+            forget_after: std::time::Duration::from_secs(7 * 86_400),
+            filters_dir: crate::guard::filter::CUSTOM_DIR.into(),
+            defaults: Default::default(),
+            jails: Default::default(),
+            blocklists: Vec::new(),
+        }
+    }
+}
+
+/// A jail: a filter, the logs it reads, and (optionally) its own policy.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JailConfig {
+    /// `enabled = false` turns a built-in jail off.
+    pub enabled: Option<bool>,
+    /// The filter (default: the jail's name).
+    pub filter: Option<String>,
+    /// Log files to follow.
+    pub files: Vec<PathBuf>,
+    /// systemd units whose journal to follow.
+    pub journal: Vec<String>,
+    /// Read ilot's proxy access log.
+    pub proxy: bool,
+    pub maxretry: Option<u32>,
+    #[serde(with = "humantime_serde::option")]
+    pub findtime: Option<std::time::Duration>,
+    #[serde(with = "humantime_serde::option")]
+    pub bantime: Option<std::time::Duration>,
+    pub increment: Option<f64>,
+    #[serde(with = "humantime_serde::option")]
+    pub max_bantime: Option<std::time::Duration>,
+    pub permanent_after: Option<u32>,
+}
+
+impl JailConfig {
+    /// The jail's policy: its own settings over the defaults.
+    pub fn policy(&self, defaults: &crate::guard::jail::Policy) -> crate::guard::jail::Policy {
+        let mut p = defaults.clone();
+        if let Some(v) = self.maxretry {
+            p.maxretry = v;
+        }
+        if let Some(v) = self.findtime {
+            p.findtime = v;
+        }
+        if let Some(v) = self.bantime {
+            p.bantime = v;
+        }
+        if let Some(v) = self.increment {
+            p.increment = v;
+        }
+        if let Some(v) = self.max_bantime {
+            p.max_bantime = v;
+        }
+        if let Some(v) = self.permanent_after {
+            p.permanent_after = v;
+        }
+        p
+    }
+}
+
+/// A blocklist imported into the firewall: a file, or an http(s) URL, fetched again every
+/// `refresh`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlocklistConfig {
+    pub name: String,
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default = "daily", with = "humantime_serde")]
+    pub refresh: std::time::Duration,
+}
+
+fn daily() -> std::time::Duration {
+    std::time::Duration::from_secs(86_400)
 }
 
 /// The nftables firewall (docs/firewall.md).
@@ -265,6 +374,59 @@ impl Default for DaemonConfig {
 }
 
 impl Config {
+    fn validate_guard(&self, origin: &str) -> Result<()> {
+        let g = &self.guard;
+        let bad = |why: String| {
+            Err(Error::bad_input(format!("invalid config {origin}: [guard] {why}"))
+                .hint("fix the file (docs/guard.md lists every key); the daemon did not start"))
+        };
+        if !(16..=128).contains(&g.ipv6_prefix) {
+            return bad(format!("ipv6_prefix {} must be between 16 and 128", g.ipv6_prefix));
+        }
+        for a in &g.allow {
+            let ok = a.parse::<ipnet::IpNet>().is_ok()
+                || a.parse::<std::net::IpAddr>().is_ok()
+                || crate::names::check_domain(a).is_ok();
+            if !ok {
+                return bad(format!(
+                    "allow: {a:?} is neither an address, a CIDR nor a host name"
+                ));
+            }
+        }
+        if let Err(why) = g.defaults.validate("defaults") {
+            return bad(why);
+        }
+        for (name, j) in &g.jails {
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                return bad(format!("jails: {name:?} is not a jail name (letters, digits, - and _)"));
+            }
+            if let Err(why) = j.policy(&g.defaults).validate(name) {
+                return bad(why);
+            }
+            for f in &j.files {
+                if !f.is_absolute() {
+                    return bad(format!("jails.{name}: files: {} is not an absolute path", f.display()));
+                }
+            }
+        }
+        for b in &g.blocklists {
+            match (&b.file, &b.url) {
+                (Some(_), None) => {}
+                (None, Some(u)) if u.starts_with("http://") || u.starts_with("https://") => {}
+                _ => {
+                    return bad(format!(
+                        "blocklists: {:?} needs one of file = \"/path\" or url = \"https://...\"",
+                        b.name
+                    ))
+                }
+            }
+            if b.refresh < std::time::Duration::from_secs(60) {
+                return bad(format!("blocklists: {:?}: refresh under a minute", b.name));
+            }
+        }
+        Ok(())
+    }
+
     /// Loads `path`, or /etc/ilot/ilot.toml when it exists, or the embedded default.
     pub fn load(path: Option<&Path>) -> Result<(Config, Option<PathBuf>)> {
         let path = match path {
@@ -370,6 +532,7 @@ impl Config {
                 .hint("see `ip link` for the names; the daemon did not start"));
             }
         }
+        self.validate_guard(origin)?;
         for z in &self.dns.zones {
             crate::dns::zones::check_zone_config(z, &self.dns).map_err(|why| {
                 Error::bad_input(format!("invalid config {origin}: [[dns.zones]] {why}"))

@@ -14,7 +14,7 @@ pub struct Bus {
 impl Bus {
     pub fn new() -> Bus {
         Bus {
-            tx: broadcast::channel(256).0,
+            tx: broadcast::channel(4096).0,
         }
     }
 
@@ -56,7 +56,21 @@ impl Bus {
             loop {
                 match rx.recv().await {
                     Ok(e) => {
-                        if let Err(err) = store.write(|w| w.append_event(&e)) {
+                        // A burst (a ban storm) is written in one transaction, not one each.
+                        let mut batch = vec![e];
+                        while let Ok(more) = rx.try_recv() {
+                            batch.push(more);
+                            if batch.len() >= 512 {
+                                break;
+                            }
+                        }
+                        let written = store.write(|w| {
+                            for e in &batch {
+                                w.append_event(e)?;
+                            }
+                            Ok(())
+                        });
+                        if let Err(err) = written {
                             tracing::warn!("cannot record event: {err}");
                         }
                     }

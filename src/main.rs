@@ -11,6 +11,7 @@ mod dns;
 mod error;
 mod events;
 mod firewall;
+mod guard;
 mod mail;
 mod names;
 mod plan;

@@ -38,6 +38,11 @@ pub enum Request {
     FirewallAllow { port: String },
     FirewallDeny { port: String },
     FirewallConfirm,
+    BanList,
+    /// A manual ban; `seconds` absent = permanent.
+    BanAdd { address: String, seconds: Option<u64> },
+    BanRemove { address: String },
+    GuardShow,
     DomainAdd { domain: String, instance: String },
     DomainRemove { domain: String },
     CertRenew { domain: Option<String>, force: bool },

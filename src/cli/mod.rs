@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-mod render;
+pub(crate) mod render;
 
 #[derive(Parser)]
 #[command(
@@ -60,6 +60,12 @@ enum Command {
     /// The nftables firewall: what is open and why; open or close a port.
     #[command(subcommand)]
     Firewall(FirewallCommand),
+    /// Bans: who is banned, by which jail, until when; ban or unban by hand.
+    #[command(subcommand)]
+    Ban(BanCommand),
+    /// The ban engine: its jails, and a filter tried on a log file.
+    #[command(subcommand)]
+    Guard(GuardCommand),
     /// What is still wrong, in plain words: DNS records as the world sees them, reverse DNS,
     /// outbound port 25, blocklists. Exit code 1 when something fails.
     Diagnose {
@@ -96,6 +102,43 @@ enum FirewallCommand {
     Deny { port: String },
     /// Keep the change that is waiting for confirmation.
     Confirm,
+}
+
+#[derive(Subcommand)]
+enum BanCommand {
+    /// The active bans (newest first) and the blocklists loaded.
+    List,
+    /// Ban an address (an IPv6 address bans its /64) or a prefix, for good unless --for.
+    Add {
+        address: String,
+        /// How long, e.g. 1h, 2d.
+        #[arg(long = "for", value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+    },
+    /// Lift the ban that covers an address, and forget its past bans.
+    Remove { address: String },
+}
+
+#[derive(Subcommand)]
+enum GuardCommand {
+    /// The jails: filter, where they read, policy, failures seen and bans made.
+    Show,
+    /// Try a filter on a log file, like fail2ban-regex: each matching line with the address
+    /// it yields, then counts. Runs here, without the daemon.
+    Test {
+        /// A built-in filter (sshd, postfix, dovecot, proxy-auth, ...) or a custom one.
+        filter: String,
+        logfile: std::path::PathBuf,
+        /// Only the counts.
+        #[arg(long)]
+        summary: bool,
+        /// Also list the lines that did not match.
+        #[arg(long)]
+        missed: bool,
+        /// Where custom filters are.
+        #[arg(long, default_value = crate::guard::filter::CUSTOM_DIR)]
+        filters_dir: std::path::PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -233,6 +276,22 @@ pub fn main() -> i32 {
         Command::Firewall(FirewallCommand::Allow { port }) => Request::FirewallAllow { port },
         Command::Firewall(FirewallCommand::Deny { port }) => Request::FirewallDeny { port },
         Command::Firewall(FirewallCommand::Confirm) => Request::FirewallConfirm,
+        Command::Ban(BanCommand::List) => Request::BanList,
+        Command::Ban(BanCommand::Add { address, duration }) => Request::BanAdd {
+            address,
+            seconds: duration.map(|d| d.as_secs().max(1)),
+        },
+        Command::Ban(BanCommand::Remove { address }) => Request::BanRemove { address },
+        Command::Guard(GuardCommand::Show) => Request::GuardShow,
+        Command::Guard(GuardCommand::Test {
+            filter,
+            logfile,
+            summary,
+            missed,
+            filters_dir,
+        }) => {
+            return crate::guard::test::run(&filter, &logfile, &filters_dir, summary, missed, cli.json)
+        }
         Command::Diagnose { area } => Request::Diagnose {
             what: match area {
                 DiagnoseArea::Dns => "dns",

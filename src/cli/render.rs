@@ -132,6 +132,92 @@ fn print_firewall(v: &Value) {
     }
 }
 
+fn print_bans(v: &Value) {
+    let now = crate::state::now();
+    let rows: Vec<Vec<String>> = v["bans"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|b| {
+            let left = match b["until"].as_u64() {
+                None => "for good".to_string(),
+                Some(u) => humantime::format_duration(std::time::Duration::from_secs(
+                    u.saturating_sub(now),
+                ))
+                .to_string(),
+            };
+            vec![
+                s(&b["address"]),
+                s(&b["jail"]),
+                crate::state::format_utc(b["since"].as_u64().unwrap_or(0)),
+                left,
+                s(&b["count"]),
+                s(&b["reason"]),
+            ]
+        })
+        .collect();
+    let total = v["total"].as_u64().unwrap_or(0);
+    if total == 0 {
+        println!("No address is banned.");
+    } else {
+        table(&["ADDRESS", "JAIL", "SINCE (UTC)", "LEFT", "BANS", "WHY"], rows);
+        if total as usize > v["bans"].as_array().map_or(0, |a| a.len()) {
+            println!("({total} bans in all; `--json` lists the newest 1000)");
+        }
+    }
+    let bl = &v["blocklists"];
+    if let Some(lists) = bl["lists"].as_object().filter(|l| !l.is_empty()) {
+        println!(
+            "
+Blocklists: {} prefixes loaded{}",
+            s(&bl["entries"]),
+            bl["loaded"]
+                .as_u64()
+                .map(|t| format!(" at {} UTC", crate::state::format_utc(t)))
+                .unwrap_or_default()
+        );
+        for (name, l) in lists {
+            match l["error"].as_str() {
+                Some(e) => println!("  {name}: error: {e}"),
+                None => println!("  {name}: {} prefixes", s(&l["entries"])),
+            }
+        }
+    }
+}
+
+fn print_guard(v: &Value) {
+    let rows: Vec<Vec<String>> = v["jails"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|j| {
+            let sources: Vec<String> = j["sources"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(s)
+                .collect();
+            vec![
+                s(&j["name"]),
+                s(&j["filter"]),
+                if sources.is_empty() { "(no log found)".into() } else { sources.join(" ") },
+                format!("{} in {}, {}", s(&j["maxretry"]), s(&j["findtime"]), s(&j["bantime"])),
+                s(&j["failures"]),
+                s(&j["bans"]),
+            ]
+        })
+        .collect();
+    table(&["JAIL", "FILTER", "READS", "BAN AFTER", "FAILURES", "BANS"], rows);
+    println!("
+{} active bans; IPv6 banned by /{}.", s(&v["active_bans"]), s(&v["ipv6_prefix"]));
+    for a in v["allow"].as_array().into_iter().flatten() {
+        println!("never banned: {} ({})", s(&a["net"]), s(&a["why"]));
+    }
+    for e in v["errors"].as_array().into_iter().flatten() {
+        println!("error: {}", s(e));
+    }
+}
+
 /// Long values (DKIM keys) cut for a table; `--format zone` and `--json` give them whole.
 fn ellipsis(v: &str, max: usize) -> String {
     if v.chars().count() <= max {
@@ -371,6 +457,9 @@ pub fn human(req: &Request, v: &Value) {
             }
         }
         Request::FirewallShow => print_firewall(v),
+        Request::BanList => print_bans(v),
+        Request::GuardShow => print_guard(v),
+        Request::BanAdd { .. } | Request::BanRemove { .. } => println!("{}", s(&v["message"])),
         Request::FirewallAllow { .. } | Request::FirewallDeny { .. } | Request::FirewallConfirm => {
             println!("{}", s(&v["message"]));
         }

@@ -104,12 +104,14 @@ impl Daemon {
         Policy {
             open,
             interfaces: cfg.interfaces.clone(),
+            filter: cfg.enabled,
         }
     }
 
     /// Applies the policy (or removes the table when the firewall is disabled).
     pub(super) fn refresh_firewall(&self) {
-        let result = if self.config.firewall.enabled {
+        // The guard's sets and chain live in the table too: it stays while either is on.
+        let result = if self.config.firewall.enabled || self.config.guard.enabled {
             firewall::apply(&self.firewall_policy())
         } else {
             firewall::remove()

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 mod dns;
 mod firewall;
+mod guard;
 mod ops;
 mod views;
 
@@ -53,6 +54,8 @@ pub struct Daemon {
     firewall_error: std::sync::Mutex<Option<String>>,
     /// One firewall change (or revert) at a time.
     firewall_lock: tokio::sync::Mutex<()>,
+    /// The ban engine's jails, counters and bans.
+    guard: guard::Guard,
     /// True once the journal has been recovered: the daemon then serves every request.
     ready: std::sync::atomic::AtomicBool,
     started: Instant,
@@ -152,6 +155,7 @@ async fn serve(config: Config, config_path: Option<PathBuf>, catalog: Catalog) -
         dns_built: Default::default(),
         firewall_error: std::sync::Mutex::new(None),
         firewall_lock: tokio::sync::Mutex::new(()),
+        guard: Default::default(),
         config,
         config_path,
         catalog,
@@ -170,6 +174,7 @@ async fn serve(config: Config, config_path: Option<PathBuf>, catalog: Catalog) -
     daemon.refresh_routes();
     daemon.refresh_dns();
     daemon.start_firewall();
+    daemon.start_guard();
     let d = daemon.clone();
     tokio::spawn(async move {
         // Served zones are re-signed before their signatures expire (a zone older than
@@ -306,6 +311,8 @@ impl Daemon {
             tracing::error!("recovery: {e}");
         }
         self.runtime().expect("runtime set above").1.refresh().await;
+        // The apps' jails can follow their containers now that the engine answers.
+        self.rebuild_jails();
         self.ready.store(true, std::sync::atomic::Ordering::SeqCst);
         drop(guard);
         // Drift detection: converge every instance periodically.
@@ -328,6 +335,7 @@ impl Daemon {
             self.refresh_routes();
             self.refresh_dns();
             self.refresh_firewall();
+            self.rebuild_jails();
             return result;
         }
         match req {
@@ -356,6 +364,10 @@ impl Daemon {
                 let _one = self.firewall_lock.lock().await;
                 self.firewall_confirm()
             }
+            Request::BanList => self.ban_list(),
+            Request::BanAdd { address, seconds } => self.ban_add(&address, seconds).await,
+            Request::BanRemove { address } => self.ban_remove(&address).await,
+            Request::GuardShow => self.guard_view(),
             Request::CertList => Ok(serde_json::to_value(self.certs()?.list()).unwrap_or_default()),
             Request::CertRenew { domain, force } => {
                 let list = self.certs()?.renew(domain.as_deref(), force).await?;

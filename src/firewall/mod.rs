@@ -2,9 +2,13 @@
 //! (one `nft -j -f` transaction per change); nothing outside it is ever read or touched, so
 //! Docker's own rules and an admin's tables live beside it. The policy: loopback, established
 //! traffic, essential ICMP/ICMPv6, the containers' bridges, SSH (the ports sshd listens on),
-//! and the ports the apps and the admin open are accepted; the rest is dropped. The ban sets
-//! (`banned4`, `banned6`) are declared here for the ban engine and never flushed by a rule
-//! change.
+//! and the ports the apps and the admin open are accepted; the rest is dropped.
+//!
+//! The guard's sets live in the same table and are never flushed by a rule change: `ban4`
+//! (addresses, with kernel timeouts), `ban6` and `bannet4` (prefixes, with timeouts),
+//! `block4`, `blocknet4`, `blocknet6` (the imported blocklists). The `bans` chain drops their
+//! traffic at prerouting, before Docker's DNAT, so the forwarded traffic to containers is
+//! covered as well as the host's own.
 
 use crate::error::{Error, Result};
 use nftables::batch::Batch;
@@ -68,6 +72,9 @@ impl std::str::FromStr for Port {
 /// What the table should hold.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Policy {
+    /// The input filter is on (`[firewall] enabled`); off, the table holds only the guard's
+    /// sets and its `bans` chain.
+    pub filter: bool,
     /// Ports open to the world, with why ("ssh", "instance NAME", "admin").
     pub open: Vec<(Port, String)>,
     /// Interfaces the drop applies to; empty = every interface but loopback and bridges.
@@ -133,7 +140,18 @@ fn rule(chain: &'static str, expr: Vec<Statement<'static>>) -> NfListObject<'sta
     })
 }
 
-fn ban_set(name: &'static str, kind: SetType) -> NfListObject<'static> {
+/// A set of the guard: `interval` for prefixes, `timeout` for bans that expire in the kernel.
+/// Address-only sets are hashes, sized for a million entries: loading 100,000 addresses is a
+/// few hundred milliseconds there, several times that in an interval set.
+fn guard_set(name: &'static str, kind: SetType, interval: bool, timeout: bool) -> NfListObject<'static> {
+    use nftables::schema::SetFlag;
+    let mut flags = std::collections::HashSet::new();
+    if interval {
+        flags.insert(SetFlag::Interval);
+    }
+    if timeout {
+        flags.insert(SetFlag::Timeout);
+    }
     NfListObject::Set(Box::new(Set {
         family: NfFamily::INet,
         table: Cow::Borrowed(TABLE),
@@ -141,21 +159,24 @@ fn ban_set(name: &'static str, kind: SetType) -> NfListObject<'static> {
         handle: None,
         set_type: SetTypeValue::Single(kind),
         policy: None,
-        flags: Some(
-            [
-                nftables::schema::SetFlag::Interval,
-                nftables::schema::SetFlag::Timeout,
-            ]
-            .into_iter()
-            .collect(),
-        ),
+        flags: Some(flags),
         elem: None,
         timeout: None,
         gc_interval: None,
-        size: None,
+        size: (!interval).then_some(1 << 20),
         comment: None,
     }))
 }
+
+/// The guard's sets: (name, IPv6?, interval?, timeout?).
+pub const GUARD_SETS: [(&str, bool, bool, bool); 6] = [
+    ("ban4", false, false, true),
+    ("bannet4", false, true, true),
+    ("ban6", true, true, true),
+    ("block4", false, false, false),
+    ("blocknet4", false, true, false),
+    ("blocknet6", true, true, false),
+];
 
 /// The whole transaction: the table, the ban sets (added, so their elements stay), the input
 /// chain emptied and refilled. nft applies it all or nothing.
@@ -166,8 +187,41 @@ pub fn ruleset(policy: &Policy) -> Nftables<'static> {
         name: Cow::Borrowed(TABLE),
         handle: None,
     }));
-    b.add(ban_set("banned4", SetType::Ipv4Addr));
-    b.add(ban_set("banned6", SetType::Ipv6Addr));
+    for (name, v6, interval, timeout) in GUARD_SETS {
+        let kind = if v6 { SetType::Ipv6Addr } else { SetType::Ipv4Addr };
+        b.add(guard_set(name, kind, interval, timeout));
+    }
+    // Banned and blocklisted sources are dropped before anything else looks at them:
+    // prerouting at raw priority comes before conntrack and Docker's DNAT.
+    let bans = Chain {
+        family: NfFamily::INet,
+        table: Cow::Borrowed(TABLE),
+        name: Cow::Borrowed("bans"),
+        newname: None,
+        handle: None,
+        _type: Some(NfChainType::Filter),
+        hook: Some(NfHook::Prerouting),
+        prio: Some(-300),
+        dev: None,
+        policy: Some(NfChainPolicy::Accept),
+    };
+    b.add(NfListObject::Chain(bans.clone()));
+    b.add_cmd(nftables::schema::NfCmd::Flush(
+        nftables::schema::FlushObject::Chain(bans),
+    ));
+    for (name, v6, _, _) in GUARD_SETS {
+        let (proto, set) = if v6 { ("ip6", name) } else { ("ip", name) };
+        b.add(rule(
+            "bans",
+            vec![
+                is(
+                    field(proto, "saddr"),
+                    Expression::String(Cow::Owned(format!("@{set}"))),
+                ),
+                Statement::Drop(None),
+            ],
+        ));
+    }
     let input = Chain {
         family: NfFamily::INet,
         table: Cow::Borrowed(TABLE),
@@ -184,6 +238,10 @@ pub fn ruleset(policy: &Policy) -> Nftables<'static> {
     b.add_cmd(nftables::schema::NfCmd::Flush(
         nftables::schema::FlushObject::Chain(input),
     ));
+    if !policy.filter {
+        // Only the guard: the input chain stays, empty, accepting everything.
+        return b.to_nftables();
+    }
     let ct_state = Expression::Named(NamedExpression::CT(CT {
         key: Cow::Borrowed("state"),
         family: None,
@@ -292,7 +350,119 @@ pub fn ruleset(policy: &Policy) -> Nftables<'static> {
 
 /// Applies the policy in one transaction.
 pub fn apply(policy: &Policy) -> Result<()> {
-    nftables::helper::apply_ruleset(&ruleset(policy)).map_err(|e| {
+    run(&ruleset(policy))
+}
+
+/// The set a banned prefix goes to.
+fn ban_set_of(net: &ipnet::IpNet) -> &'static str {
+    match net {
+        ipnet::IpNet::V4(n) if n.prefix_len() == 32 => "ban4",
+        ipnet::IpNet::V4(_) => "bannet4",
+        ipnet::IpNet::V6(_) => "ban6",
+    }
+}
+
+fn element(set: &'static str, elem: Vec<Expression<'static>>) -> NfListObject<'static> {
+    NfListObject::Element(nftables::schema::Element {
+        family: NfFamily::INet,
+        table: Cow::Borrowed(TABLE),
+        name: Cow::Borrowed(set),
+        elem: Cow::Owned(elem),
+    })
+}
+
+/// A prefix as nft wants it: a plain address for a whole-address prefix.
+fn net_expr(net: &ipnet::IpNet) -> Expression<'static> {
+    if net.prefix_len() == net.max_prefix_len() {
+        Expression::String(Cow::Owned(net.addr().to_string()))
+    } else {
+        Expression::Named(NamedExpression::Prefix(nftables::expr::Prefix {
+            addr: Box::new(Expression::String(Cow::Owned(net.network().to_string()))),
+            len: net.prefix_len() as u32,
+        }))
+    }
+}
+
+/// Adds bans, each with its remaining time (None: permanent), in one transaction.
+pub fn add_bans(bans: &[(ipnet::IpNet, Option<u64>)]) -> Result<()> {
+    if bans.is_empty() {
+        return Ok(());
+    }
+    let mut by_set: std::collections::BTreeMap<&'static str, Vec<Expression<'static>>> =
+        Default::default();
+    for (net, secs) in bans {
+        let val = net_expr(net);
+        let elem = match secs {
+            None => val,
+            Some(s) => Expression::Named(NamedExpression::Elem(nftables::expr::Elem {
+                val: Box::new(val),
+                timeout: Some((*s).clamp(1, u32::MAX as u64) as u32),
+                expires: None,
+                comment: None,
+                counter: None,
+            })),
+        };
+        by_set.entry(ban_set_of(net)).or_default().push(elem);
+    }
+    let mut b = Batch::new();
+    for (set, elems) in by_set {
+        b.add(element(set, elems));
+    }
+    run(&b.to_nftables())
+}
+
+/// Removes one ban; one that is no longer there (expired in the kernel) is not an error.
+pub fn remove_ban(net: &ipnet::IpNet) -> Result<()> {
+    let mut b = Batch::new();
+    b.delete(element(ban_set_of(net), vec![net_expr(net)]));
+    match run(&b.to_nftables()) {
+        Err(e) if e.message.contains("does not exist") || e.message.contains("No such file") => {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// Replaces the blocklist sets' content in one transaction. `nets` must not overlap
+/// (`ipnet::IpNet::aggregate` gives that).
+pub fn load_blocklist(nets: &[ipnet::IpNet]) -> Result<()> {
+    let mut b = Batch::new();
+    let mut sets: [(&'static str, Vec<Expression<'static>>); 3] =
+        [("block4", vec![]), ("blocknet4", vec![]), ("blocknet6", vec![])];
+    for net in nets {
+        let i = match net {
+            ipnet::IpNet::V4(n) if n.prefix_len() == 32 => 0,
+            ipnet::IpNet::V4(_) => 1,
+            ipnet::IpNet::V6(_) => 2,
+        };
+        sets[i].1.push(net_expr(net));
+    }
+    for (set, elems) in sets {
+        b.add_cmd(nftables::schema::NfCmd::Flush(nftables::schema::FlushObject::Set(
+            Box::new(Set {
+                family: NfFamily::INet,
+                table: Cow::Borrowed(TABLE),
+                name: Cow::Borrowed(set),
+                handle: None,
+                set_type: SetTypeValue::Single(SetType::Ipv4Addr),
+                policy: None,
+                flags: None,
+                elem: None,
+                timeout: None,
+                gc_interval: None,
+                size: None,
+                comment: None,
+            }),
+        )));
+        if !elems.is_empty() {
+            b.add(element(set, elems));
+        }
+    }
+    run(&b.to_nftables())
+}
+
+fn run(batch: &Nftables) -> Result<()> {
+    nftables::helper::apply_ruleset(batch).map_err(|e| {
         Error::failed(format!("nftables: {e}"))
             .hint("ilot needs nft (package nftables) and CAP_NET_ADMIN; see `nft list ruleset`")
     })
@@ -428,6 +598,7 @@ mod tests {
                 ("53/udp".parse().unwrap(), "x".into()),
             ],
             interfaces: vec![],
+            filter: true,
         };
         let json = serde_json::to_string(&ruleset(&policy)).unwrap();
         assert!(json.contains("\"table\":\"ilot\""));

@@ -71,6 +71,27 @@ impl Engine {
         })
     }
 
+    /// Every Docker network's subnets (all of them, not only ilot's): the guard never bans
+    /// an address inside one.
+    pub async fn network_subnets(&self) -> Result<Vec<(String, String)>> {
+        let nets = self
+            .docker
+            .list_networks(None::<q::ListNetworksOptions>)
+            .await
+            .map_err(|e| engine_err("list networks", e))?;
+        Ok(nets
+            .into_iter()
+            .flat_map(|n| {
+                let name = n.name.unwrap_or_default();
+                n.ipam
+                    .and_then(|i| i.config)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(move |c| Some((name.clone(), c.subnet?)))
+            })
+            .collect())
+    }
+
     pub async fn version(&self) -> Result<String> {
         let v = self
             .docker

@@ -3,7 +3,7 @@
 //! Tables hold JSON values: `instances` (the desired state of each installed app), `ops` (the
 //! journal: an operation is recorded before its first side effect and updated before each
 //! step), `kept` (secrets of instances removed without --purge, whose volumes were kept),
-//! `events` (recent history) and `meta`. The file is created 0600 in a 0700 directory: it holds
+//! `events` (recent history), `bans` (the guard's bans, by prefix) and `meta`. The file is created 0600 in a 0700 directory: it holds
 //! the apps' secrets.
 
 use crate::catalog::Manifest;
@@ -19,6 +19,7 @@ const OPS: TableDefinition<u64, &[u8]> = TableDefinition::new("ops");
 const KEPT: TableDefinition<&str, &[u8]> = TableDefinition::new("kept");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+const BANS: TableDefinition<&str, &[u8]> = TableDefinition::new("bans");
 
 /// How many events the history keeps.
 const EVENT_HISTORY: u64 = 1000;
@@ -203,6 +204,7 @@ impl Store {
             tx.open_table(KEPT)?;
             tx.open_table(EVENTS)?;
             tx.open_table(META)?;
+            tx.open_table(BANS)?;
         }
         tx.commit()?;
         Ok(store)
@@ -229,6 +231,18 @@ impl Store {
             .get(key)?
             .map(|v| v.value().to_string());
         Ok(v)
+    }
+
+    /// The guard's bans (active and remembered), as the guard stored them.
+    pub fn bans<T: DeserializeOwned>(&self) -> Result<Vec<T>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(BANS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (_, v) = row?;
+            out.push(decode(v.value(), "ban")?);
+        }
+        Ok(out)
     }
 
     pub fn instances(&self) -> Result<Vec<Instance>> {
@@ -329,6 +343,16 @@ impl Writer {
     }
     pub fn delete_kept(&mut self, name: &str) -> Result<()> {
         self.tx.open_table(KEPT)?.remove(name)?;
+        Ok(())
+    }
+    pub fn put_ban<T: Serialize>(&mut self, key: &str, ban: &T) -> Result<()> {
+        self.tx
+            .open_table(BANS)?
+            .insert(key, encode(ban).as_slice())?;
+        Ok(())
+    }
+    pub fn delete_ban(&mut self, key: &str) -> Result<()> {
+        self.tx.open_table(BANS)?.remove(key)?;
         Ok(())
     }
     pub fn append_event(&mut self, e: &Event) -> Result<()> {
