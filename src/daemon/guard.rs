@@ -505,7 +505,10 @@ impl Daemon {
     }
 
     /// The allowlist's moving parts: host names resolved again, Docker's networks.
-    async fn refresh_allowlist(&self) {
+    pub(super) async fn refresh_allowlist(&self) {
+        if !self.config.guard.enabled {
+            return;
+        }
         let mut nets = Vec::new();
         for a in &self.config.guard.allow {
             if a.parse::<IpNet>().is_ok() || a.parse::<IpAddr>().is_ok() {
@@ -591,6 +594,7 @@ impl Daemon {
                 .collect()
         };
         let count = kept.len();
+        let started = std::time::Instant::now();
         tokio::task::spawn_blocking(move || firewall::load_blocklist(&kept))
             .await
             .map_err(|e| Error::failed(e.to_string()))??;
@@ -599,7 +603,10 @@ impl Daemon {
             loaded: Some(now()),
             lists,
         };
-        tracing::info!("guard: {count} blocklist entries loaded");
+        tracing::info!(
+            "guard: {count} blocklist entries loaded in {:.3} s",
+            started.elapsed().as_secs_f64()
+        );
         Ok(count)
     }
 

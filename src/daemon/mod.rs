@@ -311,8 +311,11 @@ impl Daemon {
             tracing::error!("recovery: {e}");
         }
         self.runtime().expect("runtime set above").1.refresh().await;
-        // The apps' jails can follow their containers now that the engine answers.
+        // The apps' jails can follow their containers now that the engine answers, and its
+        // networks join the allowlist.
         self.rebuild_jails();
+        let d = self.clone();
+        tokio::spawn(async move { d.refresh_allowlist().await });
         self.ready.store(true, std::sync::atomic::Ordering::SeqCst);
         drop(guard);
         // Drift detection: converge every instance periodically.

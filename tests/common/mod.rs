@@ -121,6 +121,9 @@ impl Ilot {
                     if !c.contains("[firewall]") {
                         c = format!("[firewall]\nenabled = false\n{c}");
                     }
+                    if !c.contains("[guard]") {
+                        c = format!("[guard]\nenabled = false\n{c}");
+                    }
                     c
                 }
             ),

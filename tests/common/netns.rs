@@ -76,8 +76,14 @@ impl Net {
 
     /// A TCP server in the server namespace on `port` (all addresses) that accepts and holds.
     pub fn listen(&mut self, port: u16) {
+        let ns = self.server.clone();
+        self.listen_in(&ns, port);
+    }
+
+    /// The same in namespace `ns` (a client playing a container behind the server).
+    pub fn listen_in(&mut self, ns: &str, port: u16) {
         let child = Command::new("ip")
-            .args(["netns", "exec", &self.server, "python3", "-c"])
+            .args(["netns", "exec", ns, "python3", "-c"])
             .arg(format!(
                 "import socket,time\ns=socket.socket(socket.AF_INET6)\ns.setsockopt(socket.IPPROTO_IPV6,socket.IPV6_V6ONLY,0)\n\
                  s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('::',{port}))\ns.listen(64)\n\
@@ -94,7 +100,7 @@ impl Net {
                 .args([
                     "netns",
                     "exec",
-                    &self.server,
+                    ns,
                     "ss",
                     "-Hltn",
                     &format!("sport = :{port}"),
@@ -106,7 +112,7 @@ impl Net {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("nothing listens on {port} in {}", self.server);
+        panic!("nothing listens on {port} in {ns}");
     }
 
     /// Whether a TCP connection from client `n` (0-based) to `addr` port `port` is accepted
@@ -134,6 +140,13 @@ impl Net {
             .status()
             .unwrap()
             .success()
+    }
+
+    /// Runs `args` in namespace `ns`; panics if it fails.
+    pub fn exec(&self, ns: &str, args: &[&str]) {
+        let mut all = vec!["netns", "exec", ns];
+        all.extend_from_slice(args);
+        ip(&all);
     }
 
     /// `nft` in the server namespace.
