@@ -257,3 +257,54 @@ fn guard_test_shows_each_verdict_like_fail2ban_regex() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("built-in filters: dovecot"));
 }
+
+#[test]
+fn an_apps_container_output_is_read_with_the_filter_its_manifest_names() {
+    let net = Net::new(1);
+    let mut ilot = Ilot::start_in(
+        Some(&net.server.clone()),
+        &[],
+        "[guard]\n[guard.defaults]\nmaxretry = 2\n",
+    );
+    // An app whose manifest says: read service web's output with the sshd filter.
+    let dir = ilot.dir.join("catalog/logapp");
+    std::fs::create_dir_all(&dir).unwrap();
+    let manifest = std::fs::read_to_string(ilot.dir.join("catalog/hello/app.toml"))
+        .unwrap()
+        .replace("name = \"hello\"", "name = \"logapp\"")
+        .replace("[needs]", "[needs]\nlog_filters = [{ filter = \"sshd\", service = \"web\" }]");
+    std::fs::write(dir.join("app.toml"), manifest).unwrap();
+    ilot.restart();
+    let name = unique("logs");
+    ilot.ok(&["app", "install", "logapp", "--name", &name]);
+    let container = format!("ilot-{name}-web");
+    let jail = format!("{name}-sshd");
+    let show = ilot.json(&["guard", "show"]);
+    assert!(
+        show["jails"].to_string().contains(&format!("container:{container}")),
+        "{show}"
+    );
+    // The container writes failures to its own output (as an app logs to stdout): the
+    // gateway address of Docker's bridge is never banned, the real client is.
+    let emit = |addr: &str| {
+        let line = sshd_failures(addr, 1).remove(0);
+        docker_ok(&["exec", &container, "sh", "-c", &format!("echo '{line}' > /proc/1/fd/1")]);
+    };
+    let gateway = docker_ok(&[
+        "network", "inspect", "bridge", "--format", "{{(index .IPAM.Config 0).Gateway}}",
+    ]);
+    let gateway = gateway.trim();
+    for _ in 0..3 {
+        emit(gateway);
+        emit("198.51.100.23");
+    }
+    wait_until("the client in the container's log is banned", 15, || {
+        banned(&ilot, "198.51.100.23/32").is_some()
+    });
+    assert_eq!(banned(&ilot, "198.51.100.23/32").unwrap()["jail"], jail.as_str());
+    assert!(banned(&ilot, &format!("{gateway}/32")).is_none());
+    assert!(ilot.log().contains("Docker network bridge"), "{}", ilot.log());
+    let set = net.nft(&["list", "set", "inet", "ilot", "ban4"]);
+    assert!(set.contains("198.51.100.23"), "{set}");
+    ilot.ok(&["app", "remove", &name, "--purge"]);
+}
