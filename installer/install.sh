@@ -275,6 +275,11 @@ if [ ! -e "$CONF" ]; then
 # enabled = true                        # ilot's nftables table: SSH, 80/443 and apps' ports open,
 #                                       # the rest dropped (docs/firewall.md)
 # open = ["60001/udp"]                  # more ports to keep open (mosh, WireGuard...)
+
+[guard]
+# enabled = true                        # bans brute-forcers (sshd, the proxy, apps' logs)
+# allow = ["home.example.net"]          # never banned: your home address, by name or CIDR
+#                                       # (docs/guard.md; `ilot ban list`, `ilot guard show`)
 EOF
 	)
 	chgrp ilot "$CONF"

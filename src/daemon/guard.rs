@@ -543,8 +543,9 @@ impl Daemon {
             .map(|b| b.refresh)
             .min()
             .unwrap_or(Duration::from_secs(86_400));
+        // Each list's last good content: a list that cannot be fetched keeps it.
+        let mut last_good: HashMap<String, Vec<IpNet>> = HashMap::new();
         loop {
-            let mut all = Vec::new();
             let mut status = BTreeMap::new();
             for b in &lists {
                 let text = match (&b.file, &b.url) {
@@ -560,15 +561,17 @@ impl Daemon {
                             b.name.clone(),
                             json!({"entries": nets.len(), "unreadable_lines": bad.len()}),
                         );
-                        all.extend(nets);
+                        last_good.insert(b.name.clone(), nets);
                     }
                     Err(e) => {
                         tracing::warn!("guard: blocklist {}: {e}", b.name);
                         self.bus.publish("blocklist-failed", None, format!("{}: {e}", b.name));
-                        status.insert(b.name.clone(), json!({"error": e}));
+                        let kept = last_good.get(&b.name).map_or(0, |n| n.len());
+                        status.insert(b.name.clone(), json!({"error": e, "entries": kept}));
                     }
                 }
             }
+            let all: Vec<IpNet> = last_good.values().flatten().copied().collect();
             if let Err(e) = self.load_blocklist(all, status).await {
                 tracing::error!("guard: blocklists: {e}");
             }
