@@ -184,7 +184,7 @@ impl Daemon {
                 }
                 _ = tick.tick() => {
                     ticks += 1;
-                    self.expire_bans(ticks % 3600 == 0);
+                    self.expire_bans(ticks % 60 == 0, ticks % 3600 == 0);
                 }
             }
         }
@@ -301,8 +301,9 @@ impl Daemon {
         }
     }
 
-    /// Announces bans the kernel has let expire; now and then, forgets old offenders.
-    fn expire_bans(&self, forget: bool) {
+    /// Announces bans the kernel has let expire; every minute, drops ended failure windows;
+    /// every hour, forgets old offenders.
+    fn expire_bans(&self, windows: bool, forget: bool) {
         let now = now();
         let mut expired = Vec::new();
         {
@@ -313,6 +314,12 @@ impl Daemon {
                 }
                 st.expiries.pop_first();
                 expired.push(net);
+            }
+            if windows {
+                let findtimes: Vec<u64> =
+                    st.jails.iter().map(|j| j.policy.findtime.as_secs()).collect();
+                st.tracker
+                    .expire(now, |j| findtimes.get(j).copied().unwrap_or(3600));
             }
             if forget {
                 let keep = self.config.guard.forget_after.as_secs();
@@ -325,10 +332,6 @@ impl Daemon {
                 for n in &old {
                     st.bans.remove(n);
                 }
-                let tracker_windows: Vec<u64> =
-                    st.jails.iter().map(|j| j.policy.findtime.as_secs()).collect();
-                st.tracker
-                    .expire(now, |j| tracker_windows.get(j).copied().unwrap_or(3600));
                 drop(st);
                 let _ = self.store.write(|w| {
                     for n in &old {

@@ -77,10 +77,13 @@ pub fn ban_net(addr: IpAddr, ipv6_prefix: u8) -> IpNet {
     }
 }
 
-/// Failure counts per (jail, net) within each jail's findtime.
+/// Failure counts per (jail, net) within each jail's findtime. Failures are counted in
+/// buckets of an eighth of findtime, so an address costs at most nine small entries whatever
+/// its rate: a flood jail with maxretry = 600 must not keep 600 timestamps per attacker. (The
+/// window's edge is thus an eighth of findtime coarse, on the lenient side.)
 #[derive(Default)]
 pub struct Tracker {
-    recent: HashMap<(usize, IpNet), VecDeque<u64>>,
+    recent: HashMap<(usize, IpNet), VecDeque<(u64, u32)>>,
 }
 
 impl Tracker {
@@ -88,19 +91,20 @@ impl Tracker {
     /// then starts again, so a banned address is not re-banned by the lines of the same burst).
     pub fn failure(&mut self, jail: usize, net: IpNet, time: u64, policy: &Policy) -> bool {
         let window = policy.findtime.as_secs();
-        let times = self.recent.entry((jail, net)).or_default();
-        times.push_back(time);
-        while times
+        let bucket = (window / 8).max(1);
+        let buckets = self.recent.entry((jail, net)).or_default();
+        match buckets.back_mut() {
+            Some((start, count)) if time >= *start && time - *start < bucket => *count += 1,
+            _ => buckets.push_back((time, 1)),
+        }
+        while buckets
             .front()
-            .is_some_and(|t| t.saturating_add(window) < time)
+            .is_some_and(|(start, _)| start.saturating_add(window) < time)
         {
-            times.pop_front();
+            buckets.pop_front();
         }
-        // Never more than maxretry entries per address, whatever the flood.
-        while times.len() > policy.maxretry as usize {
-            times.pop_front();
-        }
-        if times.len() >= policy.maxretry as usize {
+        let total: u64 = buckets.iter().map(|(_, c)| u64::from(*c)).sum();
+        if total >= u64::from(policy.maxretry) {
             self.recent.remove(&(jail, net));
             true
         } else {
@@ -108,13 +112,13 @@ impl Tracker {
         }
     }
 
-    /// Forgets windows that ended (called from time to time, so memory follows the attackers
-    /// of the last findtime, not of all time).
+    /// Forgets windows that ended (called every minute, so memory follows the attackers of
+    /// the last findtime, not of all time).
     pub fn expire(&mut self, now: u64, findtime_of: impl Fn(usize) -> u64) {
-        self.recent.retain(|(jail, _), times| {
-            times
+        self.recent.retain(|(jail, _), buckets| {
+            buckets
                 .back()
-                .is_some_and(|t| t.saturating_add(findtime_of(*jail)) >= now)
+                .is_some_and(|(t, _)| t.saturating_add(findtime_of(*jail)) >= now)
         });
     }
 
@@ -147,6 +151,16 @@ mod tests {
         assert!(!t.failure(1, a, 171, &p));
         t.expire(1000, |_| 60);
         assert_eq!(t.len(), 0);
+        // A flood jail: 600 in a minute, from one address, in a handful of entries.
+        let flood = Policy {
+            maxretry: 600,
+            findtime: Duration::from_secs(60),
+            ..Policy::default()
+        };
+        let hits = (0..599).filter(|i| t.failure(2, a, 2000 + i / 10, &flood)).count();
+        assert_eq!(hits, 0);
+        assert!(t.recent[&(2, a)].len() <= 9);
+        assert!(t.failure(2, a, 2059, &flood));
     }
 
     #[test]
