@@ -67,6 +67,9 @@ struct State {
 pub(super) struct Guard {
     state: Mutex<State>,
     tx: OnceLock<sources::Sender>,
+    /// Bans on their way to the store, written by a task of their own so that a slow disk
+    /// never holds up the next ban.
+    persist: OnceLock<tokio::sync::mpsc::UnboundedSender<Vec<Ban>>>,
     /// Container log followers, by container name.
     containers: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
     blocklists: Mutex<BlocklistStatus>,
@@ -149,6 +152,29 @@ impl Daemon {
         for (key, units) in journals {
             sources::follow_journal(key, units, tx.clone());
         }
+        let (persist, mut to_store) = tokio::sync::mpsc::unbounded_channel::<Vec<Ban>>();
+        let _ = self.guard.persist.set(persist);
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            while let Some(mut bans) = to_store.recv().await {
+                while let Ok(more) = to_store.try_recv() {
+                    bans.extend(more);
+                }
+                let store = store.clone();
+                let written = tokio::task::spawn_blocking(move || {
+                    store.write(|w| {
+                        for b in &bans {
+                            w.put_ban(&b.net.to_string(), b)?;
+                        }
+                        Ok(())
+                    })
+                })
+                .await;
+                if let Ok(Err(e)) = written {
+                    tracing::error!("guard: cannot record bans: {e}");
+                }
+            }
+        });
         let d = self.clone();
         tokio::spawn(async move { d.run_guard(rx).await });
         let d = self.clone();
@@ -288,16 +314,11 @@ impl Daemon {
         if let Ok(Err(e)) | Err(e) = applied.map_err(|e| Error::failed(e.to_string())) {
             tracing::error!("guard: {e}");
         }
-        if let Err(e) = self.store.write(|w| {
-            for b in &new {
-                w.put_ban(&b.net.to_string(), b)?;
-            }
-            Ok(())
-        }) {
-            tracing::error!("guard: cannot record bans: {e}");
-        }
         for b in &new {
             self.bus.publish("ban", None, describe_ban(b));
+        }
+        if let Some(persist) = self.guard.persist.get() {
+            let _ = persist.send(new);
         }
     }
 

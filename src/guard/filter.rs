@@ -10,7 +10,6 @@ use regex::bytes::{Regex, RegexSet};
 use serde::Deserialize;
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::OnceLock;
 
 static BUILT_IN: include_dir::Dir<'static> = include_dir::include_dir!("$CARGO_MANIFEST_DIR/filters");
 
@@ -225,51 +224,126 @@ pub fn parse_addr(s: &str) -> Option<IpAddr> {
     })
 }
 
-/// The date a log line carries, as Unix seconds: ISO 8601 (`2026-11-22T01:02:03`, with an
-/// optional fraction and offset; none = local time), syslog (`Nov 22 01:02:03`, local time,
-/// this year unless that would be in the future) or the common log format
-/// (`22/Nov/2026:01:02:03 +0100`).
+/// The date a log line carries, as Unix seconds: syslog at the start of the line
+/// (`Nov 22 01:02:03`, local time, this year unless that would be in the future), ISO 8601
+/// anywhere (`2026-11-22T01:02:03`, with an optional fraction and offset; none = local time),
+/// or the common log format (`[22/Nov/2026:01:02:03 +0100]`). Parsed by hand: this runs for
+/// every matching line, and a regex with captures per line would cost more than the match.
 pub fn line_time(line: &[u8]) -> Option<u64> {
-    static DATES: OnceLock<[Regex; 3]> = OnceLock::new();
-    let [iso, syslog, clf] = DATES.get_or_init(|| {
-        [
-            Regex::new(r"(\d{4})-(\d\d)-(\d\d)[T ](\d\d):(\d\d):(\d\d)(?:[.,]\d+)?(Z|[+-]\d\d:?\d\d)?")
-                .expect("iso regex"),
-            Regex::new(r"^(?:<\d+>)?([A-Z][a-z]{2}) +(\d{1,2}) (\d\d):(\d\d):(\d\d)")
-                .expect("syslog regex"),
-            Regex::new(r"(\d\d)/([A-Z][a-z]{2})/(\d{4}):(\d\d):(\d\d):(\d\d) ([+-]\d{4})")
-                .expect("clf regex"),
-        ]
-    });
-    let num = |b: &[u8]| -> Option<i64> { std::str::from_utf8(b).ok()?.parse().ok() };
-    if let Some(c) = syslog.captures(line) {
-        let month = month(&c[1])?;
-        let fields = [num(&c[2])?, num(&c[3])?, num(&c[4])?, num(&c[5])?];
-        let now = crate::state::now() as i64;
-        let this_year = civil_year(now);
-        let mut t = local_time(this_year, month, fields)?;
-        // A syslog date has no year: December's lines read in January are last year's.
-        if t > now + 86_400 {
-            t = local_time(this_year - 1, month, fields)?;
-        }
-        return u64::try_from(t).ok();
+    let t = syslog_date(line)
+        .or_else(|| iso_date(line))
+        .or_else(|| clf_date(line))?;
+    u64::try_from(t).ok()
+}
+
+/// `n` ASCII digits at `at`.
+fn digits(b: &[u8], at: usize, n: usize) -> Option<i64> {
+    let s = b.get(at..at + n)?;
+    s.iter().try_fold(0i64, |acc, c| {
+        c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0'))
+    })
+}
+
+/// `hh:mm:ss` at `at`.
+fn clock(b: &[u8], at: usize) -> Option<[i64; 3]> {
+    if b.get(at + 2) != Some(&b':') || b.get(at + 5) != Some(&b':') {
+        return None;
     }
-    if let Some(c) = iso.captures(line) {
-        let (y, mo) = (num(&c[1])?, num(&c[2])?);
-        let fields = [num(&c[3])?, num(&c[4])?, num(&c[5])?, num(&c[6])?];
-        let t = match c.get(7).map(|m| m.as_bytes()) {
-            None => local_time(y, mo, fields)?,
-            Some(b"Z") => utc_time(y, mo, fields)? ,
-            Some(off) => utc_time(y, mo, fields)? - offset_seconds(off)?,
+    Some([digits(b, at, 2)?, digits(b, at + 3, 2)?, digits(b, at + 6, 2)?])
+}
+
+fn syslog_date(line: &[u8]) -> Option<i64> {
+    // An optional syslog priority, "<13>".
+    let mut b = line;
+    if b.first() == Some(&b'<') {
+        let end = b.iter().take(6).position(|&c| c == b'>')?;
+        b = &b[end + 1..];
+    }
+    let month = month(b.get(0..3)?)?;
+    if b.get(3) != Some(&b' ') {
+        return None;
+    }
+    // The day is space-padded ("Nov  2") or not ("Nov 22").
+    let (day, at) = match (b.get(4), b.get(5)) {
+        (Some(b' '), _) => (digits(b, 5, 1)?, 7),
+        (_, Some(b' ')) => (digits(b, 4, 1)?, 6),
+        _ => (digits(b, 4, 2)?, 7),
+    };
+    if b.get(at - 1) != Some(&b' ') {
+        return None;
+    }
+    let [h, mi, sec] = clock(b, at)?;
+    let now = crate::state::now() as i64;
+    let year = civil_year(now);
+    let t = local_time(year, month, [day, h, mi, sec])?;
+    // A syslog date has no year: December's lines read in January are last year's.
+    if t > now + 86_400 {
+        return local_time(year - 1, month, [day, h, mi, sec]);
+    }
+    Some(t)
+}
+
+fn iso_date(line: &[u8]) -> Option<i64> {
+    // The first "dddd-dd-dd" followed by T or a space and a clock.
+    let mut from = 0;
+    while let Some(i) = line.get(from..)?.iter().position(|&c| c == b'-') {
+        let dash = from + i;
+        from = dash + 1;
+        let Some(start) = dash.checked_sub(4) else { continue };
+        let (Some(y), Some(mo), Some(d)) = (
+            digits(line, start, 4),
+            digits(line, dash + 1, 2),
+            digits(line, dash + 4, 2),
+        ) else {
+            continue;
         };
-        return u64::try_from(t).ok();
-    }
-    if let Some(c) = clf.captures(line) {
-        let fields = [num(&c[1])?, num(&c[4])?, num(&c[5])?, num(&c[6])?];
-        let t = utc_time(num(&c[3])?, month(&c[2])?, fields)? - offset_seconds(&c[7])?;
-        return u64::try_from(t).ok();
+        if line.get(dash + 3) != Some(&b'-') || !matches!(line.get(dash + 6), Some(b'T' | b' ')) {
+            continue;
+        }
+        let Some([h, mi, s]) = clock(line, dash + 7) else { continue };
+        // An optional fraction, then Z, an offset, or nothing (local time).
+        let mut at = dash + 15;
+        if matches!(line.get(at), Some(b'.' | b',')) {
+            at += 1;
+            while line.get(at).is_some_and(u8::is_ascii_digit) {
+                at += 1;
+            }
+        }
+        let fields = [d, h, mi, s];
+        return match line.get(at) {
+            Some(b'Z') => utc_time(y, mo, fields),
+            Some(sign @ (b'+' | b'-')) => {
+                let oh = digits(line, at + 1, 2)?;
+                let om = match line.get(at + 3) {
+                    Some(b':') => digits(line, at + 4, 2)?,
+                    _ => digits(line, at + 3, 2).unwrap_or(0),
+                };
+                let offset = (oh * 3600 + om * 60) * if *sign == b'-' { -1 } else { 1 };
+                Some(utc_time(y, mo, fields)? - offset)
+            }
+            _ => local_time(y, mo, fields),
+        };
     }
     None
+}
+
+fn clf_date(line: &[u8]) -> Option<i64> {
+    // "[22/Nov/2026:01:02:03 +0100]"
+    let open = line.iter().position(|&c| c == b'[')?;
+    let b = &line[open + 1..];
+    if b.get(2) != Some(&b'/') || b.get(6) != Some(&b'/') || b.get(11) != Some(&b':') {
+        return None;
+    }
+    let fields = [digits(b, 0, 2)?, 0, 0, 0];
+    let [h, mi, s] = clock(b, 12)?;
+    let t = utc_time(digits(b, 7, 4)?, month(b.get(3..6)?)?, [fields[0], h, mi, s])?;
+    let sign = match b.get(21)? {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let (oh, om) = (digits(b, 22, 2)?, digits(b, 24, 2)?);
+    Some(t - sign * (oh * 3600 + om * 60))
 }
 
 fn month(name: &[u8]) -> Option<i64> {
@@ -278,14 +352,6 @@ fn month(name: &[u8]) -> Option<i64> {
         b"Dec",
     ];
     MONTHS.iter().position(|m| *m == name).map(|i| i as i64 + 1)
-}
-
-/// "+0100" or "+01:00" as seconds east of UTC.
-fn offset_seconds(off: &[u8]) -> Option<i64> {
-    let s = std::str::from_utf8(off).ok()?.replace(':', "");
-    let sign = if s.starts_with('-') { -1 } else { 1 };
-    let v: i64 = s.get(1..)?.parse().ok()?;
-    Some(sign * ((v / 100) * 3600 + (v % 100) * 60))
 }
 
 /// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
@@ -310,9 +376,19 @@ fn utc_time(y: i64, mo: i64, [d, h, mi, s]: [i64; 4]) -> Option<i64> {
     Some(days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + s)
 }
 
-/// A date in the machine's time zone (what syslog writes), through the C library.
+/// A date in the machine's time zone (what syslog writes). The zone's offset comes from the
+/// C library once per hour of dates: glibc's mktime looks at /etc/localtime again on every
+/// call when TZ is unset, which would halve the filters' speed.
 fn local_time(y: i64, mo: i64, fields: [i64; 4]) -> Option<i64> {
-    utc_time(y, mo, fields)?;
+    thread_local! {
+        static OFFSET: std::cell::Cell<(i64, i64)> = const { std::cell::Cell::new((i64::MIN, 0)) };
+    }
+    let utc = utc_time(y, mo, fields)?;
+    let hour = utc.div_euclid(3600);
+    let (cached_hour, offset) = OFFSET.get();
+    if cached_hour == hour {
+        return Some(utc - offset);
+    }
     let [d, h, mi, s] = fields;
     // SAFETY: mktime reads and normalises a plain struct we own.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
@@ -324,7 +400,11 @@ fn local_time(y: i64, mo: i64, fields: [i64; 4]) -> Option<i64> {
     tm.tm_sec = s as i32;
     tm.tm_isdst = -1;
     let t = unsafe { libc::mktime(&mut tm) };
-    (t != -1).then_some(t)
+    if t == -1 {
+        return None;
+    }
+    OFFSET.set((hour, utc - t));
+    Some(t)
 }
 
 #[cfg(test)]
@@ -399,5 +479,25 @@ mod tests {
         let t = line_time(b"Dec 31 23:59:59 host sshd[1]: x").unwrap();
         assert!(t <= crate::state::now() + 86_400);
         assert_eq!(line_time(b"no date here"), None);
+        assert_eq!(line_time(b"a-b 12-34-56 x"), None);
+        // A date in the middle of a line (Nextcloud's JSON), with an offset.
+        assert_eq!(
+            line_time(br#"{"reqId":"a","time":"2026-11-22T01:02:03+00:00","x":1}"#),
+            Some(utc_time(2026, 11, [22, 1, 2, 3]).unwrap() as u64)
+        );
+        // Local-time dates (syslog, ISO without a zone) agree with the C library, twice (the
+        // second from the cached offset), with a space-padded day and a syslog priority.
+        let a = line_time(b"2026-01-02 03:04:05,123 x").unwrap();
+        let b = line_time(b"2026-01-02 03:04:06 x").unwrap();
+        assert_eq!(b, a + 1);
+        assert_eq!(a as i64, {
+            let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+            (tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, tm.tm_isdst) =
+                (126, 0, 2, 3, 4, 5, -1);
+            unsafe { libc::mktime(&mut tm) }
+        });
+        let padded = line_time(b"Nov  2 01:02:03 pi sshd[1]: x").unwrap();
+        let prio = line_time(b"<13>Nov 2 01:02:03 pi sshd[1]: x").unwrap();
+        assert_eq!(padded, prio);
     }
 }

@@ -106,7 +106,7 @@ const HEAD: usize = 64;
 pub fn split_lines(partial: &mut Vec<u8>, buf: &[u8], out: &mut Vec<Vec<u8>>) {
     const MAX_LINE: usize = 16 << 10;
     let mut rest = buf;
-    while let Some(i) = memchr(b'\n', rest) {
+    while let Some(i) = memchr::memchr(b'\n', rest) {
         let mut line = std::mem::take(partial);
         line.extend_from_slice(&rest[..i]);
         line.truncate(MAX_LINE);
@@ -120,10 +120,6 @@ pub fn split_lines(partial: &mut Vec<u8>, buf: &[u8], out: &mut Vec<Vec<u8>>) {
         let room = MAX_LINE - partial.len();
         partial.extend_from_slice(&rest[..rest.len().min(room)]);
     }
-}
-
-fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
-    hay.iter().position(|&b| b == needle)
 }
 
 /// Follows files on a thread of its own: inotify on their directories wakes it as soon as a

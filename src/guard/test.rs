@@ -130,10 +130,7 @@ fn split_chunks(data: &[u8], n: usize) -> Vec<&[u8]> {
         let cut = if rest.len() <= size {
             rest.len()
         } else {
-            rest[size..]
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(rest.len(), |i| size + i + 1)
+            memchr::memchr(b'\n', &rest[size..]).map_or(rest.len(), |i| size + i + 1)
         };
         chunks.push(&rest[..cut]);
         rest = &rest[cut..];
@@ -148,7 +145,11 @@ fn check_chunk(filter: &Filter, chunk: &[u8], keep: bool, missed: bool) -> Count
         c.lines = chunk.len() as u64;
         return c;
     }
-    for (i, line) in body.split(|&b| b == b'\n').enumerate() {
+    let mut start = 0;
+    let ends = memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len()));
+    for (i, end) in ends.enumerate() {
+        let line = &body[start..end];
+        start = end + 1;
         c.lines += 1;
         let v = filter.check(line);
         match &v {
