@@ -21,6 +21,9 @@ const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const BANS: TableDefinition<&str, &[u8]> = TableDefinition::new("bans");
 
+/// Memory the store may use as a cache.
+const STORE_CACHE: usize = 8 << 20;
+
 /// How many events the history keeps.
 const EVENT_HISTORY: u64 = 1000;
 
@@ -185,7 +188,12 @@ impl Store {
             .mode(0o600)
             .open(&path)
             .map_err(|e| Error::failed(format!("cannot create {}: {e}", path.display())))?;
-        let db = Database::create(&path).map_err(|e| match e {
+        // redb caches up to 1 GiB by default: far more than a Pi can spare, and than this
+        // store (a few MiB) needs.
+        let db = Database::builder()
+            .set_cache_size(STORE_CACHE)
+            .create(&path)
+            .map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => Error::conflict(format!(
                 "the state store {} is in use by another ilot daemon",
                 path.display()
