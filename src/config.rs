@@ -26,6 +26,77 @@ pub struct Config {
     pub firewall: FirewallConfig,
     #[serde(default)]
     pub guard: GuardConfig,
+    #[serde(default)]
+    pub monitor: MonitorConfig,
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+}
+
+/// The monitor (docs/monitor.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitorConfig {
+    pub enabled: bool,
+    /// How often everything is sampled.
+    #[serde(with = "humantime_serde")]
+    pub interval: std::time::Duration,
+    /// Full-resolution history kept this long; then hourly points, for 90 days.
+    #[serde(with = "humantime_serde")]
+    pub retention: std::time::Duration,
+    /// Mounts watched besides the machine's disks (a USB disk, a tmpfs...).
+    pub disks: Vec<PathBuf>,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        MonitorConfig {
+            enabled: true,
+            interval: std::time::Duration::from_secs(30),
+            retention: std::time::Duration::from_secs(7 * 86_400),
+            disks: Vec::new(),
+        }
+    }
+}
+
+/// Alerts: rules (the built-in ones, changed or added to), channels, and when to be quiet.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    pub rules: Vec<crate::monitor::alerts::RuleConfig>,
+    pub channels: Vec<crate::notify::ChannelConfig>,
+    /// "22:00-07:00" (local time): warnings wait until the end; critical alerts go through.
+    pub quiet_hours: Option<String>,
+    /// Messages per channel and hour; more wait their turn.
+    pub rate_limit: u32,
+    /// A URL fetched every `heartbeat_every` (a dead man's switch such as healthchecks.io): a
+    /// box that is down entirely is noticed there.
+    pub heartbeat_url: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_every: std::time::Duration,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            rules: Vec::new(),
+            channels: Vec::new(),
+            quiet_hours: None,
+            rate_limit: 30,
+            heartbeat_url: None,
+            heartbeat_every: std::time::Duration::from_secs(300),
+        }
+    }
+}
+
+/// "22:00-07:00" as minutes of the day (start, end).
+pub fn parse_quiet_hours(s: &str) -> Option<(u32, u32)> {
+    let (a, b) = s.split_once('-')?;
+    let minutes = |t: &str| -> Option<u32> {
+        let (h, m) = t.trim().split_once(':')?;
+        let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+        (h < 24 && m < 60).then_some(h * 60 + m)
+    };
+    Some((minutes(a)?, minutes(b)?))
 }
 
 /// The guard: log sources, jails, allowlists and blocklists (docs/guard.md).
@@ -374,6 +445,38 @@ impl Default for DaemonConfig {
 }
 
 impl Config {
+    fn validate_alerts(&self, origin: &str) -> Result<()> {
+        let bad = |why: String| {
+            Err(Error::bad_input(format!("invalid config {origin}: {why}"))
+                .hint("fix the file (docs/monitor.md lists every key); the daemon did not start"))
+        };
+        if self.monitor.interval < std::time::Duration::from_secs(1) {
+            return bad("[monitor] interval: at least 1s".into());
+        }
+        if let Err(why) = crate::monitor::alerts::rules(&self.alerts.rules) {
+            return bad(format!("[[alerts.rules]] {why}"));
+        }
+        for c in &self.alerts.channels {
+            if let Err(why) = c.validate() {
+                return bad(format!("[[alerts.channels]] {why}"));
+            }
+        }
+        if let Some(q) = &self.alerts.quiet_hours {
+            if parse_quiet_hours(q).is_none() {
+                return bad(format!("[alerts] quiet_hours {q:?}: give \"HH:MM-HH:MM\", e.g. \"22:00-07:00\""));
+            }
+        }
+        if let Some(u) = &self.alerts.heartbeat_url {
+            if !(u.starts_with("https://") || u.starts_with("http://")) || u.parse::<hyper::Uri>().is_err() {
+                return bad("[alerts] heartbeat_url: give an https:// URL".into());
+            }
+        }
+        if self.alerts.rate_limit == 0 {
+            return bad("[alerts] rate_limit: at least 1 message an hour".into());
+        }
+        Ok(())
+    }
+
     fn validate_guard(&self, origin: &str) -> Result<()> {
         let g = &self.guard;
         let bad = |why: String| {
@@ -533,6 +636,7 @@ impl Config {
             }
         }
         self.validate_guard(origin)?;
+        self.validate_alerts(origin)?;
         for z in &self.dns.zones {
             crate::dns::zones::check_zone_config(z, &self.dns).map_err(|why| {
                 Error::bad_input(format!("invalid config {origin}: [[dns.zones]] {why}"))

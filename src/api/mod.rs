@@ -43,6 +43,13 @@ pub enum Request {
     BanAdd { address: String, seconds: Option<u64> },
     BanRemove { address: String },
     GuardShow,
+    /// A series' points since `since_secs` ago; without a name, every series' last value.
+    Metrics { name: Option<String>, since_secs: u64 },
+    AlertList,
+    /// Silences a rule for `seconds` (0 lifts the silence).
+    AlertSilence { rule: String, seconds: u64 },
+    AlertAck,
+    AlertTest,
     DomainAdd { domain: String, instance: String },
     DomainRemove { domain: String },
     CertRenew { domain: Option<String>, force: bool },

@@ -66,6 +66,17 @@ enum Command {
     /// The ban engine: its jails, and a filter tried on a log file.
     #[command(subcommand)]
     Guard(GuardCommand),
+    /// Host and app figures over time (sparklines): without NAME, every series' last value; a
+    /// NAME ending in ':' (disk:, up:, ccpu:) shows the whole family.
+    Metrics {
+        name: Option<String>,
+        /// How far back, e.g. 1h, 6h, 7d.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        since: std::time::Duration,
+    },
+    /// Alerts: what is firing, silences, channels; silence a rule, acknowledge, test.
+    #[command(subcommand)]
+    Alert(AlertCommand),
     /// What is still wrong, in plain words: DNS records as the world sees them, reverse DNS,
     /// outbound port 25, blocklists. Exit code 1 when something fails.
     Diagnose {
@@ -102,6 +113,24 @@ enum FirewallCommand {
     Deny { port: String },
     /// Keep the change that is waiting for confirmation.
     Confirm,
+}
+
+#[derive(Subcommand)]
+enum AlertCommand {
+    /// Firing alerts, silences, and each channel's queue and last error.
+    List,
+    /// Mute a rule's messages for a while (e.g. `ilot alert silence disk-filling 2h`).
+    Silence {
+        rule: String,
+        #[arg(value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+    },
+    /// Lift a silence.
+    Unsilence { rule: String },
+    /// Acknowledge the firing alerts.
+    Ack,
+    /// Send a test message to every channel.
+    Test,
 }
 
 #[derive(Subcommand)]
@@ -276,6 +305,18 @@ pub fn main() -> i32 {
         Command::Firewall(FirewallCommand::Allow { port }) => Request::FirewallAllow { port },
         Command::Firewall(FirewallCommand::Deny { port }) => Request::FirewallDeny { port },
         Command::Firewall(FirewallCommand::Confirm) => Request::FirewallConfirm,
+        Command::Metrics { name, since } => Request::Metrics {
+            name,
+            since_secs: since.as_secs(),
+        },
+        Command::Alert(AlertCommand::List) => Request::AlertList,
+        Command::Alert(AlertCommand::Silence { rule, duration }) => Request::AlertSilence {
+            rule,
+            seconds: duration.as_secs().max(1),
+        },
+        Command::Alert(AlertCommand::Unsilence { rule }) => Request::AlertSilence { rule, seconds: 0 },
+        Command::Alert(AlertCommand::Ack) => Request::AlertAck,
+        Command::Alert(AlertCommand::Test) => Request::AlertTest,
         Command::Ban(BanCommand::List) => Request::BanList,
         Command::Ban(BanCommand::Add { address, duration }) => Request::BanAdd {
             address,

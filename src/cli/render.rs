@@ -185,6 +185,77 @@ Blocklists: {} prefixes loaded{}",
     }
 }
 
+/// Eight levels of a sparkline.
+fn sparkline(values: &[f64]) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let (lo, hi) = values
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(l, h), v| (l.min(*v), h.max(*v)));
+    values
+        .iter()
+        .map(|v| {
+            let i = if hi > lo { ((v - lo) / (hi - lo) * 7.0).round() as usize } else { 0 };
+            BARS[i.min(7)]
+        })
+        .collect()
+}
+
+fn print_metrics(v: &Value) {
+    for s in v["series"].as_array().into_iter().flatten() {
+        match s["points"].as_array() {
+            None => println!("{:<40} {:>10.1}", self::s(&s["name"]), s["value"].as_f64().unwrap_or(0.0)),
+            Some(points) => {
+                let values: Vec<f64> = points.iter().filter_map(|p| p["v"].as_f64()).collect();
+                // At most 60 columns: average buckets of points.
+                let per = values.len().div_ceil(60).max(1);
+                let shown: Vec<f64> = values.chunks(per).map(|c| c.iter().sum::<f64>() / c.len() as f64).collect();
+                let (min, max) = values.iter().fold((f64::MAX, f64::MIN), |(l, h), v| (l.min(*v), h.max(*v)));
+                println!(
+                    "{:<32} {} last {:.1} (min {:.1}, max {:.1}, {} points)",
+                    self::s(&s["name"]),
+                    sparkline(&shown),
+                    values.last().copied().unwrap_or(0.0),
+                    min,
+                    max,
+                    values.len()
+                );
+            }
+        }
+    }
+}
+
+fn print_alerts(v: &Value) {
+    let incidents = v["incidents"].as_array().cloned().unwrap_or_default();
+    if incidents.is_empty() {
+        println!("No alert firing.");
+    } else {
+        let rows = incidents
+            .iter()
+            .map(|i| {
+                vec![
+                    s(&i["rule"]),
+                    s(&i["subject"]),
+                    s(&i["severity"]),
+                    s(&i["phase"]),
+                    crate::state::format_utc(i["since"].as_u64().unwrap_or(0)),
+                    if i["acked"] == Value::Bool(true) { "yes".into() } else { "".into() },
+                ]
+            })
+            .collect();
+        table(&["RULE", "SUBJECT", "SEVERITY", "STATE", "SINCE (UTC)", "ACKED"], rows);
+    }
+    for si in v["silences"].as_array().into_iter().flatten() {
+        println!("silenced: {} until {} UTC", s(&si["rule"]), crate::state::format_utc(si["until"].as_u64().unwrap_or(0)));
+    }
+    for c in v["channels"].as_array().into_iter().flatten() {
+        let err = c["error"].as_str().map(|e| format!(", last error: {e}")).unwrap_or_default();
+        println!("channel {} ({}): {} queued{err}", s(&c["name"]), s(&c["kind"]), s(&c["queued"]));
+    }
+    if v["channels"].as_array().is_none_or(|c| c.is_empty()) {
+        println!("No channel configured: alerts are only logged (see docs/monitor.md).");
+    }
+}
+
 fn print_guard(v: &Value) {
     let rows: Vec<Vec<String>> = v["jails"]
         .as_array()
@@ -458,6 +529,11 @@ pub fn human(req: &Request, v: &Value) {
         }
         Request::FirewallShow => print_firewall(v),
         Request::BanList => print_bans(v),
+        Request::Metrics { .. } => print_metrics(v),
+        Request::AlertList => print_alerts(v),
+        Request::AlertSilence { .. } | Request::AlertAck | Request::AlertTest => {
+            println!("{}", s(&v["message"]))
+        }
         Request::GuardShow => print_guard(v),
         Request::BanAdd { .. } | Request::BanRemove { .. } => println!("{}", s(&v["message"])),
         Request::FirewallAllow { .. } | Request::FirewallDeny { .. } | Request::FirewallConfirm => {

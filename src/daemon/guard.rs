@@ -854,28 +854,9 @@ fn sshd_sources() -> Vec<Source> {
 
 /// GETs a blocklist over http(s), at most 64 MiB.
 async fn fetch(url: &str) -> std::result::Result<String, String> {
-    use http_body_util::{BodyExt, Empty, Limited};
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .try_with_platform_verifier()
-        .map_err(|e| e.to_string())?
-        .https_or_http()
-        .enable_http1()
-        .build();
-    let client: hyper_util::client::legacy::Client<_, Empty<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build(connector);
-    let uri: hyper::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
-    let res = tokio::time::timeout(Duration::from_secs(30), client.get(uri))
-        .await
-        .map_err(|_| format!("{url}: no answer in 30 s"))?
-        .map_err(|e| format!("{url}: {e}"))?;
-    if !res.status().is_success() {
-        return Err(format!("{url}: HTTP {}", res.status()));
+    let res = crate::http_client::request("GET", url, &[], None, 64 << 20).await?;
+    if !(200..300).contains(&res.status) {
+        return Err(format!("HTTP {}", res.status));
     }
-    let body = Limited::new(res.into_body(), 64 << 20)
-        .collect()
-        .await
-        .map_err(|e| format!("{url}: {e}"))?
-        .to_bytes();
-    Ok(String::from_utf8_lossy(&body).into_owned())
+    Ok(String::from_utf8_lossy(&res.body).into_owned())
 }

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 mod dns;
 mod firewall;
 mod guard;
+mod monitor;
 mod ops;
 mod views;
 
@@ -56,6 +57,8 @@ pub struct Daemon {
     firewall_lock: tokio::sync::Mutex<()>,
     /// The ban engine's jails, counters and bans.
     guard: guard::Guard,
+    /// Sampling, history, alerts and their channels.
+    monitor: monitor::Monitor,
     /// True once the journal has been recovered: the daemon then serves every request.
     ready: std::sync::atomic::AtomicBool,
     started: Instant,
@@ -156,6 +159,7 @@ async fn serve(config: Config, config_path: Option<PathBuf>, catalog: Catalog) -
         firewall_error: std::sync::Mutex::new(None),
         firewall_lock: tokio::sync::Mutex::new(()),
         guard: Default::default(),
+        monitor: Default::default(),
         config,
         config_path,
         catalog,
@@ -175,6 +179,7 @@ async fn serve(config: Config, config_path: Option<PathBuf>, catalog: Catalog) -
     daemon.refresh_dns();
     daemon.start_firewall();
     daemon.start_guard();
+    daemon.start_monitor();
     let d = daemon.clone();
     tokio::spawn(async move {
         // Served zones are re-signed before their signatures expire (a zone older than
@@ -371,6 +376,11 @@ impl Daemon {
             Request::BanAdd { address, seconds } => self.ban_add(&address, seconds).await,
             Request::BanRemove { address } => self.ban_remove(&address).await,
             Request::GuardShow => self.guard_view(),
+            Request::Metrics { name, since_secs } => self.metrics_view(name.as_deref(), since_secs),
+            Request::AlertList => Ok(self.alert_view()),
+            Request::AlertSilence { rule, seconds } => self.alert_silence(&rule, seconds),
+            Request::AlertAck => self.alert_ack(),
+            Request::AlertTest => self.alert_test().await,
             Request::CertList => Ok(serde_json::to_value(self.certs()?.list()).unwrap_or_default()),
             Request::CertRenew { domain, force } => {
                 let list = self.certs()?.renew(domain.as_deref(), force).await?;

@@ -99,6 +99,7 @@ impl Daemon {
                 Ok(p) => json!({ "http": p.http_addr.to_string(), "https": p.https_addr.to_string(), "hosts": p.hosts() }),
                 Err(e) => json!({ "error": e }),
             },
+            "monitor": self.monitor_summary(),
             "dns": match (&self.dns_server, &self.dns_server_error) {
                 (Some(s), _) => json!({ "listen": s.addrs, "zones": s.zones() }),
                 (None, Some(e)) => json!({ "error": e }),
