@@ -23,15 +23,7 @@ pub async fn request(
 ) -> Result<Response, String> {
     let uri: hyper::Uri = url.parse().map_err(|_| "not a valid URL".to_string())?;
     let host = uri.host().unwrap_or("?").to_string();
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .try_with_platform_verifier()
-        .map_err(|e| e.to_string())?
-        .https_or_http()
-        .enable_http1()
-        .build();
-    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build(connector);
+    let client = client()?;
     let mut req = hyper::Request::builder()
         .method(method)
         .uri(uri)
@@ -62,6 +54,33 @@ pub async fn request(
         body,
         retry_after,
     })
+}
+
+type Client = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Full<Bytes>,
+>;
+
+/// The client, built once: loading the platform's root certificates takes a while, and must
+/// not happen on every probe.
+fn client() -> Result<&'static Client, String> {
+    static CLIENT: std::sync::OnceLock<Result<Client, String>> = std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                .try_with_platform_verifier()
+                .map_err(|e| e.to_string())?
+                .https_or_http()
+                .enable_http1()
+                .build();
+            Ok(hyper_util::client::legacy::Client::builder(
+                hyper_util::rt::TokioExecutor::new(),
+            )
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector))
+        })
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 /// An error with its causes ("connection refused" is two levels down in hyper's errors).

@@ -194,6 +194,7 @@ impl Daemon {
                 now,
                 |r| self.may_notify(r, &silences, now),
             );
+            let notices = self.with_instance(notices);
             self.enqueue(notices).await;
         }
     }
@@ -204,36 +205,52 @@ impl Daemon {
         let Some((_, observer)) = self.runtime.get() else {
             return Vec::new();
         };
-        let mut out = Vec::new();
+        let mut probes = Vec::new();
         for inst in self.instances_snapshot() {
             for p in &inst.manifest.needs.probes {
                 let container = crate::plan::container_name(&inst.name, &p.service);
                 let name = format!("probe:{}/{}", inst.name, p.service);
-                let (Some(ip), Some(port)) = (observer.ip_of(&container), p.port) else {
-                    out.push((name, 0.0));
-                    continue;
-                };
-                let ok = match p.kind.as_str() {
-                    "http" => {
-                        let url = format!("http://{ip}:{port}{}", p.path.as_deref().unwrap_or("/"));
-                        tokio::time::timeout(
-                            Duration::from_secs(5),
-                            crate::http_client::request("GET", &url, &[], None, 64 << 10),
-                        )
-                        .await
-                        .is_ok_and(|r| r.is_ok_and(|r| r.status < 400))
-                    }
-                    _ => tokio::time::timeout(
-                        Duration::from_secs(5),
-                        tokio::net::TcpStream::connect((ip.as_str(), port)),
-                    )
-                    .await
-                    .is_ok_and(|r| r.is_ok()),
-                };
-                out.push((name, if ok { 1.0 } else { 0.0 }));
+                let target = observer.ip_of(&container).zip(p.port);
+                let (kind, path) = (p.kind.clone(), p.path.clone().unwrap_or_else(|| "/".into()));
+                probes.push(async move {
+                    let Some((ip, port)) = target else {
+                        return (name, 0.0);
+                    };
+                    let check = async {
+                        if kind == "http" {
+                            let url = format!("http://{ip}:{port}{path}");
+                            crate::http_client::request("GET", &url, &[], None, 64 << 10)
+                                .await
+                                .is_ok_and(|r| r.status < 400)
+                        } else {
+                            tokio::net::TcpStream::connect((ip.as_str(), port)).await.is_ok()
+                        }
+                    };
+                    // All probes run at once, 3 s each at most: one dead app does not slow the
+                    // sampling of the others.
+                    let ok = tokio::time::timeout(Duration::from_secs(3), check).await.unwrap_or(false);
+                    (name, if ok { 1.0 } else { 0.0 })
+                });
             }
         }
-        out
+        futures_util::future::join_all(probes).await
+    }
+
+    /// Names the instance in a message's hint ("ilot app logs INSTANCE"): the subject is a
+    /// container (`ilot-NAME-SERVICE`) or a probe (`NAME/SERVICE`).
+    fn with_instance(&self, mut notices: Vec<Notice>) -> Vec<Notice> {
+        let containers = self.runtime.get().map(|(_, o)| o.get().containers).unwrap_or_default();
+        for n in notices.iter_mut().filter(|n| n.text.contains("INSTANCE")) {
+            let instance = containers
+                .iter()
+                .find(|c| c.name == n.subject)
+                .map(|c| c.instance.clone())
+                .or_else(|| n.subject.split_once('/').map(|(i, _)| i.to_string()));
+            if let Some(i) = instance {
+                n.text = n.text.replace("INSTANCE", &i);
+            }
+        }
+        notices
     }
 
     /// Puts notices in the outbox, one message per channel that wants its severity.

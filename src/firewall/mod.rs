@@ -461,11 +461,35 @@ pub fn load_blocklist(nets: &[ipnet::IpNet]) -> Result<()> {
     run(&b.to_nftables())
 }
 
+/// Applies a batch: `nft -j -f -`, one transaction. (Run here rather than through the
+/// crate's helper, which drops what nft writes on stderr: the only place it says why.)
 fn run(batch: &Nftables) -> Result<()> {
-    nftables::helper::apply_ruleset(batch).map_err(|e| {
-        Error::failed(format!("nftables: {e}"))
-            .hint("ilot needs nft (package nftables) and CAP_NET_ADMIN; see `nft list ruleset`")
-    })
+    use std::io::Write;
+    let json = serde_json::to_vec(batch).map_err(|e| Error::failed(format!("nftables: {e}")))?;
+    let hint = "ilot needs nft (package nftables) and CAP_NET_ADMIN; see `nft list ruleset`";
+    let mut child = std::process::Command::new("nft")
+        .args(["-j", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::failed(format!("nftables: cannot run nft: {e}")).hint(hint))?;
+    let written = child.stdin.take().expect("piped stdin").write_all(&json);
+    let out = child
+        .wait_with_output()
+        .map_err(|e| Error::failed(format!("nftables: {e}")).hint(hint))?;
+    if out.status.success() && written.is_ok() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let why = stderr
+        .lines()
+        .find(|l| l.contains("Error"))
+        .or_else(|| stderr.lines().next())
+        .unwrap_or("nft failed")
+        .trim()
+        .to_string();
+    Err(Error::failed(format!("nftables: {why}")).hint(hint))
 }
 
 /// Removes ilot's table (the firewall disabled): everything else stays as it is.
@@ -476,11 +500,10 @@ pub fn remove() -> Result<()> {
         name: Cow::Borrowed(TABLE),
         handle: None,
     }));
-    match nftables::helper::apply_ruleset(&b.to_nftables()) {
-        Ok(()) => Ok(()),
+    match run(&b.to_nftables()) {
         // No table: nothing to remove.
-        Err(e) if e.to_string().contains("No such file") => Ok(()),
-        Err(e) => Err(Error::failed(format!("nftables: {e}"))),
+        Err(e) if e.message.contains("No such file") => Ok(()),
+        other => other,
     }
 }
 

@@ -31,6 +31,10 @@ pub struct RuleConfig {
     /// How long the condition must hold before the alert (for events: the window).
     #[serde(rename = "for", with = "humantime_serde::option")]
     pub duration: Option<Duration>,
+    /// How long the condition must stay false before the recovery message (default: half of
+    /// `for`, at least 30 s): a flapping service is one incident, not ten.
+    #[serde(with = "humantime_serde::option")]
+    pub recover: Option<Duration>,
     pub severity: Option<Severity>,
     /// What to try, in the message.
     pub hint: Option<String>,
@@ -88,6 +92,7 @@ pub struct Rule {
     pub severity: Severity,
     condition: Condition,
     duration: u64,
+    recover: u64,
     hint: String,
 }
 
@@ -99,7 +104,7 @@ pub fn rules(config: &[RuleConfig]) -> Result<Vec<Rule>, String> {
         match merged.iter_mut().find(|r| r.name == c.name) {
             Some(r) => {
                 macro_rules! over { ($($f:ident),*) => { $( if c.$f.is_some() { r.$f = c.$f.clone(); } )* } }
-                over!(enabled, metric, above, below, count, duration, severity, hint);
+                over!(enabled, metric, above, below, count, duration, recover, severity, hint);
                 if !c.events.is_empty() {
                     r.events = c.events.clone();
                 }
@@ -125,11 +130,13 @@ pub fn rules(config: &[RuleConfig]) -> Result<Vec<Rule>, String> {
             (None, false) => Condition::Events { kinds: r.events.clone(), count: r.count.unwrap_or(1).max(1) },
             _ => return Err(format!("rule {}: give a metric (with above or below) or events", r.name)),
         };
+        let duration = r.duration.unwrap_or(Duration::from_secs(300)).as_secs();
         out.push(Rule {
             name: r.name.clone(),
             severity: r.severity.unwrap_or(Severity::Warning),
             condition,
-            duration: r.duration.unwrap_or(Duration::from_secs(300)).as_secs(),
+            duration,
+            recover: r.recover.map_or((duration / 2).max(30), |d| d.as_secs()),
             hint: r.hint.clone().unwrap_or_default(),
         });
     }
@@ -251,9 +258,7 @@ impl Alerts {
                     },
                 }
                 let Some(i) = self.incidents.get_mut(&key) else { continue };
-                // Good for half the rule's duration (at least a minute): recovered.
-                let settle = (rule.duration / 2).max(60);
-                if i.phase == Phase::Recovering && now >= i.good_since + settle {
+                if i.phase == Phase::Recovering && now >= i.good_since + rule.recover {
                     let i = self.incidents.remove(&key).expect("present");
                     if i.notified {
                         out.push(Notice {
@@ -390,7 +395,8 @@ mod tests {
         assert!(a.evaluate(&down(1.0), 1100, yes).is_empty());
         assert!(a.evaluate(&down(0.0), 1110, yes).is_empty());
         assert!(a.evaluate(&down(1.0), 1120, yes).is_empty());
-        let resolved = a.evaluate(&down(1.0), 1180, yes);
+        assert!(a.evaluate(&down(1.0), 1149, yes).is_empty(), "recovering for 29 s");
+        let resolved = a.evaluate(&down(1.0), 1150, yes);
         assert_eq!(resolved.len(), 1);
         assert_eq!(resolved[0].state, "resolved");
         assert!(a.evaluate(&down(1.0), 1300, yes).is_empty());

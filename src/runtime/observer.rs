@@ -136,6 +136,14 @@ impl Observer {
                         break;
                     }
                     me.poke();
+                    // The engine publishes some events (die) before the container's state
+                    // says so: look again a moment later, or the cache keeps "running" until
+                    // the next resync.
+                    let later = me.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        later.poke();
+                    });
                 }
                 // The engine went away or restarted: note it and retry.
                 me.poke();
