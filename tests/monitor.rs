@@ -16,6 +16,7 @@ const TOKEN: &str = "123456:TEST-token-never-logged";
 struct BotApi {
     child: Child,
     port: u16,
+    smtp_port: u16,
 }
 
 impl BotApi {
@@ -30,9 +31,11 @@ impl BotApi {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
+        let mut ports = line.split_whitespace().map(|p| p.parse().expect("the stand-in prints its ports"));
         BotApi {
             child,
-            port: line.trim().parse().expect("the stand-in prints its port"),
+            port: ports.next().unwrap(),
+            smtp_port: ports.next().unwrap(),
         }
     }
 
@@ -133,11 +136,13 @@ fn faults_make_one_alert_and_one_recovery_and_telegram_answers_only_its_admin() 
          [[alerts.rules]]\nname = \"app-down\"\nfor = \"3s\"\nrecover = \"2s\"\n\n\
          [[alerts.rules]]\nname = \"small-disk\"\nmetric = \"disk:{disk}\"\nabove = 50.0\nfor = \"2s\"\nseverity = \"critical\"\n\n\
          [[alerts.channels]]\nkind = \"telegram\"\ntoken_file = \"{token}\"\nchat_ids = [111]\nurl = \"{api}\"\n\n\
-         [[alerts.channels]]\nkind = \"webhook\"\nurl = \"{hook}\"\n",
+         [[alerts.channels]]\nkind = \"webhook\"\nurl = \"{hook}\"\n\n\
+         [[alerts.channels]]\nkind = \"email\"\nsmtp = \"127.0.0.1:{smtp}\"\ntls = \"none\"\nfrom = \"ilot@example.org\"\nto = [\"admin@example.org\"]\nmin_severity = \"critical\"\n",
         disk = disk.0.display(),
         token = secrets.display(),
         api = api.url("/"),
         hook = api.url("/webhook"),
+        smtp = api.smtp_port,
     );
     let ilot = Ilot::start_full(&[], &config);
     let name = unique("mon");
@@ -165,6 +170,11 @@ fn faults_make_one_alert_and_one_recovery_and_telegram_answers_only_its_admin() 
     docker_ok(&["start", &container]);
     wait_until(&ilot, &api, "the recovery", 20, || api.sent(111, "RESOLVED app-down") == 1);
     wait_until(&ilot, &api, "the recovery webhook", 10, || api.webhooks("app-down", "resolved") == 1);
+    // The email channel (critical only) got both, as mail through SMTP.
+    wait_until(&ilot, &api, "the emails", 10, || api.log()["mail"].as_array().unwrap().len() == 2);
+    let mail = api.log()["mail"].to_string();
+    assert!(mail.contains("admin@example.org") && mail.contains("app-down firing"), "{mail}");
+    assert!(mail.contains("app-down resolved"), "{mail}");
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(api.sent(111, "app-down"), 2, "{}", api.log());
 

@@ -173,6 +173,13 @@ impl Daemon {
             let mut values = sample.values;
             values.extend(self.run_probes().await);
             let now = now();
+            // Days left on each certificate (renewal starts at a third of the lifetime left;
+            // a certificate this close to its end means renewals keep failing).
+            for c in self.certs.iter().flat_map(|c| c.list()) {
+                if let Some(end) = c.not_after {
+                    values.push((format!("cert_days:{}", c.domain), (end as f64 - now as f64) as f32 / 86_400.0));
+                }
+            }
             if let Some(h) = self.monitor.history.get() {
                 if let Err(e) = h.record(now, &values) {
                     tracing::warn!("monitor: cannot record: {e}");
@@ -394,6 +401,7 @@ impl Daemon {
                 self.monitor.delivered.lock().expect("delivered lock").insert(msg.id, done);
                 result
             }
+            ChannelKind::Email => crate::notify::email::send(ch, msg).await,
             _ => crate::notify::send_http(ch, msg).await,
         }
     }

@@ -66,6 +66,7 @@ pub fn built_in() -> Vec<RuleConfig> {
         metric("app-down", "up:", None, Some(0.5), 60, Critical, "ilot app logs INSTANCE; ilot app restart INSTANCE"),
         metric("app-unhealthy", "health:", None, Some(0.5), 120, Critical, "ilot app logs INSTANCE"),
         metric("probe-failed", "probe:", None, Some(0.5), 120, Critical, "ilot app show INSTANCE; ilot app logs INSTANCE"),
+        metric("certificate-expiring", "cert_days:", None, Some(10.0), 3600, Critical, "ilot cert list; ilot cert renew DOMAIN; ilot diagnose dns"),
         metric("disk-full", "disk:", Some(90.0), None, 300, Critical, "free space: docker system prune, old backups, logs (du -xh / | sort -h | tail)"),
         metric("disk-filling", "disk:", Some(80.0), None, 1800, Warning, "see what grows: du -xh / | sort -h | tail"),
         metric("memory-high", "mem", Some(90.0), None, 600, Warning, "ilot status; which app uses it: ilot metrics cmem:"),
@@ -369,6 +370,7 @@ fn describe_value(series: &str, v: f32) -> String {
         "probe" => if v >= 0.5 { "answering".into() } else { "not answering".into() },
         "disk" | "mem" | "swap" | "cpu" => format!("{v:.0} % used"),
         "temp" => format!("{v:.0} °C"),
+        "cert_days" => format!("{v:.1} days left"),
         "proc" => format!("{v:.0} % of a core"),
         _ => format!("{v:.2}"),
     }

@@ -6,7 +6,8 @@
 //! Series are named `cpu`, `load1`, `mem`, `swap` (percent), `disk:MOUNT` (percent used),
 //! `temp:LABEL` (°C), `net_rx:IFACE` / `net_tx:IFACE` (bytes/s), `up:CONTAINER` (1 running,
 //! 0 not), `health:CONTAINER` (1 healthy, 0 unhealthy), `ccpu:CONTAINER` (percent of a core),
-//! `cmem:CONTAINER` (MiB), `probe:INSTANCE/SERVICE` (1 answering, 0 not).
+//! `cmem:CONTAINER` (MiB), `probe:INSTANCE/SERVICE` (1 answering, 0 not), and (from the
+//! daemon) `cert_days:DOMAIN` (days until the certificate expires).
 
 pub mod alerts;
 pub mod history;

@@ -1,10 +1,11 @@
 //! Notify: where alerts go. Channels: Telegram (teloxide, rustls; two-way, see telegram.rs),
-//! ntfy, a generic JSON webhook. Messages go through an outbox kept in the store: written
+//! ntfy, a generic JSON webhook, email (SMTP, see email.rs). Messages go through an outbox kept in the store: written
 //! before the first try, removed after the channel took it, retried with backoff (honouring
 //! 429's retry-after) — a channel that is down loses nothing, and nothing is sent twice while
 //! the daemon runs. One channel's messages go out in order; a rate limit per channel delays,
 //! never drops.
 
+pub mod email;
 pub mod telegram;
 
 use crate::error::{Error, Result};
@@ -33,6 +34,19 @@ pub struct ChannelConfig {
     /// Only these severities (default: all).
     #[serde(default)]
     pub min_severity: Option<crate::monitor::alerts::Severity>,
+    /// Email: the SMTP server ("HOST:PORT"), its TLS ("starttls", the default; "tls" for port
+    /// 465; "none" on a trusted network), the sender, the recipients, and the login (the
+    /// password in token_file).
+    #[serde(default)]
+    pub smtp: Option<String>,
+    #[serde(default)]
+    pub tls: Option<String>,
+    #[serde(default)]
+    pub from: Option<String>,
+    #[serde(default)]
+    pub to: Vec<String>,
+    #[serde(default)]
+    pub username: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -41,6 +55,7 @@ pub enum ChannelKind {
     Telegram,
     Ntfy,
     Webhook,
+    Email,
 }
 
 impl ChannelConfig {
@@ -50,6 +65,7 @@ impl ChannelConfig {
                 ChannelKind::Telegram => "telegram",
                 ChannelKind::Ntfy => "ntfy",
                 ChannelKind::Webhook => "webhook",
+                ChannelKind::Email => "email",
             }
             .into()
         })
@@ -65,6 +81,7 @@ impl ChannelConfig {
                     ));
                 }
             }
+            ChannelKind::Email => email::validate(self)?,
             ChannelKind::Ntfy | ChannelKind::Webhook => {
                 if !self.url.as_deref().is_some_and(|u| u.starts_with("https://") || u.starts_with("http://")) {
                     return Err(format!("channel {label}: give url = \"https://...\""));

@@ -6,13 +6,17 @@ uses, as api.telegram.org does: POST /bot<TOKEN>/sendMessage and /bot<TOKEN>/get
 JSON bodies and {"ok": ..., "result": ...} answers, 429 with parameters.retry_after, and
 error_code/description on failures. It also records webhook and ntfy POSTs.
 
+It also runs a minimal SMTP server (plain, no TLS) that keeps every message it accepts, for
+the email channel: GET /_log lists them under "mail".
+
 Control endpoints for the test:
   GET  /_log            everything received: {"sent": [...], "webhook": [...], "attempts": N}
   POST /_fail           {"codes": [429, 500]}: the next sendMessage calls fail with these
   POST /_update         {"chat_id": 111, "text": "/status"}: queued for getUpdates
-Prints the port it listens on, then serves until killed.
+Prints the HTTP port and the SMTP port, then serves until killed.
 """
 import json
+import socketserver
 import sys
 import threading
 import time
@@ -20,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 TOKEN = sys.argv[1]
 lock = threading.Lock()
-state = {"sent": [], "webhook": [], "attempts": 0, "fail": [], "updates": [], "next_update": 1}
+state = {"sent": [], "webhook": [], "mail": [], "attempts": 0, "fail": [], "updates": [], "next_update": 1}
 
 
 def chat(chat_id):
@@ -50,7 +54,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/_log":
             with lock:
-                self.reply(200, {k: state[k] for k in ("sent", "webhook", "attempts")})
+                self.reply(200, {k: state[k] for k in ("sent", "webhook", "mail", "attempts")})
         else:
             self.reply(404, {"ok": False, "error_code": 404, "description": "Not Found"})
 
@@ -111,6 +115,51 @@ class Handler(BaseHTTPRequestHandler):
         return self.reply(404, {"ok": False, "error_code": 404, "description": "Not Found: method"})
 
 
+class Smtp(socketserver.StreamRequestHandler):
+    """Just enough SMTP for one client: EHLO, MAIL, RCPT, DATA, QUIT."""
+
+    def handle(self):
+        def say(line):
+            self.wfile.write((line + "\r\n").encode())
+            self.wfile.flush()
+
+        say("220 stand-in ESMTP")
+        mail = {"from": None, "to": [], "data": ""}
+        while True:
+            line = self.rfile.readline().decode(errors="replace")
+            if not line:
+                return
+            verb = line[:4].upper()
+            if verb in ("EHLO", "HELO"):
+                say("250-stand-in")
+                say("250 8BITMIME")
+            elif verb == "MAIL":
+                mail = {"from": line.strip(), "to": [], "data": ""}
+                say("250 OK")
+            elif verb == "RCPT":
+                mail["to"].append(line.strip())
+                say("250 OK")
+            elif verb == "DATA":
+                say("354 go on")
+                lines = []
+                while True:
+                    l = self.rfile.readline().decode(errors="replace")
+                    if l in (".\r\n", ".\n", ""):
+                        break
+                    lines.append(l)
+                mail["data"] = "".join(lines)
+                with lock:
+                    state["mail"].append(mail)
+                say("250 queued")
+            elif verb == "QUIT":
+                say("221 bye")
+                return
+            else:
+                say("250 OK")
+
+
+smtp = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Smtp)
+threading.Thread(target=smtp.serve_forever, daemon=True).start()
 server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-print(server.server_address[1], flush=True)
+print(server.server_address[1], smtp.server_address[1], flush=True)
 server.serve_forever()
