@@ -132,17 +132,20 @@ fn faults_make_one_alert_and_one_recovery_and_telegram_answers_only_its_admin() 
     std::fs::set_permissions(&secrets, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let config = format!(
         "[monitor]\ninterval = \"1s\"\ndisks = [\"{disk}\"]\n\n\
-         [alerts]\nrate_limit = 100\n\n\
+         [alerts]\nrate_limit = 100\nheartbeat_url = \"{beat}\"\nheartbeat_every = \"1s\"\n\n\
          [[alerts.rules]]\nname = \"app-down\"\nfor = \"3s\"\nrecover = \"2s\"\n\n\
          [[alerts.rules]]\nname = \"small-disk\"\nmetric = \"disk:{disk}\"\nabove = 50.0\nfor = \"2s\"\nseverity = \"critical\"\n\n\
          [[alerts.channels]]\nkind = \"telegram\"\ntoken_file = \"{token}\"\nchat_ids = [111]\nurl = \"{api}\"\n\n\
          [[alerts.channels]]\nkind = \"webhook\"\nurl = \"{hook}\"\n\n\
+         [[alerts.channels]]\nkind = \"ntfy\"\nurl = \"{ntfy}\"\n\n\
          [[alerts.channels]]\nkind = \"email\"\nsmtp = \"127.0.0.1:{smtp}\"\ntls = \"none\"\nfrom = \"ilot@example.org\"\nto = [\"admin@example.org\"]\nmin_severity = \"critical\"\n",
         disk = disk.0.display(),
         token = secrets.display(),
         api = api.url("/"),
         hook = api.url("/webhook"),
         smtp = api.smtp_port,
+        ntfy = api.url("/ntfy/ilot-alerts"),
+        beat = api.url("/heartbeat"),
     );
     let ilot = Ilot::start_full(&[], &config);
     let name = unique("mon");
@@ -170,6 +173,13 @@ fn faults_make_one_alert_and_one_recovery_and_telegram_answers_only_its_admin() 
     docker_ok(&["start", &container]);
     wait_until(&ilot, &api, "the recovery", 20, || api.sent(111, "RESOLVED app-down") == 1);
     wait_until(&ilot, &api, "the recovery webhook", 10, || api.webhooks("app-down", "resolved") == 1);
+    // ntfy got both, a critical alert at the top priority.
+    wait_until(&ilot, &api, "ntfy", 10, || api.log()["ntfy"].as_array().unwrap().len() >= 2);
+    let ntfy = api.log()["ntfy"].to_string();
+    assert!(ntfy.contains("ilot: app-down firing") && ntfy.contains("\"priority\":\"5\""), "{ntfy}");
+    assert!(ntfy.contains("ilot: app-down resolved"), "{ntfy}");
+    // The dead man's switch beats.
+    assert!(api.log()["heartbeats"].as_u64().unwrap() >= 3, "{}", api.log());
     // The email channel (critical only) got both, as mail through SMTP.
     wait_until(&ilot, &api, "the emails", 10, || api.log()["mail"].as_array().unwrap().len() == 2);
     let mail = api.log()["mail"].to_string();

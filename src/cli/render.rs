@@ -347,6 +347,24 @@ pub fn human(req: &Request, v: &Value) {
             if v["ready"] != Value::Bool(true) {
                 println!("ready:      no (waiting for the engine, then replaying the journal)");
             }
+            let m = &v["monitor"];
+            if let Some(f) = m["figures"].as_object().filter(|f| !f.is_empty()) {
+                let fig = |k: &str| f.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+                let disks: Vec<String> = f
+                    .iter()
+                    .filter_map(|(k, v)| Some(format!("{} {:.0} %", k.strip_prefix("disk:")?, v.as_f64()?)))
+                    .collect();
+                println!(
+                    "host:       CPU {:.0} %, load {:.2}, memory {:.0} %; disks {}",
+                    fig("cpu"),
+                    fig("load1"),
+                    fig("mem"),
+                    disks.join(", ")
+                );
+            }
+            for a in m["alerts"].as_array().into_iter().flatten() {
+                println!("ALERT:      {} {}: {} (`ilot alert list`)", s(&a["severity"]), s(&a["rule"]), s(&a["subject"]));
+            }
             println!("catalogue:  {} apps", s(&v["catalog_apps"]));
             println!("config:     {}", s(&v["config"]));
             println!("state:      {}", s(&v["state_dir"]));

@@ -383,6 +383,16 @@ impl Daemon {
             .iter()
             .filter(|c| c.area == "dns" && c.status == dns::diagnose::Status::Fail)
             .collect();
+        // Mail deliverability (reverse DNS, port 25, blocklists) failing is an alert too.
+        let mail_failures: Vec<String> = checks
+            .iter()
+            .filter(|c| c.area == "mail" && c.status == dns::diagnose::Status::Fail)
+            .map(|c| format!("{}: {}", c.subject, c.seen))
+            .collect();
+        if !mail_failures.is_empty() {
+            self.bus
+                .publish("mail-check-failed", None, mail_failures.join("; "));
+        }
         if !drift.is_empty() {
             self.bus.publish(
                 "dns-drift",

@@ -137,6 +137,20 @@ impl Daemon {
                 d.enqueue(notices).await;
             }
         });
+        // What the world sees (DNS drift, reverse DNS, blocklists) is checked daily; findings
+        // are events, which the rules turn into alerts.
+        let d = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(15 * 60)).await;
+            loop {
+                if !d.instances_snapshot().is_empty() || d.config.host.hostname.is_some() {
+                    if let Err(e) = d.diagnose("all").await {
+                        tracing::warn!("daily diagnosis: {e}");
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(86_400)).await;
+            }
+        });
         if let Some(url) = self.config.alerts.heartbeat_url.clone() {
             let every = self.config.alerts.heartbeat_every;
             tokio::spawn(async move {

@@ -75,6 +75,7 @@ pub fn built_in() -> Vec<RuleConfig> {
         metric("unknown-process-busy", "proc:", Some(80.0), None, 600, Warning, "a process outside every app has used a core for 10 minutes: a miner? ps -o pid,user,args -p PID"),
         event("certificate-failed", &["cert-renewal-failed", "cert-failed"], 1, 3600, Critical, "ilot cert list; ilot diagnose dns"),
         event("dns-problem", &["dns-drift", "dns-push-failed"], 1, 3600, Warning, "ilot diagnose dns; ilot dns apply"),
+        event("mail-deliverability", &["mail-check-failed"], 1, 86_400, Warning, "ilot diagnose mail"),
         event("firewall-problem", &["firewall-failed", "firewall-reverted"], 1, 3600, Warning, "ilot firewall show"),
         event("blocklist-failed", &["blocklist-failed"], 1, 86_400, Warning, "check the blocklist's URL or file"),
         event("ban-storm", &["ban"], 50, 600, Warning, "ilot ban list; an attack in progress, the guard is handling it"),

@@ -6,7 +6,8 @@ uses, as api.telegram.org does: POST /bot<TOKEN>/sendMessage and /bot<TOKEN>/get
 JSON bodies and {"ok": ..., "result": ...} answers, 429 with parameters.retry_after, and
 error_code/description on failures. It also records webhook and ntfy POSTs.
 
-It also runs a minimal SMTP server (plain, no TLS) that keeps every message it accepts, for
+It records ntfy POSTs (/ntfy: the text body and the Title/Priority headers) and counts
+heartbeats (GET /heartbeat). It also runs a minimal SMTP server (plain, no TLS) that keeps every message it accepts, for
 the email channel: GET /_log lists them under "mail".
 
 Control endpoints for the test:
@@ -24,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 TOKEN = sys.argv[1]
 lock = threading.Lock()
-state = {"sent": [], "webhook": [], "mail": [], "attempts": 0, "fail": [], "updates": [], "next_update": 1}
+state = {"sent": [], "webhook": [], "mail": [], "ntfy": [], "heartbeats": 0, "attempts": 0, "fail": [], "updates": [], "next_update": 1}
 
 
 def chat(chat_id):
@@ -54,7 +55,11 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/_log":
             with lock:
-                self.reply(200, {k: state[k] for k in ("sent", "webhook", "mail", "attempts")})
+                self.reply(200, {k: state[k] for k in ("sent", "webhook", "mail", "ntfy", "heartbeats", "attempts")})
+        elif self.path.startswith("/heartbeat"):
+            with lock:
+                state["heartbeats"] += 1
+            self.reply(200, {})
         else:
             self.reply(404, {"ok": False, "error_code": 404, "description": "Not Found"})
 
@@ -76,6 +81,11 @@ class Handler(BaseHTTPRequestHandler):
                         "text": body["text"],
                     },
                 })
+            return self.reply(200, {})
+        if self.path.startswith("/ntfy"):
+            with lock:
+                state["ntfy"].append({"body": body.get("raw", ""), "title": self.headers.get("title"),
+                                      "priority": self.headers.get("priority")})
             return self.reply(200, {})
         if self.path.startswith("/webhook"):
             with lock:
