@@ -88,6 +88,15 @@ impl Default for AlertsConfig {
     }
 }
 
+/// Whether minute-of-day `m` falls in quiet hours (start, end), which may span midnight.
+pub fn in_quiet_hours(m: u32, (start, end): (u32, u32)) -> bool {
+    if start <= end {
+        (start..end).contains(&m)
+    } else {
+        m >= start || m < end
+    }
+}
+
 /// "22:00-07:00" as minutes of the day (start, end).
 pub fn parse_quiet_hours(s: &str) -> Option<(u32, u32)> {
     let (a, b) = s.split_once('-')?;
@@ -736,6 +745,20 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn quiet_hours_may_span_midnight() {
+        let night = parse_quiet_hours("22:00-07:00").unwrap();
+        assert_eq!(night, (22 * 60, 7 * 60));
+        assert!(in_quiet_hours(23 * 60, night) && in_quiet_hours(6 * 60 + 59, night));
+        assert!(!in_quiet_hours(7 * 60, night) && !in_quiet_hours(12 * 60, night));
+        let lunch = parse_quiet_hours("12:00-13:30").unwrap();
+        assert!(in_quiet_hours(12 * 60 + 15, lunch) && !in_quiet_hours(13 * 60 + 30, lunch));
+        for bad in ["22-07", "25:00-07:00", "22:00", "x"] {
+            assert!(parse_quiet_hours(bad).is_none(), "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

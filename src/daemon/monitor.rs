@@ -77,12 +77,7 @@ impl Daemon {
         let t = now() as libc::time_t;
         let mut tm: libc::tm = unsafe { std::mem::zeroed() };
         unsafe { libc::localtime_r(&t, &mut tm) };
-        let m = (tm.tm_hour * 60 + tm.tm_min) as u32;
-        if start <= end {
-            (start..end).contains(&m)
-        } else {
-            m >= start || m < end
-        }
+        crate::config::in_quiet_hours((tm.tm_hour * 60 + tm.tm_min) as u32, (start, end))
     }
 
     pub(super) fn start_monitor(self: &Arc<Self>) {
