@@ -12,6 +12,9 @@
 #    sampled every 5 s). Targets: under 1 % of one core, under 25 MiB. After the window, the
 #    monitor must have worked: `ilot metrics --json` lists one `up:` series per container, and
 #    `ilot metrics cpu --since 10m --json` has points inside the window (one per 30 s).
+# 2b. For context, the same daemon again with [monitor] enabled = false, same containers, same
+#    settling and window: what the daemon costs without the monitor (while it settles, the
+#    containers' engine events are counted: each Docker health check makes three).
 # 3. The reference, Netdata (Debian 12's package, installed with apt-get if missing; its service
 #    is never started: a temporary policy-rc.d, and no systemd here): the ilot daemon is stopped
 #    (the containers keep running), then a netdata of the script's own runs in the foreground
@@ -40,6 +43,7 @@
 #   ILOT_BENCH_SETTLE       seconds of settling before each window (default 30)
 #   ILOT_BENCH_STEP         seconds between RSS samples (default 5)
 #   ILOT_BENCH_NETDATA      0: skip Netdata (the published figures are shown) (default 1)
+#   ILOT_BENCH_MONITOR_OFF  0: skip step 2b, the daemon with the monitor off (default 1)
 #   ILOT_BENCH_OUT          where results are kept (default target/bench)
 set -euo pipefail
 
@@ -55,11 +59,12 @@ DURATION=${ILOT_BENCH_SECS:-180}
 SETTLE=${ILOT_BENCH_SETTLE:-30}
 STEP=${ILOT_BENCH_STEP:-5}
 WITH_NETDATA=${ILOT_BENCH_NETDATA:-1}
+WITH_OFF=${ILOT_BENCH_MONITOR_OFF:-1}
 IMAGE=ilot/hello:1.0
 INTERVAL_S=30 # [monitor] interval, the default
 OUT_DIR=${ILOT_BENCH_OUT:-$ROOT/target/bench}
 BIN=${ILOT_BIN:-$ROOT/target/release/ilot}
-INVOCATION="bench/monitor.sh (ILOT_BENCH_INSTANCES=$INSTANCES ILOT_BENCH_SECS=$DURATION ILOT_BENCH_SETTLE=$SETTLE ILOT_BENCH_STEP=$STEP ILOT_BENCH_NETDATA=$WITH_NETDATA)"
+INVOCATION="bench/monitor.sh (ILOT_BENCH_INSTANCES=$INSTANCES ILOT_BENCH_SECS=$DURATION ILOT_BENCH_SETTLE=$SETTLE ILOT_BENCH_STEP=$STEP ILOT_BENCH_NETDATA=$WITH_NETDATA ILOT_BENCH_MONITOR_OFF=$WITH_OFF)"
 # Netdata's own figures, for when it cannot run here (and as context when it does).
 ND_PUBLISHED_CPU="1-5 % of a single core with default settings"
 ND_PUBLISHED_RAM="100-200 MB on an empty system"
@@ -130,10 +135,11 @@ stop_netdata() {
     info "stopping netdata (pid $pid) and its plugins"
     kill -TERM "$pid" 2>/dev/null || true
     wait_gone "$pid" 30 || { warn "netdata ignored SIGTERM for 30 s; sending SIGKILL"; kill -KILL "$pid" 2>/dev/null || true; }
-    sleep 0.5
     for p in $left; do
         [[ $p == "$pid" ]] && continue
-        kill -0 "$p" 2>/dev/null && { warn "netdata's child $p ($(cat "/proc/$p/comm" 2>/dev/null)) still runs: SIGKILL"; kill -KILL "$p" 2>/dev/null || true; }
+        wait_gone "$p" 5 && continue
+        info "netdata's child $p ($(cat "/proc/$p/comm" 2>/dev/null)) still runs 5 s after netdata: SIGKILL"
+        kill -KILL "$p" 2>/dev/null || true
     done
     return 0
 }
@@ -242,6 +248,11 @@ def snapshot():
         except (OSError, ValueError, IndexError):
             continue
         st["threads"] = threads
+        try:
+            argv = open("/proc/%d/cmdline" % pid, "rb").read().split(b"\0")
+            st["cmd"] = " ".join(a.decode(errors="replace") for a in argv[:3] if a)[:80]
+        except OSError:
+            st["cmd"] = ""
         procs[pid] = st
     return procs
 
@@ -308,7 +319,7 @@ while True:
         sys.exit("sampler: pid %d exited during the window" % root)
     rss, pss, nproc, nthr = memory()
     samples.append({"t": round(now, 2), "rss_kb": rss, "pss_kb": pss, "procs": nproc, "threads": nthr,
-                    "cpu_ticks": total(snapshot()) - total(s0) if k % 6 == 0 else None})
+                    "cpu_ticks": total(snapshot()) - total(s0)})
     k += 1
     nxt = k * step
     if nxt > duration + 1e-6:
@@ -331,12 +342,19 @@ for pid, p in s1.items():
     if d_kids:
         key = "reaped children of " + p["comm"]
         per_proc[key] = per_proc.get(key, 0) + d_kids
+    in_threads = 0
     for tid, (tcomm, tt) in p["threads"].items():
         bt = b["threads"].get(tid) if b else None
         d = tt - (bt[1] if bt else 0)
+        in_threads += d
         if d:
             key = p["comm"] + " / " + tcomm
             per_thread[key] = per_thread.get(key, 0) + d
+    # Threads that exited during the window (e.g. tokio's blocking pool) left their time to
+    # the process.
+    if d_self - in_threads > 0:
+        key = p["comm"] + " / (threads that exited)"
+        per_thread[key] = per_thread.get(key, 0) + d_self - in_threads
 gone = [s0[p]["comm"] for p in s0 if p not in s1 or s1[p]["start"] != s0[p]["start"]]
 n = len(samples)
 res = {
@@ -345,7 +363,7 @@ res = {
     "rss_kb_mean": sum(s["rss_kb"] for s in samples) / n, "rss_kb_max": max(s["rss_kb"] for s in samples),
     "pss_kb_mean": sum(s["pss_kb"] for s in samples) / n, "pss_kb_max": max(s["pss_kb"] for s in samples),
     "procs_max": max(s["procs"] for s in samples), "threads_max": max(s["threads"] for s in samples),
-    "procs_end": sorted(p["comm"] for p in s1.values()), "gone_during_window": gone,
+    "procs_end": sorted("%s [%s]" % (p["comm"], p["cmd"]) for p in s1.values()), "gone_during_window": gone,
     "engine_ticks": e1 - e0, "engine_pct_one_core": (e1 - e0) / CLK / wall * 100.0,
     "host_busy_pct_all_cores": 100.0 * (1 - (h1[1] - h0[1]) / max(1, h1[0] - h0[0])),
     "per_process_ticks": dict(sorted(per_proc.items(), key=lambda kv: -kv[1])),
@@ -371,7 +389,10 @@ measure() {
     jq -r '.per_thread_ticks | to_entries | .[:6] | map(" \(.key) \(.value)") | join(";")' "$out"
 }
 
+# write_config [MONITOR]: MONITOR "off" writes [monitor] enabled = false (step 2b).
 write_config() {
+    local monitor="# [monitor] left at its defaults: enabled, interval 30 s."
+    [[ ${1:-on} == off ]] && monitor=$'[monitor]\nenabled = false'
     cat >"$CONFIG" <<CONF
 [daemon]
 socket = "$SOCK"
@@ -392,7 +413,7 @@ enabled = false
 [guard]
 enabled = false
 
-# [monitor] left at its defaults: enabled, interval 30 s.
+$monitor
 CONF
 }
 
@@ -402,12 +423,14 @@ start_daemon() {
     DAEMON_PID=$!
     local t0
     t0=$(now_ms)
-    until ilot_cli status >/dev/null 2>&1; do
+    # `ilot status` answers before the daemon has reached the engine and recovered; an install
+    # then fails ("not reachable yet"): wait for both.
+    until ilot_cli status --json 2>/dev/null | jq -e '.engine.reachable and .ready' >/dev/null 2>&1; do
         kill -0 "$DAEMON_PID" 2>/dev/null || die "the daemon exited at start (see $DAEMON_LOG)"
-        (($(now_ms) - t0 < 30000)) || die "ilot status did not answer within 30 s"
+        (($(now_ms) - t0 < 30000)) || die "the daemon did not report engine reachable and ready within 30 s"
         sleep 0.05
     done
-    info "daemon answers after $(($(now_ms) - t0)) ms (pid $DAEMON_PID)"
+    info "daemon ready after $(($(now_ms) - t0)) ms (pid $DAEMON_PID)"
 }
 
 # ---------------------------------------------------------------------------- set-up
@@ -423,6 +446,11 @@ fi
 ILOT_VERSION=$("$BIN" --version 2>/dev/null | head -n 1 || echo "?")
 if GIT_HEAD=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null); then
     git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || GIT_HEAD+=" + uncommitted changes"
+    # The binary may predate the last commit that changed the code.
+    SRC_COMMIT=$(git -C "$ROOT" log -1 --format='%h %ct' -- src Cargo.toml Cargo.lock 2>/dev/null || true)
+    if [[ -n $SRC_COMMIT ]] && ((${SRC_COMMIT#* } > $(stat -c %Y "$BIN"))); then
+        GIT_HEAD+="; the binary is older than ${SRC_COMMIT% *}, the last commit that changed src/"
+    fi
     ILOT_VERSION+=" (binary of $(date -r "$BIN" '+%Y-%m-%d %H:%M'), tree at $GIT_HEAD)"
 fi
 ensure_docker "$BENCH_DIR"
@@ -436,6 +464,7 @@ OTHER_CONTAINERS=$(docker ps -q | wc -l)
 ((OTHER_CONTAINERS == 0)) || warn "$OTHER_CONTAINERS container(s) already run on this engine; Netdata monitors them too"
 
 write_config
+cp -- "$CONFIG" "$RAW_PREFIX-ilot.toml"
 start_daemon
 
 # ---------------------------------------------------------------------------- 1. instances
@@ -490,11 +519,39 @@ sleep 1
 N_AFTER_STOP=$(owned_running)
 ((N_AFTER_STOP >= INSTANCES)) || warn "only $N_AFTER_STOP of the containers still run with the daemon stopped"
 
+# ---------------------------------------------------------------------------- 2b. monitor off
+# The same daemon with [monitor] enabled = false, same containers: what the rest of the daemon
+# costs (the observer relists the containers on every engine event of theirs, and each
+# health check is three: exec_create, exec_start, exec_die).
+OFF_OK=0
+N_EVENTS=""
+if [[ $WITH_OFF == 1 ]]; then
+    printf '\n==== 2b. the same daemon with [monitor] enabled = false: %d s settling, then %d s measured\n' "$SETTLE" "$DURATION"
+    write_config off
+    start_daemon
+    # While it settles: the engine events of the containers (what wakes the observer).
+    timeout "$SETTLE" docker events --filter "label=ilot.owner=$OWNER" --filter type=container \
+        --format '{{.Action}}' >"$BENCH_DIR/events.txt" 2>/dev/null || true
+    N_EVENTS=$(wc -l <"$BENCH_DIR/events.txt")
+    EVENTS_BY=$(sed 's/:.*//' "$BENCH_DIR/events.txt" | sort | uniq -c | awk '{ printf "%s%s %s", (NR > 1 ? ", " : ""), $1, $2 }')
+    info "engine events of the containers in $SETTLE s: $N_EVENTS (${EVENTS_BY:-none})"
+    daemon_alive "while settling (monitor off)"
+    if measure ilot-monitor-off "$DAEMON_PID"; then OFF_OK=1; else warn "could not measure the daemon with the monitor off"; fi
+    info "stopping the daemon (pid $DAEMON_PID)"
+    stop_pid "$DAEMON_PID" 30
+    DAEMON_PID=""
+    write_config
+    sleep 1
+fi
+
 # ---------------------------------------------------------------------------- 3. netdata
 REF_STATUS="" # empty: measured; else why not
 ND_VERSION=""
 ND_CONTAINERS=0
+ND_BY_NAME=0
 ND_CHARTS=0
+ND_NAME_RUNS=0
+ND_NET_RUNS=0
 run_netdata() {
     if [[ $WITH_NETDATA == 0 ]]; then
         REF_STATUS="skipped (ILOT_BENCH_NETDATA=0)"
@@ -522,7 +579,8 @@ run_netdata() {
             return 1
         fi
     fi
-    ND_VERSION=$(netdata -v 2>/dev/null | head -n 1 || echo "?")
+    ND_VERSION=$(netdata -v 2>/dev/null | head -n 1 | sed 's/^netdata //' || echo "?")
+    ND_ML=$(netdata -W buildinfo 2>/dev/null | awk -F: '/Machine Learning/ { gsub(/ /, "", $2); print $2; exit }' || true)
     id netdata >/dev/null 2>&1 || { REF_STATUS="no user netdata"; return 1; }
     local port
     port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -570,16 +628,35 @@ CONF
     printf '\n==== 3. netdata: %d s settling, then %d s measured\n' "$SETTLE" "$DURATION"
     sleep "$SETTLE"
     kill -0 "$ND_PID" 2>/dev/null || { REF_STATUS="netdata exited while settling"; return 1; }
+    ND_W_START=$(date '+%F %T')
     measure netdata "$ND_PID" || { REF_STATUS="netdata exited during the window"; return 1; }
-    # Did it monitor the containers? Its cgroup charts are named after them (cgroup_ilot-b01-web.cpu).
+    ND_W_END=$(date '+%F %T')
+    # Did it monitor the containers? Its cgroup charts are named after them (cgroup_NAME.cpu),
+    # or after their short id when it cannot ask the engine for the name (user netdata is not
+    # in group docker on Debian).
     curl -fsS "http://127.0.0.1:$port/api/v1/charts" >"$BENCH_DIR/nd-charts.json" || echo '{"charts":{}}' >"$BENCH_DIR/nd-charts.json"
     ND_CHARTS=$(jq '.charts | length' "$BENCH_DIR/nd-charts.json")
-    ND_CONTAINERS=$(jq -r '.charts | keys[] | select(startswith("cgroup_ilot-b"))' "$BENCH_DIR/nd-charts.json" |
-        sed -E 's/^cgroup_([^.]+)\..*/\1/' | sort -u | wc -l)
-    info "netdata: $ND_CHARTS charts, $ND_CONTAINERS of the $INSTANCES containers with cgroup charts"
+    local c short name
+    ND_CONTAINERS=0
+    ND_BY_NAME=0
+    while read -r c name; do
+        short=${c:0:12}
+        name=${name#/}
+        if jq -e --arg n "cgroup_$name." '.charts | keys | any(startswith($n))' "$BENCH_DIR/nd-charts.json" >/dev/null; then
+            ND_CONTAINERS=$((ND_CONTAINERS + 1))
+            ND_BY_NAME=$((ND_BY_NAME + 1))
+        elif jq -e --arg n "cgroup_$short." '.charts | keys | any(startswith($n))' "$BENCH_DIR/nd-charts.json" >/dev/null; then
+            ND_CONTAINERS=$((ND_CONTAINERS + 1))
+        fi
+    done < <(docker ps --no-trunc --filter "label=ilot.owner=$OWNER" --format '{{.ID}} {{.Names}}')
+    info "netdata: $ND_CHARTS charts; $ND_CONTAINERS of the $INSTANCES containers have cgroup charts ($ND_BY_NAME under their name, the others under their short id)"
     curl -fsS "http://127.0.0.1:$port/netdata.conf" >"$RAW_PREFIX-netdata.conf" 2>/dev/null || true
-    ND_ML=$(awk -F' = ' '/^\[ml\]/ { s = 1; next } /^\[/ { s = 0 } s && $1 ~ /^[ \t#]*enabled$/ { print $2; exit }' "$RAW_PREFIX-netdata.conf" 2>/dev/null || true)
     ND_MODE=$(awk -F' = ' '/^\[db\]/ { s = 1; next } /^\[/ { s = 0 } s && $1 ~ /^[ \t#]*mode$/ { print $2; exit }' "$RAW_PREFIX-netdata.conf" 2>/dev/null || true)
+    # Helper runs in the window: cgroup-name.sh (names a cgroup) and cgroup-network (finds its
+    # interfaces), from netdata's log (local time).
+    ND_NAME_RUNS=$(awk -v a="$ND_W_START" -v b="$ND_W_END" 'substr($0, 1, 19) >= a && substr($0, 1, 19) <= b && /cgroup-name.sh: INFO: Running command/' "$ND_DIR/log/error.log" 2>/dev/null | wc -l)
+    ND_NET_RUNS=$(awk -v a="$ND_W_START" -v b="$ND_W_END" 'substr($0, 1, 19) >= a && substr($0, 1, 19) <= b && /cgroup-network-helper.sh: INFO: searching/' "$ND_DIR/log/error.log" 2>/dev/null | wc -l)
+    info "netdata's log, in the window: $ND_NAME_RUNS cgroup-name.sh runs, $ND_NET_RUNS cgroup-network-helper.sh runs"
     stop_netdata
     head -c 1000000 "$ND_DIR/log/error.log" >"$RAW_PREFIX-netdata-error.log" 2>/dev/null || true
     return 0
@@ -610,7 +687,6 @@ info "stopping the daemon (pid $DAEMON_PID)"
 stop_pid "$DAEMON_PID" 30
 DAEMON_PID=""
 sed 's/\x1b\[[0-9;]*m//g' "$DAEMON_LOG" >"$RAW_PREFIX-daemon.log"
-cp -- "$CONFIG" "$RAW_PREFIX-ilot.toml"
 
 # ---------------------------------------------------------------------------- summary
 J=$RAW_PREFIX-ilot.json
@@ -622,6 +698,13 @@ I_ENG=$(jq .engine_pct_one_core "$J")
 I_HOST=$(jq .host_busy_pct_all_cores "$J")
 I_THR=$(jq .threads_max "$J")
 I_TICKS=$(jq .cpu_ticks "$J")
+if ((OFF_OK)); then
+    O=$RAW_PREFIX-ilot-monitor-off.json
+    O_CPU=$(jq .cpu_pct_one_core "$O")
+    O_RSS_MEAN=$(jq .rss_kb_mean "$O")
+    O_ENG=$(jq .engine_pct_one_core "$O")
+    O_TICKS=$(jq .cpu_ticks "$O")
+fi
 if ((ND_OK)); then
     K=$RAW_PREFIX-netdata.json
     N_CPU=$(jq .cpu_pct_one_core "$K")
@@ -637,13 +720,14 @@ fi
 V_CPU=$(verdict "$I_CPU < 1")
 V_RSS=$(verdict "$I_RSS_MAX < 25 * 1024")
 V_MON=$([[ $MON_OK == 1 ]] && echo "ok" || echo "FAILED")
+V_ND_MON=$( ((ND_CONTAINERS >= INSTANCES)) && echo "ok" || echo "FAILED")
 SUMMARY=$RAW_PREFIX-summary.txt
 {
     printf '\n==== summary: ilot monitor vs %s (%s)\n' "$( ((ND_OK)) && echo "netdata" || echo "published figures")" "$(date -u '+%Y-%m-%d %H:%M UTC')"
     printf 'host: %s, %s CPU(s), %s MiB RAM, kernel %s; docker engine %s; load average at the end %s\n' \
         "$(hostname)" "$(nproc)" "$(awk '/^MemTotal:/ { print int($2 / 1024) }' /proc/meminfo)" "$(uname -r)" \
         "$(docker version --format '{{.Server.Version}}' 2>/dev/null || echo "?")" "$(cut -d' ' -f1-3 /proc/loadavg)"
-    printf '%s; %s\n' "$ILOT_VERSION" "$( ((ND_OK)) && echo "netdata $ND_VERSION (Debian package, default config; db mode ${ND_MODE:-?}, ml ${ND_ML:-?})" || echo "netdata not measured: $REF_STATUS")"
+    printf '%s; %s\n' "$ILOT_VERSION" "$( ((ND_OK)) && echo "netdata $ND_VERSION (Debian package, default config; db mode ${ND_MODE:-?}; machine learning built in: ${ND_ML:-?})" || echo "netdata not measured: $REF_STATUS")"
     printf '%d hello containers (owner %s) running in both windows; %d s settling, %d s window each, memory every %d s; CLK_TCK %s\n\n' \
         "$N_CONTAINERS" "$OWNER" "$SETTLE" "$DURATION" "$STEP" "$CLK_TCK"
     fmt='%-44s %-14s %-26s %-10s %-10s %s\n'
@@ -656,27 +740,37 @@ SUMMARY=$RAW_PREFIX-summary.txt
             printf "$fmt" "VmRSS, max (MiB)" "$(mib "$I_RSS_MAX")" "$(mib "$N_RSS_MAX")" "$(ratio "$I_RSS_MAX" "$N_RSS_MAX")" "< 25 MiB" "$V_RSS"
             printf "$fmt" "Pss, mean (MiB)" "$(mib "$I_PSS")" "$(mib "$N_PSS")" "$(ratio "$I_PSS" "$N_PSS")" "-" "-"
             printf "$fmt" "threads (max)" "$I_THR" "$N_THR" "-" "-" "-"
-            printf "$fmt" "containers seen" "$N_UP up: series" "$ND_CONTAINERS with cgroup charts" "-" "$INSTANCES" "$V_MON"
+            printf "$fmt" "containers seen" "$N_UP up: series" "$ND_CONTAINERS with cgroup charts" "-" "$INSTANCES" "$V_MON / $V_ND_MON"
             printf "$fmt" "context: engine CPU (dockerd+containerd)" "$(f2 "$I_ENG") %" "$(f2 "$N_ENG") %" "-" "-" "-"
             printf "$fmt" "context: machine busy, % of all cores" "$(f1 "$I_HOST") %" "$(f1 "$N_HOST") %" "-" "-" "-"
-            printf "$fmt" "published (netdata docs, current versions)" "-" "$ND_PUBLISHED_CPU; $ND_PUBLISHED_RAM" "" "" ""
+            ((OFF_OK)) && printf "$fmt" "context: ilot with [monitor] off: CPU" "$(f3 "$O_CPU") %" "-" "-" "-" "-"
+            ((OFF_OK)) && printf "$fmt" "  VmRSS mean (MiB); engine CPU" "$(mib "$O_RSS_MEAN"); $(f2 "$O_ENG") %" "-" "-" "-" "-"
         else
             printf "$fmt" "metric" "ilot daemon" "netdata: PUBLISHED" "ilot/ref" "target" "verdict"
-            printf "$fmt" "CPU, % of one core (window mean)" "$(f3 "$I_CPU") %" "$ND_PUBLISHED_CPU" "-" "< 1 %" "$V_CPU"
+            printf "$fmt" "CPU, % of one core (window mean)" "$(f3 "$I_CPU") %" "1-5 % of one core" "-" "< 1 %" "$V_CPU"
             printf "$fmt" "VmRSS, mean (MiB)" "$(mib "$I_RSS_MEAN")" "-" "-" "-" "-"
-            printf "$fmt" "VmRSS, max (MiB)" "$(mib "$I_RSS_MAX")" "$ND_PUBLISHED_RAM" "-" "< 25 MiB" "$V_RSS"
+            printf "$fmt" "VmRSS, max (MiB)" "$(mib "$I_RSS_MAX")" "100-200 MB, empty system" "-" "< 25 MiB" "$V_RSS"
             printf "$fmt" "Pss, mean (MiB)" "$(mib "$I_PSS")" "-" "-" "-" "-"
             printf "$fmt" "containers seen" "$N_UP up: series" "-" "-" "$INSTANCES" "$V_MON"
             printf "$fmt" "context: engine CPU (dockerd+containerd)" "$(f2 "$I_ENG") %" "-" "-" "-" "-"
             printf "$fmt" "context: machine busy, % of all cores" "$(f1 "$I_HOST") %" "-" "-" "-" "-"
-            printf '(published figures: %s)\n' "$ND_PUBLISHED_SRC"
+            ((OFF_OK)) && printf "$fmt" "context: ilot with [monitor] off: CPU" "$(f3 "$O_CPU") %" "-" "-" "-" "-"
+            ((OFF_OK)) && printf "$fmt" "  VmRSS mean (MiB); engine CPU" "$(mib "$O_RSS_MEAN"); $(f2 "$O_ENG") %" "-" "-" "-" "-"
+            printf '(published by Netdata: "%s", "%s", for current versions: %s)\n' "$ND_PUBLISHED_CPU" "$ND_PUBLISHED_RAM" "$ND_PUBLISHED_SRC"
         fi
     }
     printf '\nilot: %s CPU ticks in the window; %s series, %s up: (%s at 1), %s ccpu:, %s probe:; cpu points: %s in the window (expected about %s), %s in the last 10 min\n' \
         "$I_TICKS" "$N_SERIES" "$N_UP" "$N_UP1" "$N_CCPU" "$N_PROBE" "$N_CPU_WIN" "$EXPECT_PTS" "$N_CPU_PTS"
     printf 'ilot CPU by thread (ticks): %s\n' "$(jq -r '.per_thread_ticks | to_entries | map("\(.key) \(.value)") | join(", ")' "$J")"
+    if ((OFF_OK)); then
+        printf 'ilot with [monitor] off: %s CPU ticks in the window; by thread: %s\n' "$O_TICKS" \
+            "$(jq -r '.per_thread_ticks | to_entries | map("\(.key) \(.value)") | join(", ")' "$O")"
+        printf 'engine events of the %s containers in %s s (before that window): %s (%s)\n' "$N_CONTAINERS" "$SETTLE" "$N_EVENTS" "$EVENTS_BY"
+    fi
     if ((ND_OK)); then
-        printf 'netdata: %s CPU ticks in the window, %s charts; CPU by process (ticks): %s\n' "$N_TICKS" "$ND_CHARTS" \
+        printf 'netdata: %s CPU ticks in the window, %s charts; %s containers charted (%s by name); in the window %s cgroup-name.sh and %s cgroup-network-helper.sh runs\n' \
+            "$N_TICKS" "$ND_CHARTS" "$ND_CONTAINERS" "$ND_BY_NAME" "$ND_NAME_RUNS" "$ND_NET_RUNS"
+        printf 'netdata CPU by process (ticks): %s\n' \
             "$(jq -r '.per_process_ticks | to_entries | map("\(.key) \(.value)") | join(", ")' "$K")"
         printf 'netdata CPU by thread (ticks, top 12): %s\n' \
             "$(jq -r '.per_thread_ticks | to_entries | .[:12] | map("\(.key) \(.value)") | join(", ")' "$K")"
@@ -686,6 +780,7 @@ SUMMARY=$RAW_PREFIX-summary.txt
     printf '\ncommand line: %s\n' "$INVOCATION"
     printf '  ilot:    %s daemon --config CONFIG (kept as %s-ilot.toml)\n' "$BIN" "$RAW_PREFIX"
     ((ND_OK)) && printf '  netdata: netdata -D -c DIR/netdata.conf -P DIR/netdata.pid (its running config kept as %s-netdata.conf)\n' "$RAW_PREFIX"
-    printf 'raw results: %s-ilot.json%s, -metrics.json, -metrics-cpu.json, -daemon.log, %s\n' "$RAW_PREFIX" \
+    printf 'raw results: %s-ilot.json%s%s, -metrics.json, -metrics-cpu.json, -daemon.log, %s\n' "$RAW_PREFIX" \
+        "$( ((OFF_OK)) && echo ", -ilot-monitor-off.json")" \
         "$( ((ND_OK)) && echo ", -netdata.json, -netdata.conf, -netdata-error.log")" "$SUMMARY"
 } | tee "$SUMMARY"
