@@ -92,6 +92,7 @@ DAEMON_LOG=$BENCH_DIR/daemon.log
 ND_DIR=$BENCH_DIR/netdata # netdata's config, database, cache, logs (owned by user netdata)
 DAEMON_PID=""
 ND_PID=""
+SAMPLER_PID=""
 POLICY_RC_D="" # a policy-rc.d this run wrote (apt must not start netdata), removed at exit
 declare -A INSTALLED=() # ilot instances to remove at exit
 STAMP=$(date +%Y%m%d-%H%M%S)
@@ -151,6 +152,7 @@ cleanup() {
     set +e
     printf '\n==== cleanup\n'
     if [[ -n $POLICY_RC_D ]]; then rm -f -- "$POLICY_RC_D"; fi
+    if [[ -n $SAMPLER_PID ]]; then kill "$SAMPLER_PID" 2>/dev/null; fi
     stop_netdata
     if ((rc != 0)) && [[ -s $DAEMON_LOG ]]; then
         printf -- '---- last lines of the daemon log (%s)\n' "$DAEMON_LOG"
@@ -379,8 +381,14 @@ measure() {
     local -a eng
     mapfile -t eng < <(engine_pids)
     info "measuring $label (pid $pid) for $DURATION s, memory every $STEP s (engine pids: ${eng[*]:-none})"
-    python3 "$BENCH_DIR/sampler.py" "$pid" "$DURATION" "$STEP" "$out" "${eng[@]}" ||
-        return 1
+    # In the background, so that a signal to this script is handled at once (bash runs traps
+    # only between foreground commands, but interrupts `wait`).
+    python3 "$BENCH_DIR/sampler.py" "$pid" "$DURATION" "$STEP" "$out" "${eng[@]}" &
+    SAMPLER_PID=$!
+    local rc=0
+    wait "$SAMPLER_PID" || rc=$?
+    SAMPLER_PID=""
+    ((rc == 0)) || return 1
     jq -r '"  CPU \(.cpu_ticks) ticks in \(.wall_s) s = \(.cpu_pct_one_core * 1000 | round / 1000) % of one core; " +
         "VmRSS mean \(.rss_kb_mean / 1024 * 10 | round / 10) MiB, max \(.rss_kb_max / 1024 * 10 | round / 10) MiB; " +
         "\(.procs_max) process(es), \(.threads_max) threads; engine \(.engine_pct_one_core * 100 | round / 100) %, " +
