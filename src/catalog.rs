@@ -467,7 +467,10 @@ impl Manifest {
                 }
             }
             if f.filter.is_empty()
-                || !f.filter.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                || !f
+                    .filter
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             {
                 return Err(format!("log_filters: {:?} is not a filter name", f.filter));
             }

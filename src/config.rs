@@ -472,11 +472,15 @@ impl Config {
         }
         if let Some(q) = &self.alerts.quiet_hours {
             if parse_quiet_hours(q).is_none() {
-                return bad(format!("[alerts] quiet_hours {q:?}: give \"HH:MM-HH:MM\", e.g. \"22:00-07:00\""));
+                return bad(format!(
+                    "[alerts] quiet_hours {q:?}: give \"HH:MM-HH:MM\", e.g. \"22:00-07:00\""
+                ));
             }
         }
         if let Some(u) = &self.alerts.heartbeat_url {
-            if !(u.starts_with("https://") || u.starts_with("http://")) || u.parse::<hyper::Uri>().is_err() {
+            if !(u.starts_with("https://") || u.starts_with("http://"))
+                || u.parse::<hyper::Uri>().is_err()
+            {
                 return bad("[alerts] heartbeat_url: give an https:// URL".into());
             }
         }
@@ -489,11 +493,16 @@ impl Config {
     fn validate_guard(&self, origin: &str) -> Result<()> {
         let g = &self.guard;
         let bad = |why: String| {
-            Err(Error::bad_input(format!("invalid config {origin}: [guard] {why}"))
-                .hint("fix the file (docs/guard.md lists every key); the daemon did not start"))
+            Err(
+                Error::bad_input(format!("invalid config {origin}: [guard] {why}"))
+                    .hint("fix the file (docs/guard.md lists every key); the daemon did not start"),
+            )
         };
         if !(16..=128).contains(&g.ipv6_prefix) {
-            return bad(format!("ipv6_prefix {} must be between 16 and 128", g.ipv6_prefix));
+            return bad(format!(
+                "ipv6_prefix {} must be between 16 and 128",
+                g.ipv6_prefix
+            ));
         }
         for a in &g.allow {
             let ok = a.parse::<ipnet::IpNet>().is_ok()
@@ -509,15 +518,24 @@ impl Config {
             return bad(why);
         }
         for (name, j) in &g.jails {
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-                return bad(format!("jails: {name:?} is not a jail name (letters, digits, - and _)"));
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return bad(format!(
+                    "jails: {name:?} is not a jail name (letters, digits, - and _)"
+                ));
             }
             if let Err(why) = j.policy(&g.defaults).validate(name) {
                 return bad(why);
             }
             for f in &j.files {
                 if !f.is_absolute() {
-                    return bad(format!("jails.{name}: files: {} is not an absolute path", f.display()));
+                    return bad(format!(
+                        "jails.{name}: files: {} is not an absolute path",
+                        f.display()
+                    ));
                 }
             }
         }

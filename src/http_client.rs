@@ -73,11 +73,11 @@ fn client() -> Result<&'static Client, String> {
                 .https_or_http()
                 .enable_http1()
                 .build();
-            Ok(hyper_util::client::legacy::Client::builder(
-                hyper_util::rt::TokioExecutor::new(),
+            Ok(
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(30))
+                    .build(connector),
             )
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector))
         })
         .as_ref()
         .map_err(Clone::clone)

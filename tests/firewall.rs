@@ -31,7 +31,9 @@ fn ports_open_and_close_and_an_unconfirmed_deny_reverts() {
     assert!(!net.connects(0, &server, 9090) && !net.connects(0, &server6, 9090));
     let table = net.nft(&["list", "table", "inet", "ilot"]);
     assert!(
-        table.contains("set ban4") && table.contains("chain bans") && table.contains("tcp dport 2222 accept"),
+        table.contains("set ban4")
+            && table.contains("chain bans")
+            && table.contains("tcp dport 2222 accept"),
         "{table}"
     );
     let show = ilot.json(&["firewall", "show"]);

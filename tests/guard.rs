@@ -49,7 +49,10 @@ fn append(path: &Path, lines: &[String]) {
 /// samples carry the current time, as a live log would.
 fn date(format: &str) -> String {
     let out = Command::new("date").arg(format).output().unwrap();
-    String::from_utf8(out.stdout).unwrap().trim_end().to_string()
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim_end()
+        .to_string()
 }
 
 fn sshd_failures(addr: &str, n: usize) -> Vec<String> {
@@ -83,12 +86,19 @@ fn offenders_are_banned_in_the_kernel_and_everyone_else_still_connects() {
     std::fs::write(&web, "").unwrap();
     // 10.77.5.0/24 (client 4) is on the list; 10.77.3.0/24 too, but it holds an allowlisted
     // address, so it is left out.
-    std::fs::write(&drop_list, "; test DROP list\n10.77.5.0/24 ; SBL1\n10.77.3.0/24 ; SBL2\n").unwrap();
+    std::fs::write(
+        &drop_list,
+        "; test DROP list\n10.77.5.0/24 ; SBL1\n10.77.3.0/24 ; SBL2\n",
+    )
+    .unwrap();
     net.listen(2222);
     // Client 3 plays a container: the server forwards port 8088 to it, as Docker does.
     let container = net.clients[3].0.clone();
     net.listen_in(&container, 8088);
-    net.exec(&container, &["ip", "route", "add", "default", "via", "10.77.4.1"]);
+    net.exec(
+        &container,
+        &["ip", "route", "add", "default", "via", "10.77.4.1"],
+    );
     net.exec(&net.server, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
     net.exec(
         &net.server,
@@ -112,10 +122,15 @@ fn offenders_are_banned_in_the_kernel_and_everyone_else_still_connects() {
     assert!(net.connects(0, &srv(0), 2222));
     assert!(net.connects(0, &srv(0), 8088), "the DNAT'd port works");
     // The blocklist: client 4 is dropped, the allowlisted network is not.
-    wait_until("the blocklist is loaded", 15, || !net.connects(4, &srv(4), 2222));
+    wait_until("the blocklist is loaded", 15, || {
+        !net.connects(4, &srv(4), 2222)
+    });
     assert!(net.connects(2, &srv(2), 2222));
     let sets = net.nft(&["list", "set", "inet", "ilot", "blocknet4"]);
-    assert!(sets.contains("10.77.5.0/24") && !sets.contains("10.77.3.0/24"), "{sets}");
+    assert!(
+        sets.contains("10.77.5.0/24") && !sets.contains("10.77.3.0/24"),
+        "{sets}"
+    );
     let list = ilot.json(&["ban", "list"]);
     assert_eq!(list["blocklists"]["entries"], 1, "{list}");
 
@@ -123,15 +138,30 @@ fn offenders_are_banned_in_the_kernel_and_everyone_else_still_connects() {
     append(&auth, &sshd_failures("10.77.3.2", 6));
     // The attacker fails 3 times: banned, from the host and from the forwarded port.
     append(&auth, &sshd_failures("10.77.1.2", 3));
-    wait_until("the attacker is banned", 10, || banned(&ilot, "10.77.1.2/32").is_some());
+    wait_until("the attacker is banned", 10, || {
+        banned(&ilot, "10.77.1.2/32").is_some()
+    });
     assert!(!net.connects(0, &srv(0), 2222), "banned from the host");
-    assert!(!net.connects(0, &srv(0), 8088), "banned from the forwarded container port");
+    assert!(
+        !net.connects(0, &srv(0), 8088),
+        "banned from the forwarded container port"
+    );
     assert!(net.connects(1, &srv(1), 2222), "a bystander still connects");
-    assert!(net.connects(2, &srv(2), 2222), "the allowlisted address still connects");
+    assert!(
+        net.connects(2, &srv(2), 2222),
+        "the allowlisted address still connects"
+    );
     assert!(banned(&ilot, "10.77.3.2/32").is_none());
     let set = net.nft(&["list", "set", "inet", "ilot", "ban4"]);
-    assert!(set.contains("10.77.1.2 timeout"), "in the kernel with a timeout: {set}");
-    assert!(ilot.log().contains("10.77.3.2/32 not banned (allowlisted"), "{}", ilot.log());
+    assert!(
+        set.contains("10.77.1.2 timeout"),
+        "in the kernel with a timeout: {set}"
+    );
+    assert!(
+        ilot.log().contains("10.77.3.2/32 not banned (allowlisted"),
+        "{}",
+        ilot.log()
+    );
 
     // IPv6: one address of the bystander's /64 fails (in the web log); the /64 is banned,
     // so the bystander's other address is dropped over IPv6, not over IPv4.
@@ -140,19 +170,26 @@ fn offenders_are_banned_in_the_kernel_and_everyone_else_still_connects() {
         .map(|_| format!("{iso} fd77:2::99 cloud.example.org \"POST /login HTTP/1.1\" 401 2ms"))
         .collect();
     append(&web, &web_failures);
-    wait_until("the /64 is banned", 10, || banned(&ilot, "fd77:2::/64").is_some());
+    wait_until("the /64 is banned", 10, || {
+        banned(&ilot, "fd77:2::/64").is_some()
+    });
     assert!(!net.connects(1, &srv6(1), 2222), "the whole /64 is dropped");
     assert!(net.connects(1, &srv(1), 2222), "IPv4 is another address");
 
     // Expiry: the kernel lets the 5 s ban go, and the daemon says so.
     wait_until("the ban expires", 20, || net.connects(0, &srv(0), 2222));
     wait_until("the unban is an event", 5, || {
-        ilot.ok(&["events"]).contains("10.77.1.2/32 unbanned: the ban expired")
+        ilot.ok(&["events"])
+            .contains("10.77.1.2/32 unbanned: the ban expired")
     });
-    assert!(ilot.ok(&["events"]).contains("10.77.1.2/32 banned for 5s by sshd"));
+    assert!(ilot
+        .ok(&["events"])
+        .contains("10.77.1.2/32 banned for 5s by sshd"));
     // A repeat offender gets twice as long.
     append(&auth, &sshd_failures("10.77.1.2", 3));
-    wait_until("banned again", 10, || banned(&ilot, "10.77.1.2/32").is_some());
+    wait_until("banned again", 10, || {
+        banned(&ilot, "10.77.1.2/32").is_some()
+    });
     let again = banned(&ilot, "10.77.1.2/32").unwrap();
     assert_eq!(again["count"], 2, "{again}");
     assert_eq!(
@@ -170,7 +207,10 @@ fn offenders_are_banned_in_the_kernel_and_everyone_else_still_connects() {
         .find(|j| j["name"] == "sshd")
         .unwrap();
     assert_eq!(sshd["bans"], 2, "{show}");
-    assert_eq!(sshd["failures"], 12, "every failure counts, the allowlisted ones too: {show}");
+    assert_eq!(
+        sshd["failures"], 12,
+        "every failure counts, the allowlisted ones too: {show}"
+    );
     assert!(
         show["allow"].to_string().contains("Docker network bridge"),
         "Docker's networks are never banned: {show}"
@@ -185,7 +225,9 @@ fn offenders_are_banned_in_the_kernel_and_everyone_else_still_connects() {
     ilot.kill9();
     net.exec(&net.server, &["nft", "delete", "table", "inet", "ilot"]);
     // (IPv6 neighbour discovery, dropped with the rest while banned, takes a moment to recover.)
-    wait_until("nothing in the kernel while down", 15, || net.connects(1, &srv6(1), 2222));
+    wait_until("nothing in the kernel while down", 15, || {
+        net.connects(1, &srv6(1), 2222)
+    });
     ilot.spawn(&[]);
     ilot.wait_ready();
     wait_until("bans restored after the restart", 10, || {
@@ -195,19 +237,26 @@ fn offenders_are_banned_in_the_kernel_and_everyone_else_still_connects() {
 
     // The admin's hand: remove, add for a while, bad input changes nothing.
     ilot.ok(&["ban", "remove", "fd77:2::5"]);
-    wait_until("unbanned by the admin", 15, || net.connects(1, &srv6(1), 2222));
+    wait_until("unbanned by the admin", 15, || {
+        net.connects(1, &srv6(1), 2222)
+    });
     let out = ilot.ok(&["ban", "add", "10.77.2.2", "--for", "1h"]);
-    assert!(out.contains("10.77.2.2/32 banned for 1h by manual"), "{out}");
+    assert!(
+        out.contains("10.77.2.2/32 banned for 1h by manual"),
+        "{out}"
+    );
     assert!(!net.connects(1, &srv(1), 2222));
     let err = ilot.fails(&["ban", "add", "10.77.3.2"], 2);
-    assert!(err.contains("never banned") && err.contains("allowlisted"), "{err}");
+    assert!(
+        err.contains("never banned") && err.contains("allowlisted"),
+        "{err}"
+    );
     let err = ilot.fails(&["ban", "add", "999.1.2.3"], 2);
     assert!(err.contains("not an address"), "{err}");
     let err = ilot.fails(&["ban", "remove", "192.0.2.1"], 2);
     assert!(err.contains("not banned"), "{err}");
     ilot.ok(&["ban", "remove", "10.77.2.2"]);
     assert!(net.connects(1, &srv(1), 2222));
-
 }
 
 #[test]
@@ -215,21 +264,31 @@ fn guard_test_shows_each_verdict_like_fail2ban_regex() {
     let logs = scratch();
     let file = logs.0.join("auth.log");
     let mut lines = sshd_failures("203.0.113.5", 3);
-    lines.push("Nov 22 01:02:03 pi sshd[9]: Accepted publickey for admin from 203.0.113.9 port 1 ssh2".into());
+    lines.push(
+        "Nov 22 01:02:03 pi sshd[9]: Accepted publickey for admin from 203.0.113.9 port 1 ssh2"
+            .into(),
+    );
     lines.push("Nov 22 01:02:03 pi sshd[9]: Invalid user x from 999.2.3.4 port 22".into());
     append(&file, &lines);
     let out = Command::new(BIN)
         .args(["guard", "test", "sshd", file.to_str().unwrap(), "--json"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["lines"], 5, "{v}");
     assert_eq!(v["matched"], 3, "{v}");
     assert_eq!(v["bad_address"], 1, "{v}");
     assert_eq!(v["missed"], 1, "{v}");
     assert_eq!(v["shown"][0]["address"], "203.0.113.5", "{v}");
-    assert!(v["shown"][0]["time"].as_u64().is_some(), "the syslog date is read: {v}");
+    assert!(
+        v["shown"][0]["time"].as_u64().is_some(),
+        "the syslog date is read: {v}"
+    );
 
     // A custom filter from the filters directory, and a broken one: a clear error.
     std::fs::write(
@@ -237,18 +296,31 @@ fn guard_test_shows_each_verdict_like_fail2ban_regex() {
         "description = \"mine\"\nfailregex = ['denied for <HOST>$']\n",
     )
     .unwrap();
-    std::fs::write(logs.0.join("broken.toml"), "description = \"b\"\nfailregex = ['(']\n").unwrap();
+    std::fs::write(
+        logs.0.join("broken.toml"),
+        "description = \"b\"\nfailregex = ['(']\n",
+    )
+    .unwrap();
     std::fs::write(&file, "x denied for 198.51.100.3\n").unwrap();
     let run = |filter: &str| {
         Command::new(BIN)
-            .args(["guard", "test", filter, file.to_str().unwrap(), "--filters-dir"])
+            .args([
+                "guard",
+                "test",
+                filter,
+                file.to_str().unwrap(),
+                "--filters-dir",
+            ])
             .arg(&logs.0)
             .output()
             .unwrap()
     };
     let out = run("mine");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("match") && text.contains("198.51.100.3"), "{text}");
+    assert!(
+        text.contains("match") && text.contains("198.51.100.3"),
+        "{text}"
+    );
     assert!(text.contains("1 lines: 1 matched"), "{text}");
     let out = run("broken");
     assert_eq!(out.status.code(), Some(2));
@@ -272,7 +344,10 @@ fn an_apps_container_output_is_read_with_the_filter_its_manifest_names() {
     let manifest = std::fs::read_to_string(ilot.dir.join("catalog/hello/app.toml"))
         .unwrap()
         .replace("name = \"hello\"", "name = \"logapp\"")
-        .replace("[needs]", "[needs]\nlog_filters = [{ filter = \"sshd\", service = \"web\" }]");
+        .replace(
+            "[needs]",
+            "[needs]\nlog_filters = [{ filter = \"sshd\", service = \"web\" }]",
+        );
     std::fs::write(dir.join("app.toml"), manifest).unwrap();
     ilot.restart();
     let name = unique("logs");
@@ -281,17 +356,29 @@ fn an_apps_container_output_is_read_with_the_filter_its_manifest_names() {
     let jail = format!("{name}-sshd");
     let show = ilot.json(&["guard", "show"]);
     assert!(
-        show["jails"].to_string().contains(&format!("container:{container}")),
+        show["jails"]
+            .to_string()
+            .contains(&format!("container:{container}")),
         "{show}"
     );
     // The container writes failures to its own output (as an app logs to stdout): the
     // gateway address of Docker's bridge is never banned, the real client is.
     let emit = |addr: &str| {
         let line = sshd_failures(addr, 1).remove(0);
-        docker_ok(&["exec", &container, "sh", "-c", &format!("echo '{line}' > /proc/1/fd/1")]);
+        docker_ok(&[
+            "exec",
+            &container,
+            "sh",
+            "-c",
+            &format!("echo '{line}' > /proc/1/fd/1"),
+        ]);
     };
     let gateway = docker_ok(&[
-        "network", "inspect", "bridge", "--format", "{{(index .IPAM.Config 0).Gateway}}",
+        "network",
+        "inspect",
+        "bridge",
+        "--format",
+        "{{(index .IPAM.Config 0).Gateway}}",
     ]);
     let gateway = gateway.trim();
     for _ in 0..3 {
@@ -301,9 +388,16 @@ fn an_apps_container_output_is_read_with_the_filter_its_manifest_names() {
     wait_until("the client in the container's log is banned", 15, || {
         banned(&ilot, "198.51.100.23/32").is_some()
     });
-    assert_eq!(banned(&ilot, "198.51.100.23/32").unwrap()["jail"], jail.as_str());
+    assert_eq!(
+        banned(&ilot, "198.51.100.23/32").unwrap()["jail"],
+        jail.as_str()
+    );
     assert!(banned(&ilot, &format!("{gateway}/32")).is_none());
-    assert!(ilot.log().contains("Docker network bridge"), "{}", ilot.log());
+    assert!(
+        ilot.log().contains("Docker network bridge"),
+        "{}",
+        ilot.log()
+    );
     let set = net.nft(&["list", "set", "inet", "ilot", "ban4"]);
     assert!(set.contains("198.51.100.23"), "{set}");
     ilot.ok(&["app", "remove", &name, "--purge"]);

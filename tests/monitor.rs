@@ -22,7 +22,10 @@ struct BotApi {
 impl BotApi {
     fn start() -> BotApi {
         let mut child = Command::new("python3")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/botapi.py"))
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/common/botapi.py"
+            ))
             .arg(TOKEN)
             .stdout(Stdio::piped())
             .spawn()
@@ -31,7 +34,9 @@ impl BotApi {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        let mut ports = line.split_whitespace().map(|p| p.parse().expect("the stand-in prints its ports"));
+        let mut ports = line
+            .split_whitespace()
+            .map(|p| p.parse().expect("the stand-in prints its ports"));
         BotApi {
             child,
             port: ports.next().unwrap(),
@@ -44,13 +49,25 @@ impl BotApi {
     }
 
     fn log(&self) -> Value {
-        let out = Command::new("curl").args(["-sf", &self.url("/_log")]).output().unwrap();
+        let out = Command::new("curl")
+            .args(["-sf", &self.url("/_log")])
+            .output()
+            .unwrap();
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
     fn post(&self, path: &str, body: &str) {
         let ok = Command::new("curl")
-            .args(["-sf", "-X", "POST", "-H", "content-type: application/json", "-d", body, &self.url(path)])
+            .args([
+                "-sf",
+                "-X",
+                "POST",
+                "-H",
+                "content-type: application/json",
+                "-d",
+                body,
+                &self.url(path),
+            ])
             .status()
             .unwrap()
             .success();
@@ -129,7 +146,11 @@ fn faults_make_one_alert_and_one_recovery_and_telegram_answers_only_its_admin() 
     let disk = SmallDisk::mount();
     let secrets = PathBuf::from(format!("/tmp/ilot-test-secret-{}", unique("")));
     std::fs::write(&secrets, TOKEN).unwrap();
-    std::fs::set_permissions(&secrets, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(
+        &secrets,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let config = format!(
         "[monitor]\ninterval = \"1s\"\ndisks = [\"{disk}\"]\n\n\
          [alerts]\nrate_limit = 100\nheartbeat_url = \"{beat}\"\nheartbeat_every = \"1s\"\n\n\
@@ -152,7 +173,9 @@ fn faults_make_one_alert_and_one_recovery_and_telegram_answers_only_its_admin() 
     ilot.ok(&["app", "install", "hello", "--name", &name]);
     let container = format!("ilot-{name}-web");
     wait_until(&ilot, &api, "the container is sampled", 15, || {
-        ilot.json(&["metrics"])["series"].to_string().contains(&format!("up:{container}"))
+        ilot.json(&["metrics"])["series"]
+            .to_string()
+            .contains(&format!("up:{container}"))
     });
 
     // A short outage (under the rule's 3 s): no alert.
@@ -162,28 +185,64 @@ fn faults_make_one_alert_and_one_recovery_and_telegram_answers_only_its_admin() 
 
     // Killed and left down: exactly one alert on each channel...
     docker_ok(&["kill", &container]);
-    wait_until(&ilot, &api, "the app-down alert", 20, || api.sent(111, "app-down") >= 1);
-    wait_until(&ilot, &api, "the webhook", 10, || api.webhooks("app-down", "firing") == 1);
-    assert_eq!(api.sent(111, &format!("app-down: {container} (not running)")), 1, "{}", api.log());
+    wait_until(&ilot, &api, "the app-down alert", 20, || {
+        api.sent(111, "app-down") >= 1
+    });
+    wait_until(&ilot, &api, "the webhook", 10, || {
+        api.webhooks("app-down", "firing") == 1
+    });
+    assert_eq!(
+        api.sent(111, &format!("app-down: {container} (not running)")),
+        1,
+        "{}",
+        api.log()
+    );
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(api.sent(111, "CRITICAL app-down"), 1, "one alert, not one per sample");
+    assert_eq!(
+        api.sent(111, "CRITICAL app-down"),
+        1,
+        "one alert, not one per sample"
+    );
     let list = ilot.json(&["alert", "list"]);
-    assert!(list["incidents"].to_string().contains("\"rule\":\"app-down\""), "{list}");
+    assert!(
+        list["incidents"]
+            .to_string()
+            .contains("\"rule\":\"app-down\""),
+        "{list}"
+    );
     // ...and one recovery once it is back.
     docker_ok(&["start", &container]);
-    wait_until(&ilot, &api, "the recovery", 20, || api.sent(111, "RESOLVED app-down") == 1);
-    wait_until(&ilot, &api, "the recovery webhook", 10, || api.webhooks("app-down", "resolved") == 1);
+    wait_until(&ilot, &api, "the recovery", 20, || {
+        api.sent(111, "RESOLVED app-down") == 1
+    });
+    wait_until(&ilot, &api, "the recovery webhook", 10, || {
+        api.webhooks("app-down", "resolved") == 1
+    });
     // ntfy got both, a critical alert at the top priority.
-    wait_until(&ilot, &api, "ntfy", 10, || api.log()["ntfy"].as_array().unwrap().len() >= 2);
+    wait_until(&ilot, &api, "ntfy", 10, || {
+        api.log()["ntfy"].as_array().unwrap().len() >= 2
+    });
     let ntfy = api.log()["ntfy"].to_string();
-    assert!(ntfy.contains("ilot: app-down firing") && ntfy.contains("\"priority\":\"5\""), "{ntfy}");
+    assert!(
+        ntfy.contains("ilot: app-down firing") && ntfy.contains("\"priority\":\"5\""),
+        "{ntfy}"
+    );
     assert!(ntfy.contains("ilot: app-down resolved"), "{ntfy}");
     // The dead man's switch beats.
-    assert!(api.log()["heartbeats"].as_u64().unwrap() >= 3, "{}", api.log());
+    assert!(
+        api.log()["heartbeats"].as_u64().unwrap() >= 3,
+        "{}",
+        api.log()
+    );
     // The email channel (critical only) got both, as mail through SMTP.
-    wait_until(&ilot, &api, "the emails", 10, || api.log()["mail"].as_array().unwrap().len() == 2);
+    wait_until(&ilot, &api, "the emails", 10, || {
+        api.log()["mail"].as_array().unwrap().len() == 2
+    });
     let mail = api.log()["mail"].to_string();
-    assert!(mail.contains("admin@example.org") && mail.contains("app-down firing"), "{mail}");
+    assert!(
+        mail.contains("admin@example.org") && mail.contains("app-down firing"),
+        "{mail}"
+    );
     assert!(mail.contains("app-down resolved"), "{mail}");
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(api.sent(111, "app-down"), 2, "{}", api.log());
@@ -192,9 +251,12 @@ fn faults_make_one_alert_and_one_recovery_and_telegram_answers_only_its_admin() 
     let mut f = std::fs::File::create(disk.0.join("fill")).unwrap();
     f.write_all(&vec![0u8; 700 << 10]).unwrap();
     f.sync_all().unwrap();
-    wait_until(&ilot, &api, "the disk alert", 20, || api.sent(111, "CRITICAL small-disk") == 1);
+    wait_until(&ilot, &api, "the disk alert", 20, || {
+        api.sent(111, "CRITICAL small-disk") == 1
+    });
     assert!(
-        ilot.ok(&["metrics", &format!("disk:{}", disk.0.display())]).contains("points"),
+        ilot.ok(&["metrics", &format!("disk:{}", disk.0.display())])
+            .contains("points"),
         "the disk's history"
     );
 
@@ -203,7 +265,9 @@ fn faults_make_one_alert_and_one_recovery_and_telegram_answers_only_its_admin() 
     api.post("/_fail", "{\"codes\": [429, 500]}");
     let before = api.log()["attempts"].as_u64().unwrap();
     ilot.ok(&["alert", "test"]);
-    wait_until(&ilot, &api, "the test message", 30, || api.sent(111, "a test message") == 1);
+    wait_until(&ilot, &api, "the test message", 30, || {
+        api.sent(111, "a test message") == 1
+    });
     assert!(api.log()["attempts"].as_u64().unwrap() >= before + 3);
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(api.sent(111, "a test message"), 1, "delivered exactly once");
@@ -211,16 +275,34 @@ fn faults_make_one_alert_and_one_recovery_and_telegram_answers_only_its_admin() 
     // Commands: the admin's chat is answered; a stranger gets nothing, and it is logged.
     api.post("/_update", "{\"chat_id\": 999, \"text\": \"/bans\"}");
     api.post("/_update", "{\"chat_id\": 111, \"text\": \"/status\"}");
-    wait_until(&ilot, &api, "/status answered", 15, || api.sent(111, "No alert firing") + api.sent(111, "apps") >= 1);
-    api.post("/_update", "{\"chat_id\": 111, \"text\": \"/silence disk-filling 2h\"}");
-    wait_until(&ilot, &api, "/silence answered", 15, || api.sent(111, "disk-filling silenced until") == 1);
-    assert!(ilot.json(&["alert", "list"])["silences"].to_string().contains("disk-filling"));
+    wait_until(&ilot, &api, "/status answered", 15, || {
+        api.sent(111, "No alert firing") + api.sent(111, "apps") >= 1
+    });
+    api.post(
+        "/_update",
+        "{\"chat_id\": 111, \"text\": \"/silence disk-filling 2h\"}",
+    );
+    wait_until(&ilot, &api, "/silence answered", 15, || {
+        api.sent(111, "disk-filling silenced until") == 1
+    });
+    assert!(ilot.json(&["alert", "list"])["silences"]
+        .to_string()
+        .contains("disk-filling"));
     assert_eq!(
-        api.log()["sent"].as_array().unwrap().iter().filter(|m| m["chat_id"] == 999).count(),
+        api.log()["sent"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["chat_id"] == 999)
+            .count(),
         0,
         "a stranger gets no answer"
     );
-    assert!(ilot.log().contains("command from chat 999 refused"), "{}", ilot.log());
+    assert!(
+        ilot.log().contains("command from chat 999 refused"),
+        "{}",
+        ilot.log()
+    );
 
     // The token never shows: not in the log, not in the JSON.
     assert!(!ilot.log().contains(TOKEN));

@@ -18,41 +18,80 @@ pub const MAX_REQUEST: usize = 1 << 20;
 pub enum Request {
     Status,
     Plan,
-    Events { limit: usize },
+    Events {
+        limit: usize,
+    },
     Catalog,
     AppList,
-    AppShow { name: String },
+    AppShow {
+        name: String,
+    },
     AppInstall(InstallParams),
     AppUpgrade(UpgradeParams),
     AppRemove(RemoveParams),
-    AppStart { name: String },
-    AppStop { name: String },
-    AppRestart { name: String },
+    AppStart {
+        name: String,
+    },
+    AppStop {
+        name: String,
+    },
+    AppRestart {
+        name: String,
+    },
     AppLogs(LogsParams),
     CertList,
     DomainList,
-    DnsShow { domain: Option<String> },
-    DnsApply { dry_run: bool },
-    Diagnose { what: String },
+    DnsShow {
+        domain: Option<String>,
+    },
+    DnsApply {
+        dry_run: bool,
+    },
+    Diagnose {
+        what: String,
+    },
     FirewallShow,
-    FirewallAllow { port: String },
-    FirewallDeny { port: String },
+    FirewallAllow {
+        port: String,
+    },
+    FirewallDeny {
+        port: String,
+    },
     FirewallConfirm,
     BanList,
     /// A manual ban; `seconds` absent = permanent.
-    BanAdd { address: String, seconds: Option<u64> },
-    BanRemove { address: String },
+    BanAdd {
+        address: String,
+        seconds: Option<u64>,
+    },
+    BanRemove {
+        address: String,
+    },
     GuardShow,
     /// A series' points since `since_secs` ago; without a name, every series' last value.
-    Metrics { name: Option<String>, since_secs: u64 },
+    Metrics {
+        name: Option<String>,
+        since_secs: u64,
+    },
     AlertList,
     /// Silences a rule for `seconds` (0 lifts the silence).
-    AlertSilence { rule: String, seconds: u64 },
+    AlertSilence {
+        rule: String,
+        seconds: u64,
+    },
     AlertAck,
     AlertTest,
-    DomainAdd { domain: String, instance: String },
-    DomainRemove { domain: String },
-    CertRenew { domain: Option<String>, force: bool },
+    DomainAdd {
+        domain: String,
+        instance: String,
+    },
+    DomainRemove {
+        domain: String,
+    },
+    CertRenew {
+        domain: Option<String>,
+        force: bool,
+    },
 }
 
 impl Request {

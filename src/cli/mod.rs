@@ -314,7 +314,9 @@ pub fn main() -> i32 {
             rule,
             seconds: duration.as_secs().max(1),
         },
-        Command::Alert(AlertCommand::Unsilence { rule }) => Request::AlertSilence { rule, seconds: 0 },
+        Command::Alert(AlertCommand::Unsilence { rule }) => {
+            Request::AlertSilence { rule, seconds: 0 }
+        }
         Command::Alert(AlertCommand::Ack) => Request::AlertAck,
         Command::Alert(AlertCommand::Test) => Request::AlertTest,
         Command::Ban(BanCommand::List) => Request::BanList,
@@ -331,7 +333,14 @@ pub fn main() -> i32 {
             missed,
             filters_dir,
         }) => {
-            return crate::guard::test::run(&filter, &logfile, &filters_dir, summary, missed, cli.json)
+            return crate::guard::test::run(
+                &filter,
+                &logfile,
+                &filters_dir,
+                summary,
+                missed,
+                cli.json,
+            )
         }
         Command::Diagnose { area } => Request::Diagnose {
             what: match area {

@@ -160,7 +160,10 @@ fn print_bans(v: &Value) {
     if total == 0 {
         println!("No address is banned.");
     } else {
-        table(&["ADDRESS", "JAIL", "SINCE (UTC)", "LEFT", "BANS", "WHY"], rows);
+        table(
+            &["ADDRESS", "JAIL", "SINCE (UTC)", "LEFT", "BANS", "WHY"],
+            rows,
+        );
         if total as usize > v["bans"].as_array().map_or(0, |a| a.len()) {
             println!("({total} bans in all; `--json` lists the newest 1000)");
         }
@@ -194,7 +197,11 @@ fn sparkline(values: &[f64]) -> String {
     values
         .iter()
         .map(|v| {
-            let i = if hi > lo { ((v - lo) / (hi - lo) * 7.0).round() as usize } else { 0 };
+            let i = if hi > lo {
+                ((v - lo) / (hi - lo) * 7.0).round() as usize
+            } else {
+                0
+            };
             BARS[i.min(7)]
         })
         .collect()
@@ -203,13 +210,22 @@ fn sparkline(values: &[f64]) -> String {
 fn print_metrics(v: &Value) {
     for s in v["series"].as_array().into_iter().flatten() {
         match s["points"].as_array() {
-            None => println!("{:<40} {:>10.1}", self::s(&s["name"]), s["value"].as_f64().unwrap_or(0.0)),
+            None => println!(
+                "{:<40} {:>10.1}",
+                self::s(&s["name"]),
+                s["value"].as_f64().unwrap_or(0.0)
+            ),
             Some(points) => {
                 let values: Vec<f64> = points.iter().filter_map(|p| p["v"].as_f64()).collect();
                 // At most 60 columns: average buckets of points.
                 let per = values.len().div_ceil(60).max(1);
-                let shown: Vec<f64> = values.chunks(per).map(|c| c.iter().sum::<f64>() / c.len() as f64).collect();
-                let (min, max) = values.iter().fold((f64::MAX, f64::MIN), |(l, h), v| (l.min(*v), h.max(*v)));
+                let shown: Vec<f64> = values
+                    .chunks(per)
+                    .map(|c| c.iter().sum::<f64>() / c.len() as f64)
+                    .collect();
+                let (min, max) = values
+                    .iter()
+                    .fold((f64::MAX, f64::MIN), |(l, h), v| (l.min(*v), h.max(*v)));
                 println!(
                     "{:<32} {} last {:.1} (min {:.1}, max {:.1}, {} points)",
                     self::s(&s["name"]),
@@ -238,18 +254,44 @@ fn print_alerts(v: &Value) {
                     s(&i["severity"]),
                     s(&i["phase"]),
                     crate::state::format_utc(i["since"].as_u64().unwrap_or(0)),
-                    if i["acked"] == Value::Bool(true) { "yes".into() } else { "".into() },
+                    if i["acked"] == Value::Bool(true) {
+                        "yes".into()
+                    } else {
+                        "".into()
+                    },
                 ]
             })
             .collect();
-        table(&["RULE", "SUBJECT", "SEVERITY", "STATE", "SINCE (UTC)", "ACKED"], rows);
+        table(
+            &[
+                "RULE",
+                "SUBJECT",
+                "SEVERITY",
+                "STATE",
+                "SINCE (UTC)",
+                "ACKED",
+            ],
+            rows,
+        );
     }
     for si in v["silences"].as_array().into_iter().flatten() {
-        println!("silenced: {} until {} UTC", s(&si["rule"]), crate::state::format_utc(si["until"].as_u64().unwrap_or(0)));
+        println!(
+            "silenced: {} until {} UTC",
+            s(&si["rule"]),
+            crate::state::format_utc(si["until"].as_u64().unwrap_or(0))
+        );
     }
     for c in v["channels"].as_array().into_iter().flatten() {
-        let err = c["error"].as_str().map(|e| format!(", last error: {e}")).unwrap_or_default();
-        println!("channel {} ({}): {} queued{err}", s(&c["name"]), s(&c["kind"]), s(&c["queued"]));
+        let err = c["error"]
+            .as_str()
+            .map(|e| format!(", last error: {e}"))
+            .unwrap_or_default();
+        println!(
+            "channel {} ({}): {} queued{err}",
+            s(&c["name"]),
+            s(&c["kind"]),
+            s(&c["queued"])
+        );
     }
     if v["channels"].as_array().is_none_or(|c| c.is_empty()) {
         println!("No channel configured: alerts are only logged (see docs/monitor.md).");
@@ -271,16 +313,32 @@ fn print_guard(v: &Value) {
             vec![
                 s(&j["name"]),
                 s(&j["filter"]),
-                if sources.is_empty() { "(no log found)".into() } else { sources.join(" ") },
-                format!("{} in {}, {}", s(&j["maxretry"]), s(&j["findtime"]), s(&j["bantime"])),
+                if sources.is_empty() {
+                    "(no log found)".into()
+                } else {
+                    sources.join(" ")
+                },
+                format!(
+                    "{} in {}, {}",
+                    s(&j["maxretry"]),
+                    s(&j["findtime"]),
+                    s(&j["bantime"])
+                ),
                 s(&j["failures"]),
                 s(&j["bans"]),
             ]
         })
         .collect();
-    table(&["JAIL", "FILTER", "READS", "BAN AFTER", "FAILURES", "BANS"], rows);
-    println!("
-{} active bans; IPv6 banned by /{}.", s(&v["active_bans"]), s(&v["ipv6_prefix"]));
+    table(
+        &["JAIL", "FILTER", "READS", "BAN AFTER", "FAILURES", "BANS"],
+        rows,
+    );
+    println!(
+        "
+{} active bans; IPv6 banned by /{}.",
+        s(&v["active_bans"]),
+        s(&v["ipv6_prefix"])
+    );
     for a in v["allow"].as_array().into_iter().flatten() {
         println!("never banned: {} ({})", s(&a["net"]), s(&a["why"]));
     }
@@ -352,7 +410,9 @@ pub fn human(req: &Request, v: &Value) {
                 let fig = |k: &str| f.get(k).and_then(Value::as_f64).unwrap_or(0.0);
                 let disks: Vec<String> = f
                     .iter()
-                    .filter_map(|(k, v)| Some(format!("{} {:.0} %", k.strip_prefix("disk:")?, v.as_f64()?)))
+                    .filter_map(|(k, v)| {
+                        Some(format!("{} {:.0} %", k.strip_prefix("disk:")?, v.as_f64()?))
+                    })
                     .collect();
                 println!(
                     "host:       CPU {:.0} %, load {:.2}, memory {:.0} %; disks {}",
@@ -363,7 +423,12 @@ pub fn human(req: &Request, v: &Value) {
                 );
             }
             for a in m["alerts"].as_array().into_iter().flatten() {
-                println!("ALERT:      {} {}: {} (`ilot alert list`)", s(&a["severity"]), s(&a["rule"]), s(&a["subject"]));
+                println!(
+                    "ALERT:      {} {}: {} (`ilot alert list`)",
+                    s(&a["severity"]),
+                    s(&a["rule"]),
+                    s(&a["subject"])
+                );
             }
             println!("catalogue:  {} apps", s(&v["catalog_apps"]));
             println!("config:     {}", s(&v["config"]));

@@ -210,7 +210,7 @@ impl Daemon {
                 }
                 _ = tick.tick() => {
                     ticks += 1;
-                    self.expire_bans(ticks % 60 == 0, ticks % 3600 == 0);
+                    self.expire_bans(ticks.is_multiple_of(60), ticks.is_multiple_of(3600));
                 }
             }
         }
@@ -241,7 +241,10 @@ impl Daemon {
                 if st.bans.get(&net).is_some_and(|b| b.active(now)) {
                     continue;
                 }
-                if st.tracker.failure(j, net, time.unwrap_or(now).min(now), &jail.policy) {
+                if st
+                    .tracker
+                    .failure(j, net, time.unwrap_or(now).min(now), &jail.policy)
+                {
                     found.push(Candidate { net, jail: j });
                 }
             }
@@ -301,7 +304,10 @@ impl Daemon {
         let applied = tokio::task::spawn_blocking(move || {
             firewall::add_bans(&elements).or_else(|e| {
                 // One bad element fails a transaction: the others go in one by one.
-                tracing::warn!("guard: batch of {} bans refused ({e}); adding one by one", elements.len());
+                tracing::warn!(
+                    "guard: batch of {} bans refused ({e}); adding one by one",
+                    elements.len()
+                );
                 for el in &elements {
                     if let Err(e) = firewall::add_bans(std::slice::from_ref(el)) {
                         tracing::error!("guard: cannot ban {}: {e}", el.0);
@@ -337,8 +343,11 @@ impl Daemon {
                 expired.push(net);
             }
             if windows {
-                let findtimes: Vec<u64> =
-                    st.jails.iter().map(|j| j.policy.findtime.as_secs()).collect();
+                let findtimes: Vec<u64> = st
+                    .jails
+                    .iter()
+                    .map(|j| j.policy.findtime.as_secs())
+                    .collect();
                 st.tracker
                     .expire(now, |j| findtimes.get(j).copied().unwrap_or(3600));
             }
@@ -413,12 +422,19 @@ impl Daemon {
                 continue;
             }
             let filter = cfg.filter.clone().unwrap_or_else(|| name.clone());
-            specs.push((name.clone(), filter, cfg.policy(&g.defaults), jail_sources(cfg, &proxy_log)));
+            specs.push((
+                name.clone(),
+                filter,
+                cfg.policy(&g.defaults),
+                jail_sources(cfg, &proxy_log),
+            ));
         }
         for inst in self.instances_snapshot() {
             for lf in &inst.manifest.needs.log_filters {
                 let source = match &lf.service {
-                    Some(svc) => Some(Source::Container(crate::plan::container_name(&inst.name, svc))),
+                    Some(svc) => Some(Source::Container(crate::plan::container_name(
+                        &inst.name, svc,
+                    ))),
                     None => proxy_log.clone(),
                 };
                 specs.push((
@@ -541,7 +557,8 @@ impl Daemon {
             match tokio::net::lookup_host((a.as_str(), 0)).await {
                 Ok(addrs) => {
                     for s in addrs {
-                        let ip = crate::guard::filter::parse_addr(&s.ip().to_string()).unwrap_or(s.ip());
+                        let ip =
+                            crate::guard::filter::parse_addr(&s.ip().to_string()).unwrap_or(s.ip());
                         nets.push((IpNet::from(ip), format!("allowlisted ({a})")));
                     }
                 }
@@ -589,7 +606,8 @@ impl Daemon {
                     }
                     Err(e) => {
                         tracing::warn!("guard: blocklist {}: {e}", b.name);
-                        self.bus.publish("blocklist-failed", None, format!("{}: {e}", b.name));
+                        self.bus
+                            .publish("blocklist-failed", None, format!("{}: {e}", b.name));
                         let kept = last_good.get(&b.name).map_or(0, |n| n.len());
                         status.insert(b.name.clone(), json!({"error": e, "entries": kept}));
                     }
@@ -605,7 +623,11 @@ impl Daemon {
 
     /// Loads prefixes into the blocklist sets, leaving out any that covers an allowlisted
     /// address or a live SSH session (a list must never lock the admin out).
-    async fn load_blocklist(&self, nets: Vec<IpNet>, lists: BTreeMap<String, Value>) -> Result<usize> {
+    async fn load_blocklist(
+        &self,
+        nets: Vec<IpNet>,
+        lists: BTreeMap<String, Value>,
+    ) -> Result<usize> {
         let nets = IpNet::aggregate(&nets);
         let kept: Vec<IpNet> = {
             let st = self.guard_state();
@@ -641,8 +663,10 @@ impl Daemon {
         if self.config.guard.enabled {
             Ok(())
         } else {
-            Err(Error::bad_input("the guard is disabled in the config ([guard] enabled = false)")
-                .hint("enable it in /etc/ilot/ilot.toml and restart the daemon"))
+            Err(
+                Error::bad_input("the guard is disabled in the config ([guard] enabled = false)")
+                    .hint("enable it in /etc/ilot/ilot.toml and restart the daemon"),
+            )
         }
     }
 
@@ -723,13 +747,16 @@ impl Daemon {
                     .hint("remove it from [guard] allow first if you really mean it"));
             }
             // Prefixes share interval sets, where overlaps are refused: say which one.
-            if let Some(other) = st
-                .bans
-                .values()
-                .find(|b| b.active(now) && b.net != net && (b.net.contains(&net) || net.contains(&b.net)) && b.net.prefix_len() != 32)
-            {
-                return Err(Error::conflict(format!("{net} overlaps the ban of {}", other.net))
-                    .hint(format!("remove it first: ilot ban remove {}", other.net)));
+            if let Some(other) = st.bans.values().find(|b| {
+                b.active(now)
+                    && b.net != net
+                    && (b.net.contains(&net) || net.contains(&b.net))
+                    && b.net.prefix_len() != 32
+            }) {
+                return Err(
+                    Error::conflict(format!("{net} overlaps the ban of {}", other.net))
+                        .hint(format!("remove it first: ilot ban remove {}", other.net)),
+                );
             }
             let count = st.bans.get(&net).map_or(0, |b| b.count) + 1;
             let ban = Ban {
@@ -773,8 +800,9 @@ impl Daemon {
                 .map(|b| b.net)
                 .next();
             let Some(net) = found else {
-                return Err(Error::not_found(format!("{addr} is not banned"))
-                    .hint("see `ilot ban list`"));
+                return Err(
+                    Error::not_found(format!("{addr} is not banned")).hint("see `ilot ban list`")
+                );
             };
             let ban = st.bans.remove(&net).expect("found above");
             if let Some(u) = ban.until {
@@ -806,7 +834,10 @@ fn describe_ban(b: &Ban) -> String {
     } else {
         String::new()
     };
-    format!("{} banned {length} by {} ({}{repeat})", b.net, b.jail, b.reason)
+    format!(
+        "{} banned {length} by {} ({}{repeat})",
+        b.net, b.jail, b.reason
+    )
 }
 
 /// An address or prefix given by the admin; an IPv6 address means its configured prefix.
@@ -816,8 +847,11 @@ fn parse_target(s: &str, ipv6_prefix: u8) -> Result<IpNet> {
     }
     match crate::guard::filter::parse_addr(s) {
         Some(a) => Ok(ban_net(a, ipv6_prefix)),
-        None => Err(Error::bad_input(format!("{s:?} is not an address or a prefix"))
-            .hint("give an address like 203.0.113.5 or 2001:db8::1, or a prefix like 203.0.113.0/24")),
+        None => Err(
+            Error::bad_input(format!("{s:?} is not an address or a prefix")).hint(
+                "give an address like 203.0.113.5 or 2001:db8::1, or a prefix like 203.0.113.0/24",
+            ),
+        ),
     }
 }
 
@@ -847,7 +881,10 @@ fn sshd_sources() -> Vec<Source> {
         .iter()
         .any(|p| std::path::Path::new(p).exists())
     {
-        return vec![Source::Journal(vec!["ssh.service".into(), "sshd.service".into()])];
+        return vec![Source::Journal(vec![
+            "ssh.service".into(),
+            "sshd.service".into(),
+        ])];
     }
     Vec::new()
 }

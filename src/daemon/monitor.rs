@@ -17,6 +17,8 @@ use std::time::Duration;
 
 const OUTBOX_KEY: &str = "alerts.outbox";
 const SILENCES_KEY: &str = "alerts.silences";
+/// Messages kept per channel while it cannot deliver.
+const MAX_QUEUED: usize = 500;
 
 #[derive(Default)]
 pub(super) struct Monitor {
@@ -101,7 +103,11 @@ impl Daemon {
                     }
                     Err(e) => {
                         tracing::error!("alerts: channel {}: {e}", ch.label());
-                        self.monitor.errors.lock().expect("errors").insert(i, e.to_string());
+                        self.monitor
+                            .errors
+                            .lock()
+                            .expect("errors")
+                            .insert(i, e.to_string());
                     }
                 }
             }
@@ -150,7 +156,8 @@ impl Daemon {
             let every = self.config.alerts.heartbeat_every;
             tokio::spawn(async move {
                 loop {
-                    if let Err(e) = crate::http_client::request("GET", &url, &[], None, 4096).await {
+                    if let Err(e) = crate::http_client::request("GET", &url, &[], None, 4096).await
+                    {
                         tracing::warn!("heartbeat: {e}");
                     }
                     tokio::time::sleep(every).await;
@@ -186,7 +193,10 @@ impl Daemon {
             // a certificate this close to its end means renewals keep failing).
             for c in self.certs.iter().flat_map(|c| c.list()) {
                 if let Some(end) = c.not_after {
-                    values.push((format!("cert_days:{}", c.domain), (end as f64 - now as f64) as f32 / 86_400.0));
+                    values.push((
+                        format!("cert_days:{}", c.domain),
+                        (end as f64 - now as f64) as f32 / 86_400.0,
+                    ));
                 }
             }
             if let Some(h) = self.monitor.history.get() {
@@ -205,11 +215,12 @@ impl Daemon {
             }
             *self.monitor.latest.lock().expect("latest lock") = values;
             let silences = self.silences();
-            let notices = self.monitor.alerts.lock().expect("alerts lock").evaluate(
-                &for_rules,
-                now,
-                |r| self.may_notify(r, &silences, now),
-            );
+            let notices =
+                self.monitor
+                    .alerts
+                    .lock()
+                    .expect("alerts lock")
+                    .evaluate(&for_rules, now, |r| self.may_notify(r, &silences, now));
             let notices = self.with_instance(notices);
             self.enqueue(notices).await;
         }
@@ -239,12 +250,16 @@ impl Daemon {
                                 .await
                                 .is_ok_and(|r| r.status < 400)
                         } else {
-                            tokio::net::TcpStream::connect((ip.as_str(), port)).await.is_ok()
+                            tokio::net::TcpStream::connect((ip.as_str(), port))
+                                .await
+                                .is_ok()
                         }
                     };
                     // All probes run at once, 3 s each at most: one dead app does not slow the
                     // sampling of the others.
-                    let ok = tokio::time::timeout(Duration::from_secs(3), check).await.unwrap_or(false);
+                    let ok = tokio::time::timeout(Duration::from_secs(3), check)
+                        .await
+                        .unwrap_or(false);
                     (name, if ok { 1.0 } else { 0.0 })
                 });
             }
@@ -255,7 +270,11 @@ impl Daemon {
     /// Names the instance in a message's hint ("ilot app logs INSTANCE"): the subject is a
     /// container (`ilot-NAME-SERVICE`) or a probe (`NAME/SERVICE`).
     fn with_instance(&self, mut notices: Vec<Notice>) -> Vec<Notice> {
-        let containers = self.runtime.get().map(|(_, o)| o.get().containers).unwrap_or_default();
+        let containers = self
+            .runtime
+            .get()
+            .map(|(_, o)| o.get().containers)
+            .unwrap_or_default();
         for n in notices.iter_mut().filter(|n| n.text.contains("INSTANCE")) {
             let instance = containers
                 .iter()
@@ -277,8 +296,14 @@ impl Daemon {
         let _lock = self.monitor.outbox_lock.lock().await;
         let mut outbox = self.outbox();
         let now = now();
-        let mut next = outbox.iter().map(|m| m.id).max().unwrap_or(0)
-            .max(self.store.meta("alerts.next_id").ok().flatten().and_then(|v| v.parse().ok()).unwrap_or(0));
+        let mut next = outbox.iter().map(|m| m.id).max().unwrap_or(0).max(
+            self.store
+                .meta("alerts.next_id")
+                .ok()
+                .flatten()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+        );
         for n in &notices {
             tracing::info!(rule = %n.rule, state = n.state, "alert: {}", n.text);
             for (i, ch) in self.config.alerts.channels.iter().enumerate() {
@@ -301,8 +326,30 @@ impl Daemon {
                 });
             }
         }
+        // A channel that refuses for good (a revoked token) must not grow the store forever:
+        // its oldest messages go beyond MAX_QUEUED.
+        for ch in 0..self.config.alerts.channels.len() {
+            let queued = outbox.iter().filter(|m| m.channel == ch).count();
+            if queued > MAX_QUEUED {
+                let mut extra = queued - MAX_QUEUED;
+                tracing::warn!(
+                    "alerts: channel {}: {extra} old messages dropped (the queue is full)",
+                    self.channel_label(ch)
+                );
+                outbox.retain(|m| {
+                    let drop = m.channel == ch && extra > 0;
+                    if drop {
+                        extra -= 1;
+                    }
+                    !drop
+                });
+            }
+        }
         let _ = self.store.write(|w| {
-            w.put_meta(OUTBOX_KEY, &serde_json::to_string(&outbox).unwrap_or_default())?;
+            w.put_meta(
+                OUTBOX_KEY,
+                &serde_json::to_string(&outbox).unwrap_or_default(),
+            )?;
             w.put_meta("alerts.next_id", &next.to_string())
         });
         self.monitor.wake.notify_one();
@@ -326,7 +373,8 @@ impl Daemon {
         let mut wait = Duration::from_secs(60);
         let mut done: Vec<u64> = Vec::new();
         let mut updated: HashMap<u64, Outgoing> = HashMap::new();
-        let channels: std::collections::BTreeSet<usize> = outbox.iter().map(|m| m.channel).collect();
+        let channels: std::collections::BTreeSet<usize> =
+            outbox.iter().map(|m| m.channel).collect();
         for ch in channels {
             for msg in outbox.iter().filter(|m| m.channel == ch) {
                 if msg.next_try > now {
@@ -349,7 +397,13 @@ impl Daemon {
                 match self.send(ch, msg).await {
                     Ok(()) => {
                         done.push(msg.id);
-                        self.monitor.sent.lock().expect("sent lock").entry(ch).or_default().push_back(now);
+                        self.monitor
+                            .sent
+                            .lock()
+                            .expect("sent lock")
+                            .entry(ch)
+                            .or_default()
+                            .push_back(now);
                         self.monitor.errors.lock().expect("errors").remove(&ch);
                     }
                     Err(e) => {
@@ -357,8 +411,15 @@ impl Daemon {
                             SendError::Retry(s, t) => (*s, t.clone()),
                             SendError::Refused(t) => (3600, t.clone()),
                         };
-                        tracing::warn!("alerts: channel {}: {text}; retrying in {delay} s", self.channel_label(ch));
-                        self.monitor.errors.lock().expect("errors").insert(ch, text.clone());
+                        tracing::warn!(
+                            "alerts: channel {}: {text}; retrying in {delay} s",
+                            self.channel_label(ch)
+                        );
+                        self.monitor
+                            .errors
+                            .lock()
+                            .expect("errors")
+                            .insert(ch, text.clone());
                         let mut m = msg.clone();
                         m.attempts += 1;
                         m.next_try = now + delay;
@@ -380,7 +441,12 @@ impl Daemon {
                     *m = u;
                 }
             }
-            let _ = self.store.write(|w| w.put_meta(OUTBOX_KEY, &serde_json::to_string(&outbox).unwrap_or_default()));
+            let _ = self.store.write(|w| {
+                w.put_meta(
+                    OUTBOX_KEY,
+                    &serde_json::to_string(&outbox).unwrap_or_default(),
+                )
+            });
             let mut delivered = self.monitor.delivered.lock().expect("delivered lock");
             for id in &done {
                 delivered.remove(id);
@@ -393,7 +459,12 @@ impl Daemon {
     }
 
     fn channel_label(&self, i: usize) -> String {
-        self.config.alerts.channels.get(i).map(|c| c.label()).unwrap_or_default()
+        self.config
+            .alerts
+            .channels
+            .get(i)
+            .map(|c| c.label())
+            .unwrap_or_default()
     }
 
     async fn send(&self, i: usize, msg: &Outgoing) -> std::result::Result<(), SendError> {
@@ -403,11 +474,24 @@ impl Daemon {
         match ch.kind {
             ChannelKind::Telegram => {
                 let Some(t) = self.monitor.telegram.get().and_then(|t| t.get(&i)).cloned() else {
-                    return Err(SendError::Refused("the bot could not be set up (see the log)".into()));
+                    return Err(SendError::Refused(
+                        "the bot could not be set up (see the log)".into(),
+                    ));
                 };
-                let mut done = self.monitor.delivered.lock().expect("delivered lock").get(&msg.id).cloned().unwrap_or_default();
+                let mut done = self
+                    .monitor
+                    .delivered
+                    .lock()
+                    .expect("delivered lock")
+                    .get(&msg.id)
+                    .cloned()
+                    .unwrap_or_default();
                 let result = t.send(msg, &mut done).await;
-                self.monitor.delivered.lock().expect("delivered lock").insert(msg.id, done);
+                self.monitor
+                    .delivered
+                    .lock()
+                    .expect("delivered lock")
+                    .insert(msg.id, done);
                 result
             }
             ChannelKind::Email => crate::notify::email::send(ch, msg).await,
@@ -445,17 +529,47 @@ impl Daemon {
             Command::Status => self.summary_text(),
             Command::Apps => {
                 let list = self.list_view();
-                let lines: Vec<String> = list.as_array().into_iter().flatten().map(|a| {
-                    format!("{} ({}): {}", a["name"].as_str().unwrap_or(""), a["app"].as_str().unwrap_or(""), a["status"].as_str().unwrap_or(""))
-                }).collect();
-                if lines.is_empty() { "No app installed.".into() } else { lines.join("\n") }
+                let lines: Vec<String> = list
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|a| {
+                        format!(
+                            "{} ({}): {}",
+                            a["name"].as_str().unwrap_or(""),
+                            a["app"].as_str().unwrap_or(""),
+                            a["status"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect();
+                if lines.is_empty() {
+                    "No app installed.".into()
+                } else {
+                    lines.join("\n")
+                }
             }
             Command::Bans => match self.ban_list() {
                 Ok(v) => {
-                    let bans: Vec<String> = v["bans"].as_array().into_iter().flatten().take(10).map(|b| {
-                        format!("{} ({}, {})", b["address"].as_str().unwrap_or(""), b["jail"].as_str().unwrap_or(""), b["reason"].as_str().unwrap_or(""))
-                    }).collect();
-                    format!("{} active bans{}{}", v["total"], if bans.is_empty() { "" } else { ", newest:\n" }, bans.join("\n"))
+                    let bans: Vec<String> = v["bans"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .take(10)
+                        .map(|b| {
+                            format!(
+                                "{} ({}, {})",
+                                b["address"].as_str().unwrap_or(""),
+                                b["jail"].as_str().unwrap_or(""),
+                                b["reason"].as_str().unwrap_or("")
+                            )
+                        })
+                        .collect();
+                    format!(
+                        "{} active bans{}{}",
+                        v["total"],
+                        if bans.is_empty() { "" } else { ", newest:\n" },
+                        bans.join("\n")
+                    )
                 }
                 Err(e) => format!("error: {e}"),
             },
@@ -477,7 +591,11 @@ impl Daemon {
         let latest = self.monitor.latest.lock().expect("latest lock").clone();
         let pick: serde_json::Map<String, Value> = latest
             .iter()
-            .filter(|(k, _)| ["cpu", "load1", "mem", "swap"].contains(&k.as_str()) || k.starts_with("disk:") || k.starts_with("temp:"))
+            .filter(|(k, _)| {
+                ["cpu", "load1", "mem", "swap"].contains(&k.as_str())
+                    || k.starts_with("disk:")
+                    || k.starts_with("temp:")
+            })
             .map(|(k, v)| (k.clone(), json!((v * 10.0).round() / 10.0)))
             .collect();
         let incidents = self.monitor.alerts.lock().expect("alerts lock").incidents();
@@ -492,9 +610,16 @@ impl Daemon {
     pub(super) fn summary_text(&self) -> String {
         let latest = self.monitor.latest.lock().expect("latest lock").clone();
         let get = |n: &str| latest.iter().find(|(k, _)| k == n).map(|(_, v)| *v);
-        let mut lines = vec![format!("{}: {} apps", crate::notify::hostname(), self.instances_snapshot().len())];
+        let mut lines = vec![format!(
+            "{}: {} apps",
+            crate::notify::hostname(),
+            self.instances_snapshot().len()
+        )];
         if let (Some(cpu), Some(mem)) = (get("cpu"), get("mem")) {
-            lines.push(format!("CPU {cpu:.0} %, load {:.2}, memory {mem:.0} %", get("load1").unwrap_or(0.0)));
+            lines.push(format!(
+                "CPU {cpu:.0} %, load {:.2}, memory {mem:.0} %",
+                get("load1").unwrap_or(0.0)
+            ));
         }
         for (k, v) in latest.iter().filter(|(k, _)| k.starts_with("disk:")) {
             lines.push(format!("disk {} {v:.0} % used", &k[5..]));
@@ -504,16 +629,39 @@ impl Daemon {
             lines.push("No alert firing.".into());
         }
         for i in incidents {
-            lines.push(format!("{:?} {}: {} since {} UTC{}", i.severity, i.rule, i.subject, crate::state::format_utc(i.since), if i.acked { " (acked)" } else { "" }));
+            lines.push(format!(
+                "{:?} {}: {} since {} UTC{}",
+                i.severity,
+                i.rule,
+                i.subject,
+                crate::state::format_utc(i.since),
+                if i.acked { " (acked)" } else { "" }
+            ));
         }
         lines.join("\n")
     }
 
     pub(super) fn alert_silence(&self, rule: &str, seconds: u64) -> Result<Value> {
-        let known = self.monitor.alerts.lock().expect("alerts lock").rules.iter().any(|r| r.name == rule);
+        let known = self
+            .monitor
+            .alerts
+            .lock()
+            .expect("alerts lock")
+            .rules
+            .iter()
+            .any(|r| r.name == rule);
         if !known {
-            let names: Vec<String> = self.monitor.alerts.lock().expect("alerts lock").rules.iter().map(|r| r.name.clone()).collect();
-            return Err(Error::not_found(format!("no alert rule named {rule}")).hint(format!("rules: {}", names.join(", "))));
+            let names: Vec<String> = self
+                .monitor
+                .alerts
+                .lock()
+                .expect("alerts lock")
+                .rules
+                .iter()
+                .map(|r| r.name.clone())
+                .collect();
+            return Err(Error::not_found(format!("no alert rule named {rule}"))
+                .hint(format!("rules: {}", names.join(", "))));
         }
         let mut s = self.silences();
         let until = now() + seconds;
@@ -523,11 +671,15 @@ impl Daemon {
         } else {
             s.insert(rule.to_string(), until);
         }
-        self.store.write(|w| w.put_meta(SILENCES_KEY, &serde_json::to_string(&s).unwrap_or_default()))?;
+        self.store
+            .write(|w| w.put_meta(SILENCES_KEY, &serde_json::to_string(&s).unwrap_or_default()))?;
         let message = if seconds == 0 {
             format!("{rule} is no longer silenced")
         } else {
-            format!("{rule} silenced until {} UTC", crate::state::format_utc(until))
+            format!(
+                "{rule} silenced until {} UTC",
+                crate::state::format_utc(until)
+            )
         };
         self.bus.publish("alert-silenced", None, message.clone());
         Ok(json!({ "message": message }))
@@ -540,17 +692,23 @@ impl Daemon {
 
     pub(super) async fn alert_test(&self) -> Result<Value> {
         if self.config.alerts.channels.is_empty() {
-            return Err(Error::bad_input("no alert channel is configured").hint("add [[alerts.channels]] to the config (docs/monitor.md)"));
+            return Err(Error::bad_input("no alert channel is configured")
+                .hint("add [[alerts.channels]] to the config (docs/monitor.md)"));
         }
         self.enqueue(vec![Notice {
             rule: "test".into(),
             subject: "test".into(),
             severity: Severity::Warning,
             state: "event",
-            text: format!("ilot on {}: a test message. Alerts reach you here.", crate::notify::hostname()),
+            text: format!(
+                "ilot on {}: a test message. Alerts reach you here.",
+                crate::notify::hostname()
+            ),
         }])
         .await;
-        Ok(json!({ "message": format!("a test message is on its way to {} channel(s); `ilot alert list` shows if one fails", self.config.alerts.channels.len()) }))
+        Ok(
+            json!({ "message": format!("a test message is on its way to {} channel(s); `ilot alert list` shows if one fails", self.config.alerts.channels.len()) }),
+        )
     }
 
     pub(super) fn alert_view(&self) -> Value {
@@ -558,12 +716,21 @@ impl Daemon {
         let incidents = self.monitor.alerts.lock().expect("alerts lock").incidents();
         let outbox = self.outbox();
         let errors = self.monitor.errors.lock().expect("errors").clone();
-        let channels: Vec<Value> = self.config.alerts.channels.iter().enumerate().map(|(i, c)| json!({
-            "name": c.label(),
-            "kind": c.kind,
-            "queued": outbox.iter().filter(|m| m.channel == i).count(),
-            "error": errors.get(&i),
-        })).collect();
+        let channels: Vec<Value> = self
+            .config
+            .alerts
+            .channels
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                json!({
+                    "name": c.label(),
+                    "kind": c.kind,
+                    "queued": outbox.iter().filter(|m| m.channel == i).count(),
+                    "error": errors.get(&i),
+                })
+            })
+            .collect();
         json!({
             "incidents": incidents,
             "silences": self.silences().into_iter().filter(|(_, u)| *u > now).map(|(r, u)| json!({"rule": r, "until": u})).collect::<Vec<_>>(),
@@ -575,22 +742,33 @@ impl Daemon {
     /// `ilot metrics [NAME] [--since]`: without a name, every series and its last value.
     pub(super) fn metrics_view(&self, name: Option<&str>, since_secs: u64) -> Result<Value> {
         let Some(h) = self.monitor.history.get() else {
-            return Err(Error::unavailable("the monitor is off ([monitor] enabled = false) or has no history"));
+            return Err(Error::unavailable(
+                "the monitor is off ([monitor] enabled = false) or has no history",
+            ));
         };
         let since = now().saturating_sub(since_secs);
         match name {
             None => {
                 let latest = self.monitor.latest.lock().expect("latest lock").clone();
-                Ok(json!({ "series": latest.iter().map(|(k, v)| json!({"name": k, "value": v})).collect::<Vec<_>>() }))
+                Ok(
+                    json!({ "series": latest.iter().map(|(k, v)| json!({"name": k, "value": v})).collect::<Vec<_>>() }),
+                )
             }
             Some(n) => {
-                let names = if n.ends_with(':') { h.names(n) } else { vec![n.to_string()] };
+                let names = if n.ends_with(':') {
+                    h.names(n)
+                } else {
+                    vec![n.to_string()]
+                };
                 let mut series = Vec::new();
                 for name in names {
                     let points = h.query(&name, since)?;
                     series.push(json!({ "name": name, "points": points }));
                 }
-                if series.iter().all(|s| s["points"].as_array().is_none_or(|p| p.is_empty())) {
+                if series
+                    .iter()
+                    .all(|s| s["points"].as_array().is_none_or(|p| p.is_empty()))
+                {
                     return Err(Error::not_found(format!("no points for {n} in that time"))
                         .hint("`ilot metrics` lists the series; a family ends with a colon, e.g. disk:"));
                 }

@@ -143,7 +143,12 @@ fn rule(chain: &'static str, expr: Vec<Statement<'static>>) -> NfListObject<'sta
 /// A set of the guard: `interval` for prefixes, `timeout` for bans that expire in the kernel.
 /// Address-only sets are hashes, sized for a million entries: loading 100,000 addresses is a
 /// few hundred milliseconds there, several times that in an interval set.
-fn guard_set(name: &'static str, kind: SetType, interval: bool, timeout: bool) -> NfListObject<'static> {
+fn guard_set(
+    name: &'static str,
+    kind: SetType,
+    interval: bool,
+    timeout: bool,
+) -> NfListObject<'static> {
     use nftables::schema::SetFlag;
     let mut flags = std::collections::HashSet::new();
     if interval {
@@ -188,7 +193,11 @@ pub fn ruleset(policy: &Policy) -> Nftables<'static> {
         handle: None,
     }));
     for (name, v6, interval, timeout) in GUARD_SETS {
-        let kind = if v6 { SetType::Ipv6Addr } else { SetType::Ipv4Addr };
+        let kind = if v6 {
+            SetType::Ipv6Addr
+        } else {
+            SetType::Ipv4Addr
+        };
         b.add(guard_set(name, kind, interval, timeout));
     }
     // Banned and blocklisted sources are dropped before anything else looks at them:
@@ -427,8 +436,11 @@ pub fn remove_ban(net: &ipnet::IpNet) -> Result<()> {
 /// (`ipnet::IpNet::aggregate` gives that).
 pub fn load_blocklist(nets: &[ipnet::IpNet]) -> Result<()> {
     let mut b = Batch::new();
-    let mut sets: [(&'static str, Vec<Expression<'static>>); 3] =
-        [("block4", vec![]), ("blocknet4", vec![]), ("blocknet6", vec![])];
+    let mut sets: [(&'static str, Vec<Expression<'static>>); 3] = [
+        ("block4", vec![]),
+        ("blocknet4", vec![]),
+        ("blocknet6", vec![]),
+    ];
     for net in nets {
         let i = match net {
             ipnet::IpNet::V4(n) if n.prefix_len() == 32 => 0,
@@ -438,8 +450,8 @@ pub fn load_blocklist(nets: &[ipnet::IpNet]) -> Result<()> {
         sets[i].1.push(net_expr(net));
     }
     for (set, elems) in sets {
-        b.add_cmd(nftables::schema::NfCmd::Flush(nftables::schema::FlushObject::Set(
-            Box::new(Set {
+        b.add_cmd(nftables::schema::NfCmd::Flush(
+            nftables::schema::FlushObject::Set(Box::new(Set {
                 family: NfFamily::INet,
                 table: Cow::Borrowed(TABLE),
                 name: Cow::Borrowed(set),
@@ -452,8 +464,8 @@ pub fn load_blocklist(nets: &[ipnet::IpNet]) -> Result<()> {
                 gc_interval: None,
                 size: None,
                 comment: None,
-            }),
-        )));
+            })),
+        ));
         if !elems.is_empty() {
             b.add(element(set, elems));
         }

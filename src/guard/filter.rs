@@ -11,14 +11,16 @@ use serde::Deserialize;
 use std::net::IpAddr;
 use std::path::Path;
 
-static BUILT_IN: include_dir::Dir<'static> = include_dir::include_dir!("$CARGO_MANIFEST_DIR/filters");
+static BUILT_IN: include_dir::Dir<'static> =
+    include_dir::include_dir!("$CARGO_MANIFEST_DIR/filters");
 
 /// Where custom filters live.
 pub const CUSTOM_DIR: &str = "/etc/ilot/filters";
 
 /// The `<HOST>` placeholder of fail2ban-style regexes: an IPv4 or IPv6 address (the address
 /// itself is checked afterwards, so a hostile `999.1.1.1` is a miss, not a ban).
-const HOST: &str = r"(?P<host>(?:[0-9]{1,3}\.){3}[0-9]{1,3}|[0-9A-Fa-f]{0,4}:[0-9A-Fa-f:.]*[0-9A-Fa-f])";
+const HOST: &str =
+    r"(?P<host>(?:[0-9]{1,3}\.){3}[0-9]{1,3}|[0-9A-Fa-f]{0,4}:[0-9A-Fa-f:.]*[0-9A-Fa-f])";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,7 +69,10 @@ pub struct Filter {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// A failure by this address, at this time (Unix seconds) when the line carries a date.
-    Failure { addr: IpAddr, time: Option<u64> },
+    Failure {
+        addr: IpAddr,
+        time: Option<u64>,
+    },
     /// A failure pattern matched, but an ignore pattern too.
     Ignored,
     /// Matched, but what was captured is not an address (a hostile or garbled line).
@@ -83,8 +88,10 @@ impl Filter {
                 .hint("see docs/guard.md for the filter format")
         })?;
         if file.failregex.is_empty() {
-            return Err(Error::bad_input(format!("filter {name}: failregex is empty"))
-                .hint("give at least one regex with <HOST> where the address is"));
+            return Err(
+                Error::bad_input(format!("filter {name}: failregex is empty"))
+                    .hint("give at least one regex with <HOST> where the address is"),
+            );
         }
         let dated = match file.date.as_str() {
             "auto" => true,
@@ -149,11 +156,13 @@ impl Filter {
         }
         match BUILT_IN.get_file(format!("{name}.toml")) {
             Some(f) => Filter::parse(name, f.contents_utf8().unwrap_or_default()),
-            None => Err(Error::not_found(format!("no filter named {name}")).hint(format!(
-                "built-in filters: {}; custom ones go in {}",
-                built_in_names().join(", "),
-                custom_dir.display()
-            ))),
+            None => Err(
+                Error::not_found(format!("no filter named {name}")).hint(format!(
+                    "built-in filters: {}; custom ones go in {}",
+                    built_in_names().join(", "),
+                    custom_dir.display()
+                )),
+            ),
         }
     }
 
@@ -201,12 +210,7 @@ impl Filter {
 pub fn built_in_names() -> Vec<String> {
     let mut names: Vec<String> = BUILT_IN
         .files()
-        .filter_map(|f| {
-            f.path()
-                .to_str()?
-                .strip_suffix(".toml")
-                .map(String::from)
-        })
+        .filter_map(|f| f.path().to_str()?.strip_suffix(".toml").map(String::from))
         .collect();
     names.sort();
     names
@@ -249,7 +253,11 @@ fn clock(b: &[u8], at: usize) -> Option<[i64; 3]> {
     if b.get(at + 2) != Some(&b':') || b.get(at + 5) != Some(&b':') {
         return None;
     }
-    Some([digits(b, at, 2)?, digits(b, at + 3, 2)?, digits(b, at + 6, 2)?])
+    Some([
+        digits(b, at, 2)?,
+        digits(b, at + 3, 2)?,
+        digits(b, at + 6, 2)?,
+    ])
 }
 
 fn syslog_date(line: &[u8]) -> Option<i64> {
@@ -289,7 +297,9 @@ fn iso_date(line: &[u8]) -> Option<i64> {
     while let Some(i) = line.get(from..)?.iter().position(|&c| c == b'-') {
         let dash = from + i;
         from = dash + 1;
-        let Some(start) = dash.checked_sub(4) else { continue };
+        let Some(start) = dash.checked_sub(4) else {
+            continue;
+        };
         let (Some(y), Some(mo), Some(d)) = (
             digits(line, start, 4),
             digits(line, dash + 1, 2),
@@ -300,7 +310,9 @@ fn iso_date(line: &[u8]) -> Option<i64> {
         if line.get(dash + 3) != Some(&b'-') || !matches!(line.get(dash + 6), Some(b'T' | b' ')) {
             continue;
         }
-        let Some([h, mi, s]) = clock(line, dash + 7) else { continue };
+        let Some([h, mi, s]) = clock(line, dash + 7) else {
+            continue;
+        };
         // An optional fraction, then Z, an offset, or nothing (local time).
         let mut at = dash + 15;
         if matches!(line.get(at), Some(b'.' | b',')) {
@@ -336,7 +348,11 @@ fn clf_date(line: &[u8]) -> Option<i64> {
     }
     let fields = [digits(b, 0, 2)?, 0, 0, 0];
     let [h, mi, s] = clock(b, 12)?;
-    let t = utc_time(digits(b, 7, 4)?, month(b.get(3..6)?)?, [fields[0], h, mi, s])?;
+    let t = utc_time(
+        digits(b, 7, 4)?,
+        month(b.get(3..6)?)?,
+        [fields[0], h, mi, s],
+    )?;
     let sign = match b.get(21)? {
         b'+' => 1,
         b'-' => -1,
@@ -444,8 +460,11 @@ mod tests {
 
     #[test]
     fn captured_text_that_is_not_an_address_is_no_ban() {
-        let f = Filter::parse("x", "description = \"d\"\nfailregex = [\"bad login from <HOST>$\"]")
-            .unwrap();
+        let f = Filter::parse(
+            "x",
+            "description = \"d\"\nfailregex = [\"bad login from <HOST>$\"]",
+        )
+        .unwrap();
         assert_eq!(
             f.check(b"bad login from 999.1.2.3"),
             Verdict::BadAddress("999.1.2.3".into())
@@ -492,8 +511,15 @@ mod tests {
         assert_eq!(b, a + 1);
         assert_eq!(a as i64, {
             let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-            (tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, tm.tm_isdst) =
-                (126, 0, 2, 3, 4, 5, -1);
+            (
+                tm.tm_year,
+                tm.tm_mon,
+                tm.tm_mday,
+                tm.tm_hour,
+                tm.tm_min,
+                tm.tm_sec,
+                tm.tm_isdst,
+            ) = (126, 0, 2, 3, 4, 5, -1);
             unsafe { libc::mktime(&mut tm) }
         });
         let padded = line_time(b"Nov  2 01:02:03 pi sshd[1]: x").unwrap();

@@ -57,7 +57,9 @@ impl Policy {
             return Err(format!("jail {jail}: maxretry must be at least 1"));
         }
         if self.findtime.is_zero() || self.bantime.is_zero() {
-            return Err(format!("jail {jail}: findtime and bantime must be more than 0"));
+            return Err(format!(
+                "jail {jail}: findtime and bantime must be more than 0"
+            ));
         }
         if !(self.increment.is_finite() && self.increment >= 1.0) {
             return Err(format!("jail {jail}: increment must be a number >= 1"));
@@ -157,7 +159,9 @@ mod tests {
             findtime: Duration::from_secs(60),
             ..Policy::default()
         };
-        let hits = (0..599).filter(|i| t.failure(2, a, 2000 + i / 10, &flood)).count();
+        let hits = (0..599)
+            .filter(|i| t.failure(2, a, 2000 + i / 10, &flood))
+            .count();
         assert_eq!(hits, 0);
         assert!(t.recent[&(2, a)].len() <= 9);
         assert!(t.failure(2, a, 2059, &flood));

@@ -146,13 +146,19 @@ mod tests {
             "; Spamhaus DROP\n1.2.3.0/24 ; SBL1\n1.2.3.7\n1.2.4.0/24\n# c\n2001:db8::/32\nnot-an-ip\n\n10.0.0.1/8\n",
         );
         let nets: Vec<String> = nets.iter().map(|n| n.to_string()).collect();
-        assert_eq!(nets, ["1.2.3.0/24", "1.2.4.0/24", "10.0.0.0/8", "2001:db8::/32"]);
+        assert_eq!(
+            nets,
+            ["1.2.3.0/24", "1.2.4.0/24", "10.0.0.0/8", "2001:db8::/32"]
+        );
         assert_eq!(bad, ["not-an-ip"]);
     }
 
     #[test]
     fn proc_addresses() {
-        assert_eq!(proc_addr("0100007F", false), Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(
+            proc_addr("0100007F", false),
+            Some("127.0.0.1".parse().unwrap())
+        );
         assert_eq!(
             proc_addr("0000000000000000FFFF00000100007F", true),
             Some("127.0.0.1".parse().unwrap())
@@ -170,12 +176,22 @@ mod tests {
             ssh_ports: vec![],
         };
         let peers: Vec<IpAddr> = vec!["2001:db8:1:2::9".parse().unwrap()];
-        assert!(a.why_allowed(&"192.0.2.9/32".parse().unwrap(), &peers).is_some());
+        assert!(a
+            .why_allowed(&"192.0.2.9/32".parse().unwrap(), &peers)
+            .is_some());
         // A ban of a wider prefix would cover the allowed one: refused too.
-        assert!(a.why_allowed(&"192.0.0.0/16".parse().unwrap(), &peers).is_some());
-        assert!(a.why_allowed(&"198.51.100.1/32".parse().unwrap(), &peers).is_none());
-        assert!(a.why_allowed(&"127.0.0.1/32".parse().unwrap(), &peers).is_some());
-        let why = a.why_allowed(&"2001:db8:1:2::/64".parse().unwrap(), &peers).unwrap();
+        assert!(a
+            .why_allowed(&"192.0.0.0/16".parse().unwrap(), &peers)
+            .is_some());
+        assert!(a
+            .why_allowed(&"198.51.100.1/32".parse().unwrap(), &peers)
+            .is_none());
+        assert!(a
+            .why_allowed(&"127.0.0.1/32".parse().unwrap(), &peers)
+            .is_some());
+        let why = a
+            .why_allowed(&"2001:db8:1:2::/64".parse().unwrap(), &peers)
+            .unwrap();
         assert!(why.contains("live SSH session"), "{why}");
     }
 }

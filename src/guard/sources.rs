@@ -162,7 +162,10 @@ pub fn follow_files(files: Vec<(Arc<str>, PathBuf)>, tx: Sender) {
                         &d,
                         M::MODIFY | M::CREATE | M::MOVED_TO | M::DELETE | M::MOVED_FROM,
                     ) {
-                        tracing::warn!("guard: cannot watch {}: {e}; checking every second", d.display());
+                        tracing::warn!(
+                            "guard: cannot watch {}: {e}; checking every second",
+                            d.display()
+                        );
                     }
                 }
             }
@@ -193,7 +196,10 @@ pub fn follow_files(files: Vec<(Arc<str>, PathBuf)>, tx: Sender) {
                         // SAFETY: one valid pollfd, for at most a second.
                         unsafe { libc::poll(&mut pfd, 1, 1000) };
                         // Drain: which file changed does not matter, every file is checked.
-                        while ino.read_events(&mut events).is_ok_and(|mut ev| ev.next().is_some()) {}
+                        while ino
+                            .read_events(&mut events)
+                            .is_ok_and(|mut ev| ev.next().is_some())
+                        {}
                     }
                     None => std::thread::sleep(std::time::Duration::from_millis(250)),
                 }
@@ -337,7 +343,10 @@ mod tests {
         };
         f.open(true);
         let append = |s: &str| {
-            let mut w = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+            let mut w = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap();
             w.write_all(s.as_bytes()).unwrap();
         };
         let mut out = Vec::new();
@@ -352,7 +361,11 @@ mod tests {
         f.poll(&mut out);
         assert_eq!(out, vec![b"b".to_vec(), b"c".to_vec()]);
         // Truncation in place (copytruncate), then new lines.
-        std::fs::OpenOptions::new().write(true).truncate(true).open(&path).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
         append("d\n");
         out.clear();
         f.poll(&mut out);

@@ -17,7 +17,14 @@ struct Counts {
     shown: Vec<(u64, Verdict)>,
 }
 
-pub fn run(name: &str, logfile: &Path, filters_dir: &Path, summary: bool, missed: bool, json: bool) -> i32 {
+pub fn run(
+    name: &str,
+    logfile: &Path,
+    filters_dir: &Path,
+    summary: bool,
+    missed: bool,
+    json: bool,
+) -> i32 {
     let filter = match Filter::load(name, filters_dir) {
         Ok(f) => f,
         Err(e) => return crate::cli::render::error(&e, json),
@@ -33,7 +40,9 @@ pub fn run(name: &str, logfile: &Path, filters_dir: &Path, summary: bool, missed
     };
     let started = std::time::Instant::now();
     let keep = !summary;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(16);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(16);
     let chunks = split_chunks(&data, threads);
     let results: Vec<Counts> = std::thread::scope(|scope| {
         let handles: Vec<_> = chunks
@@ -90,8 +99,14 @@ pub fn run(name: &str, logfile: &Path, filters_dir: &Path, summary: bool, missed
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
         for (n, v, text) in &shown {
             let (verdict, address, time) = describe(v);
-            let time = time.map(crate::state::format_utc).unwrap_or_else(|| "-".into());
-            let _ = writeln!(out, "{n:>8} {verdict:<8} {:<39} {time:<19} | {text}", address.unwrap_or_default());
+            let time = time
+                .map(crate::state::format_utc)
+                .unwrap_or_else(|| "-".into());
+            let _ = writeln!(
+                out,
+                "{n:>8} {verdict:<8} {:<39} {time:<19} | {text}",
+                address.unwrap_or_default()
+            );
         }
         let _ = writeln!(
             out,

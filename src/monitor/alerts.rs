@@ -42,7 +42,13 @@ pub struct RuleConfig {
 
 /// The rules every install has (docs/monitor.md); sensible on a Raspberry Pi.
 pub fn built_in() -> Vec<RuleConfig> {
-    let metric = |name: &str, m: &str, above: Option<f32>, below: Option<f32>, secs: u64, sev, hint: &str| RuleConfig {
+    let metric = |name: &str,
+                  m: &str,
+                  above: Option<f32>,
+                  below: Option<f32>,
+                  secs: u64,
+                  sev,
+                  hint: &str| RuleConfig {
         name: name.into(),
         metric: Some(m.into()),
         above,
@@ -84,8 +90,15 @@ pub fn built_in() -> Vec<RuleConfig> {
 
 #[derive(Debug, Clone)]
 enum Condition {
-    Metric { series: String, above: Option<f32>, below: Option<f32> },
-    Events { kinds: Vec<String>, count: u32 },
+    Metric {
+        series: String,
+        above: Option<f32>,
+        below: Option<f32>,
+    },
+    Events {
+        kinds: Vec<String>,
+        count: u32,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -119,18 +132,38 @@ pub fn rules(config: &[RuleConfig]) -> Result<Vec<Rule>, String> {
         if r.enabled == Some(false) {
             continue;
         }
-        if r.name.is_empty() || !r.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-            return Err(format!("rule {:?}: a name is letters, digits, - and _", r.name));
+        if r.name.is_empty()
+            || !r
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(format!(
+                "rule {:?}: a name is letters, digits, - and _",
+                r.name
+            ));
         }
         let condition = match (&r.metric, r.events.is_empty()) {
             (Some(m), true) => {
                 if r.above.is_none() == r.below.is_none() {
                     return Err(format!("rule {}: give one of above or below", r.name));
                 }
-                Condition::Metric { series: m.clone(), above: r.above, below: r.below }
+                Condition::Metric {
+                    series: m.clone(),
+                    above: r.above,
+                    below: r.below,
+                }
             }
-            (None, false) => Condition::Events { kinds: r.events.clone(), count: r.count.unwrap_or(1).max(1) },
-            _ => return Err(format!("rule {}: give a metric (with above or below) or events", r.name)),
+            (None, false) => Condition::Events {
+                kinds: r.events.clone(),
+                count: r.count.unwrap_or(1).max(1),
+            },
+            _ => {
+                return Err(format!(
+                    "rule {}: give a metric (with above or below) or events",
+                    r.name
+                ))
+            }
         };
         let duration = r.duration.unwrap_or(Duration::from_secs(300)).as_secs();
         out.push(Rule {
@@ -203,39 +236,64 @@ fn since_text(from: u64, now: u64) -> String {
 
 impl Alerts {
     pub fn new(rules: Vec<Rule>) -> Alerts {
-        Alerts { rules, ..Default::default() }
+        Alerts {
+            rules,
+            ..Default::default()
+        }
     }
 
     /// Evaluates the metric rules on a sample. `may_notify(rule)` says whether a message may go
     /// out now (silences, quiet hours): an alert that may not is sent later, when it may, if the
     /// incident still holds; its recovery is sent only if the alert was.
-    pub fn evaluate(&mut self, values: &[(String, f32)], now: u64, may_notify: impl Fn(&Rule) -> bool) -> Vec<Notice> {
+    pub fn evaluate(
+        &mut self,
+        values: &[(String, f32)],
+        now: u64,
+        may_notify: impl Fn(&Rule) -> bool,
+    ) -> Vec<Notice> {
         let mut out = Vec::new();
         let mut seen = Vec::new();
         for rule in &self.rules {
-            let Condition::Metric { series, above, below } = &rule.condition else { continue };
+            let Condition::Metric {
+                series,
+                above,
+                below,
+            } = &rule.condition
+            else {
+                continue;
+            };
             for (name, value) in values {
-                let matches = if series.ends_with(':') { name.starts_with(series.as_str()) } else { name == series };
+                let matches = if series.ends_with(':') {
+                    name.starts_with(series.as_str())
+                } else {
+                    name == series
+                };
                 if !matches {
                     continue;
                 }
                 let bad = above.is_some_and(|a| *value > a) || below.is_some_and(|b| *value < b);
                 let key = (rule.name.clone(), name.clone());
                 seen.push(key.clone());
-                let subject = name.split_once(':').map_or(name.as_str(), |(_, s)| s).to_string();
+                let subject = name
+                    .split_once(':')
+                    .map_or(name.as_str(), |(_, s)| s)
+                    .to_string();
                 match (self.incidents.get_mut(&key), bad) {
                     (None, true) => {
-                        self.incidents.insert(key.clone(), Incident {
-                            rule: rule.name.clone(),
-                            subject,
-                            severity: rule.severity,
-                            phase: Phase::Pending,
-                            since: now,
-                            good_since: 0,
-                            value: *value,
-                            notified: false,
-                            acked: false,
-                        });
+                        self.incidents.insert(
+                            key.clone(),
+                            Incident {
+                                rule: rule.name.clone(),
+                                subject,
+                                severity: rule.severity,
+                                phase: Phase::Pending,
+                                since: now,
+                                good_since: 0,
+                                value: *value,
+                                notified: false,
+                                acked: false,
+                            },
+                        );
                     }
                     (None, false) => {}
                     (Some(i), true) => {
@@ -259,7 +317,9 @@ impl Alerts {
                         Phase::Recovering => i.value = *value,
                     },
                 }
-                let Some(i) = self.incidents.get_mut(&key) else { continue };
+                let Some(i) = self.incidents.get_mut(&key) else {
+                    continue;
+                };
                 if i.phase == Phase::Recovering && now >= i.good_since + rule.recover {
                     let i = self.incidents.remove(&key).expect("present");
                     if i.notified {
@@ -291,28 +351,54 @@ impl Alerts {
                         state: "firing",
                         text: format!(
                             "{} {} {}: {} ({}), {}.{}",
-                            if rule.severity == Severity::Critical { "🔴" } else { "🟠" },
-                            if rule.severity == Severity::Critical { "CRITICAL" } else { "WARNING" },
+                            if rule.severity == Severity::Critical {
+                                "🔴"
+                            } else {
+                                "🟠"
+                            },
+                            if rule.severity == Severity::Critical {
+                                "CRITICAL"
+                            } else {
+                                "WARNING"
+                            },
                             rule.name,
                             i.subject,
                             describe_value(name, i.value),
                             since_text(i.since, now),
-                            if rule.hint.is_empty() { String::new() } else { format!(" Try: {}", rule.hint) }
+                            if rule.hint.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" Try: {}", rule.hint)
+                            }
                         ),
                     });
                 }
             }
         }
         // A series that is gone (an app removed) ends its incidents without a word.
-        self.incidents.retain(|k, _| seen.contains(k) || !self.rules.iter().any(|r| r.name == k.0 && matches!(r.condition, Condition::Metric { .. })));
+        self.incidents.retain(|k, _| {
+            seen.contains(k)
+                || !self
+                    .rules
+                    .iter()
+                    .any(|r| r.name == k.0 && matches!(r.condition, Condition::Metric { .. }))
+        });
         out
     }
 
     /// An event from the bus: rules counting this kind fire once per window.
-    pub fn on_event(&mut self, kind: &str, message: &str, now: u64, may_notify: impl Fn(&Rule) -> bool) -> Vec<Notice> {
+    pub fn on_event(
+        &mut self,
+        kind: &str,
+        message: &str,
+        now: u64,
+        may_notify: impl Fn(&Rule) -> bool,
+    ) -> Vec<Notice> {
         let mut out = Vec::new();
         for rule in &self.rules {
-            let Condition::Events { kinds, count } = &rule.condition else { continue };
+            let Condition::Events { kinds, count } = &rule.condition else {
+                continue;
+            };
             if !kinds.iter().any(|k| k == kind) {
                 continue;
             }
@@ -321,10 +407,17 @@ impl Alerts {
             while times.front().is_some_and(|t| t + rule.duration < now) {
                 times.pop_front();
             }
-            if times.len() as u32 >= *count && *last_fired + rule.duration <= now && may_notify(rule) {
+            if times.len() as u32 >= *count
+                && *last_fired + rule.duration <= now
+                && may_notify(rule)
+            {
                 *last_fired = now;
                 let what = if *count > 1 {
-                    format!("{} {kind} events in {} min (last: {message})", times.len(), rule.duration / 60)
+                    format!(
+                        "{} {kind} events in {} min (last: {message})",
+                        times.len(),
+                        rule.duration / 60
+                    )
                 } else {
                     message.to_string()
                 };
@@ -336,10 +429,22 @@ impl Alerts {
                     state: "event",
                     text: format!(
                         "{} {} {}: {what}.{}",
-                        if rule.severity == Severity::Critical { "🔴" } else { "🟠" },
-                        if rule.severity == Severity::Critical { "CRITICAL" } else { "WARNING" },
+                        if rule.severity == Severity::Critical {
+                            "🔴"
+                        } else {
+                            "🟠"
+                        },
+                        if rule.severity == Severity::Critical {
+                            "CRITICAL"
+                        } else {
+                            "WARNING"
+                        },
                         rule.name,
-                        if rule.hint.is_empty() { String::new() } else { format!(" Try: {}", rule.hint) }
+                        if rule.hint.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" Try: {}", rule.hint)
+                        }
                     ),
                 });
             }
@@ -348,13 +453,21 @@ impl Alerts {
     }
 
     pub fn incidents(&self) -> Vec<Incident> {
-        self.incidents.values().filter(|i| i.phase != Phase::Pending).cloned().collect()
+        self.incidents
+            .values()
+            .filter(|i| i.phase != Phase::Pending)
+            .cloned()
+            .collect()
     }
 
     /// `/ack`: the admin has seen the firing incidents.
     pub fn ack_all(&mut self) -> usize {
         let mut n = 0;
-        for i in self.incidents.values_mut().filter(|i| i.phase == Phase::Firing && !i.acked) {
+        for i in self
+            .incidents
+            .values_mut()
+            .filter(|i| i.phase == Phase::Firing && !i.acked)
+        {
             i.acked = true;
             n += 1;
         }
@@ -366,9 +479,27 @@ impl Alerts {
 fn describe_value(series: &str, v: f32) -> String {
     let family = series.split(':').next().unwrap_or(series);
     match family {
-        "up" => if v >= 0.5 { "running".into() } else { "not running".into() },
-        "health" => if v >= 0.5 { "healthy".into() } else { "unhealthy".into() },
-        "probe" => if v >= 0.5 { "answering".into() } else { "not answering".into() },
+        "up" => {
+            if v >= 0.5 {
+                "running".into()
+            } else {
+                "not running".into()
+            }
+        }
+        "health" => {
+            if v >= 0.5 {
+                "healthy".into()
+            } else {
+                "unhealthy".into()
+            }
+        }
+        "probe" => {
+            if v >= 0.5 {
+                "answering".into()
+            } else {
+                "not answering".into()
+            }
+        }
         "disk" | "mem" | "swap" | "cpu" => format!("{v:.0} % used"),
         "temp" => format!("{v:.0} °C"),
         "cert_days" => format!("{v:.1} days left"),
@@ -389,16 +520,28 @@ mod tests {
     fn an_outage_is_one_alert_and_one_recovery() {
         let mut a = Alerts::new(rules(&[]).unwrap());
         let yes = |_: &Rule| true;
-        assert!(a.evaluate(&down(0.0), 1000, yes).is_empty(), "pending for 60 s");
+        assert!(
+            a.evaluate(&down(0.0), 1000, yes).is_empty(),
+            "pending for 60 s"
+        );
         let fired = a.evaluate(&down(0.0), 1060, yes);
         assert_eq!(fired.len(), 1);
-        assert!(fired[0].text.contains("CRITICAL app-down: ilot-blog-web (not running)"), "{}", fired[0].text);
+        assert!(
+            fired[0]
+                .text
+                .contains("CRITICAL app-down: ilot-blog-web (not running)"),
+            "{}",
+            fired[0].text
+        );
         assert!(a.evaluate(&down(0.0), 1090, yes).is_empty(), "no repeat");
         // Back, down again (a flap), back: still one incident.
         assert!(a.evaluate(&down(1.0), 1100, yes).is_empty());
         assert!(a.evaluate(&down(0.0), 1110, yes).is_empty());
         assert!(a.evaluate(&down(1.0), 1120, yes).is_empty());
-        assert!(a.evaluate(&down(1.0), 1149, yes).is_empty(), "recovering for 29 s");
+        assert!(
+            a.evaluate(&down(1.0), 1149, yes).is_empty(),
+            "recovering for 29 s"
+        );
         let resolved = a.evaluate(&down(1.0), 1150, yes);
         assert_eq!(resolved.len(), 1);
         assert_eq!(resolved[0].state, "resolved");
@@ -411,7 +554,10 @@ mod tests {
         assert!(a.evaluate(&down(0.0), 0, |_| true).is_empty());
         assert!(a.evaluate(&down(1.0), 30, |_| true).is_empty());
         assert!(a.evaluate(&down(0.0), 100, |_| true).is_empty());
-        assert!(a.evaluate(&down(0.0), 159, |_| true).is_empty(), "59 s is not 60");
+        assert!(
+            a.evaluate(&down(0.0), 159, |_| true).is_empty(),
+            "59 s is not 60"
+        );
         // Firing while silenced: nothing; once the silence ends, the alert goes out.
         assert!(a.evaluate(&down(0.0), 200, |_| false).is_empty());
         assert_eq!(a.evaluate(&down(0.0), 230, |_| true).len(), 1);
@@ -424,14 +570,22 @@ mod tests {
             above: Some(50.0),
             ..Default::default()
         };
-        let off = RuleConfig { name: "cpu-high".into(), enabled: Some(false), ..Default::default() };
+        let off = RuleConfig {
+            name: "cpu-high".into(),
+            enabled: Some(false),
+            ..Default::default()
+        };
         let r = rules(&[custom, off]).unwrap();
         assert!(!r.iter().any(|r| r.name == "cpu-high"));
         let mut a = Alerts::new(r);
         let v = vec![("disk:/srv".to_string(), 60.0)];
         a.evaluate(&v, 0, |_| true);
         assert_eq!(a.evaluate(&v, 300, |_| true).len(), 1);
-        let bad = RuleConfig { name: "x".into(), metric: Some("cpu".into()), ..Default::default() };
+        let bad = RuleConfig {
+            name: "x".into(),
+            metric: Some("cpu".into()),
+            ..Default::default()
+        };
         assert!(rules(&[bad]).unwrap_err().contains("above or below"));
     }
 
@@ -443,6 +597,15 @@ mod tests {
             n += a.on_event("ban", "x banned", 1000 + i, |_| true).len();
         }
         assert_eq!(n, 1);
-        assert_eq!(a.on_event("cert-renewal-failed", "example.org: no answer", 5000, |_| true).len(), 1);
+        assert_eq!(
+            a.on_event(
+                "cert-renewal-failed",
+                "example.org: no answer",
+                5000,
+                |_| true
+            )
+            .len(),
+            1
+        );
     }
 }

@@ -45,7 +45,9 @@ impl History {
             .append(true)
             .mode(0o600)
             .open(&path)
-            .map_err(|e| crate::error::Error::failed(format!("cannot create {}: {e}", path.display())))?;
+            .map_err(|e| {
+                crate::error::Error::failed(format!("cannot create {}: {e}", path.display()))
+            })?;
         let db = Database::builder().set_cache_size(4 << 20).create(&path)?;
         let tx = db.begin_write()?;
         let ids = {
@@ -169,7 +171,11 @@ impl History {
             for (second, value) in decode(v.value()) {
                 let t = hour * 3600 + u64::from(second);
                 if t >= since {
-                    out.push(Point { t, v: value, max: None });
+                    out.push(Point {
+                        t,
+                        v: value,
+                        max: None,
+                    });
                 }
             }
         }
@@ -205,17 +211,34 @@ mod tests {
         let h = History::open(&dir).unwrap();
         let t0 = 1_700_000_000 / 3600 * 3600;
         for i in 0..120u64 {
-            h.record(t0 + i * 30, &[("cpu".into(), i as f32), ("load1".into(), 1.0)])
-                .unwrap();
+            h.record(
+                t0 + i * 30,
+                &[("cpu".into(), i as f32), ("load1".into(), 1.0)],
+            )
+            .unwrap();
         }
         let points = h.query("cpu", t0 + 1800).unwrap();
         assert_eq!(points.len(), 60);
-        assert_eq!(points[0], Point { t: t0 + 1800, v: 60.0, max: None });
+        assert_eq!(
+            points[0],
+            Point {
+                t: t0 + 1800,
+                v: 60.0,
+                max: None
+            }
+        );
         assert_eq!(h.names(""), vec!["cpu".to_string(), "load1".to_string()]);
         // A week later, the first hour is one point: average 59.5, maximum 119.
         h.compact(t0 + 8 * 86_400, 7 * 86_400).unwrap();
         let points = h.query("cpu", 0).unwrap();
-        assert_eq!(points, vec![Point { t: t0, v: 59.5, max: Some(119.0) }]);
+        assert_eq!(
+            points,
+            vec![Point {
+                t: t0,
+                v: 59.5,
+                max: Some(119.0)
+            }]
+        );
         drop(h);
         // Reopened: the series ids are still known.
         let h = History::open(&dir).unwrap();

@@ -113,15 +113,25 @@ impl Sampler {
         }
         for (name, data) in self.networks.iter().flat_map(|n| n.iter()) {
             let name = name.to_string_lossy();
-            if name == "lo" || name.starts_with("veth") || name.starts_with("br-") || name == "docker0" {
+            if name == "lo"
+                || name.starts_with("veth")
+                || name.starts_with("br-")
+                || name == "docker0"
+            {
                 continue;
             }
             v.push((format!("net_rx:{name}"), data.received() as f32 / elapsed));
-            v.push((format!("net_tx:{name}"), data.transmitted() as f32 / elapsed));
+            v.push((
+                format!("net_tx:{name}"),
+                data.transmitted() as f32 / elapsed,
+            ));
         }
         let mut seen = Vec::new();
         for c in containers {
-            v.push((format!("up:{}", c.name), if c.running() { 1.0 } else { 0.0 }));
+            v.push((
+                format!("up:{}", c.name),
+                if c.running() { 1.0 } else { 0.0 },
+            ));
             match c.health.as_deref() {
                 Some("healthy") => v.push((format!("health:{}", c.name), 1.0)),
                 Some("unhealthy") => v.push((format!("health:{}", c.name), 0.0)),
@@ -204,9 +214,13 @@ fn in_container(pid: u32) -> bool {
 fn cgroup_usage(id: &str) -> Option<(u64, u64)> {
     let read = |p: String| std::fs::read_to_string(p).ok();
     let num = |s: Option<String>| s.and_then(|s| s.trim().parse::<u64>().ok());
-    if let Some(cpu) = num(read(format!("/sys/fs/cgroup/cpuacct/docker/{id}/cpuacct.usage"))) {
-        let mem = num(read(format!("/sys/fs/cgroup/memory/docker/{id}/memory.usage_in_bytes")))
-            .unwrap_or(0);
+    if let Some(cpu) = num(read(format!(
+        "/sys/fs/cgroup/cpuacct/docker/{id}/cpuacct.usage"
+    ))) {
+        let mem = num(read(format!(
+            "/sys/fs/cgroup/memory/docker/{id}/memory.usage_in_bytes"
+        )))
+        .unwrap_or(0);
         return Some((cpu, mem));
     }
     for dir in [

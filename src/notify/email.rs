@@ -18,7 +18,10 @@ pub fn validate(ch: &ChannelConfig) -> Result<(), String> {
         .ok_or_else(|| format!("channel {label}: smtp {smtp:?} is not HOST:PORT"))?;
     port.parse::<u16>()
         .map_err(|_| format!("channel {label}: smtp {smtp:?} is not HOST:PORT"))?;
-    if !matches!(ch.tls.as_deref().unwrap_or("starttls"), "starttls" | "tls" | "none") {
+    if !matches!(
+        ch.tls.as_deref().unwrap_or("starttls"),
+        "starttls" | "tls" | "none"
+    ) {
         return Err(format!("channel {label}: tls is starttls, tls or none"));
     }
     let from = ch.from.as_deref().unwrap_or_default();
@@ -34,7 +37,9 @@ pub fn validate(ch: &ChannelConfig) -> Result<(), String> {
         }
     }
     if ch.username.is_some() != ch.token_file.is_some() {
-        return Err(format!("channel {label}: username and token_file (its password) go together"));
+        return Err(format!(
+            "channel {label}: username and token_file (its password) go together"
+        ));
     }
     Ok(())
 }
@@ -45,7 +50,9 @@ pub async fn send(ch: &ChannelConfig, msg: &Outgoing) -> Result<(), SendError> {
     let port: u16 = port.parse().unwrap_or(25);
     let mut builder = match ch.tls.as_deref().unwrap_or("starttls") {
         "tls" => AsyncSmtpTransport::<Tokio1Executor>::relay(host),
-        "none" => Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)),
+        "none" => Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(
+            host,
+        )),
         _ => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host),
     }
     .map_err(|e| SendError::Refused(e.to_string()))?
@@ -63,11 +70,19 @@ pub async fn send(ch: &ChannelConfig, msg: &Outgoing) -> Result<(), SendError> {
         msg.subject
     );
     let mut email = Message::builder()
-        .from(ch.from.as_deref().unwrap_or_default().parse().map_err(|_| SendError::Refused("bad from".into()))?)
+        .from(
+            ch.from
+                .as_deref()
+                .unwrap_or_default()
+                .parse()
+                .map_err(|_| SendError::Refused("bad from".into()))?,
+        )
         .subject(subject)
         .header(ContentType::TEXT_PLAIN);
     for to in &ch.to {
-        email = email.to(to.parse().map_err(|_| SendError::Refused(format!("bad address {to}")))?);
+        email = email.to(to
+            .parse()
+            .map_err(|_| SendError::Refused(format!("bad address {to}")))?);
     }
     let email = email
         .body(msg.text.clone())

@@ -83,7 +83,11 @@ impl ChannelConfig {
             }
             ChannelKind::Email => email::validate(self)?,
             ChannelKind::Ntfy | ChannelKind::Webhook => {
-                if !self.url.as_deref().is_some_and(|u| u.starts_with("https://") || u.starts_with("http://")) {
+                if !self
+                    .url
+                    .as_deref()
+                    .is_some_and(|u| u.starts_with("https://") || u.starts_with("http://"))
+                {
                     return Err(format!("channel {label}: give url = \"https://...\""));
                 }
             }
@@ -103,8 +107,10 @@ pub fn read_secret(path: &std::path::Path) -> Result<String> {
     let meta = std::fs::metadata(path)
         .map_err(|e| Error::bad_input(format!("cannot read {}: {e}", path.display())))?;
     if meta.mode() & 0o077 != 0 {
-        return Err(Error::bad_input(format!("{} is readable by other users", path.display()))
-            .hint(format!("chmod 600 {}", path.display())));
+        return Err(
+            Error::bad_input(format!("{} is readable by other users", path.display()))
+                .hint(format!("chmod 600 {}", path.display())),
+        );
     }
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::bad_input(format!("cannot read {}: {e}", path.display())))?;
@@ -155,8 +161,24 @@ pub async fn send_http(ch: &ChannelConfig, msg: &Outgoing) -> std::result::Resul
         ChannelKind::Ntfy => {
             let critical = msg.severity == crate::monitor::alerts::Severity::Critical;
             headers.push(("title", format!("ilot: {} {}", msg.rule, msg.state)));
-            headers.push(("priority", if critical && msg.state != "resolved" { "5" } else { "3" }.into()));
-            headers.push(("tags", if msg.state == "resolved" { "white_check_mark" } else { "warning" }.into()));
+            headers.push((
+                "priority",
+                if critical && msg.state != "resolved" {
+                    "5"
+                } else {
+                    "3"
+                }
+                .into(),
+            ));
+            headers.push((
+                "tags",
+                if msg.state == "resolved" {
+                    "white_check_mark"
+                } else {
+                    "warning"
+                }
+                .into(),
+            ));
             msg.text.clone().into_bytes()
         }
         _ => {

@@ -28,7 +28,10 @@ pub enum Command {
 
 impl Telegram {
     pub fn new(ch: &ChannelConfig) -> crate::error::Result<Telegram> {
-        let path = ch.token_file.as_ref().expect("validated: telegram has a token_file");
+        let path = ch
+            .token_file
+            .as_ref()
+            .expect("validated: telegram has a token_file");
         let token = super::read_secret(path)?;
         let mut bot = Bot::new(token.clone());
         if let Some(url) = &ch.url {
@@ -95,7 +98,9 @@ impl Telegram {
         let mut out = Vec::new();
         for u in updates {
             *offset = (u.id.0 as i32).saturating_add(1);
-            let UpdateKind::Message(m) = u.kind else { continue };
+            let UpdateKind::Message(m) = u.kind else {
+                continue;
+            };
             let Some(text) = m.text() else { continue };
             if !self.chat_ids.contains(&m.chat.id.0) {
                 tracing::warn!(
@@ -149,7 +154,10 @@ mod tests {
     fn commands_are_parsed() {
         assert_eq!(parse_command("/status"), Command::Status);
         assert_eq!(parse_command("/status@IlotBot"), Command::Status);
-        assert_eq!(parse_command("/unban 203.0.113.5"), Command::Unban("203.0.113.5".into()));
+        assert_eq!(
+            parse_command("/unban 203.0.113.5"),
+            Command::Unban("203.0.113.5".into())
+        );
         assert_eq!(
             parse_command("/silence disk-full 2h"),
             Command::Silence("disk-full".into(), "2h".into())

@@ -194,13 +194,13 @@ impl Store {
             .set_cache_size(STORE_CACHE)
             .create(&path)
             .map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => Error::conflict(format!(
-                "the state store {} is in use by another ilot daemon",
-                path.display()
-            ))
-            .hint("stop the other daemon, or give this one another state_dir"),
-            e => Error::from(e),
-        })?;
+                redb::DatabaseError::DatabaseAlreadyOpen => Error::conflict(format!(
+                    "the state store {} is in use by another ilot daemon",
+                    path.display()
+                ))
+                .hint("stop the other daemon, or give this one another state_dir"),
+                e => Error::from(e),
+            })?;
         let store = Store {
             db,
             dir: dir.to_path_buf(),
