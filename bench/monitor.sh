@@ -25,6 +25,8 @@
 #    /api/v1/charts must show the containers. If it cannot be installed or run, the table shows
 #    Netdata's published figures instead, labelled as such.
 # 4. The daemon is started again and the 20 instances are removed (`app remove --purge`).
+# After each window the 20 containers must still run (tests/run.sh, for one, removes every
+# container of an owner test-* when it starts); if not, the summary says INVALID RUN.
 #
 # Also recorded for each window, for context only: the Docker engine's CPU (dockerd +
 # containerd; both tools cause some of it), the whole machine's busy CPU (noise), and a per-thread
@@ -191,6 +193,17 @@ daemon_alive() {
     kill -0 "$DAEMON_PID" 2>/dev/null || die "the daemon (pid $DAEMON_PID) has exited; $1"
 }
 owned_running() { docker ps -q --filter "label=ilot.owner=$OWNER" | wc -l; }
+# still_running WINDOW: the containers must have run through the window (tests/run.sh, for one,
+# removes every container of an owner test-*); else the window is marked invalid.
+INVALID=""
+still_running() {
+    local n
+    n=$(owned_running)
+    ((n >= INSTANCES)) && return 0
+    warn "only $n of the $INSTANCES containers run at the end of the $1 window: its figures are INVALID"
+    INVALID+="$1 window: $n of $INSTANCES containers running at its end; "
+    return 1
+}
 engine_pids() { pgrep -x dockerd; pgrep -x containerd; true; }
 
 # The sampler: CPU of a process tree over a window, its memory every STEP s, and a breakdown.
@@ -501,6 +514,7 @@ W_START=$(date +%s)
 measure ilot "$DAEMON_PID" || die "could not measure the daemon"
 W_END=$(date +%s)
 daemon_alive "during the window"
+still_running ilot || true
 # The monitor's own view, after the window (CLI calls cost the daemon a little).
 ilot_cli metrics --json >"$RAW_PREFIX-metrics.json" 2>"$BENCH_DIR/metrics.err" ||
     { cat "$BENCH_DIR/metrics.err" >&2; die "ilot metrics --json failed"; }
@@ -545,6 +559,7 @@ if [[ $WITH_OFF == 1 ]]; then
     info "engine events of the containers in $SETTLE s: $N_EVENTS (${EVENTS_BY:-none})"
     daemon_alive "while settling (monitor off)"
     if measure ilot-monitor-off "$DAEMON_PID"; then OFF_OK=1; else warn "could not measure the daemon with the monitor off"; fi
+    still_running "monitor-off" || true
     info "stopping the daemon (pid $DAEMON_PID)"
     stop_pid "$DAEMON_PID" 30
     DAEMON_PID=""
@@ -639,6 +654,7 @@ CONF
     ND_W_START=$(date '+%F %T')
     measure netdata "$ND_PID" || { REF_STATUS="netdata exited during the window"; return 1; }
     ND_W_END=$(date '+%F %T')
+    still_running netdata || true
     # Did it monitor the containers? Its cgroup charts are named after them (cgroup_NAME.cpu),
     # or after their short id when it cannot ask the engine for the name (user netdata is not
     # in group docker on Debian).
@@ -736,7 +752,8 @@ SUMMARY=$RAW_PREFIX-summary.txt
         "$(hostname)" "$(nproc)" "$(awk '/^MemTotal:/ { print int($2 / 1024) }' /proc/meminfo)" "$(uname -r)" \
         "$(docker version --format '{{.Server.Version}}' 2>/dev/null || echo "?")" "$(cut -d' ' -f1-3 /proc/loadavg)"
     printf '%s; %s\n' "$ILOT_VERSION" "$( ((ND_OK)) && echo "netdata $ND_VERSION (Debian package, default config; db mode ${ND_MODE:-?}; machine learning built in: ${ND_ML:-?})" || echo "netdata not measured: $REF_STATUS")"
-    printf '%d hello containers (owner %s) running in both windows; %d s settling, %d s window each, memory every %d s; CLK_TCK %s\n\n' \
+    [[ -z $INVALID ]] || printf '*** INVALID RUN: %s\n' "$INVALID"
+    printf '%d hello containers (owner %s) running in every window; %d s settling, %d s window each, memory every %d s; CLK_TCK %s\n\n' \
         "$N_CONTAINERS" "$OWNER" "$SETTLE" "$DURATION" "$STEP" "$CLK_TCK"
     fmt='%-44s %-14s %-26s %-10s %-10s %s\n'
     # shellcheck disable=SC2059
