@@ -105,6 +105,7 @@ info "building $IMAGE (images/build.sh hello)"
 bash images/build.sh hello
 docker image inspect "$IMAGE" >/dev/null 2>&1 || die "images/build.sh hello did not produce $IMAGE"
 
+bench_write_config ""
 bench_start_daemon
 sleep 0.2
 daemon_alive() {

@@ -410,48 +410,14 @@ measure() {
     jq -r '.per_thread_ticks | to_entries | .[:6] | map(" \(.key) \(.value)") | join(";")' "$out"
 }
 
-# write_config [MONITOR]: MONITOR "off" writes [monitor] enabled = false (step 2b).
+# write_config [MONITOR]: MONITOR "off" writes [monitor] enabled = false (step 2b); else the
+# monitor is left at its defaults (enabled, interval 30 s).
 write_config() {
-    local monitor="# [monitor] left at its defaults: enabled, interval 30 s."
-    [[ ${1:-on} == off ]] && monitor=$'[monitor]\nenabled = false'
-    cat >"$CONFIG" <<CONF
-[daemon]
-socket = "$SOCK"
-state_dir = "$BENCH_DIR/state"
-owner = "$OWNER"
-
-[proxy]
-http = "127.0.0.1:0"
-https = "127.0.0.1:0"
-access_log = "$BENCH_DIR/access.log"
-
-[acme]
-enabled = false
-
-[firewall]
-enabled = false
-
-[guard]
-enabled = false
-
-$monitor
-CONF
-}
-
-start_daemon() {
-    info "starting: $BIN daemon --config $CONFIG (owner $OWNER)"
-    "$BIN" daemon --config "$CONFIG" >>"$DAEMON_LOG" 2>&1 </dev/null &
-    DAEMON_PID=$!
-    local t0
-    t0=$(now_ms)
-    # `ilot status` answers before the daemon has reached the engine and recovered; an install
-    # then fails ("not reachable yet"): wait for both.
-    until ilot_cli status --json 2>/dev/null | jq -e '.engine.reachable and .ready' >/dev/null 2>&1; do
-        kill -0 "$DAEMON_PID" 2>/dev/null || die "the daemon exited at start (see $DAEMON_LOG)"
-        (($(now_ms) - t0 < 30000)) || die "the daemon did not report engine reachable and ready within 30 s"
-        sleep 0.05
-    done
-    info "daemon ready after $(($(now_ms) - t0)) ms (pid $DAEMON_PID)"
+    if [[ ${1:-on} == off ]]; then
+        bench_write_config $'[monitor]\nenabled = false'
+    else
+        bench_write_config ""
+    fi
 }
 
 # ---------------------------------------------------------------------------- set-up
@@ -486,7 +452,7 @@ OTHER_CONTAINERS=$(docker ps -q | wc -l)
 
 write_config
 cp -- "$CONFIG" "$RAW_PREFIX-ilot.toml"
-start_daemon
+bench_start_daemon
 
 # ---------------------------------------------------------------------------- 1. instances
 printf '\n==== 1. installing %d hello instances\n' "$INSTANCES"
@@ -550,7 +516,7 @@ N_EVENTS=""
 if [[ $WITH_OFF == 1 ]]; then
     printf '\n==== 2b. the same daemon with [monitor] enabled = false: %d s settling, then %d s measured\n' "$SETTLE" "$DURATION"
     write_config off
-    start_daemon
+    bench_start_daemon
     # While it settles: the engine events of the containers (what wakes the observer).
     timeout "$SETTLE" docker events --filter "label=ilot.owner=$OWNER" --filter type=container \
         --format '{{.Action}}' >"$BENCH_DIR/events.txt" 2>/dev/null || true
@@ -699,7 +665,7 @@ fi
 
 # ---------------------------------------------------------------------------- 4. removal
 printf '\n==== 4. removing the instances\n'
-start_daemon
+bench_start_daemon
 for n in $(printf '%s\n' "${!INSTALLED[@]}" | sort -V); do
     if ilot_cli app remove "$n" --purge >>"$BENCH_DIR/install.log" 2>&1; then
         unset "INSTALLED[$n]"

@@ -186,6 +186,7 @@ if ! docker image inspect "$IMAGE" >/dev/null 2>&1; then
 fi
 
 # ---------------------------------------------------------------------------- ilot daemon
+bench_write_config ""
 bench_start_daemon
 STATUS_JSON=$(ilot_cli status --json) || die "ilot status --json failed"
 ILOT_HTTPS=$(jq -r '.proxy.https // empty' <<<"$STATUS_JSON")

@@ -4,14 +4,22 @@
 #   images/build.sh NAME_OR_DIR [...]   build images/NAME/ or the image directory DIR
 #   images/build.sh --all               build every images/*/ directory
 #
-# An image directory holds image.conf (shell key=value, see images/README.md) and an optional
-# rootfs/ overlay. The base is a root filesystem with Debian's busybox-static and one symlink per
-# applet. The rootfs is packed into a reproducible tar and fed to `docker import`; a content hash
-# is stored as the label ilot.build-hash, so rebuilding unchanged sources keeps the same image ID.
+# An image directory holds image.conf (shell key=value, see images/README.md) and either an
+# optional rootfs/ overlay or a Containerfile.
+#  - rootfs images: the base is a root filesystem with Debian's busybox-static and one symlink per
+#    applet. The rootfs is packed into a reproducible tar and fed to `docker import`.
+#  - Containerfile images: `docker build` of the directory, FROM ilot/debian:bookworm, a Debian
+#    base this script makes itself when missing (debootstrap --variant=minbase + docker import).
+# Either way a content hash is stored as the label ilot.build-hash, so rebuilding unchanged
+# sources does nothing and keeps the same image ID.
 set -euo pipefail
 
 prog=images/build.sh
 script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# The base of Containerfile images, made here when missing (see ensure_debian_base).
+debian_base=ilot/debian:bookworm
+debian_suite=bookworm
+debian_mirror=${ILOT_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
 die() { printf '%s: error: %s\n' "$prog" "$*" >&2; exit 1; }
 note() { printf '%s: %s\n' "$prog" "$*" >&2; }
@@ -21,10 +29,11 @@ usage() {
 usage: $prog NAME_OR_DIR [...]
        $prog --all
 
-Builds ilot/NAME:TAG from an image directory (image.conf + rootfs/) on a busybox-static base,
-with docker import (no registry needed). A NAME without a slash means $script_dir/NAME;
-anything with a slash is a directory path. --all builds every image directory under images/.
-See images/README.md for the image.conf keys.
+Builds ilot/NAME:TAG from an image directory, without any registry: image.conf + rootfs/ on a
+busybox-static base (docker import), or image.conf + Containerfile (docker build FROM
+$debian_base, which is made with debootstrap when missing). A NAME without a slash means
+$script_dir/NAME; anything with a slash is a directory path. --all builds every image directory
+under images/. See images/README.md for the image.conf keys.
 EOF
 }
 
@@ -55,6 +64,8 @@ done
 # --- privileges --------------------------------------------------------------------------------
 # The tar must carry real ownership (root for the system, 10001 for e.g. /data), which needs
 # chown. As non-root, re-run under fakeroot (only chown/stat are faked; docker is unaffected).
+# (Containerfile images need no chown, but making their Debian base needs real root; see
+# ensure_debian_base.)
 if [ "$(id -u)" -ne 0 ]; then
 	if [ -z "${ILOT_BUILD_UNDER_FAKEROOT:-}" ] && command -v fakeroot >/dev/null 2>&1; then
 		export ILOT_BUILD_UNDER_FAKEROOT=1
@@ -73,13 +84,19 @@ if ! docker_err=$(docker version --format '{{.Server.Version}}' 2>&1 >/dev/null)
 fi
 
 busybox=${ILOT_BUSYBOX:-/bin/busybox}
-[ -x "$busybox" ] || die "$busybox not found: apt-get install busybox-static"
-# A dynamically linked busybox (Debian's 'busybox' package) would not run in an empty image.
-if LC_ALL=C ldd "$busybox" >/dev/null 2>&1; then
-	die "$busybox is dynamically linked; the image base needs the static one: apt-get install busybox-static"
+need_busybox=no
+for d in "${dirs[@]}"; do
+	[ -f "$d/Containerfile" ] || need_busybox=yes
+done
+if [ "$need_busybox" = yes ]; then
+	[ -x "$busybox" ] || die "$busybox not found: apt-get install busybox-static"
+	# A dynamically linked busybox (Debian's 'busybox' package) would not run in an empty image.
+	if LC_ALL=C ldd "$busybox" >/dev/null 2>&1; then
+		die "$busybox is dynamically linked; the image base needs the static one: apt-get install busybox-static"
+	fi
 fi
 
-for tool in tar sha256sum; do
+for tool in tar sha256sum find; do
 	command -v "$tool" >/dev/null 2>&1 || die "$tool is required"
 done
 
@@ -128,7 +145,91 @@ make_base() {
 
 layers=() # filled by add_layers for the image being built
 base="$work/base"
-make_base "$base"
+[ "$need_busybox" = no ] || make_base "$base"
+
+# --- the Debian base of Containerfile images ---------------------------------------------------
+
+# Makes $debian_base with debootstrap unless the engine already has it. Not reproducible (package
+# versions and dates change), hence made once and kept: remove it (docker rmi $debian_base) to
+# refresh it; the images built on it then rebuild, since their hash includes the base's ID.
+ensure_debian_base() {
+	docker image inspect "$debian_base" >/dev/null 2>&1 && return
+	if [ -n "${ILOT_BUILD_UNDER_FAKEROOT:-}" ]; then
+		die "making $debian_base runs debootstrap, which needs real root: run this once as root (sudo $0 ...)"
+	fi
+	if ! command -v debootstrap >/dev/null 2>&1; then
+		note "installing debootstrap (apt-get install debootstrap)"
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends debootstrap >&2 ||
+			die "could not install debootstrap: apt-get install debootstrap, then run again"
+	fi
+	local root="$work/debian-$debian_suite" log="$work/debootstrap.log"
+	note "making $debian_base: debootstrap --variant=minbase $debian_suite from $debian_mirror (about a minute)"
+	if ! debootstrap --variant=minbase "$debian_suite" "$root" "$debian_mirror" >"$log" 2>&1; then
+		tail -n 20 "$log" >&2
+		die "debootstrap failed (log above); check that $debian_mirror is reachable (set ILOT_DEBIAN_MIRROR=URL for another mirror)"
+	fi
+	# Updates and security fixes for the images' apt-get; no caches or lists in the base.
+	local security=${debian_mirror%/debian}/debian-security
+	cat >"$root/etc/apt/sources.list" <<-EOF
+		deb $debian_mirror $debian_suite main
+		deb $debian_mirror $debian_suite-updates main
+		deb $security $debian_suite-security main
+	EOF
+	rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/var/log/*.log \
+		"${root:?}"/dev/* "$root"/proc/* "$root"/sys/* "$root"/tmp/*
+	local id
+	id=$(tar -C "$root" --numeric-owner --no-acls --no-xattrs -c . |
+		docker import --change "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+			--change 'CMD ["/bin/bash"]' --change "LABEL ilot.built-by=images/build.sh" \
+			--message "debootstrap --variant=minbase $debian_suite $debian_mirror, by images/build.sh" \
+			- "$debian_base") || die "docker import failed for $debian_base"
+	printf '%s %s\n' "$debian_base" "$id"
+	rm -rf "$root"
+}
+
+# The content hash of a directory: every path with its type, mode and contents (or link target).
+dir_hash() {
+	local dir=$1
+	(
+		cd "$dir" || exit 1
+		find . -mindepth 1 \( -type f -o -type l -o -type d \) -printf '%y %m %p -> %l\n' | LC_ALL=C sort
+		find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum
+	) | sha256sum
+}
+
+# An image directory with a Containerfile: docker build, skipped when the hash label matches.
+build_containerfile() {
+	local dir=$1 name=$2 tag=$3
+	shift 3
+	local -a labels=("$@")
+	local ref="ilot/$name:$tag"
+	local base_id="" from
+	# Only the FROM lines that name the ilot Debian base make it; anything else must be local.
+	while read -r from; do
+		[ "$from" = "$debian_base" ] || continue
+		ensure_debian_base
+		base_id=$(docker image inspect --format '{{.Id}}' "$debian_base") || die "cannot inspect $debian_base"
+	done < <(sed -n 's/^[[:space:]]*[Ff][Rr][Oo][Mm][[:space:]]\{1,\}\(--[^[:space:]]*[[:space:]]\{1,\}\)*\([^[:space:]]*\).*/\2/p' "$dir/Containerfile")
+
+	local hash
+	hash=$({ dir_hash "$dir"; printf '%s\n' "$ref" "$base_id" "${labels[@]}"; } | sha256sum)
+	hash=${hash%% *}
+	local current
+	current=$(docker image inspect --format '{{index .Config.Labels "ilot.build-hash"}}' "$ref" 2>/dev/null || true)
+	if [ "$current" = "$hash" ]; then
+		printf '%s %s (up to date)\n' "$ref" "$(docker image inspect --format '{{.Id}}' "$ref")"
+		return
+	fi
+
+	local -a args=(--file "$dir/Containerfile" --tag "$ref" --force-rm)
+	local l
+	for l in "${labels[@]}"; do args+=(--label "$l"); done
+	args+=(--label "ilot.built-by=images/build.sh" --label "ilot.build-hash=$hash")
+	note "building $ref with docker build (apt-get inside: a few minutes the first time)"
+	# The build log goes to stderr; stdout keeps one line per image, like the rootfs images.
+	docker build "${args[@]}" "$dir" >&2 || die "docker build failed for $ref (log above)"
+	printf '%s %s\n' "$ref" "$(docker image inspect --format '{{.Id}}' "$ref")"
+}
 
 # --- one image ---------------------------------------------------------------------------------
 
@@ -157,6 +258,24 @@ build_one() {
 	local -a env=() labels=() chown=() volumes=()
 	local layer
 	layers=()
+	if [ -f "$dir/Containerfile" ]; then
+		# Only name, tag and labels apply; the rest belongs in the Containerfile.
+		# shellcheck disable=SC1091
+		. "$dir/image.conf" || die "$dir/image.conf failed to load"
+		[ -n "$name" ] || die "$dir/image.conf: 'name' is not set"
+		[ -n "$tag" ] || die "$dir/image.conf: 'tag' is not set"
+		[[ $name =~ ^[a-z0-9][a-z0-9._-]*$ ]] || die "$dir/image.conf: bad name '$name' (lowercase letters, digits, . _ -)"
+		[[ $tag =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]] || die "$dir/image.conf: bad tag '$tag'"
+		local key
+		for key in cmd entrypoint user workdir expose base_dir; do
+			[ -z "${!key}" ] || die "$dir/image.conf: '$key' does not apply to an image with a Containerfile; write it in $dir/Containerfile"
+		done
+		[ $((${#env[@]} + ${#chown[@]} + ${#volumes[@]})) -eq 0 ] ||
+			die "$dir/image.conf: env, chown and volumes do not apply to an image with a Containerfile; write them in $dir/Containerfile"
+		[ ! -e "$dir/rootfs" ] || die "$dir has both a Containerfile and a rootfs/: keep one (COPY files from the directory in the Containerfile)"
+		build_containerfile "$dir" "$name" "$tag" "${labels[@]}"
+		return
+	fi
 	add_layers "$dir"
 	# Later layers override keys set by earlier ones (arrays too: set env+=(...) to extend).
 	for layer in "${layers[@]}"; do

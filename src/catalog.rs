@@ -107,6 +107,10 @@ pub struct Port {
     /// Host address; loopback by default: the proxy, not the world, reaches web apps.
     #[serde(default = "default_host_ip")]
     pub host_ip: String,
+    /// A setting (of type "port") that overrides `host`, so an admin can move a public port
+    /// (a NAS whose own mail server holds 25, say) with `--set`.
+    #[serde(default)]
+    pub host_setting: Option<String>,
     #[serde(default)]
     pub name: String,
 }
@@ -178,6 +182,8 @@ pub enum SettingKind {
     Integer,
     Bool,
     Choice,
+    /// A TCP/UDP port, 0 to 65535 (0: the engine picks a free one).
+    Port,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -229,6 +235,20 @@ pub struct Needs {
     /// The app terminates TLS itself (mail): it gets the certificate of its domain as files.
     #[serde(default)]
     pub tls: Option<TlsFiles>,
+    /// The mail server's own files (needs `mail = true`): see `MailFiles`.
+    #[serde(default)]
+    pub mail_files: Option<MailFiles>,
+}
+
+/// The files ilot renders for a mail server from `ilot mail ...` (domains, mailboxes,
+/// aliases, relay, DKIM keys; src/mail): a directory bound read-only at `path` in `service`,
+/// after whose change `reload` runs in the container.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MailFiles {
+    pub service: String,
+    pub path: String,
+    pub reload: Vec<String>,
 }
 
 /// Certificate files for an app that terminates TLS itself: `fullchain.pem` and `privkey.pem`
@@ -475,6 +495,39 @@ impl Manifest {
                 return Err(format!("log_filters: {:?} is not a filter name", f.filter));
             }
         }
+        for p in &self.needs.probes {
+            if !self.services.contains_key(&p.service) {
+                return Err(format!("probe of unknown service {:?}", p.service));
+            }
+            if !matches!(p.kind.as_str(), "http" | "tcp" | "smtp") || p.port.is_none() {
+                return Err(format!(
+                    "probe of {}: type must be http, tcp or smtp, with a port",
+                    p.service
+                ));
+            }
+        }
+        if let Some(mf) = &self.needs.mail_files {
+            if !self.needs.mail {
+                return Err("mail_files needs mail = true".into());
+            }
+            if !self.services.contains_key(&mf.service) {
+                return Err(format!("mail_files: unknown service {:?}", mf.service));
+            }
+            if !mf.path.starts_with('/') || mf.path == "/" || mf.reload.is_empty() {
+                return Err("mail_files: path must be absolute and not /, reload a command".into());
+            }
+        }
+        for (name, svc) in &self.services {
+            for p in &svc.ports {
+                if let Some(key) = &p.host_setting {
+                    if self.settings.get(key).map(|s| s.kind) != Some(SettingKind::Port) {
+                        return Err(format!(
+                            "service {name}: host_setting {key:?} is not a setting of type \"port\""
+                        ));
+                    }
+                }
+            }
+        }
         if let Some(tls) = &self.needs.tls {
             if !self.services.contains_key(&tls.service) {
                 return Err(format!("tls: unknown service {:?}", tls.service));
@@ -575,6 +628,7 @@ pub fn check_setting_value(key: &str, s: &Setting, value: &str) -> std::result::
         SettingKind::Integer => value.parse::<i64>().is_ok(),
         SettingKind::Bool => matches!(value, "true" | "false"),
         SettingKind::Choice => s.choices.iter().any(|c| c == value),
+        SettingKind::Port => value.parse::<u16>().is_ok(),
     };
     if ok {
         Ok(())
@@ -584,6 +638,7 @@ pub fn check_setting_value(key: &str, s: &Setting, value: &str) -> std::result::
             SettingKind::Integer => "an integer".to_string(),
             SettingKind::Bool => "true or false".to_string(),
             SettingKind::Choice => format!("one of {}", s.choices.join(", ")),
+            SettingKind::Port => "a port number, 0 to 65535 (0: any free port)".to_string(),
         };
         Err(format!(
             "setting {key}={value:?} is not valid: expected {expected}"

@@ -30,6 +30,30 @@ pub struct Config {
     pub monitor: MonitorConfig,
     #[serde(default)]
     pub alerts: AlertsConfig,
+    #[serde(default)]
+    pub mail: MailConfig,
+}
+
+/// Mail servers (docs/mail.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MailConfig {
+    /// After a DKIM rotation, the old key stays published this long (mail it signed may still
+    /// be in transit or re-checked), then it is withdrawn.
+    #[serde(with = "humantime_serde")]
+    pub dkim_retire_after: std::time::Duration,
+    /// How often a new DKIM key's record is looked up, until it resolves.
+    #[serde(with = "humantime_serde")]
+    pub dkim_check_every: std::time::Duration,
+}
+
+impl Default for MailConfig {
+    fn default() -> Self {
+        MailConfig {
+            dkim_retire_after: std::time::Duration::from_secs(7 * 86_400),
+            dkim_check_every: std::time::Duration::from_secs(300),
+        }
+    }
 }
 
 /// The monitor (docs/monitor.md).

@@ -92,6 +92,99 @@ pub enum Request {
         domain: Option<String>,
         force: bool,
     },
+    /// `ilot mail ...` on the mail instance (`instance` may be left out when there is one).
+    Mail {
+        instance: Option<String>,
+        op: MailOp,
+    },
+}
+
+/// A password or token in a request: serialized as is, never shown by `{:?}`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("(secret)")
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum MailOp {
+    DomainList,
+    DomainAdd {
+        domain: String,
+    },
+    DomainRemove {
+        domain: String,
+    },
+    UserList,
+    UserAdd {
+        address: String,
+        password: Secret,
+        quota: Option<String>,
+    },
+    UserRemove {
+        address: String,
+        /// Also delete the mailbox's messages.
+        #[serde(default)]
+        purge: bool,
+    },
+    UserPasswd {
+        address: String,
+        password: Secret,
+    },
+    AliasList,
+    /// `address` is name@domain, or @domain for a catch-all.
+    AliasAdd {
+        address: String,
+        targets: Vec<String>,
+    },
+    AliasRemove {
+        address: String,
+    },
+    RelayShow,
+    RelaySet {
+        /// HOST:PORT
+        relay: String,
+        user: String,
+        password: Secret,
+        /// "encrypt" (default) or "none".
+        tls: String,
+    },
+    RelayRemove,
+    DkimShow,
+    DkimRotate {
+        domain: String,
+    },
+    Queue,
+    /// Writes the mailbox as a tar of its Maildir to `output` (an absolute path, 0600).
+    Export {
+        address: String,
+        output: std::path::PathBuf,
+    },
+    /// Adds the messages of such a tar (an absolute path) to a mailbox.
+    Import {
+        address: String,
+        input: std::path::PathBuf,
+    },
+}
+
+impl MailOp {
+    pub fn mutates(&self) -> bool {
+        !matches!(
+            self,
+            MailOp::DomainList
+                | MailOp::UserList
+                | MailOp::AliasList
+                | MailOp::RelayShow
+                | MailOp::DkimShow
+                | MailOp::Queue
+                | MailOp::Export { .. }
+        )
+    }
 }
 
 impl Request {
@@ -107,7 +200,7 @@ impl Request {
                 | Request::AppRestart { .. }
                 | Request::DomainAdd { .. }
                 | Request::DomainRemove { .. }
-        )
+        ) || matches!(self, Request::Mail { op, .. } if op.mutates())
     }
 }
 

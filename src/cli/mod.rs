@@ -77,12 +77,194 @@ enum Command {
     /// Alerts: what is firing, silences, channels; silence a rule, acknowledge, test.
     #[command(subcommand)]
     Alert(AlertCommand),
+    /// Mail: domains, mailboxes, aliases, DKIM keys, the outbound relay, the queue.
+    Mail(MailArgs),
     /// What is still wrong, in plain words: DNS records as the world sees them, reverse DNS,
     /// outbound port 25, blocklists. Exit code 1 when something fails.
     Diagnose {
         #[arg(value_enum, default_value_t = DiagnoseArea::All)]
         area: DiagnoseArea,
     },
+}
+
+#[derive(Args)]
+struct MailArgs {
+    /// The mail instance (needed only when several are installed).
+    #[arg(long, global = true)]
+    instance: Option<String>,
+    #[command(subcommand)]
+    command: MailCommand,
+}
+
+#[derive(Subcommand)]
+enum MailCommand {
+    /// The domains this server receives mail for (each gets MX, SPF, DKIM, DMARC... records).
+    #[command(subcommand)]
+    Domain(MailDomainCommand),
+    /// Mailboxes. Passwords are asked at the terminal, or read from stdin (one line), never
+    /// taken from the command line.
+    #[command(subcommand)]
+    User(MailUserCommand),
+    /// Aliases and catch-alls (an address of @example.org catches all unknown ones).
+    #[command(subcommand)]
+    Alias(MailAliasCommand),
+    /// DKIM keys: which one signs, and rotation.
+    #[command(subcommand)]
+    Dkim(MailDkimCommand),
+    /// A smarthost for outbound mail, for ISPs that block port 25.
+    #[command(subcommand)]
+    Relay(MailRelayCommand),
+    /// Messages waiting to leave, and why.
+    Queue,
+    /// Write a mailbox to a file: a tar of its Maildir (readable by any mail tool).
+    Export {
+        address: String,
+        /// The file to write (must not exist).
+        #[arg(long, short)]
+        output: PathBuf,
+    },
+    /// Add the messages of an exported tar to a mailbox.
+    Import { address: String, file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum MailDomainCommand {
+    List,
+    Add { domain: String },
+    /// Refused while the domain still has mailboxes or aliases.
+    Remove { domain: String },
+}
+
+#[derive(Subcommand)]
+enum MailUserCommand {
+    List,
+    Add {
+        address: String,
+        /// Storage limit, e.g. 2G.
+        #[arg(long)]
+        quota: Option<String>,
+    },
+    /// Remove a mailbox; its messages are kept unless --purge.
+    Remove {
+        address: String,
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Change a password (takes effect at the next login; open sessions stay).
+    Passwd { address: String },
+}
+
+#[derive(Subcommand)]
+enum MailAliasCommand {
+    List,
+    /// ADDRESS (or @DOMAIN for a catch-all) delivered to TARGET..., local or not.
+    Add {
+        address: String,
+        #[arg(required = true)]
+        targets: Vec<String>,
+    },
+    Remove { address: String },
+}
+
+#[derive(Subcommand)]
+enum MailDkimCommand {
+    /// Each domain's signing key, the next one if a rotation is under way, and those retiring.
+    Show,
+    /// Publish a new key; signing switches to it once it resolves in DNS, and the old key is
+    /// withdrawn later ([mail] dkim_retire_after).
+    Rotate { domain: String },
+}
+
+#[derive(Subcommand)]
+enum MailRelayCommand {
+    Show,
+    /// Send outbound mail through HOST:PORT (e.g. your ISP's smtp.isp.net:587), logging in as
+    /// --user; the password is asked, or read from stdin.
+    Set {
+        relay: String,
+        #[arg(long)]
+        user: String,
+        /// encrypt: TLS required (the default); none: only for a relay on your own network.
+        #[arg(long, default_value = "encrypt")]
+        tls: String,
+    },
+    Remove,
+}
+
+/// A password: asked twice at a terminal (no echo), else one line of stdin.
+fn read_password(what: &str) -> Result<crate::api::Secret, Error> {
+    use std::io::IsTerminal;
+    let io = |e: std::io::Error| Error::bad_input(format!("cannot read the password: {e}"));
+    if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password(format!("Password for {what}: ")).map_err(io)?;
+        let again = rpassword::prompt_password("Again: ").map_err(io)?;
+        if first != again {
+            return Err(Error::bad_input("the two passwords differ; nothing was changed"));
+        }
+        return Ok(crate::api::Secret(first));
+    }
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).map_err(io)?;
+    let line = line.trim_end_matches(['\n', '\r']).to_string();
+    if line.is_empty() {
+        return Err(Error::bad_input("no password on stdin")
+            .hint(format!("e.g. `printf '%s\\n' \"$PASSWORD\" | ilot mail ... {what}`, or run it at a terminal")));
+    }
+    Ok(crate::api::Secret(line))
+}
+
+fn mail_request(args: MailArgs) -> Result<Request, Error> {
+    use crate::api::MailOp as M;
+    let absolute = |p: PathBuf| {
+        std::path::absolute(&p)
+            .map_err(|e| Error::bad_input(format!("{}: {e}", p.display())))
+    };
+    let op = match args.command {
+        MailCommand::Domain(MailDomainCommand::List) => M::DomainList,
+        MailCommand::Domain(MailDomainCommand::Add { domain }) => M::DomainAdd { domain },
+        MailCommand::Domain(MailDomainCommand::Remove { domain }) => M::DomainRemove { domain },
+        MailCommand::User(MailUserCommand::List) => M::UserList,
+        MailCommand::User(MailUserCommand::Add { address, quota }) => M::UserAdd {
+            password: read_password(&address)?,
+            address,
+            quota,
+        },
+        MailCommand::User(MailUserCommand::Remove { address, purge }) => {
+            M::UserRemove { address, purge }
+        }
+        MailCommand::User(MailUserCommand::Passwd { address }) => M::UserPasswd {
+            password: read_password(&address)?,
+            address,
+        },
+        MailCommand::Alias(MailAliasCommand::List) => M::AliasList,
+        MailCommand::Alias(MailAliasCommand::Add { address, targets }) => {
+            M::AliasAdd { address, targets }
+        }
+        MailCommand::Alias(MailAliasCommand::Remove { address }) => M::AliasRemove { address },
+        MailCommand::Dkim(MailDkimCommand::Show) => M::DkimShow,
+        MailCommand::Dkim(MailDkimCommand::Rotate { domain }) => M::DkimRotate { domain },
+        MailCommand::Relay(MailRelayCommand::Show) => M::RelayShow,
+        MailCommand::Relay(MailRelayCommand::Set { relay, user, tls }) => M::RelaySet {
+            password: read_password(&format!("{user} at {relay}"))?,
+            relay,
+            user,
+            tls,
+        },
+        MailCommand::Relay(MailRelayCommand::Remove) => M::RelayRemove,
+        MailCommand::Queue => M::Queue,
+        MailCommand::Export { address, output } => M::Export {
+            address,
+            output: absolute(output)?,
+        },
+        MailCommand::Import { address, file } => M::Import {
+            address,
+            input: absolute(file)?,
+        },
+    };
+    Ok(Request::Mail {
+        instance: args.instance,
+        op,
+    })
 }
 
 #[derive(Subcommand)]
@@ -349,6 +531,10 @@ pub fn main() -> i32 {
                 DiagnoseArea::All => "all",
             }
             .into(),
+        },
+        Command::Mail(args) => match mail_request(args) {
+            Ok(r) => r,
+            Err(e) => return render::error(&e, cli.json),
         },
         Command::Cert(CertCommand::List) => Request::CertList,
         Command::Domain(DomainCommand::List) => Request::DomainList,

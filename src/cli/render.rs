@@ -612,6 +612,7 @@ pub fn human(req: &Request, v: &Value) {
         }
         Request::FirewallShow => print_firewall(v),
         Request::BanList => print_bans(v),
+        Request::Mail { op, .. } => print_mail(op, v),
         Request::Metrics { .. } => print_metrics(v),
         Request::AlertList => print_alerts(v),
         Request::AlertSilence { .. } | Request::AlertAck | Request::AlertTest => {
@@ -777,5 +778,94 @@ pub fn human(req: &Request, v: &Value) {
         Request::AppStart { name } => println!("{name} started and healthy"),
         Request::AppStop { name } => println!("{name} stopped"),
         Request::AppRestart { name } => println!("{name} restarted and healthy"),
+    }
+}
+
+fn print_mail(op: &crate::api::MailOp, v: &Value) {
+    use crate::api::MailOp as M;
+    let rows = |key: &str| v[key].as_array().cloned().unwrap_or_default();
+    let size = |q: &Value| match q.as_u64() {
+        Some(b) if b % (1 << 30) == 0 => format!("{}G", b >> 30),
+        Some(b) => format!("{}M", b >> 20),
+        None => "-".into(),
+    };
+    match op {
+        M::DomainList => table(
+            &["DOMAIN", "MAILBOXES", "ALIASES", "DKIM"],
+            rows("domains")
+                .iter()
+                .map(|d| vec![s(&d["domain"]), s(&d["mailboxes"]), s(&d["aliases"]), s(&d["dkim_selector"])])
+                .collect(),
+        ),
+        M::UserList => table(
+            &["ADDRESS", "QUOTA", "CREATED"],
+            rows("users")
+                .iter()
+                .map(|u| {
+                    let created = crate::state::format_utc(u["created"].as_u64().unwrap_or(0));
+                    vec![s(&u["address"]), size(&u["quota"]), created]
+                })
+                .collect(),
+        ),
+        M::AliasList => table(
+            &["ALIAS", "DELIVERED TO"],
+            rows("aliases")
+                .iter()
+                .map(|a| {
+                    let mut name = s(&a["address"]);
+                    if a["catch_all"] == Value::Bool(true) {
+                        name.push_str(" (catch-all)");
+                    }
+                    let targets: Vec<String> = a["targets"].as_array().into_iter().flatten().map(s).collect();
+                    vec![name, targets.join(", ")]
+                })
+                .collect(),
+        ),
+        M::RelayShow => match v["relay"].as_object() {
+            Some(r) => println!(
+                "outbound mail goes through {}:{} as {} (TLS {})",
+                s(&r["host"]),
+                s(&r["port"]),
+                s(&r["user"]),
+                if r["tls"] == "none" { "when offered" } else { "required" }
+            ),
+            None => println!("no relay: outbound mail goes straight to the recipients' servers (port 25)"),
+        },
+        M::DkimShow => {
+            for d in rows("domains") {
+                let retiring: Vec<String> = d["retiring"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(sel, t)| format!("{sel} (withdrawn {})", crate::state::format_utc(t.as_u64().unwrap_or(0))))
+                    .collect();
+                let published: Vec<String> = d["published"].as_array().into_iter().flatten().map(s).collect();
+                println!("{}", s(&d["domain"]));
+                println!("  signing with:  {}", s(&d["signing"]));
+                if let Some(p) = d["pending"].as_str() {
+                    println!("  next:          {p} (published; signing switches once it resolves)");
+                }
+                if !retiring.is_empty() {
+                    println!("  retiring:      {}", retiring.join(", "));
+                }
+                println!("  published:     {}", published.join(", "));
+            }
+        }
+        M::Queue => {
+            if v["count"] == 0 {
+                return println!("the queue is empty");
+            }
+            table(
+                &["ID", "QUEUE", "FROM", "TO", "WHY IT WAITS"],
+                rows("messages")
+                    .iter()
+                    .map(|m| {
+                        let to: Vec<String> = m["to"].as_array().into_iter().flatten().map(s).collect();
+                        vec![s(&m["id"]), s(&m["queue"]), s(&m["from"]), to.join(", "), s(&m["reason"])]
+                    })
+                    .collect(),
+            );
+        }
+        _ => println!("{}", s(&v["message"])),
     }
 }

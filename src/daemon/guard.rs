@@ -261,8 +261,9 @@ impl Daemon {
             let mut guard = self.guard_state();
             let st = &mut *guard;
             let peers = crate::guard::live_ssh_peers(&st.allow.ssh_ports);
+            let mut seen = BTreeSet::new();
             for c in found {
-                if st.bans.get(&c.net).is_some_and(|b| b.active(now)) {
+                if !seen.insert(c.net) || st.bans.get(&c.net).is_some_and(|b| b.active(now)) {
                     continue;
                 }
                 if let Some(why) = st.allow.why_allowed(&c.net, &peers) {
@@ -289,10 +290,6 @@ impl Daemon {
                     ),
                 };
                 jail.bans += 1;
-                if let Some(u) = ban.until {
-                    st.expiries.insert((u, ban.net));
-                }
-                st.bans.insert(ban.net, ban.clone());
                 new.push(ban);
             }
         }
@@ -319,6 +316,18 @@ impl Daemon {
         .await;
         if let Ok(Err(e)) | Err(e) = applied.map_err(|e| Error::failed(e.to_string())) {
             tracing::error!("guard: {e}");
+        }
+        // Listed once in the kernel, not before: `ilot ban list` never shows a ban that does
+        // not drop yet. (Batches come from the one engine task, so none decides the same
+        // address in between.)
+        {
+            let mut st = self.guard_state();
+            for b in &new {
+                if let Some(u) = b.until {
+                    st.expiries.insert((u, b.net));
+                }
+                st.bans.insert(b.net, b.clone());
+            }
         }
         for b in &new {
             self.bus.publish("ban", None, describe_ban(b));

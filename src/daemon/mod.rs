@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 mod dns;
 mod firewall;
 mod guard;
+mod mail;
 mod monitor;
 mod ops;
 mod views;
@@ -59,6 +60,8 @@ pub struct Daemon {
     guard: guard::Guard,
     /// Sampling, history, alerts and their channels.
     monitor: monitor::Monitor,
+    /// Wakes the DKIM rotator (a rotation was asked for).
+    mail_poke: tokio::sync::Notify,
     /// True once the journal has been recovered: the daemon then serves every request.
     ready: std::sync::atomic::AtomicBool,
     started: Instant,
@@ -104,7 +107,7 @@ fn fail(e: Error) -> i32 {
 
 async fn serve(config: Config, config_path: Option<PathBuf>, catalog: Catalog) -> Result<()> {
     let store = Arc::new(Store::open(&config.daemon.state_dir)?);
-    crate::plan::set_tls_root(config.daemon.state_dir.join("tls"));
+    crate::plan::set_state_root(config.daemon.state_dir.clone());
     let owner = match &config.daemon.owner {
         Some(o) => o.clone(),
         None => store.owner_id()?,
@@ -172,6 +175,7 @@ async fn serve(config: Config, config_path: Option<PathBuf>, catalog: Catalog) -
         op_lock: Arc::new(tokio::sync::Mutex::new(())),
         proxy,
         ready: std::sync::atomic::AtomicBool::new(false),
+        mail_poke: tokio::sync::Notify::new(),
         started: Instant::now(),
     });
     daemon.bus.spawn_history(store);
@@ -312,6 +316,7 @@ impl Daemon {
         }
         let _ = self.runtime.set((engine, observer));
         self.clone().spawn_tls_reloader();
+        self.clone().spawn_dkim_rotator();
         if let Err(e) = self.recover().await {
             tracing::error!("recovery: {e}");
         }
@@ -387,6 +392,7 @@ impl Daemon {
                 Ok(serde_json::to_value(list).unwrap_or_default())
             }
             Request::AppLogs(p) => self.logs(p, tx).await,
+            Request::Mail { instance, op } => self.mail(instance, op).await,
             _ => unreachable!("mutating requests handled above"),
         }
     }
@@ -408,6 +414,7 @@ impl Daemon {
                 self.domain_add(&domain, &instance, &progress).await
             }
             Request::DomainRemove { domain } => self.domain_remove(&domain, &progress).await,
+            Request::Mail { instance, op } => self.mail(instance, op).await,
             _ => unreachable!("read requests handled by handle()"),
         }
     }

@@ -226,17 +226,22 @@ impl Daemon {
         }
     }
 
-    /// The apps' declared probes: TCP connect or HTTP GET to the service's address on its
-    /// network, 5 s each. 1 = answering (HTTP: a status under 400).
+    /// The apps' declared probes: TCP connect, HTTP GET, or an SMTP greeting, to the service's
+    /// address on its network. 1 = answering (HTTP: a status under 400; SMTP: a 220 greeting).
+    /// A service's second probe is named with its port (probe:mail/mail:993).
     async fn run_probes(&self) -> Vec<(String, f32)> {
         let Some((_, observer)) = self.runtime.get() else {
             return Vec::new();
         };
         let mut probes = Vec::new();
         for inst in self.instances_snapshot() {
+            let mut named = std::collections::BTreeSet::new();
             for p in &inst.manifest.needs.probes {
                 let container = crate::plan::container_name(&inst.name, &p.service);
-                let name = format!("probe:{}/{}", inst.name, p.service);
+                let mut name = format!("probe:{}/{}", inst.name, p.service);
+                if !named.insert(name.clone()) {
+                    name = format!("{name}:{}", p.port.unwrap_or(0));
+                }
                 let target = observer.ip_of(&container).zip(p.port);
                 let (kind, path) = (p.kind.clone(), p.path.clone().unwrap_or_else(|| "/".into()));
                 probes.push(async move {
@@ -249,6 +254,16 @@ impl Daemon {
                             crate::http_client::request("GET", &url, &[], None, 64 << 10)
                                 .await
                                 .is_ok_and(|r| r.status < 400)
+                        } else if kind == "smtp" {
+                            use tokio::io::AsyncReadExt;
+                            let mut greeting = [0u8; 4];
+                            match tokio::net::TcpStream::connect((ip.as_str(), port)).await {
+                                Ok(mut s) => {
+                                    s.read_exact(&mut greeting).await.is_ok()
+                                        && &greeting[..3] == b"220"
+                                }
+                                Err(_) => false,
+                            }
                         } else {
                             tokio::net::TcpStream::connect((ip.as_str(), port))
                                 .await

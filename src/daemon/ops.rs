@@ -59,7 +59,7 @@ fn crash_point(point: &str) {
 impl Daemon {
     // ---- journal helpers: each is one durable store transaction, mirrored in memory ----
 
-    fn save(&self, inst: &Instance, op: Option<&Op>) -> Result<()> {
+    pub(super) fn save(&self, inst: &Instance, op: Option<&Op>) -> Result<()> {
         self.store.write(|w| {
             w.put_instance(inst)?;
             if let Some(op) = op {
@@ -166,7 +166,15 @@ impl Daemon {
                 .collect(),
         };
         let t = now();
+        // A mail server starts with the domain its name is under (mail.example.org serves
+        // example.org), or what a removed instance of the same name had.
+        let mail = match (&kept, manifest.needs.mail_files.is_some()) {
+            (Some(k), true) if k.mail.is_some() => k.mail.clone(),
+            (_, true) => Some(self.new_mail_state(p.domain.as_deref())?),
+            _ => None,
+        };
         let inst = Instance {
+            mail,
             name: name.clone(),
             app: manifest.name.clone(),
             manifest,
@@ -293,9 +301,13 @@ impl Daemon {
         match desired {
             Some(inst) => {
                 self.write_tls_files(inst)?;
+                self.write_mail_files(inst)?;
             }
             None => {
-                if let Some(dir) = plan::tls_dir(&op.instance) {
+                for dir in [plan::tls_dir(&op.instance), plan::mail_dir(&op.instance)]
+                    .into_iter()
+                    .flatten()
+                {
                     let _ = std::fs::remove_dir_all(dir);
                 }
             }
@@ -707,6 +719,7 @@ impl Daemon {
                 secrets: prev.secrets.clone(),
                 volumes: volumes.clone(),
                 removed_at: now(),
+                mail: prev.mail.clone(),
             }),
             _ => None,
         };
@@ -1002,6 +1015,7 @@ impl Daemon {
     async fn apply_direct(&self, inst: &Instance, progress: &Progress<'_>) -> Result<()> {
         let engine = self.engine()?;
         self.write_tls_files(inst)?;
+        self.write_mail_files(inst)?;
         let observed = engine.observe(&inst.name).await?;
         for action in plan::plan_instance(Some(inst), &observed, false) {
             progress.step(action.describe());

@@ -51,11 +51,15 @@ pub struct Inputs<'a> {
     pub dkim: &'a std::collections::BTreeMap<String, Vec<(String, String)>>,
 }
 
-/// The mail domains an instance that declares `[needs] mail` serves: for now the parent of a
-/// `mail.` domain (mail.example.org serves example.org), else its domain.
+/// The mail domains an instance that declares `[needs] mail` serves: those `ilot mail domain`
+/// manages, else the parent of a `mail.` domain (mail.example.org serves example.org), else
+/// its domain.
 pub fn mail_domains(inst: &Instance) -> Vec<String> {
     if !inst.manifest.needs.mail {
         return Vec::new();
+    }
+    if let Some(m) = &inst.mail {
+        return m.domains.clone();
     }
     inst.domain
         .iter()
@@ -425,6 +429,7 @@ mod tests {
         let mut manifest = crate::catalog::Catalog::load(&[]).unwrap().apps["hello"].clone();
         manifest.needs.mail = mail;
         Instance {
+            mail: None,
             name: name.into(),
             app: manifest.name.clone(),
             manifest,

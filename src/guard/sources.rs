@@ -31,6 +31,18 @@ struct Followed {
 }
 
 impl Followed {
+    fn new(key: Arc<str>, path: PathBuf) -> Followed {
+        Followed {
+            key,
+            path,
+            file: None,
+            id: (0, 0),
+            offset: 0,
+            partial: Vec::new(),
+            head: Vec::new(),
+        }
+    }
+
     /// Opens the file; from its end when `at_end` (what was there before ilot looked is not
     /// counted), from its start when it appeared while followed (a rotation).
     fn open(&mut self, at_end: bool) {
@@ -135,15 +147,7 @@ pub fn follow_files(files: Vec<(Arc<str>, PathBuf)>, tx: Sender) {
             let mut followed: Vec<Followed> = files
                 .into_iter()
                 .map(|(key, path)| {
-                    let mut f = Followed {
-                        key,
-                        path,
-                        file: None,
-                        id: (0, 0),
-                        offset: 0,
-                        partial: Vec::new(),
-                        head: Vec::new(),
-                    };
+                    let mut f = Followed::new(key, path);
                     f.open(true);
                     f
                 })
@@ -332,15 +336,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("auth.log");
         std::fs::write(&path, "before\n").unwrap();
-        let mut f = Followed {
-            key: "k".into(),
-            path: path.clone(),
-            file: None,
-            id: (0, 0),
-            offset: 0,
-            partial: Vec::new(),
-            head: Vec::new(),
-        };
+        let mut f = Followed::new("k".into(), path.clone());
         f.open(true);
         let append = |s: &str| {
             let mut w = std::fs::OpenOptions::new()

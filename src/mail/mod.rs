@@ -1,43 +1,388 @@
-//! Mail: for now, the DKIM keys of the mail domains. ilot owns them (not the mail container),
-//! because a key must be published in DNS before mail is signed with it.
+//! Mail: the desired state of a mail instance (domains, mailboxes, aliases, the relay, the DKIM
+//! keys and which one signs), checked here, and rendered as the files the mail container reads
+//! (images/mail: Postfix texthash maps, a Dovecot passwd-file, rspamd's DKIM selector map).
+//! ilot owns the DKIM keys, not the container, because a key must be published in DNS before
+//! mail is signed with it. docs/mail.md describes the whole of it.
 
 use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// The selector of a domain's first key. Rotation (issue 7) adds newer selectors beside it.
+/// The selector of a domain's first key; rotation adds ilot2, ilot3...
 pub const FIRST_SELECTOR: &str = "ilot1";
 
-/// state_dir/dkim/DOMAIN/SELECTOR.key (PKCS#8 PEM, 0600) and SELECTOR.txt (the DNS value).
+/// The group (in the mail image) that may read the secret files: `ilotsecret`.
+pub const SECRET_GID: u32 = 10025;
+
+/// Where the image keeps a mailbox: /var/mail/vhosts/DOMAIN/LOCAL/Maildir.
+pub fn maildir(address: &str) -> String {
+    let (local, domain) = address.split_once('@').unwrap_or((address, ""));
+    format!("/var/mail/vhosts/{domain}/{local}/Maildir")
+}
+
+/// Everything ilot keeps about one mail instance (stored with the instance).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct MailState {
+    /// The domains this server receives mail for (sorted).
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// Mailboxes by address.
+    #[serde(default)]
+    pub users: BTreeMap<String, User>,
+    /// "info@example.org" or "@example.org" (catch-all) -> where it goes.
+    #[serde(default)]
+    pub aliases: BTreeMap<String, Vec<String>>,
+    /// The smarthost outbound mail goes through, when port 25 is blocked.
+    #[serde(default)]
+    pub relay: Option<Relay>,
+    /// Per domain: the signing selector, a newer one waiting to resolve, older ones retiring.
+    #[serde(default)]
+    pub dkim: BTreeMap<String, Dkim>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct User {
+    /// `{ARGON2ID}$argon2id$...` (the PHC string Dovecot verifies).
+    pub hash: String,
+    /// Bytes; none means no quota.
+    #[serde(default)]
+    pub quota: Option<u64>,
+    pub created: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Relay {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    /// "encrypt" (TLS required, the default) or "none" (a relay on a trusted local network).
+    pub tls: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Dkim {
+    /// The selector mail is signed with now.
+    pub signing: String,
+    /// A new selector, published, that takes over once it resolves.
+    #[serde(default)]
+    pub pending: Option<String>,
+    /// Former selectors still published (mail signed with them may still be in transit),
+    /// with the time their key is removed.
+    #[serde(default)]
+    pub retiring: BTreeMap<String, u64>,
+}
+
+/// Lowercases and checks an address; returns it with its domain.
+pub fn parse_address(s: &str) -> Result<(String, String)> {
+    let a = s.trim().to_ascii_lowercase();
+    let Some((local, domain)) = a.rsplit_once('@') else {
+        return Err(Error::bad_input(format!(
+            "{s:?} is not a mail address: expected name@domain"
+        )));
+    };
+    let bad_local = local.is_empty()
+        || local.len() > 64
+        || local.starts_with('.')
+        || local.ends_with('.')
+        || local.contains("..")
+        || !local
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c));
+    if bad_local {
+        return Err(Error::bad_input(format!(
+            "{s:?}: the part before '@' must be 1 to 64 letters, digits, '.', '_', '+' or '-' \
+             (no dot at either end, no two dots in a row)"
+        )));
+    }
+    crate::names::check_domain(domain)?;
+    Ok((a.clone(), domain.to_string()))
+}
+
+/// Argon2id with 19 MiB and 2 passes (OWASP's floor): a login costs ~50 ms on a Pi 4, and a
+/// stolen file costs an attacker the same per guess.
+pub fn hash_password(password: &str) -> Result<String> {
+    use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
+    check_password(password)?;
+    let params = argon2::Params::new(19 * 1024, 2, 1, None)
+        .map_err(|e| Error::failed(format!("argon2 parameters: {e}")))?;
+    let hasher = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let salt = SaltString::generate(&mut OsRng);
+    let hash = hasher
+        .hash_password(password.as_bytes(), &salt)
+        .map_err(|e| Error::failed(format!("cannot hash the password: {e}")))?;
+    Ok(format!("{{ARGON2ID}}{hash}"))
+}
+
+/// Whether `password` matches a stored hash, as Dovecot checks it.
+#[cfg(test)]
+fn verify_password(hash: &str, password: &str) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    let Some(phc) = hash.strip_prefix("{ARGON2ID}") else {
+        return false;
+    };
+    PasswordHash::new(phc)
+        .is_ok_and(|h| argon2::Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+}
+
+fn check_password(password: &str) -> Result<()> {
+    if password.chars().count() < 10 {
+        return Err(Error::bad_input("the password is shorter than 10 characters")
+            .hint("choose a longer one (a few random words are easy to type on a phone)"));
+    }
+    if password.len() > 1024 || password.chars().any(|c| c.is_control()) {
+        return Err(Error::bad_input(
+            "the password must be at most 1024 bytes, without control characters or newlines",
+        ));
+    }
+    Ok(())
+}
+
+/// "2G", "500M" -> bytes.
+pub fn parse_quota(s: &str) -> Result<u64> {
+    crate::catalog::parse_memory(s)
+        .map(|b| b as u64)
+        .ok_or_else(|| {
+            Error::bad_input(format!(
+                "quota {s:?} is not a size: give a number with K, M or G, e.g. 2G"
+            ))
+        })
+}
+
+impl MailState {
+    fn has_domain(&self, domain: &str) -> bool {
+        self.domains.iter().any(|d| d == domain)
+    }
+
+    fn local_domain(&self, address: &str, what: &str) -> Result<(String, String)> {
+        let (a, d) = parse_address(address)?;
+        if !self.has_domain(&d) {
+            return Err(Error::bad_input(format!(
+                "{d} is not a mail domain of this server, so it cannot have {what} {a}"
+            ))
+            .hint(format!("add it first: `ilot mail domain add {d}`")));
+        }
+        Ok((a, d))
+    }
+
+    pub fn add_domain(&mut self, domain: &str) -> Result<()> {
+        crate::names::check_domain(domain)?;
+        if self.has_domain(domain) {
+            return Err(Error::conflict(format!("{domain} is already a mail domain")));
+        }
+        self.domains.push(domain.to_string());
+        self.domains.sort();
+        Ok(())
+    }
+
+    pub fn remove_domain(&mut self, domain: &str) -> Result<()> {
+        if !self.has_domain(domain) {
+            return Err(Error::not_found(format!("{domain} is not a mail domain"))
+                .hint("see `ilot mail domain list`"));
+        }
+        let in_domain = |a: &String| a.rsplit_once('@').is_some_and(|(_, d)| d == domain);
+        let users = self.users.keys().filter(|a| in_domain(a)).count();
+        let aliases = self.aliases.keys().filter(|a| in_domain(a)).count();
+        if users + aliases > 0 {
+            return Err(Error::conflict(format!(
+                "{domain} still has {users} mailbox(es) and {aliases} alias(es)"
+            ))
+            .hint("remove them first (`ilot mail user list`, `ilot mail alias list`): a domain is never dropped with mail in it"));
+        }
+        self.domains.retain(|d| d != domain);
+        self.dkim.remove(domain);
+        Ok(())
+    }
+
+    pub fn add_user(&mut self, address: &str, hash: String, quota: Option<u64>) -> Result<String> {
+        let (a, _) = self.local_domain(address, "the mailbox")?;
+        if self.users.contains_key(&a) {
+            return Err(Error::conflict(format!("the mailbox {a} already exists"))
+                .hint(format!("to change its password: `ilot mail user passwd {a}`")));
+        }
+        if self.aliases.contains_key(&a) {
+            return Err(Error::conflict(format!("{a} is an alias"))
+                .hint(format!("remove the alias first: `ilot mail alias remove {a}`")));
+        }
+        self.users.insert(
+            a.clone(),
+            User {
+                hash,
+                quota,
+                created: crate::state::now(),
+            },
+        );
+        Ok(a)
+    }
+
+    pub fn user_mut(&mut self, address: &str) -> Result<&mut User> {
+        let (a, _) = parse_address(address)?;
+        self.users.get_mut(&a).ok_or_else(|| {
+            Error::not_found(format!("no mailbox {a}")).hint("see `ilot mail user list`")
+        })
+    }
+
+    pub fn remove_user(&mut self, address: &str) -> Result<String> {
+        let (a, _) = parse_address(address)?;
+        if self.users.remove(&a).is_none() {
+            return Err(Error::not_found(format!("no mailbox {a}")).hint("see `ilot mail user list`"));
+        }
+        Ok(a)
+    }
+
+    /// `address` is name@domain, or @domain for a catch-all; targets may be anywhere.
+    pub fn add_alias(&mut self, address: &str, targets: &[String]) -> Result<String> {
+        let key = match address.trim().strip_prefix('@') {
+            Some(domain) => {
+                let domain = domain.to_ascii_lowercase();
+                if !self.has_domain(&domain) {
+                    return Err(Error::bad_input(format!(
+                        "{domain} is not a mail domain of this server"
+                    ))
+                    .hint(format!("add it first: `ilot mail domain add {domain}`")));
+                }
+                format!("@{domain}")
+            }
+            None => {
+                let (a, _) = self.local_domain(address, "the alias")?;
+                if self.users.contains_key(&a) {
+                    return Err(Error::conflict(format!("{a} is a mailbox, not an alias")));
+                }
+                a
+            }
+        };
+        if targets.is_empty() {
+            return Err(Error::bad_input(format!("the alias {key} needs at least one target")));
+        }
+        let mut out = Vec::new();
+        for t in targets {
+            let (t, _) = parse_address(t)?;
+            if t == key {
+                return Err(Error::bad_input(format!("{key} cannot point to itself")));
+            }
+            if !out.contains(&t) {
+                out.push(t);
+            }
+        }
+        if self.aliases.contains_key(&key) {
+            return Err(Error::conflict(format!("the alias {key} already exists"))
+                .hint(format!("remove it first: `ilot mail alias remove {key}`")));
+        }
+        self.aliases.insert(key.clone(), out);
+        Ok(key)
+    }
+
+    pub fn remove_alias(&mut self, address: &str) -> Result<String> {
+        let key = address.trim().to_ascii_lowercase();
+        if self.aliases.remove(&key).is_none() {
+            return Err(Error::not_found(format!("no alias {key}")).hint("see `ilot mail alias list`"));
+        }
+        Ok(key)
+    }
+}
+
+/// Parses "HOST:PORT" for the relay.
+pub fn parse_relay(s: &str, user: &str, password: String, tls: &str) -> Result<Relay> {
+    let (host, port) = s.rsplit_once(':').ok_or_else(|| {
+        Error::bad_input(format!("{s:?}: give the relay as HOST:PORT, e.g. smtp.isp.net:587"))
+    })?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| Error::bad_input(format!("{port:?} is not a port number")))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+    if host.parse::<std::net::IpAddr>().is_err() {
+        crate::names::check_domain(&host)?;
+    }
+    if user.is_empty() || user.chars().any(|c| c.is_whitespace() || c == ':' || c.is_control()) {
+        return Err(Error::bad_input(
+            "the relay user must be non-empty, without spaces, ':' or control characters",
+        ));
+    }
+    if password.is_empty() || password.chars().any(|c| c.is_control()) {
+        return Err(Error::bad_input(
+            "the relay password must be non-empty, without control characters or newlines",
+        ));
+    }
+    if !matches!(tls, "encrypt" | "none") {
+        return Err(Error::bad_input(format!(
+            "--tls {tls:?}: use encrypt (TLS required) or none"
+        )));
+    }
+    Ok(Relay {
+        host,
+        port,
+        user: user.to_string(),
+        password,
+        tls: tls.to_string(),
+    })
+}
+
+// ---- DKIM keys: state_dir/dkim/DOMAIN/SELECTOR.key (PKCS#8 PEM, 0600) and SELECTOR.txt ----
+
 fn key_dir(state_dir: &Path, domain: &str) -> PathBuf {
     state_dir.join("dkim").join(domain)
 }
 
 /// The DKIM keys of `domain` as (selector, TXT value), creating the first one if there is none.
-/// RSA-2048: what every receiver verifies (Ed25519 alone is ignored by Gmail).
+/// Every key listed is published; the state says which one signs.
 pub fn keys(state_dir: &Path, domain: &str) -> Result<Vec<(String, String)>> {
     let dir = key_dir(state_dir, domain);
     let mut out = read_keys(&dir)?;
     if out.is_empty() {
-        use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey};
-        let key = rsa::RsaPrivateKey::new(&mut rand_core::OsRng, 2048)
-            .map_err(|e| Error::failed(format!("cannot generate a DKIM key: {e}")))?;
-        let der = key
-            .to_public_key()
-            .to_public_key_der()
-            .map_err(|e| Error::failed(format!("DKIM key: {e}")))?;
-        let value = format!(
-            "v=DKIM1; k=rsa; p={}",
-            data_encoding::BASE64.encode(der.as_bytes())
-        );
-        let pem = key
-            .to_pkcs8_pem(rsa::pkcs8::LineEnding::LF)
-            .map_err(|e| Error::failed(format!("DKIM key: {e}")))?;
-        // The private key first: a public record without its key would be worse than none.
-        crate::state::write_private(&dir.join(format!("{FIRST_SELECTOR}.key")), pem.as_bytes())?;
-        crate::state::write_private(&dir.join(format!("{FIRST_SELECTOR}.txt")), &value)?;
+        new_key(state_dir, domain, FIRST_SELECTOR)?;
         out = read_keys(&dir)?;
     }
     Ok(out)
+}
+
+/// The next selector for a rotation: one past the highest `ilotN`.
+pub fn next_selector(existing: &[(String, String)]) -> String {
+    let n = existing
+        .iter()
+        .filter_map(|(s, _)| s.strip_prefix("ilot")?.parse::<u32>().ok())
+        .max()
+        .unwrap_or(0);
+    format!("ilot{}", n + 1)
+}
+
+/// Makes a key. RSA-2048: what every receiver verifies (Ed25519 alone is ignored by Gmail).
+pub fn new_key(state_dir: &Path, domain: &str, selector: &str) -> Result<()> {
+    use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey};
+    let dir = key_dir(state_dir, domain);
+    let key = rsa::RsaPrivateKey::new(&mut rand_core::OsRng, 2048)
+        .map_err(|e| Error::failed(format!("cannot generate a DKIM key: {e}")))?;
+    let der = key
+        .to_public_key()
+        .to_public_key_der()
+        .map_err(|e| Error::failed(format!("DKIM key: {e}")))?;
+    let value = format!(
+        "v=DKIM1; k=rsa; p={}",
+        data_encoding::BASE64.encode(der.as_bytes())
+    );
+    let pem = key
+        .to_pkcs8_pem(rsa::pkcs8::LineEnding::LF)
+        .map_err(|e| Error::failed(format!("DKIM key: {e}")))?;
+    // The private key first: a public record without its key would be worse than none.
+    crate::state::write_private(&dir.join(format!("{selector}.key")), pem.as_bytes())?;
+    crate::state::write_private(&dir.join(format!("{selector}.txt")), &value)
+}
+
+/// Removes a retired key: its TXT record goes with it.
+pub fn remove_key(state_dir: &Path, domain: &str, selector: &str) -> Result<()> {
+    let dir = key_dir(state_dir, domain);
+    for ext in ["txt", "key"] {
+        let path = dir.join(format!("{selector}.{ext}"));
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::failed(format!("cannot remove {}: {e}", path.display())))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn read_keys(dir: &Path) -> Result<Vec<(String, String)>> {
@@ -60,4 +405,260 @@ fn read_keys(dir: &Path) -> Result<Vec<(String, String)>> {
     }
     out.sort();
     Ok(out)
+}
+
+// ---- the files the mail container reads (bind-mounted read-only at /etc/ilot-mail) ----
+
+/// One file: its name under the directory, content, and whether only the mail services may
+/// read it.
+struct File {
+    name: String,
+    content: String,
+    secret: bool,
+}
+
+/// Writes the container's files for `state` into `dir`; returns whether any changed.
+/// `hostname` is the server's name (its HELO, and what the MX points at).
+pub fn render(state: &MailState, state_dir: &Path, dir: &Path, hostname: &str) -> Result<bool> {
+    let mut files = Vec::new();
+    let mut add = |name: &str, content: String, secret: bool| {
+        files.push(File {
+            name: name.to_string(),
+            content,
+            secret,
+        })
+    };
+    let lines = |it: &mut dyn Iterator<Item = String>| it.map(|l| l + "\n").collect::<String>();
+
+    let mut postfix = format!("myhostname = {hostname}\n");
+    if let Some(r) = &state.relay {
+        let level = if r.tls == "none" { "may" } else { "encrypt" };
+        postfix.push_str(&format!(
+            "relayhost = [{}]:{}\nsmtp_sasl_auth_enable = yes\n\
+             smtp_sasl_password_maps = texthash:/etc/ilot-mail/relay_password\n\
+             smtp_sasl_security_options = noanonymous\nsmtp_sasl_tls_security_options = noanonymous\n\
+             smtp_tls_security_level = {level}\n",
+            r.host, r.port
+        ));
+    }
+    add("postfix.cf", postfix, false);
+    add(
+        "domains",
+        lines(&mut state.domains.iter().map(|d| format!("{d} OK"))),
+        false,
+    );
+    add(
+        "mailboxes",
+        lines(&mut state.users.keys().map(|a| {
+            let (local, domain) = a.split_once('@').unwrap_or((a, ""));
+            format!("{a} {domain}/{local}/")
+        })),
+        false,
+    );
+    // A mailbox maps to itself, so that a catch-all of its domain does not swallow it.
+    let mut aliases: Vec<String> = state.users.keys().map(|a| format!("{a} {a}")).collect();
+    aliases.extend(
+        state
+            .aliases
+            .iter()
+            .map(|(a, t)| format!("{a} {}", t.join(","))),
+    );
+    add("aliases", lines(&mut aliases.into_iter()), false);
+    // Who may send as whom: a mailbox as itself, an alias by the local mailboxes it reaches.
+    let mut senders: BTreeMap<&str, Vec<&str>> = state
+        .users
+        .keys()
+        .map(|a| (a.as_str(), vec![a.as_str()]))
+        .collect();
+    for (a, targets) in &state.aliases {
+        if a.starts_with('@') {
+            continue;
+        }
+        let owners: Vec<&str> = targets
+            .iter()
+            .filter(|t| state.users.contains_key(*t))
+            .map(|t| t.as_str())
+            .collect();
+        if !owners.is_empty() {
+            senders.insert(a, owners);
+        }
+    }
+    add(
+        "senders",
+        lines(&mut senders.iter().map(|(a, o)| format!("{a} {}", o.join(",")))),
+        false,
+    );
+    add(
+        "relay_password",
+        state
+            .relay
+            .iter()
+            .map(|r| format!("[{}]:{} {}:{}\n", r.host, r.port, r.user, r.password))
+            .collect(),
+        true,
+    );
+    add(
+        "users",
+        lines(&mut state.users.iter().map(|(a, u)| {
+            let quota = u
+                .quota
+                .map(|q| format!("userdb_quota_rule=*:bytes={q}"))
+                .unwrap_or_default();
+            format!("{a}:{}::::::{quota}", u.hash)
+        })),
+        true,
+    );
+    let mut selectors = String::new();
+    for (domain, k) in &state.dkim {
+        selectors.push_str(&format!("{domain} {}\n", k.signing));
+        let pem = std::fs::read_to_string(key_dir(state_dir, domain).join(format!("{}.key", k.signing)))
+            .map_err(|e| Error::failed(format!("the DKIM key {} of {domain} is missing: {e}", k.signing)))?;
+        add(&format!("dkim/{domain}.{}.key", k.signing), pem, true);
+    }
+    add("dkim/selectors.map", selectors, false);
+
+    let mut changed = false;
+    for sub in [dir.to_path_buf(), dir.join("dkim")] {
+        std::fs::create_dir_all(&sub)
+            .map_err(|e| Error::failed(format!("cannot create {}: {e}", sub.display())))?;
+    }
+    for f in &files {
+        changed |= write_if_changed(&dir.join(&f.name), &f.content, f.secret)?;
+    }
+    // Keys no longer signing leave the container.
+    if let Ok(entries) = std::fs::read_dir(dir.join("dkim")) {
+        for e in entries.flatten() {
+            let name = format!("dkim/{}", e.file_name().to_string_lossy());
+            if !files.iter().any(|f| f.name == name) {
+                let _ = std::fs::remove_file(e.path());
+                changed = true;
+            }
+        }
+    }
+    Ok(changed)
+}
+
+/// Replaces a file atomically when its content differs: 0644 root, or 0640 root:ilotsecret.
+fn write_if_changed(path: &Path, content: &str, secret: bool) -> Result<bool> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if std::fs::read_to_string(path).ok().as_deref() == Some(content) {
+        return Ok(false);
+    }
+    let io = |e: std::io::Error| Error::failed(format!("cannot write {}: {e}", path.display()));
+    let tmp = path.with_extension("new");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(if secret { 0o640 } else { 0o644 })
+        .open(&tmp)
+        .map_err(io)?;
+    if secret {
+        std::os::unix::fs::fchown(&f, Some(0), Some(SECRET_GID)).map_err(io)?;
+    }
+    f.write_all(content.as_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server() -> MailState {
+        MailState {
+            domains: vec!["example.org".into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn addresses_are_checked_and_lowercased() {
+        assert_eq!(
+            parse_address("Bob@Example.org").unwrap(),
+            ("bob@example.org".into(), "example.org".into())
+        );
+        for bad in ["bob", "@example.org", "bo b@example.org", ".bob@example.org", "a..b@example.org", "bob@localhost", "bob@exa_mple.org"] {
+            assert!(parse_address(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn passwords_are_argon2id_and_verify() {
+        let h = hash_password("correct horse battery").unwrap();
+        assert!(h.starts_with("{ARGON2ID}$argon2id$v=19$m=19456,t=2,p=1$"), "{h}");
+        assert!(verify_password(&h, "correct horse battery"));
+        assert!(!verify_password(&h, "correct horse battery!"));
+        assert!(hash_password("short").is_err());
+        assert!(hash_password("a long one\nwith a newline").is_err());
+    }
+
+    #[test]
+    fn users_aliases_and_domains_refuse_what_makes_no_sense() {
+        let mut s = server();
+        s.add_user("bob@example.org", "{ARGON2ID}x".into(), None).unwrap();
+        let e = s.add_user("BOB@example.org", "h".into(), None).unwrap_err();
+        assert!(e.message.contains("already exists"), "{e}");
+        let e = s.add_user("ann@example.net", "h".into(), None).unwrap_err();
+        assert!(e.message.contains("not a mail domain"), "{e}");
+        let before = s.clone();
+        assert!(s.add_alias("bob@example.org", &["ann@example.net".into()]).is_err());
+        assert!(s.add_alias("info@example.org", &[]).is_err());
+        assert!(s.add_alias("info@example.org", &["not an address".into()]).is_err());
+        assert!(s.add_alias("@example.net", &["bob@example.org".into()]).is_err());
+        assert_eq!(s, before, "refused changes change nothing");
+        s.add_alias("info@example.org", &["bob@example.org".into(), "x@example.net".into()]).unwrap();
+        s.add_alias("@example.org", &["bob@example.org".into()]).unwrap();
+        let e = s.remove_domain("example.org").unwrap_err();
+        assert!(e.message.contains("1 mailbox(es) and 2 alias(es)"), "{e}");
+        s.add_domain("example.net").unwrap();
+        assert!(s.add_domain("example.net").is_err());
+        s.remove_domain("example.net").unwrap();
+    }
+
+    #[test]
+    fn files_say_who_receives_and_who_may_send() {
+        let dir = std::env::temp_dir().join(format!("ilot-mail-render-{}", std::process::id()));
+        let state_dir = dir.join("state");
+        let out = dir.join("out");
+        let mut s = server();
+        s.add_user("bob@example.org", "{ARGON2ID}$h".into(), Some(2 << 30)).unwrap();
+        s.add_alias("info@example.org", &["bob@example.org".into(), "x@example.net".into()]).unwrap();
+        s.add_alias("@example.org", &["bob@example.org".into()]).unwrap();
+        s.relay = Some(parse_relay("smtp.isp.net:587", "me", "pw".into(), "encrypt").unwrap());
+        new_key(&state_dir, "example.org", "ilot1").unwrap();
+        s.dkim.insert("example.org".into(), Dkim { signing: "ilot1".into(), ..Default::default() });
+        assert!(render(&s, &state_dir, &out, "mail.example.org").unwrap());
+        assert!(!render(&s, &state_dir, &out, "mail.example.org").unwrap(), "unchanged: no rewrite");
+        let read = |n: &str| std::fs::read_to_string(out.join(n)).unwrap();
+        assert_eq!(read("domains"), "example.org OK\n");
+        assert_eq!(read("mailboxes"), "bob@example.org example.org/bob/\n");
+        assert_eq!(
+            read("aliases"),
+            "bob@example.org bob@example.org\n@example.org bob@example.org\ninfo@example.org bob@example.org,x@example.net\n"
+        );
+        assert_eq!(read("senders"), "bob@example.org bob@example.org\ninfo@example.org bob@example.org\n");
+        assert_eq!(read("users"), "bob@example.org:{ARGON2ID}$h::::::userdb_quota_rule=*:bytes=2147483648\n");
+        assert_eq!(read("relay_password"), "[smtp.isp.net]:587 me:pw\n");
+        assert!(read("postfix.cf").contains("relayhost = [smtp.isp.net]:587\n"));
+        assert_eq!(read("dkim/selectors.map"), "example.org ilot1\n");
+        assert!(read("dkim/example.org.ilot1.key").contains("PRIVATE KEY"));
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(out.join("users")).unwrap();
+        assert_eq!((meta.mode() & 0o777, meta.gid()), (0o640, SECRET_GID));
+        // The relay goes: its settings and password go with it.
+        s.relay = None;
+        assert!(render(&s, &state_dir, &out, "mail.example.org").unwrap());
+        assert_eq!(read("relay_password"), "");
+        assert!(!read("postfix.cf").contains("relayhost"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn selectors_count_up() {
+        assert_eq!(next_selector(&[]), "ilot1");
+        assert_eq!(next_selector(&[("ilot1".into(), String::new()), ("ilot9".into(), String::new())]), "ilot10");
+    }
 }

@@ -350,26 +350,13 @@ impl Alerts {
                         severity: rule.severity,
                         state: "firing",
                         text: format!(
-                            "{} {} {}: {} ({}), {}.{}",
-                            if rule.severity == Severity::Critical {
-                                "🔴"
-                            } else {
-                                "🟠"
-                            },
-                            if rule.severity == Severity::Critical {
-                                "CRITICAL"
-                            } else {
-                                "WARNING"
-                            },
+                            "{} {}: {} ({}), {}.{}",
+                            headline(rule.severity),
                             rule.name,
                             i.subject,
                             describe_value(name, i.value),
                             since_text(i.since, now),
-                            if rule.hint.is_empty() {
-                                String::new()
-                            } else {
-                                format!(" Try: {}", rule.hint)
-                            }
+                            try_hint(rule)
                         ),
                     });
                 }
@@ -428,23 +415,10 @@ impl Alerts {
                     severity: rule.severity,
                     state: "event",
                     text: format!(
-                        "{} {} {}: {what}.{}",
-                        if rule.severity == Severity::Critical {
-                            "🔴"
-                        } else {
-                            "🟠"
-                        },
-                        if rule.severity == Severity::Critical {
-                            "CRITICAL"
-                        } else {
-                            "WARNING"
-                        },
+                        "{} {}: {what}.{}",
+                        headline(rule.severity),
                         rule.name,
-                        if rule.hint.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" Try: {}", rule.hint)
-                        }
+                        try_hint(rule)
                     ),
                 });
             }
@@ -472,6 +446,23 @@ impl Alerts {
             n += 1;
         }
         n
+    }
+}
+
+/// "🔴 CRITICAL" or "🟠 WARNING": the start of an alert.
+fn headline(severity: Severity) -> &'static str {
+    match severity {
+        Severity::Critical => "🔴 CRITICAL",
+        Severity::Warning => "🟠 WARNING",
+    }
+}
+
+/// " Try: HINT" when the rule has one.
+fn try_hint(rule: &Rule) -> String {
+    if rule.hint.is_empty() {
+        String::new()
+    } else {
+        format!(" Try: {}", rule.hint)
     }
 }
 

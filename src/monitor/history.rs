@@ -38,17 +38,14 @@ pub struct Point {
 
 impl History {
     pub fn open(dir: &Path) -> Result<History> {
-        use std::os::unix::fs::OpenOptionsExt;
         let path = dir.join("metrics.redb");
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| {
-                crate::error::Error::failed(format!("cannot create {}: {e}", path.display()))
-            })?;
-        let db = Database::builder().set_cache_size(4 << 20).create(&path)?;
+        let db = crate::state::open_private_db(&path, 4 << 20).map_err(|e| match e {
+            crate::state::DbOpenError::InUse => crate::error::Error::conflict(format!(
+                "the metric history {} is in use by another ilot daemon",
+                path.display()
+            )),
+            crate::state::DbOpenError::Other(e) => e,
+        })?;
         let tx = db.begin_write()?;
         let ids = {
             let series = tx.open_table(SERIES)?;

@@ -25,18 +25,23 @@ pub fn container_name(instance: &str, service: &str) -> String {
     format!("ilot-{instance}-{service}")
 }
 
-/// Where instances' certificate files live on the host (state_dir/tls), set once at daemon
-/// start. A process-wide setting rather than a planner argument: it is fixed for the daemon's
-/// life, and unset (no certificate mounts) in unit tests.
-static TLS_ROOT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+/// The state directory, under which instances' bound files live on the host, set once at
+/// daemon start. A process-wide setting rather than a planner argument: it is fixed for the
+/// daemon's life, and unset (no such mounts) in unit tests.
+static STATE_ROOT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
 
-pub fn set_tls_root(dir: std::path::PathBuf) {
-    let _ = TLS_ROOT.set(dir);
+pub fn set_state_root(dir: std::path::PathBuf) {
+    let _ = STATE_ROOT.set(dir);
 }
 
 /// The host directory holding an instance's certificate files (`[needs] tls`).
 pub fn tls_dir(instance: &str) -> Option<std::path::PathBuf> {
-    TLS_ROOT.get().map(|root| root.join(instance))
+    STATE_ROOT.get().map(|root| root.join("tls").join(instance))
+}
+
+/// The host directory holding a mail instance's files (`[needs] mail_files`).
+pub fn mail_dir(instance: &str) -> Option<std::path::PathBuf> {
+    STATE_ROOT.get().map(|root| root.join("mail").join(instance))
 }
 
 /// Everything a service's container is made from. Its hash, stored as a label, tells the
@@ -99,8 +104,29 @@ impl ContainerSpec {
                 .filter(|t| t.service == service)
                 .and_then(|t| Some((tls_dir(&inst.name)?.display().to_string(), t.path.clone())))
                 .into_iter()
+                .chain(
+                    inst.manifest
+                        .needs
+                        .mail_files
+                        .as_ref()
+                        .filter(|m| m.service == service)
+                        .and_then(|m| {
+                            Some((mail_dir(&inst.name)?.display().to_string(), m.path.clone()))
+                        }),
+                )
                 .collect(),
-            ports: svc.ports.clone(),
+            ports: svc
+                .ports
+                .iter()
+                .map(|p| {
+                    let mut p = p.clone();
+                    // Settings were checked at install: a port setting holds a u16.
+                    if let Some(v) = p.host_setting.as_ref().and_then(|k| inst.settings.get(k)) {
+                        p.host = v.parse().unwrap_or(p.host);
+                    }
+                    p
+                })
+                .collect(),
             capabilities: svc.capabilities.clone(),
             memory: catalog::parse_memory(&svc.memory).unwrap_or(256 << 20),
             network: network_name(&inst.name),
@@ -334,6 +360,7 @@ mod tests {
     fn hello() -> Instance {
         let manifest = Catalog::load(&[]).unwrap().apps["hello"].clone();
         Instance {
+            mail: None,
             name: "h1".into(),
             app: "hello".into(),
             images: [(

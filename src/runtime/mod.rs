@@ -635,6 +635,94 @@ impl Engine {
         }
     }
 
+    /// Runs a command in a running container and returns its exit code and output (stdout
+    /// then stderr), at most `limit` bytes of it.
+    pub async fn exec_output(
+        &self,
+        container: &str,
+        cmd: &[&str],
+        limit: usize,
+    ) -> Result<(i64, String)> {
+        let what = format!("run {:?} in {container}", cmd.first().unwrap_or(&""));
+        let exec = self
+            .docker
+            .create_exec(
+                container,
+                bollard::models::ExecConfig {
+                    cmd: Some(cmd.iter().map(|s| s.to_string()).collect()),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| match is_status(&e, 409) {
+                true => Error::failed(format!("{container} is not running"))
+                    .hint("start it: `ilot app start INSTANCE`"),
+                false => engine_err(&what, e),
+            })?;
+        let started = self
+            .docker
+            .start_exec(&exec.id, None::<bollard::exec::StartExecOptions>)
+            .await
+            .map_err(|e| engine_err(&what, e))?;
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        if let bollard::exec::StartExecResults::Attached { mut output, .. } = started {
+            while let Some(item) = output.next().await {
+                match item.map_err(|e| engine_err(&what, e))? {
+                    bollard::container::LogOutput::StdOut { message } => {
+                        if out.len() < limit {
+                            out.extend_from_slice(&message)
+                        }
+                    }
+                    bollard::container::LogOutput::StdErr { message } => {
+                        if err.len() < limit {
+                            err.extend_from_slice(&message)
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let code = self
+            .docker
+            .inspect_exec(&exec.id)
+            .await
+            .map_err(|e| engine_err(&what, e))?
+            .exit_code
+            .unwrap_or(-1);
+        out.extend_from_slice(&err);
+        out.truncate(limit);
+        Ok((code, String::from_utf8_lossy(&out).into_owned()))
+    }
+
+    /// Copies a tar archive (a file on the host) into a running container, extracted under
+    /// `path`. The archive is streamed, never held in memory whole.
+    pub async fn upload(&self, container: &str, path: &str, archive: &Path) -> Result<()> {
+        let file = tokio::fs::File::open(archive).await.map_err(|e| {
+            Error::bad_input(format!("cannot read {}: {e}", archive.display()))
+        })?;
+        let chunks = futures_util::stream::unfold(file, |mut f| async move {
+            use tokio::io::AsyncReadExt;
+            let mut buf = vec![0u8; 256 << 10];
+            match f.read(&mut buf).await {
+                Ok(0) | Err(_) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((bytes::Bytes::from(buf), f))
+                }
+            }
+        });
+        let opts = q::UploadToContainerOptions {
+            path: path.to_string(),
+            ..Default::default()
+        };
+        self.docker
+            .upload_to_container(container, Some(opts), bollard::body_stream(chunks))
+            .await
+            .map_err(|e| engine_err(&format!("copy the archive into {container}"), e))
+    }
+
     /// State and last exit code of one container, for health-gate diagnostics.
     pub async fn container_state(&self, name: &str) -> Result<Option<(String, i64)>> {
         match self
@@ -688,7 +776,15 @@ impl Engine {
         let io = |e: std::io::Error| {
             Error::failed(format!("cannot write snapshot {}: {e}", file.display()))
         };
-        let mut out = tokio::fs::File::create(file).await.map_err(io)?;
+        // Snapshots and exports hold an app's data (a family's mail): owner only.
+        let mut out = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(file)
+            .await
+            .map_err(io)?;
         let mut hash = Sha256::new();
         let mut bytes = 0u64;
         while let Some(chunk) = stream.next().await {

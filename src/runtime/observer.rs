@@ -24,6 +24,13 @@ pub struct Observer {
     dirty: tokio::sync::Notify,
 }
 
+/// Engine events that change what the cache holds (`health_status` matches
+/// `health_status: healthy` and the others: the engine compares it by prefix).
+const STATE_EVENTS: [&str; 12] = [
+    "create", "start", "restart", "die", "stop", "kill", "destroy", "pause", "unpause", "rename",
+    "update", "health_status",
+];
+
 /// A full re-list this often, in case an event was missed.
 const RESYNC: Duration = Duration::from_secs(30);
 
@@ -125,6 +132,12 @@ impl Observer {
                         vec![format!("{}={}", crate::plan::LABEL_OWNER, me.engine.owner)],
                     ),
                     ("type".to_string(), vec!["container".to_string()]),
+                    // Only what changes a container's state or health: each health check
+                    // alone makes three exec events, which would each cost a re-list.
+                    (
+                        "event".to_string(),
+                        STATE_EVENTS.iter().map(|e| e.to_string()).collect(),
+                    ),
                 ]);
                 let opts = bollard::query_parameters::EventsOptions {
                     filters: Some(filters),

@@ -68,6 +68,9 @@ pub struct Instance {
     pub message: Option<String>,
     pub created_at: u64,
     pub updated_at: u64,
+    /// A mail server's domains, mailboxes, aliases, relay and DKIM selectors (`ilot mail`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mail: Option<crate::mail::MailState>,
 }
 
 impl Instance {
@@ -133,6 +136,9 @@ pub struct Kept {
     pub secrets: BTreeMap<String, String>,
     pub volumes: Vec<String>,
     pub removed_at: u64,
+    /// A removed mail server's mailboxes and aliases, back with its kept mail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mail: Option<crate::mail::MailState>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -181,26 +187,14 @@ impl Store {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| Error::failed(format!("cannot chmod state dir {}: {e}", dir.display())))?;
         let path = dir.join("ilot.redb");
-        // Create the file ourselves so it is 0600 from its first byte.
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| Error::failed(format!("cannot create {}: {e}", path.display())))?;
-        // redb caches up to 1 GiB by default: far more than a Pi can spare, and than this
-        // store (a few MiB) needs.
-        let db = Database::builder()
-            .set_cache_size(STORE_CACHE)
-            .create(&path)
-            .map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => Error::conflict(format!(
-                    "the state store {} is in use by another ilot daemon",
-                    path.display()
-                ))
-                .hint("stop the other daemon, or give this one another state_dir"),
-                e => Error::from(e),
-            })?;
+        let db = open_private_db(&path, STORE_CACHE).map_err(|e| match e {
+            DbOpenError::InUse => Error::conflict(format!(
+                "the state store {} is in use by another ilot daemon",
+                path.display()
+            ))
+            .hint("stop the other daemon, or give this one another state_dir"),
+            DbOpenError::Other(e) => e,
+        })?;
         let store = Store {
             db,
             dir: dir.to_path_buf(),
@@ -372,6 +366,32 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+pub enum DbOpenError {
+    /// Another process holds the file.
+    InUse,
+    Other(Error),
+}
+
+/// Opens (or creates) a redb file that is 0600 from its first byte, with a cache of
+/// `cache` bytes (redb's default, 1 GiB, is far more than a Pi can spare).
+pub fn open_private_db(path: &Path, cache: usize) -> std::result::Result<Database, DbOpenError> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| {
+            DbOpenError::Other(Error::failed(format!("cannot create {}: {e}", path.display())))
+        })?;
+    Database::builder()
+        .set_cache_size(cache)
+        .create(path)
+        .map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => DbOpenError::InUse,
+            e => DbOpenError::Other(Error::from(e)),
+        })
 }
 
 /// Writes a secret file 0600 from its first byte, atomically (temp file, then rename), creating

@@ -160,13 +160,12 @@ bench_args() {
     esac
 }
 
-# bench_start_daemon: writes $CONFIG for a daemon of its own (socket $SOCK, state and access log
-# in $BENCH_DIR, owner $OWNER, proxy on free loopback ports, ACME off: benches make no traffic
-# beyond loopback), starts "$BIN daemon" logging to $DAEMON_LOG, and waits until `ilot status`
-# answers. Sets DAEMON_PID. The caller defines BIN, SOCK, CONFIG, DAEMON_LOG, BENCH_DIR, OWNER
-# and ilot_cli.
-# shellcheck disable=SC2153  # OWNER, BIN, SOCK... are the calling script's
-bench_start_daemon() {
+# bench_write_config [EXTRA]: writes $CONFIG for a daemon of its own (socket $SOCK, state and
+# access log in $BENCH_DIR, owner $OWNER, proxy on free loopback ports, ACME off: benches make
+# no traffic beyond loopback; firewall and guard off: nftables of the host stay untouched),
+# then the TOML in EXTRA (e.g. $'[monitor]\nenabled = false').
+# shellcheck disable=SC2153  # OWNER, SOCK... are the calling script's
+bench_write_config() {
     cat >"$CONFIG" <<CONF
 [daemon]
 socket = "$SOCK"
@@ -183,16 +182,30 @@ enabled = false
 
 [firewall]
 enabled = false
+
+[guard]
+enabled = false
+
+${1:-}
 CONF
+}
+
+# bench_start_daemon: starts "$BIN daemon --config $CONFIG" (written by bench_write_config),
+# its log appended to $DAEMON_LOG, and waits until it is ready: `ilot status` answers as soon as
+# the socket is up, but an install fails until the engine is reached and the journal recovered.
+# Sets DAEMON_PID. The caller defines BIN, SOCK, CONFIG, DAEMON_LOG, BENCH_DIR, OWNER and
+# ilot_cli.
+# shellcheck disable=SC2153  # OWNER, BIN, SOCK... are the calling script's
+bench_start_daemon() {
     info "starting: $BIN daemon --config $CONFIG (owner $OWNER)"
-    "$BIN" daemon --config "$CONFIG" >"$DAEMON_LOG" 2>&1 </dev/null &
+    "$BIN" daemon --config "$CONFIG" >>"$DAEMON_LOG" 2>&1 </dev/null &
     DAEMON_PID=$!
     local t0
     t0=$(now_ms)
-    until ilot_cli status >/dev/null 2>&1; do
+    until ilot_cli status --json 2>/dev/null | jq -e '.engine.reachable and .ready' >/dev/null 2>&1; do
         kill -0 "$DAEMON_PID" 2>/dev/null || die "the daemon exited at start (see $DAEMON_LOG)"
-        (($(now_ms) - t0 < 30000)) || die "ilot status did not answer within 30 s"
+        (($(now_ms) - t0 < 30000)) || die "the daemon was not ready within 30 s (see $DAEMON_LOG)"
         sleep 0.05
     done
-    info "daemon answers after $(($(now_ms) - t0)) ms"
+    info "daemon ready after $(($(now_ms) - t0)) ms (pid $DAEMON_PID)"
 }
