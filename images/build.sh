@@ -239,6 +239,8 @@ add_layers() {
 	local dir=$1 depth=${2:-0} base_rel abs
 	[ "$depth" -lt 8 ] || die "base_dir chain too deep (a loop?) at $dir"
 	[ -f "$dir/image.conf" ] || die "$dir has no image.conf (named by a base_dir)"
+	[ ! -f "$dir/Containerfile" ] ||
+		die "$dir has a Containerfile: a base_dir must name a rootfs image (write FROM ilot/NAME:TAG in a Containerfile instead)"
 	# shellcheck disable=SC1091
 	base_rel=$(unset base_dir; . "$dir/image.conf" >/dev/null; printf '%s' "${base_dir:-}") ||
 		die "$dir/image.conf failed to load"

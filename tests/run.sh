@@ -125,6 +125,12 @@ cleanup_leftovers() { # cleanup_leftovers WHEN
             ip netns delete "$ns" 2>/dev/null || warn "could not delete network namespace $ns"
         done < <(ip netns list 2>/dev/null || true)
     fi
+    # The mail ban test's guard-only table on the host (no firewall chains: not a real one).
+    if command -v nft >/dev/null 2>&1 && nft list table inet ilot >/dev/null 2>&1 &&
+        ! nft list chain inet ilot input >/dev/null 2>&1; then
+        info "$1: deleting the host's leftover guard table inet ilot"
+        nft delete table inet ilot 2>/dev/null || warn "could not delete table inet ilot"
+    fi
     return 0
 }
 
@@ -163,7 +169,7 @@ trap 'exit 143' TERM
 declare -A REQUIRED=([docker]=docker.io [dockerd]=docker.io [nft]=nftables [ip]=iproute2
     [curl]=curl [jq]=jq [docker-registry]=docker-registry [pebble]=pebble [openssl]=openssl
     [named-checkzone]=bind9utils [named]=bind9 [dig]=bind9-dnsutils [delv]=bind9-dnsutils
-    [python3]=python3 [ss]=iproute2)
+    [python3]=python3 [ss]=iproute2 [swaks]=swaks [debootstrap]=debootstrap)
 # shellcheck disable=SC2034
 declare -A OPTIONAL=([hyperfine]=hyperfine)
 
@@ -175,6 +181,8 @@ missing_packages() { # missing_packages ASSOC_NAME
         command -v "$cmd" >/dev/null 2>&1 || pkgs[${table[$cmd]}]=1
     done
     [[ $1 == REQUIRED ]] && ! dpkg -s busybox-static >/dev/null 2>&1 && pkgs[busybox-static]=1
+    # The mail tests verify DKIM signatures with dkimpy, an implementation other than ilot's.
+    [[ $1 == REQUIRED ]] && ! dpkg -s python3-dkim >/dev/null 2>&1 && pkgs[python3-dkim]=1
     ((${#pkgs[@]})) && printf '%s\n' "${!pkgs[@]}" | sort
     return 0
 }
@@ -230,6 +238,10 @@ step_begin "build test images"
 [[ -f images/build.sh ]] || die "images/build.sh is missing"
 bash images/build.sh hello tests/images/hello-2 tests/images/hello-broken tests/images/ws-echo
 step_end OK "ilot/hello:1.0, ilot/hello:2.0, ilot/hello:broken, ilot/ws-echo:test"
+# The mail image (Debian packages, a few minutes the first time, a second once built) is built
+# while cargo compiles: one waits on the network, the other on the CPU.
+bash images/build.sh mail >"$RUN_DIR/mail-image.log" 2>&1 &
+MAIL_IMAGE_PID=$!
 
 # ---------------------------------------------------------------------------- 4. build + tests
 LOCKED=()
@@ -239,6 +251,9 @@ step_begin "cargo build --release"
 cargo build --release "${LOCKED[@]}"
 [[ -x target/release/ilot ]] || die "cargo build succeeded but target/release/ilot is missing"
 step_end OK "target/release/ilot"
+step_begin "build the mail image"
+wait "$MAIL_IMAGE_PID" || die "images/build.sh mail failed: see $RUN_DIR/mail-image.log"
+step_end OK "$(tail -n 1 "$RUN_DIR/mail-image.log")"
 
 export ILOT_BIN=$ROOT/target/release/ilot
 export ILOT_TEST_IMAGES_BUILT=1

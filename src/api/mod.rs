@@ -160,6 +160,8 @@ pub enum MailOp {
         domain: String,
     },
     Queue,
+    /// Retries every deferred message now (after a relay change, say).
+    QueueFlush,
     /// Writes the mailbox as a tar of its Maildir to `output` (an absolute path, 0600).
     Export {
         address: String,
@@ -182,6 +184,7 @@ impl MailOp {
                 | MailOp::RelayShow
                 | MailOp::DkimShow
                 | MailOp::Queue
+                | MailOp::QueueFlush
                 | MailOp::Export { .. }
         )
     }

@@ -115,7 +115,11 @@ enum MailCommand {
     #[command(subcommand)]
     Relay(MailRelayCommand),
     /// Messages waiting to leave, and why.
-    Queue,
+    Queue {
+        /// Retry them all now (e.g. after `ilot mail relay set`).
+        #[arg(long)]
+        flush: bool,
+    },
     /// Write a mailbox to a file: a tar of its Maildir (readable by any mail tool).
     Export {
         address: String,
@@ -251,7 +255,8 @@ fn mail_request(args: MailArgs) -> Result<Request, Error> {
             tls,
         },
         MailCommand::Relay(MailRelayCommand::Remove) => M::RelayRemove,
-        MailCommand::Queue => M::Queue,
+        MailCommand::Queue { flush: false } => M::Queue,
+        MailCommand::Queue { flush: true } => M::QueueFlush,
         MailCommand::Export { address, output } => M::Export {
             address,
             output: absolute(output)?,

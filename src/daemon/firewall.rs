@@ -111,10 +111,16 @@ impl Daemon {
     /// Applies the policy (or removes the table when the firewall is disabled).
     pub(super) fn refresh_firewall(&self) {
         // The guard's sets and chain live in the table too: it stays while either is on.
+        // The store remembers that the table is ours to remove: a daemon that never made
+        // one (another ilot's state dir, a test) leaves the kernel's alone.
+        const MADE: &str = "firewall.table";
         let result = if self.config.firewall.enabled || self.config.guard.enabled {
             firewall::apply(&self.firewall_policy())
+                .and_then(|()| self.store.write(|w| w.put_meta(MADE, "yes")))
+        } else if self.store.meta(MADE).ok().flatten().as_deref() == Some("yes") {
+            firewall::remove().and_then(|()| self.store.write(|w| w.put_meta(MADE, "no")))
         } else {
-            firewall::remove()
+            Ok(())
         };
         let error = result.err().map(|e| e.to_string());
         if let Some(e) = &error {

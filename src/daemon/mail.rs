@@ -182,6 +182,10 @@ impl Daemon {
             }
             MailOp::DkimShow => return Ok(self.dkim_view(&name, &st)),
             MailOp::Queue => return self.mail_queue(&inst).await,
+            MailOp::QueueFlush => {
+                run_ok(self.engine()?, &self.mail_container(&inst), &["postqueue", "-f"]).await?;
+                return Ok(json!({ "instance": name, "message": "every deferred message is being retried" }));
+            }
             MailOp::Export { address, output } => {
                 return self.mail_export(&inst, &address, &output).await
             }

@@ -30,6 +30,10 @@ impl Daemon {
                 return Some(format!("https://{domain}{port}{}", r.path));
             }
         }
+        // An app that serves no web page (mail) has no URL.
+        if inst.manifest.needs.routes.is_empty() {
+            return None;
+        }
         let main = inst.manifest.main_service();
         let port = inst.manifest.services.get(main)?.ports.first()?.container;
         let name = plan::container_name(&inst.name, main);

@@ -1,0 +1,679 @@
+//! The mail app for real: the image images/build.sh builds from Debian's Postfix, Dovecot and
+//! rspamd, installed on the test engine with its ports on free host ports. swaks sends, curl
+//! reads over IMAPS, Python's dkim module (dkimpy) verifies signatures against the key ilot
+//! publishes, and a stand-in smarthost (tests/common/smarthost.py: STARTTLS + AUTH) plays the
+//! ISP relay. The ban test runs a client in its own network namespace, so the mail server
+//! sees its real address.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BOB_PW: &str = "bob-secret-passphrase";
+const ANN_PW: &str = "ann-secret-passphrase";
+
+fn require_mail_image() {
+    assert!(
+        docker(&["image", "inspect", "ilot/mail:1.0"]).status.success(),
+        "image ilot/mail:1.0 missing: run tests/run.sh, or images/build.sh mail"
+    );
+}
+
+fn wait_until<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {secs} s");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Runs the CLI with `stdin` on its standard input (how scripts give passwords).
+fn with_stdin(ilot: &Ilot, args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .arg("--socket")
+        .arg(&ilot.socket)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn ok_with_stdin(ilot: &Ilot, args: &[&str], stdin: &str) -> String {
+    let out = with_stdin(ilot, args, stdin);
+    assert!(
+        out.status.success(),
+        "ilot {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `ilot mail --instance INSTANCE REST...`
+fn mc<'a>(instance: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["mail", "--instance", instance];
+    v.extend_from_slice(rest);
+    v
+}
+
+/// A mail server installed under a unique name, with its host ports.
+struct Server {
+    name: String,
+    smtp: u16,
+    submission: u16,
+    imaps: u16,
+}
+
+fn install(ilot: &Ilot) -> Server {
+    require_mail_image();
+    let name = unique("mail");
+    ilot.ok(&[
+        "app",
+        "install",
+        "mail",
+        "--name",
+        &name,
+        "--domain",
+        "mail.example.org",
+        "--set",
+        "smtp_port=0",
+        "--set",
+        "submission_port=0",
+        "--set",
+        "submissions_port=0",
+        "--set",
+        "imaps_port=0",
+    ]);
+    let show = ilot.json(&["app", "show", &name]);
+    let port = |container: u16| -> u16 {
+        let ports = show["services"][0]["ports"].as_array().unwrap();
+        let p = ports
+            .iter()
+            .find(|p| p["container"].as_u64() == Some(container as u64))
+            .unwrap_or_else(|| panic!("port {container} not published: {show}"));
+        p["host"]
+            .as_str()
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    Server {
+        smtp: port(25),
+        submission: port(587),
+        imaps: port(993),
+        name,
+    }
+}
+
+fn add_user(ilot: &Ilot, address: &str, password: &str) {
+    ok_with_stdin(
+        ilot,
+        &["mail", "user", "add", address],
+        &format!("{password}\n"),
+    );
+}
+
+/// swaks: (success, transcript).
+fn swaks(netns: Option<&str>, args: &[&str]) -> (bool, String) {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "swaks"]);
+            c
+        }
+        None => Command::new("swaks"),
+    };
+    let out = cmd
+        .args(["--timeout", "10"])
+        .args(args)
+        .output()
+        .expect("swaks (apt-get install swaks)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+fn deliver(port: u16, to: &str, subject: &str, body: &str) {
+    let server = format!("127.0.0.1:{port}");
+    let (ok, out) = swaks(
+        None,
+        &[
+            "--server",
+            &server,
+            "--from",
+            "alice@example.net",
+            "--to",
+            to,
+            "--header",
+            &format!("Subject: {subject}"),
+            "--body",
+            body,
+        ],
+    );
+    assert!(ok, "delivery to {to} refused: {out}");
+}
+
+fn submit(port: u16, user: &str, password: &str, from: &str, to: &str, subject: &str) -> (bool, String) {
+    let server = format!("127.0.0.1:{port}");
+    swaks(
+        None,
+        &[
+            "--server", &server, "--tls", "--auth", "PLAIN", "--auth-user", user,
+            "--auth-password", password, "--from", from, "--to", to, "--header",
+            &format!("Subject: {subject}"), "--body", "sent by a family member",
+        ],
+    )
+}
+
+/// An IMAP command over IMAPS with curl (`-X` for a custom command), as `user`.
+fn imap(port: u16, user: &str, password: &str, path: &str, command: Option<&str>) -> Option<String> {
+    let url = format!("imaps://127.0.0.1:{port}/{path}");
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sk", "--max-time", "10", "--user", &format!("{user}:{password}"), &url]);
+    if let Some(c) = command {
+        cmd.args(["-X", c]);
+    }
+    let out = cmd.output().expect("curl");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The UIDs a search finds in a mailbox.
+fn search_in(port: u16, user: &str, password: &str, mailbox: &str, criteria: &str) -> Vec<u32> {
+    imap(port, user, password, mailbox, Some(&format!("UID SEARCH {criteria}")))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("* SEARCH"))
+        .flat_map(|l| l.split_whitespace().filter_map(|n| n.parse().ok()).collect::<Vec<u32>>())
+        .collect()
+}
+
+/// Messages found in the inbox or the Junk folder: here, without DNS, rspamd cannot check
+/// any sender, and a message from an unknown host may be scored as spam; it is delivered
+/// all the same, which is what these tests are about.
+fn search(port: u16, user: &str, password: &str, criteria: &str) -> Vec<(String, u32)> {
+    ["INBOX", "Junk"]
+        .iter()
+        .flat_map(|m| {
+            search_in(port, user, password, m, criteria)
+                .into_iter()
+                .map(move |u| (m.to_string(), u))
+        })
+        .collect()
+}
+
+/// The stand-in ISP relay, killed on drop.
+struct Smarthost {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Drop for Smarthost {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn smarthost(user: &str, password: &str) -> Smarthost {
+    use std::io::BufRead;
+    let dir = PathBuf::from(format!("/tmp/ilot-smarthost-{}", unique("")));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let status = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=smarthost.test", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "openssl could not make the smarthost's certificate");
+    // On every address: the mail container reaches it through its network's gateway.
+    let mut child = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/smarthost.py"))
+        .args(["0.0.0.0", user, password])
+        .arg(&cert)
+        .arg(&key)
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line.trim().parse().expect("smarthost port");
+    Smarthost { child, port, dir }
+}
+
+impl Smarthost {
+    /// The n-th message it accepted (1-based): (raw message, envelope).
+    fn message(&self, n: usize) -> Option<(Vec<u8>, Value)> {
+        let raw = std::fs::read(self.dir.join(format!("{n}.eml"))).ok()?;
+        let env = std::fs::read_to_string(self.dir.join(format!("{n}.json"))).ok()?;
+        Some((raw, serde_json::from_str(&env).unwrap()))
+    }
+}
+
+/// The gateway of the instance's network: how its containers reach the host.
+fn gateway(instance: &str) -> String {
+    docker_ok(&[
+        "network",
+        "inspect",
+        &format!("ilot-{instance}"),
+        "--format",
+        "{{(index .IPAM.Config 0).Gateway}}",
+    ])
+}
+
+/// The DKIM-Signature's selector, and whether dkimpy verifies the message with `txt` as the
+/// answer to every TXT lookup of that selector.
+fn dkim_verify(raw: &[u8], txt: &BTreeMapTxt) -> (String, bool) {
+    let text = String::from_utf8_lossy(raw);
+    let header: String = {
+        let start = text.find("DKIM-Signature:").expect("no DKIM-Signature");
+        let mut h = String::new();
+        for (i, l) in text[start..].lines().enumerate() {
+            if i > 0 && !l.starts_with([' ', '\t']) {
+                break;
+            }
+            h.push_str(l);
+        }
+        h
+    };
+    let tag = |t: &str| {
+        header
+            .split(';')
+            .find_map(|p| p.trim().strip_prefix(&format!("{t}=")).map(|v| v.trim().to_string()))
+            .unwrap_or_default()
+    };
+    assert_eq!(tag("d"), "example.org", "{header}");
+    let selector = tag("s");
+    let dir = std::env::temp_dir().join(format!("ilot-dkim-{}", unique("")));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("msg.eml"), raw).unwrap();
+    std::fs::write(dir.join("txt.json"), serde_json::to_string(&txt.0).unwrap()).unwrap();
+    let script = "import dkim, json, sys\n\
+        txt = json.load(open(sys.argv[2]))\n\
+        def dns(name, timeout=5):\n    v = txt.get(name.decode().rstrip('.'))\n    return v.encode() if v else None\n\
+        print(dkim.verify(open(sys.argv[1], 'rb').read(), dnsfunc=dns))\n";
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(dir.join("msg.eml"))
+        .arg(dir.join("txt.json"))
+        .output()
+        .expect("python3");
+    let _ = std::fs::remove_dir_all(&dir);
+    let verdict = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "dkimpy: {}", String::from_utf8_lossy(&out.stderr));
+    (selector, verdict.trim() == "True")
+}
+
+/// name -> TXT value, as published.
+struct BTreeMapTxt(std::collections::BTreeMap<String, String>);
+
+/// The DKIM records `ilot dns show` publishes.
+fn published_dkim(ilot: &Ilot) -> BTreeMapTxt {
+    let v = ilot.json(&["dns", "show", "example.org"]);
+    let mut out = std::collections::BTreeMap::new();
+    for r in v["records"].as_array().unwrap() {
+        let name = r["name"].as_str().unwrap().trim_end_matches('.');
+        if r["type"] == "TXT" && name.contains("._domainkey.") {
+            let value: String = r["value"]
+                .as_str()
+                .unwrap()
+                .split('"')
+                .skip(1)
+                .step_by(2)
+                .collect();
+            out.insert(name.to_string(), value);
+        }
+    }
+    BTreeMapTxt(out)
+}
+
+#[test]
+fn mail_is_delivered_read_submitted_signed_relayed_and_exported() {
+    let mut ilot = Ilot::start();
+    let srv = install(&ilot);
+
+    // The mail domain comes from the server's name; mailboxes, with passwords on stdin.
+    let domains = ilot.json(&mc(&srv.name, &["domain", "list"]));
+    assert_eq!(domains["domains"][0]["domain"], "example.org", "{domains}");
+    assert_eq!(domains["domains"][0]["dkim_selector"], "ilot1", "{domains}");
+    add_user(&ilot, "bob@example.org", BOB_PW);
+    ok_with_stdin(&ilot, &mc(&srv.name, &["user", "add", "Ann@Example.org", "--quota", "1G"]), &format!("{ANN_PW}\n"));
+
+    // Bad input: a clear error, nothing changed.
+    let bad = |args: &[&str], stdin: &str, says: &str| {
+        let out = with_stdin(&ilot, &mc(&srv.name, args), stdin);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    };
+    bad(&["user", "add", "bob@example.org"], "another-passphrase\n", "already exists");
+    bad(&["user", "add", "carl@example.net"], "another-passphrase\n", "not a mail domain");
+    bad(&["user", "add", "carl example.org"], "another-passphrase\n", "not a mail address");
+    bad(&["user", "add", "carl@example.org"], "short\n", "shorter than 10");
+    bad(&["user", "add", "carl@example.org"], "", "no password on stdin");
+    bad(&["user", "add", "carl@example.org", "--password", "x"], "", "--password");
+    bad(&["alias", "add", "bob@example.org", "ann@example.org"], "", "is a mailbox");
+    bad(&["domain", "remove", "example.org"], "", "still has 2 mailbox(es)");
+    bad(&["relay", "set", "smtp.isp.net", "--user", "u"], "pw\n", "HOST:PORT");
+    let users = ilot.json(&mc(&srv.name, &["user", "list"]));
+    assert_eq!(users["users"].as_array().unwrap().len(), 2, "{users}");
+    assert_eq!(users["users"][0]["address"], "ann@example.org", "lowercased: {users}");
+    assert_eq!(users["users"][0]["quota"], 1u64 << 30, "{users}");
+    assert!(!users.to_string().contains("ARGON2"), "no hash in --json: {users}");
+    let stored = std::fs::read_to_string(ilot.dir.join(format!("state/mail/{}/users", srv.name))).unwrap();
+    assert!(stored.contains("bob@example.org:{ARGON2ID}$argon2id$"), "{stored}");
+    assert!(!stored.contains(BOB_PW));
+    assert_eq!(path_mode(&ilot.dir.join(format!("state/mail/{}/users", srv.name))), 0o640);
+
+    // Inbound on port 25, read back over IMAPS.
+    deliver(srv.smtp, "bob@example.org", "first", "hello bob, from alice");
+    let uids = wait_until("delivered to bob", 30, || {
+        Some(search(srv.imaps, "bob@example.org", BOB_PW, "SUBJECT first")).filter(|u| !u.is_empty())
+    });
+    let body = imap(srv.imaps, "bob@example.org", BOB_PW, &format!("{};UID={}", uids[0].0, uids[0].1), None).unwrap();
+    assert!(body.contains("hello bob, from alice"), "{body}");
+    assert!(body.contains("Authentication-Results") || body.contains("X-Spam"), "rspamd checked it: {body}");
+    // Not an open relay: mail for others is refused on port 25.
+    let (ok, out) = swaks(None, &["--server", &format!("127.0.0.1:{}", srv.smtp), "--from", "x@example.net", "--to", "victim@example.com"]);
+    assert!(!ok && out.contains("Relay access denied"), "{out}");
+
+    // An alias and a catch-all; a mailbox is not swallowed by the catch-all.
+    ilot.ok(&mc(&srv.name, &["alias", "add", "info@example.org", "bob@example.org"]));
+    ilot.ok(&mc(&srv.name, &["alias", "add", "@example.org", "ann@example.org"]));
+    deliver(srv.smtp, "info@example.org", "to-info", "for the family");
+    deliver(srv.smtp, "whoever@example.org", "to-anyone", "caught");
+    deliver(srv.smtp, "bob@example.org", "to-bob-again", "still bob's");
+    wait_until("the alias reaches bob", 30, || {
+        Some(()).filter(|_| search(srv.imaps, "bob@example.org", BOB_PW, "OR SUBJECT to-info SUBJECT to-bob-again").len() == 2)
+    });
+    wait_until("the catch-all reaches ann", 30, || {
+        Some(()).filter(|_| search(srv.imaps, "ann@example.org", ANN_PW, "SUBJECT to-anyone").len() == 1)
+    });
+    assert!(search(srv.imaps, "ann@example.org", ANN_PW, "SUBJECT to-bob-again").is_empty());
+
+    // Submission through a relay that is down (the ISP's smarthost, say): bob's message
+    // waits in the queue.
+    let closed = std::net::TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port();
+    let down = format!("{}:{closed}", gateway(&srv.name));
+    ok_with_stdin(&ilot, &mc(&srv.name, &["relay", "set", &down, "--user", "family"]), "relay-password-1\n");
+    let (ok, out) = submit(srv.submission, "bob@example.org", BOB_PW, "bob@example.org", "friend@example.net", "outbound");
+    assert!(ok, "{out}");
+    let (ok, out) = submit(srv.submission, "bob@example.org", BOB_PW, "ann@example.org", "friend@example.net", "forged");
+    assert!(!ok && out.contains("not owned by user"), "bob may not send as ann: {out}");
+    let queue = wait_until("queued", 30, || {
+        let q = ilot.json(&mc(&srv.name, &["queue"]));
+        Some(q).filter(|q| q["count"] == 1 && !q["messages"][0]["reason"].is_null())
+    });
+    assert_eq!(queue["messages"][0]["to"][0], "friend@example.net", "{queue}");
+
+    // The relay comes up: the queued message leaves through it, authenticated over TLS,
+    // and its signature verifies against the key in DNS.
+    let relay = smarthost("family", "relay-password-1");
+    let target = format!("{}:{}", gateway(&srv.name), relay.port);
+    let out = ok_with_stdin(&ilot, &mc(&srv.name, &["relay", "set", &target, "--user", "family"]), "relay-password-1\n");
+    assert!(out.contains("TLS required"), "{out}");
+    let shown = ilot.json(&mc(&srv.name, &["relay", "show"]));
+    assert!(!shown.to_string().contains("relay-password-1"), "{shown}");
+    ilot.ok(&mc(&srv.name, &["queue", "--flush"]));
+    let (raw, envelope) = wait_until("relayed", 30, || relay.message(1));
+    assert_eq!(envelope["user"], "family", "{envelope}");
+    assert_eq!(envelope["tls"], true, "{envelope}");
+    assert!(envelope["to"][0].as_str().unwrap().contains("friend@example.net"), "{envelope}");
+    let (selector, valid) = dkim_verify(&raw, &published_dkim(&ilot));
+    assert_eq!(selector, "ilot1");
+    assert!(valid, "the DKIM signature verifies against the published key");
+    wait_until("the queue empties", 20, || Some(()).filter(|_| ilot.json(&mc(&srv.name, &["queue"]))["count"] == 0));
+
+    // Export bob's mailbox, import it into ann's: she reads his messages.
+    let out_dir = PathBuf::from(format!("/tmp/ilot-mail-export-{}", unique("")));
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let tar = out_dir.join("bob.tar");
+    let tar_s = tar.to_str().unwrap();
+    ilot.ok(&mc(&srv.name, &["export", "bob@example.org", "--output", tar_s]));
+    assert_eq!(path_mode(&tar), 0o600);
+    let listing = Command::new("tar").args(["-tf", tar_s]).output().unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.lines().filter(|l| l.contains("/cur/") || l.contains("/new/")).filter(|l| !l.ends_with('/')).count() >= 3, "{listing}");
+    bad(&["export", "bob@example.org", "--output", tar_s], "", "never overwritten");
+    let imported = ilot.json(&mc(&srv.name, &["import", "ann@example.org", tar_s]));
+    assert_eq!(imported["messages"], 3, "{imported}");
+    wait_until("bob's mail in ann's box", 20, || {
+        Some(()).filter(|_| search(srv.imaps, "ann@example.org", ANN_PW, "SUBJECT first").len() == 1)
+    });
+    // A hostile archive (a path out of the Maildir) is refused before it reaches the container.
+    let evil = out_dir.join("evil.tar");
+    std::fs::create_dir_all(out_dir.join("x/Maildir")).unwrap();
+    std::fs::write(out_dir.join("x/passwd"), "root::0:0::/:/bin/sh\n").unwrap();
+    let st = Command::new("tar")
+        .args(["-C", out_dir.join("x/Maildir").to_str().unwrap(), "-cf", evil.to_str().unwrap(), "--absolute-names", "../passwd"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    bad(&["import", "ann@example.org", evil.to_str().unwrap()], "", "outside Maildir");
+
+    // Wrong passwords are refused (last: Dovecot then slows logins from this address).
+    let (ok, out) = submit(srv.submission, "bob@example.org", "wrong-password!", "bob@example.org", "friend@example.net", "x");
+    assert!(!ok && out.contains("535"), "{out}");
+    assert!(imap(srv.imaps, "bob@example.org", "wrong-password!", "INBOX", Some("UID SEARCH ALL")).is_none());
+
+    // The container can be recreated at any time: the mail stays.
+    let container = format!("ilot-{}-mail", srv.name);
+    docker_ok(&["rm", "-f", &container]);
+    ilot.restart();
+    let show = ilot.json(&["app", "show", &srv.name]);
+    let imaps: u16 = show["services"][0]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["container"] == 993)
+        .and_then(|p| p["host"].as_str()?.rsplit(':').next()?.parse().ok())
+        .unwrap();
+    wait_until("mail still there after the container was recreated", 60, || {
+        Some(()).filter(|_| search(imaps, "bob@example.org", BOB_PW, "SUBJECT first").len() == 1)
+    });
+
+    // A password change applies at the next login, and the old one stops working.
+    ok_with_stdin(&ilot, &mc(&srv.name, &["user", "passwd", "bob@example.org"]), "a-brand-new-passphrase\n");
+    assert!(imap(imaps, "bob@example.org", BOB_PW, "INBOX", Some("UID SEARCH ALL")).is_none());
+    assert!(imap(imaps, "bob@example.org", "a-brand-new-passphrase", "INBOX", Some("UID SEARCH ALL")).is_some());
+    let _ = std::fs::remove_dir_all(&out_dir);
+}
+
+#[test]
+fn dkim_rotation_never_signs_with_a_key_that_is_not_published() {
+    // ilot serves example.org itself and asks its own server whether the new key resolves.
+    let dns_port = {
+        let l = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let ilot = Ilot::start_full(
+        &[],
+        &format!(
+            "[host]\nipv4 = \"203.0.113.10\"\n\n[dns]\nlisten = [\"127.0.0.1:{dns_port}\"]\nresolvers = [\"127.0.0.1:{dns_port}\"]\n\n\
+             [[dns.zones]]\nname = \"example.org\"\nmode = \"serve\"\n\n\
+             [mail]\ndkim_retire_after = \"4s\"\ndkim_check_every = \"1s\"\n"
+        ),
+    );
+    let srv = install(&ilot);
+    add_user(&ilot, "bob@example.org", BOB_PW);
+    let relay = smarthost("family", "relay-password-1");
+    let target = format!("{}:{}", gateway(&srv.name), relay.port);
+    ok_with_stdin(&ilot, &mc(&srv.name, &["relay", "set", &target, "--user", "family"]), "relay-password-1\n");
+    // What the world sees: the served zone, asked with dig.
+    let dig = |selector: &str| -> String {
+        let out = Command::new("dig")
+            .args(["+short", "-p", &dns_port.to_string(), "@127.0.0.1", "TXT", &format!("{selector}._domainkey.example.org")])
+            .output()
+            .expect("dig");
+        String::from_utf8_lossy(&out.stdout).replace("\" \"", "").replace('"', "").trim().to_string()
+    };
+    let mut sent = 0;
+    // Sends one message and checks it is signed with a key the DNS serves, now.
+    let mut send_and_check = |label: &str| -> String {
+        let (ok, out) = submit(srv.submission, "bob@example.org", BOB_PW, "bob@example.org", "friend@example.net", label);
+        assert!(ok, "{out}");
+        sent += 1;
+        let (raw, _) = wait_until(label, 30, || relay.message(sent));
+        let selector = dkim_verify(&raw, &BTreeMapTxt(Default::default())).0;
+        let published = dig(&selector);
+        assert!(published.starts_with("v=DKIM1"), "{label}: signed with {selector}, which DNS does not serve");
+        let txt = BTreeMapTxt([(format!("{selector}._domainkey.example.org"), published)].into());
+        assert!(dkim_verify(&raw, &txt).1, "{label}: the signature does not verify with the served key");
+        selector
+    };
+    assert_eq!(send_and_check("before"), "ilot1");
+
+    let out = ilot.ok(&mc(&srv.name, &["dkim", "rotate", "example.org"]));
+    assert!(out.contains("ilot2"), "{out}");
+    // Right after: whichever key signs is served (the old one until the new one resolves).
+    send_and_check("during");
+    wait_until("signing switches to ilot2", 30, || {
+        Some(()).filter(|_| ilot.json(&mc(&srv.name, &["dkim", "show"]))["domains"][0]["signing"] == "ilot2")
+    });
+    assert!(dig("ilot1").starts_with("v=DKIM1"), "the old key stays published for a while");
+    assert_eq!(send_and_check("after"), "ilot2");
+    wait_until("the old key is withdrawn", 30, || Some(()).filter(|_| dig("ilot1").is_empty()));
+    assert_eq!(send_and_check("later"), "ilot2");
+    let events = ilot.ok(&["events"]);
+    assert!(events.contains("mail is now signed with ilot2") && events.contains("ilot1 is withdrawn"), "{events}");
+
+    // A key that cannot be seen in DNS never signs: example.net is not served here.
+    ilot.ok(&mc(&srv.name, &["domain", "add", "example.net"]));
+    ilot.ok(&mc(&srv.name, &["dkim", "rotate", "example.net"]));
+    let err = ilot.fails(&mc(&srv.name, &["dkim", "rotate", "example.net"]), 2);
+    assert!(err.contains("already waiting for ilot2"), "{err}");
+    std::thread::sleep(Duration::from_secs(3));
+    let show = ilot.json(&mc(&srv.name, &["dkim", "show"]));
+    let net = show["domains"].as_array().unwrap().iter().find(|d| d["domain"] == "example.net").unwrap().clone();
+    assert_eq!((net["signing"].as_str(), net["pending"].as_str()), (Some("ilot1"), Some("ilot2")), "{show}");
+}
+
+/// A client namespace joined to the host by a veth pair (10.79.N.2 -> host 10.79.N.1), so
+/// its connections reach published ports with their own address. Removed on drop.
+struct ClientNs {
+    ns: String,
+    host_ip: String,
+    client_ip: String,
+}
+
+impl Drop for ClientNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+fn client_ns() -> ClientNs {
+    let id = unique("");
+    let ns = format!("ilot-test-m{id}");
+    let n = u8::from_str_radix(&id[..2], 16).unwrap() % 200 + 20;
+    let (host_ip, client_ip) = (format!("10.79.{n}.1"), format!("10.79.{n}.2"));
+    let (vh, vc) = (format!("vh{id}"), format!("vc{id}"));
+    let run = |args: &[&str]| {
+        let out = Command::new("ip").args(args).output().unwrap();
+        assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&["netns", "add", &ns]);
+    let c = ClientNs { ns: ns.clone(), host_ip: host_ip.clone(), client_ip: client_ip.clone() };
+    run(&["link", "add", &vh, "type", "veth", "peer", "name", &vc, "netns", &ns]);
+    run(&["addr", "add", &format!("{host_ip}/24"), "dev", &vh]);
+    run(&["link", "set", &vh, "up"]);
+    run(&["-n", &ns, "addr", "add", &format!("{client_ip}/24"), "dev", &vc]);
+    run(&["-n", &ns, "link", "set", &vc, "up"]);
+    run(&["-n", &ns, "link", "set", "lo", "up"]);
+    run(&["-n", &ns, "route", "add", "default", "via", &host_ip]);
+    c
+}
+
+/// The host's `inet ilot` table, which this test's guard makes: deleted at the end.
+struct HostTable;
+impl Drop for HostTable {
+    fn drop(&mut self) {
+        let _ = Command::new("nft").args(["delete", "table", "inet", "ilot"]).status();
+    }
+}
+
+#[test]
+fn wrong_mail_passwords_from_one_address_end_in_a_ban() {
+    let _table = HostTable;
+    let ilot = Ilot::start_full(
+        &[],
+        "[guard]\nenabled = true\n\n[guard.jails.sshd]\nenabled = false\n\n\
+         [guard.defaults]\nmaxretry = 3\nfindtime = \"10m\"\nbantime = \"1h\"\n",
+    );
+    let srv = install(&ilot);
+    add_user(&ilot, "bob@example.org", BOB_PW);
+    let client = client_ns();
+    let server = format!("{}:{}", client.host_ip, srv.submission);
+    let wrong = |n: usize| {
+        let (ok, out) = swaks(
+            Some(&client.ns),
+            &["--server", &server, "--tls", "--auth", "PLAIN", "--auth-user", "bob@example.org",
+              "--auth-password", &format!("guess-{n}"), "--from", "bob@example.org", "--to", "x@example.net"],
+        );
+        assert!(!ok, "{out}");
+        out
+    };
+    let first = wrong(0);
+    assert!(first.contains("535"), "the client reaches the server and is refused: {first}");
+    for n in 1..3 {
+        wrong(n);
+    }
+    let net = format!("{}/32", client.client_ip);
+    let ban = wait_until("the guessing address is banned", 30, || {
+        let list = ilot.json(&["ban", "list"]);
+        list["bans"].as_array()?.iter().find(|b| b["address"] == net.as_str()).cloned()
+    });
+    // Postfix asks Dovecot to check SASL passwords: both log the failure, either jail bans.
+    let jail = ban["jail"].as_str().unwrap();
+    assert!(jail == format!("{}-postfix", srv.name) || jail == format!("{}-dovecot", srv.name), "{ban}");
+    // Its connections are dropped now; bob, from elsewhere, still sends.
+    let (ok, out) = swaks(Some(&client.ns), &["--server", &server, "--quit-after", "CONNECT", "--timeout", "3"]);
+    assert!(!ok, "a banned address still connects: {out}");
+    let (ok, out) = submit(srv.submission, "bob@example.org", BOB_PW, "bob@example.org", "friend@example.net", "still works");
+    assert!(ok, "{out}");
+    // IMAP guesses are counted by the dovecot jail (the address is already dropped, so they
+    // come from another client).
+    let other = client_ns();
+    for n in 0..3 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &other.ns, "curl", "-sk", "--max-time", "10", "--user", &format!("bob@example.org:guess-{n}")])
+            .arg(format!("imaps://{}:{}/INBOX", other.host_ip, srv.imaps))
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+    }
+    let net = format!("{}/32", other.client_ip);
+    let ban = wait_until("the IMAP guesser is banned", 30, || {
+        let list = ilot.json(&["ban", "list"]);
+        list["bans"].as_array()?.iter().find(|b| b["address"] == net.as_str()).cloned()
+    });
+    assert_eq!(ban["jail"], format!("{}-dovecot", srv.name), "{ban}");
+}
