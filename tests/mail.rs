@@ -320,7 +320,8 @@ fn dkim_verify(raw: &[u8], txt: &BTreeMapTxt) -> (String, bool) {
         txt = json.load(open(sys.argv[2]))\n\
         def dns(name, timeout=5):\n    v = txt.get(name.decode().rstrip('.'))\n    return v.encode() if v else None\n\
         print(dkim.verify(open(sys.argv[1], 'rb').read(), dnsfunc=dns))\n";
-    let out = Command::new("python3")
+    // Debian's Python, where python3-dkim is (not a python3 earlier in PATH, e.g. pyenv's).
+    let out = Command::new("/usr/bin/python3")
         .args(["-c", script])
         .arg(dir.join("msg.eml"))
         .arg(dir.join("txt.json"))

@@ -117,9 +117,12 @@ impl Daemon {
     async fn reload_mail(&self, inst: &Instance) -> Result<()> {
         let mf = inst.manifest.needs.mail_files.as_ref().expect("a mail server");
         let container = plan::container_name(&inst.name, &mf.service);
-        if !self.engine()?.probe(&container, &mf.reload).await? {
+        let cmd: Vec<&str> = mf.reload.iter().map(String::as_str).collect();
+        let (code, out) = self.engine()?.exec_output(&container, &cmd, 4096).await?;
+        if code != 0 {
             return Err(Error::failed(format!(
-                "the change is saved, but {container} did not reload it"
+                "the change is saved, but {container} did not reload it: {}",
+                out.trim()
             ))
             .hint(format!(
                 "see `ilot app logs {}`; the files are applied again at its next start",
