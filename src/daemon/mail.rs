@@ -358,6 +358,26 @@ impl Daemon {
         Ok(json!({ "instance": inst.name, "count": messages.len(), "messages": messages }))
     }
 
+    /// Messages waiting in each running mail server's queue, as `mailq:INSTANCE` (the monitor
+    /// samples it: a queue that stays long means mail is not leaving).
+    pub(super) async fn mail_queue_sizes(&self) -> Vec<(String, f32)> {
+        let Ok(engine) = self.engine() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for inst in self.instances_snapshot() {
+            if inst.manifest.needs.mail_files.is_none() || !inst.running {
+                continue;
+            }
+            let container = self.mail_container(&inst);
+            if let Ok((0, text)) = engine.exec_output(&container, &["postqueue", "-j"], 8 << 20).await {
+                let n = text.lines().filter(|l| l.starts_with('{')).count();
+                out.push((format!("mailq:{}", inst.name), n as f32));
+            }
+        }
+        out
+    }
+
     async fn mail_export(
         &self,
         inst: &Instance,

@@ -171,6 +171,8 @@ impl Daemon {
         let mut tick = tokio::time::interval(self.config.monitor.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_compact = 0u64;
+        // Mail queues are counted every 5 minutes (an exec in the container), kept in between.
+        let (mut queues, mut last_queue) = (Vec::new(), 0u64);
         loop {
             tick.tick().await;
             let containers: Vec<_> = self
@@ -189,6 +191,11 @@ impl Daemon {
             let mut values = sample.values;
             values.extend(self.run_probes().await);
             let now = now();
+            if now >= last_queue + 300 {
+                last_queue = now;
+                queues = self.mail_queue_sizes().await;
+            }
+            values.extend(queues.iter().cloned());
             // Days left on each certificate (renewal starts at a third of the lifetime left;
             // a certificate this close to its end means renewals keep failing).
             for c in self.certs.iter().flat_map(|c| c.list()) {

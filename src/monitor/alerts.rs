@@ -79,6 +79,7 @@ pub fn built_in() -> Vec<RuleConfig> {
         metric("cpu-high", "cpu", Some(95.0), None, 900, Warning, "ilot metrics ccpu: shows which app"),
         metric("temperature-high", "temp:", Some(80.0), None, 300, Warning, "check the fan and the case's airflow"),
         metric("unknown-process-busy", "proc:", Some(80.0), None, 600, Warning, "a process outside every app has used a core for 10 minutes: a miner? ps -o pid,user,args -p PID"),
+        metric("mail-queue-stuck", "mailq:", Some(20.0), None, 3600, Warning, "ilot mail queue says why mail waits; ilot diagnose mail (is port 25 blocked? then ilot mail relay set)"),
         event("certificate-failed", &["cert-renewal-failed", "cert-failed"], 1, 3600, Critical, "ilot cert list; ilot diagnose dns"),
         event("dns-problem", &["dns-drift", "dns-push-failed"], 1, 3600, Warning, "ilot diagnose dns; ilot dns apply"),
         event("mail-deliverability", &["mail-check-failed"], 1, 86_400, Warning, "ilot diagnose mail"),
