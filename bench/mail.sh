@@ -134,6 +134,23 @@ mkdir -p "$OUT_DIR"
 
 ilot_cli() { "$BIN" --socket "$SOCK" "$@"; }
 
+# shellcheck disable=SC2317  # used by cleanup
+remove_instance() { timeout 180 "$BIN" --socket "$SOCK" app remove "$INSTALLED" --purge >>"$BENCH_DIR/install.log" 2>&1; }
+# restart_daemon: once the daemon has exited (up to 15 s), start it again and wait until ready.
+# shellcheck disable=SC2317  # used by cleanup
+restart_daemon() {
+    local i
+    wait_gone "$DAEMON_PID" 15 || return 1
+    info "the daemon has stopped: starting it again"
+    "$BIN" daemon --config "$CONFIG" >>"$DAEMON_LOG" 2>&1 </dev/null &
+    DAEMON_PID=$!
+    for ((i = 0; i < 300; i++)); do
+        ilot_cli status --json 2>/dev/null | jq -e '.engine.reachable and .ready' >/dev/null 2>&1 && return 0
+        kill -0 "$DAEMON_PID" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}
 # shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
     local rc=$?
@@ -145,12 +162,19 @@ cleanup() {
         printf -- '---- last lines of the daemon log (%s)\n' "$DAEMON_LOG"
         tail -n 20 "$DAEMON_LOG"
     fi
-    if [[ -n $DAEMON_PID ]] && kill -0 "$DAEMON_PID" 2>/dev/null; then
-        if [[ -n $INSTALLED ]]; then
-            info "removing instance $INSTALLED"
-            timeout 180 "$BIN" --socket "$SOCK" app remove "$INSTALLED" --purge >/dev/null 2>&1 ||
+    if [[ -n $INSTALLED && -n $DAEMON_PID ]]; then
+        info "removing instance $INSTALLED"
+        if ! kill -0 "$DAEMON_PID" 2>/dev/null || ! remove_instance; then
+            # A Ctrl-C reaches the daemon too (same process group), and it shuts down: start it
+            # again so that it removes its instance itself.
+            if restart_daemon && remove_instance; then
+                info "removed $INSTALLED"
+            else
                 warn "ilot app remove $INSTALLED --purge failed; its Docker objects are removed by label below"
+            fi
         fi
+    fi
+    if [[ -n $DAEMON_PID ]] && kill -0 "$DAEMON_PID" 2>/dev/null; then
         info "stopping the daemon (pid $DAEMON_PID)"
         stop_pid "$DAEMON_PID" 30
     fi
@@ -284,8 +308,13 @@ if ver == 1:
         "file_kb": kb(st.get("total_cache", 0)),
         "inactive_file_kb": kb(st.get("total_inactive_file", 0)),
         "shmem_kb": kb(st.get("total_shmem", 0)),
+        "limit_hits": read_int(mdir + "/memory.failcnt"),
         "kernel_note": "cgroup v1: usage_in_bytes = rss + cache (+ kernel memory if accounted)",
     })
+    try:
+        res["oom_kills"] = stat_kv(mdir + "/memory.oom_control").get("oom_kill")
+    except (OSError, ValueError):
+        res["oom_kills"] = None
 else:
     st = stat_kv(mdir + "/memory.stat")
     res.update({
@@ -298,6 +327,11 @@ else:
         "shmem_kb": kb(st.get("shmem", 0)),
         "kernel_note": "cgroup v2: memory.current includes kernel memory (slab, sockets...)",
     })
+    try:
+        ev = stat_kv(mdir + "/memory.events")
+        res["limit_hits"], res["oom_kills"] = ev.get("max"), ev.get("oom_kill")
+    except (OSError, ValueError):
+        res["limit_hits"] = res["oom_kills"] = None
 # What docker stats shows: "45.2MiB / 384MiB".
 try:
     ds = subprocess.run(["docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", container],
@@ -527,6 +561,7 @@ res = {
     "delivered": n - a.before, "all_delivered": n >= want,
     "deliver_s": round(t_del, 3), "delivered_per_s": (n - a.before) / t_del if t_del > 0 else None,
     "latency_ms": {"p50": pct(50), "p90": pct(90), "p99": pct(99), "max": pct(100)},
+    "slow_over_500ms": sum(1 for x in lat if x > 0.5),
     "container_cpu_s_accept": (c_acc - c0) / 1e9 if c0 is not None and c_acc is not None else None,
     "container_cpu_s": (c1 - c0) / 1e9 if c0 is not None and c1 is not None else None,
     "generator_cpu_s": (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime),
@@ -535,14 +570,14 @@ res = {
 if res["container_cpu_s"] is not None and res["delivered"] > 0:
     res["container_cpu_ms_per_msg"] = res["container_cpu_s"] * 1000 / res["delivered"]
 json.dump(res, open(a.out, "w"), indent=1)
-sys_ok = res["all_delivered"] and refused == 0 and errors == 0
+all_ok = res["all_delivered"] and refused == 0 and errors == 0
 print("  %d connection(s): %d accepted in %.2f s = %.1f msg/s; all %d in the Maildir after %.2f s = %.1f msg/s%s"
       % (a.connections, accepted, t_acc, res["accepted_per_s"] or 0, n - a.before, t_del,
-         res["delivered_per_s"] or 0, "" if sys_ok else "  (refused %d, errors %d, all delivered: %s)"
+         res["delivered_per_s"] or 0, "" if all_ok else "  (refused %d, errors %d, all delivered: %s)"
          % (refused, errors, res["all_delivered"])))
-print("  latency per message (MAIL..250 after DATA) p50 %s ms, p99 %s ms, max %s ms; container CPU %s ms/msg; "
-      "generator CPU %.1f s; machine busy %.0f %% of all cores"
-      % (res["latency_ms"]["p50"], res["latency_ms"]["p99"], res["latency_ms"]["max"],
+print("  latency per message (MAIL..250 after DATA) p50 %s ms, p99 %s ms, max %s ms, %d over 0.5 s; "
+      "container CPU %s ms/msg; generator CPU %.1f s; machine busy %.0f %% of all cores"
+      % (res["latency_ms"]["p50"], res["latency_ms"]["p99"], res["latency_ms"]["max"], res["slow_over_500ms"],
          "%.1f" % res["container_cpu_ms_per_msg"] if "container_cpu_ms_per_msg" in res else "?",
          res["generator_cpu_s"], res["host_busy_pct_all_cores"]))
 PY
@@ -708,7 +743,11 @@ N_JUNK=$(dove mailbox Junk all)
 N_FILES=$(maildir_count)
 QUEUE=$(docker exec "$CID" postqueue -j 2>/dev/null | wc -l)
 SENT=$(sent_count)
+# rspamd logs a DNS lookup that got no answer within its timeout (1 s, one retry): each one
+# holds a message for that long.
+DNS_TIMEOUTS=$(docker logs "$CID" 2>&1 | grep -c 'query timed out' || true)
 info "doveadm search: $N_ALL messages ($N_INBOX in INBOX, $N_JUNK in Junk); $N_FILES files in the Maildir; Postfix queue $QUEUE; status=sent $SENT; accepted $TOTAL"
+info "rspamd DNS lookups that timed out (its log): $DNS_TIMEOUTS"
 LOST=""
 ((N_ALL == TOTAL)) || LOST+="doveadm counts $N_ALL messages, $TOTAL were accepted; "
 ((N_FILES == TOTAL)) || LOST+="$N_FILES files in the Maildir, $TOTAL accepted; "
@@ -744,19 +783,21 @@ prog_of() { jq -r --arg p "$2" '((.by_program[$p].pss_kb // 0) / 1024 * 10 | rou
     else
         printf '%-52s | %12s | %12s\n' "cgroup peak since the container started" "$(mib_of "$IDLE" peak_kb)" "$(mib_of "$AFTER" peak_kb)"
     fi
+    printf '%-52s | %12s | %12s\n' "times the cgroup hit its limit; OOM kills" \
+        "$(jq -r '"\(.limit_hits // "?"); \(.oom_kills // "?")"' "$IDLE")" "$(jq -r '"\(.limit_hits // "?"); \(.oom_kills // "?")"' "$AFTER")"
     printf '%-52s | %12s | %12s\n' "(context) ilot daemon VmRSS" "$(mib_of "$IDLE" daemon_rss_kb)" "$(mib_of "$AFTER" daemon_rss_kb)"
-    printf '\n%-26s | %5s | %8s | %8s | %9s | %9s | %18s | %10s | %6s\n' "throughput (port 25)" "conns" "accepted" "refused" "accept/s" "deliver/s" "latency p50/p99 ms" "CPU ms/msg" "busy"
+    printf '\n%-26s | %5s | %8s | %8s | %9s | %9s | %18s | %6s | %10s | %6s\n' "throughput (port 25)" "conns" "accepted" "refused" "accept/s" "deliver/s" "latency p50/p99 ms" ">0.5 s" "CPU ms/msg" "busy"
     if [[ -n $SWAKS_RATE ]]; then
-        printf '%-26s | %5s | %8s | %8s | %9s | %9s | %18s | %10s | %6s\n' "swaks, 1 process/message" 1 "$SWAKS_N" 0 "$SWAKS_RATE" - - - -
+        printf '%-26s | %5s | %8s | %8s | %9s | %9s | %18s | %6s | %10s | %6s\n' "swaks, 1 process/message" 1 "$SWAKS_N" 0 "$SWAKS_RATE" - - - - -
     fi
     for f in "${ROUND_FILES[@]}"; do
         jq -r '[("generator, " + (.message_bytes | tostring) + " B msgs" + (if .starttls then ", TLS" else "" end)),
             (.connections | tostring), (.accepted | tostring), ((.refused + .errors) | tostring),
             (.accepted_per_s * 10 | round / 10 | tostring), (.delivered_per_s * 10 | round / 10 | tostring),
-            ((.latency_ms.p50 | tostring) + " / " + (.latency_ms.p99 | tostring)),
+            ((.latency_ms.p50 | tostring) + " / " + (.latency_ms.p99 | tostring)), (.slow_over_500ms | tostring),
             (if .container_cpu_ms_per_msg then (.container_cpu_ms_per_msg * 10 | round / 10 | tostring) else "-" end),
             ((.host_busy_pct_all_cores | round | tostring) + " %")] | @tsv' "$f" |
-            awk -F'\t' '{ printf "%-26s | %5s | %8s | %8s | %9s | %9s | %18s | %10s | %6s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9 }'
+            awk -F'\t' '{ printf "%-26s | %5s | %8s | %8s | %9s | %9s | %18s | %6s | %10s | %6s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 }'
     done
     DS_AFTER=$(mib_of "$AFTER" docker_stats_kb)
     USE_AFTER=$(mib_of "$AFTER" usage_kb)
@@ -772,6 +813,7 @@ prog_of() { jq -r --arg p "$2" '((.by_program[$p].pss_kb // 0) / 1024 * 10 | rou
         "$(times_less "$DS_AFTER" "$MAILCOW_MIB")" "$MAILCOW_SRC" "$DMS_SRC"
     printf '\ndelivery: %s messages accepted, doveadm %s (INBOX %s, Junk %s), %s files, queue %s, status=sent %s\n' \
         "$TOTAL" "$N_ALL" "$N_INBOX" "$N_JUNK" "$N_FILES" "$QUEUE" "$SENT"
+    printf 'rspamd DNS lookups that timed out (1 s each, its log): %s\n' "$DNS_TIMEOUTS"
     if [[ -n $LOST ]]; then printf 'MESSAGES MISSING: %s\n' "$LOST"; fi
     if [[ -n $INVALID ]]; then printf 'INVALID RUN: %s\n' "$INVALID"; fi
     printf 'raw results: %s-*\n' "$RAW_PREFIX"

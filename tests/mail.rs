@@ -17,7 +17,9 @@ const ANN_PW: &str = "ann-secret-passphrase";
 
 fn require_mail_image() {
     assert!(
-        docker(&["image", "inspect", "ilot/mail:1.0"]).status.success(),
+        docker(&["image", "inspect", "ilot/mail:1.0"])
+            .status
+            .success(),
         "image ilot/mail:1.0 missing: run tests/run.sh, or images/build.sh mail"
     );
 }
@@ -172,23 +174,57 @@ fn deliver(port: u16, to: &str, subject: &str, body: &str) {
     assert!(ok, "delivery to {to} refused: {out}");
 }
 
-fn submit(port: u16, user: &str, password: &str, from: &str, to: &str, subject: &str) -> (bool, String) {
+fn submit(
+    port: u16,
+    user: &str,
+    password: &str,
+    from: &str,
+    to: &str,
+    subject: &str,
+) -> (bool, String) {
     let server = format!("127.0.0.1:{port}");
     swaks(
         None,
         &[
-            "--server", &server, "--tls", "--auth", "PLAIN", "--auth-user", user,
-            "--auth-password", password, "--from", from, "--to", to, "--header",
-            &format!("Subject: {subject}"), "--body", "sent by a family member",
+            "--server",
+            &server,
+            "--tls",
+            "--auth",
+            "PLAIN",
+            "--auth-user",
+            user,
+            "--auth-password",
+            password,
+            "--from",
+            from,
+            "--to",
+            to,
+            "--header",
+            &format!("Subject: {subject}"),
+            "--body",
+            "sent by a family member",
         ],
     )
 }
 
 /// An IMAP command over IMAPS with curl (`-X` for a custom command), as `user`.
-fn imap(port: u16, user: &str, password: &str, path: &str, command: Option<&str>) -> Option<String> {
+fn imap(
+    port: u16,
+    user: &str,
+    password: &str,
+    path: &str,
+    command: Option<&str>,
+) -> Option<String> {
     let url = format!("imaps://127.0.0.1:{port}/{path}");
     let mut cmd = Command::new("curl");
-    cmd.args(["-sk", "--max-time", "10", "--user", &format!("{user}:{password}"), &url]);
+    cmd.args([
+        "-sk",
+        "--max-time",
+        "10",
+        "--user",
+        &format!("{user}:{password}"),
+        &url,
+    ]);
     if let Some(c) = command {
         cmd.args(["-X", c]);
     }
@@ -200,12 +236,22 @@ fn imap(port: u16, user: &str, password: &str, path: &str, command: Option<&str>
 
 /// The UIDs a search finds in a mailbox.
 fn search_in(port: u16, user: &str, password: &str, mailbox: &str, criteria: &str) -> Vec<u32> {
-    imap(port, user, password, mailbox, Some(&format!("UID SEARCH {criteria}")))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("* SEARCH"))
-        .flat_map(|l| l.split_whitespace().filter_map(|n| n.parse().ok()).collect::<Vec<u32>>())
-        .collect()
+    imap(
+        port,
+        user,
+        password,
+        mailbox,
+        Some(&format!("UID SEARCH {criteria}")),
+    )
+    .unwrap_or_default()
+    .lines()
+    .filter_map(|l| l.trim().strip_prefix("* SEARCH"))
+    .flat_map(|l| {
+        l.split_whitespace()
+            .filter_map(|n| n.parse().ok())
+            .collect::<Vec<u32>>()
+    })
+    .collect()
 }
 
 /// Messages found in the inbox or the Junk folder: here, without DNS, rspamd cannot check
@@ -220,6 +266,58 @@ fn search(port: u16, user: &str, password: &str, criteria: &str) -> Vec<(String,
                 .map(move |u| (m.to_string(), u))
         })
         .collect()
+}
+
+/// An IMAP session (logged in as bob) and an SMTP session (after EHLO), kept open by a
+/// Python process until `finish`, which uses both and reports.
+struct Sessions(Child);
+
+fn open_sessions(imaps: u16, smtp: u16) -> Sessions {
+    use std::io::BufRead;
+    let script = format!(
+        "import imaplib, smtplib, ssl, sys\n\
+         ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE\n\
+         i = imaplib.IMAP4_SSL('127.0.0.1', {imaps}, ssl_context=ctx); i.login('bob@example.org', '{BOB_PW}')\n\
+         s = smtplib.SMTP('127.0.0.1', {smtp}, timeout=20); s.ehlo('client.example.net')\n\
+         print('ready', flush=True); sys.stdin.readline()\n\
+         typ, _ = i.select('INBOX'); print('imap', 'ok' if typ == 'OK' else typ, flush=True)\n\
+         s.sendmail('alice@example.net', ['bob@example.org'], b'Subject: kept\\r\\n\\r\\nsame session\\r\\n'); print('smtp ok', flush=True)\n"
+    );
+    let mut child = Command::new("/usr/bin/python3")
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready", "the sessions could not be opened");
+    Sessions(child)
+}
+
+impl Sessions {
+    fn finish(&mut self) -> String {
+        use std::io::{Read, Write};
+        self.0.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        let mut out = String::new();
+        self.0
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        let _ = self.0.wait();
+        out
+    }
+}
+
+impl Drop for Sessions {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// The stand-in ISP relay, killed on drop.
@@ -243,17 +341,34 @@ fn smarthost(user: &str, password: &str) -> Smarthost {
     std::fs::create_dir_all(&dir).unwrap();
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let status = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=smarthost.test", "-keyout"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=smarthost.test",
+            "-keyout",
+        ])
         .arg(&key)
         .arg("-out")
         .arg(&cert)
         .stderr(Stdio::null())
         .status()
         .unwrap();
-    assert!(status.success(), "openssl could not make the smarthost's certificate");
+    assert!(
+        status.success(),
+        "openssl could not make the smarthost's certificate"
+    );
     // On every address: the mail container reaches it through its network's gateway.
     let mut child = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/smarthost.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/common/smarthost.py"
+        ))
         .args(["0.0.0.0", user, password])
         .arg(&cert)
         .arg(&key)
@@ -307,7 +422,11 @@ fn dkim_verify(raw: &[u8], txt: &BTreeMapTxt) -> (String, bool) {
     let tag = |t: &str| {
         header
             .split(';')
-            .find_map(|p| p.trim().strip_prefix(&format!("{t}=")).map(|v| v.trim().to_string()))
+            .find_map(|p| {
+                p.trim()
+                    .strip_prefix(&format!("{t}="))
+                    .map(|v| v.trim().to_string())
+            })
             .unwrap_or_default()
     };
     assert_eq!(tag("d"), "example.org", "{header}");
@@ -329,7 +448,11 @@ fn dkim_verify(raw: &[u8], txt: &BTreeMapTxt) -> (String, bool) {
         .expect("python3");
     let _ = std::fs::remove_dir_all(&dir);
     let verdict = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "dkimpy: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "dkimpy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     (selector, verdict.trim() == "True")
 }
 
@@ -366,7 +489,14 @@ fn mail_is_delivered_read_submitted_signed_relayed_and_exported() {
     assert_eq!(domains["domains"][0]["domain"], "example.org", "{domains}");
     assert_eq!(domains["domains"][0]["dkim_selector"], "ilot1", "{domains}");
     add_user(&ilot, "bob@example.org", BOB_PW);
-    ok_with_stdin(&ilot, &mc(&srv.name, &["user", "add", "Ann@Example.org", "--quota", "1G"]), &format!("{ANN_PW}\n"));
+    ok_with_stdin(
+        &ilot,
+        &mc(
+            &srv.name,
+            &["user", "add", "Ann@Example.org", "--quota", "1G"],
+        ),
+        &format!("{ANN_PW}\n"),
+    );
 
     // Bad input: a clear error, nothing changed.
     let bad = |args: &[&str], stdin: &str, says: &str| {
@@ -375,71 +505,208 @@ fn mail_is_delivered_read_submitted_signed_relayed_and_exported() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains(says), "{args:?}: {err}");
     };
-    bad(&["user", "add", "bob@example.org"], "another-passphrase\n", "already exists");
-    bad(&["user", "add", "carl@example.net"], "another-passphrase\n", "not a mail domain");
-    bad(&["user", "add", "carl example.org"], "another-passphrase\n", "not a mail address");
-    bad(&["user", "add", "carl@example.org"], "short\n", "shorter than 10");
-    bad(&["user", "add", "carl@example.org"], "", "no password on stdin");
-    bad(&["user", "add", "carl@example.org", "--password", "x"], "", "--password");
-    bad(&["alias", "add", "bob@example.org", "ann@example.org"], "", "is a mailbox");
-    bad(&["domain", "remove", "example.org"], "", "still has 2 mailbox(es)");
-    bad(&["relay", "set", "smtp.isp.net", "--user", "u"], "pw\n", "HOST:PORT");
+    bad(
+        &["user", "add", "bob@example.org"],
+        "another-passphrase\n",
+        "already exists",
+    );
+    bad(
+        &["user", "add", "carl@example.net"],
+        "another-passphrase\n",
+        "not a mail domain",
+    );
+    bad(
+        &["user", "add", "carl example.org"],
+        "another-passphrase\n",
+        "not a mail address",
+    );
+    bad(
+        &["user", "add", "carl@example.org"],
+        "short\n",
+        "shorter than 10",
+    );
+    bad(
+        &["user", "add", "carl@example.org"],
+        "",
+        "no password on stdin",
+    );
+    bad(
+        &["user", "add", "carl@example.org", "--password", "x"],
+        "",
+        "--password",
+    );
+    bad(
+        &["alias", "add", "bob@example.org", "ann@example.org"],
+        "",
+        "is a mailbox",
+    );
+    bad(
+        &["domain", "remove", "example.org"],
+        "",
+        "still has 2 mailbox(es)",
+    );
+    bad(
+        &["relay", "set", "smtp.isp.net", "--user", "u"],
+        "pw\n",
+        "HOST:PORT",
+    );
     let users = ilot.json(&mc(&srv.name, &["user", "list"]));
     assert_eq!(users["users"].as_array().unwrap().len(), 2, "{users}");
-    assert_eq!(users["users"][0]["address"], "ann@example.org", "lowercased: {users}");
+    assert_eq!(
+        users["users"][0]["address"], "ann@example.org",
+        "lowercased: {users}"
+    );
     assert_eq!(users["users"][0]["quota"], 1u64 << 30, "{users}");
-    assert!(!users.to_string().contains("ARGON2"), "no hash in --json: {users}");
-    let stored = std::fs::read_to_string(ilot.dir.join(format!("state/mail/{}/users", srv.name))).unwrap();
-    assert!(stored.contains("bob@example.org:{ARGON2ID}$argon2id$"), "{stored}");
+    assert!(
+        !users.to_string().contains("ARGON2"),
+        "no hash in --json: {users}"
+    );
+    let stored =
+        std::fs::read_to_string(ilot.dir.join(format!("state/mail/{}/users", srv.name))).unwrap();
+    assert!(
+        stored.contains("bob@example.org:{ARGON2ID}$argon2id$"),
+        "{stored}"
+    );
     assert!(!stored.contains(BOB_PW));
-    assert_eq!(path_mode(&ilot.dir.join(format!("state/mail/{}/users", srv.name))), 0o640);
+    assert_eq!(
+        path_mode(&ilot.dir.join(format!("state/mail/{}/users", srv.name))),
+        0o640
+    );
 
     // Inbound on port 25, read back over IMAPS.
-    deliver(srv.smtp, "bob@example.org", "first", "hello bob, from alice");
+    deliver(
+        srv.smtp,
+        "bob@example.org",
+        "first",
+        "hello bob, from alice",
+    );
     let uids = wait_until("delivered to bob", 30, || {
-        Some(search(srv.imaps, "bob@example.org", BOB_PW, "SUBJECT first")).filter(|u| !u.is_empty())
+        Some(search(
+            srv.imaps,
+            "bob@example.org",
+            BOB_PW,
+            "SUBJECT first",
+        ))
+        .filter(|u| !u.is_empty())
     });
-    let body = imap(srv.imaps, "bob@example.org", BOB_PW, &format!("{};UID={}", uids[0].0, uids[0].1), None).unwrap();
+    let body = imap(
+        srv.imaps,
+        "bob@example.org",
+        BOB_PW,
+        &format!("{};UID={}", uids[0].0, uids[0].1),
+        None,
+    )
+    .unwrap();
     assert!(body.contains("hello bob, from alice"), "{body}");
-    assert!(body.contains("Authentication-Results") || body.contains("X-Spam"), "rspamd checked it: {body}");
+    assert!(
+        body.contains("Authentication-Results") || body.contains("X-Spam"),
+        "rspamd checked it: {body}"
+    );
     // Not an open relay: mail for others is refused on port 25.
-    let (ok, out) = swaks(None, &["--server", &format!("127.0.0.1:{}", srv.smtp), "--from", "x@example.net", "--to", "victim@example.com"]);
+    let (ok, out) = swaks(
+        None,
+        &[
+            "--server",
+            &format!("127.0.0.1:{}", srv.smtp),
+            "--from",
+            "x@example.net",
+            "--to",
+            "victim@example.com",
+        ],
+    );
     assert!(!ok && out.contains("Relay access denied"), "{out}");
 
+    // Changes apply without dropping connections: an IMAP session and an SMTP session opened
+    // before the next change (which reloads Postfix and Dovecot) carry on after it.
+    let mut sessions = open_sessions(srv.imaps, srv.smtp);
     // An alias and a catch-all; a mailbox is not swallowed by the catch-all.
-    ilot.ok(&mc(&srv.name, &["alias", "add", "info@example.org", "bob@example.org"]));
-    ilot.ok(&mc(&srv.name, &["alias", "add", "@example.org", "ann@example.org"]));
+    ilot.ok(&mc(
+        &srv.name,
+        &["alias", "add", "info@example.org", "bob@example.org"],
+    ));
+    let carried_on = sessions.finish();
+    assert_eq!(
+        carried_on, "imap ok\nsmtp ok\n",
+        "sessions opened before the reload"
+    );
+    ilot.ok(&mc(
+        &srv.name,
+        &["alias", "add", "@example.org", "ann@example.org"],
+    ));
     deliver(srv.smtp, "info@example.org", "to-info", "for the family");
     deliver(srv.smtp, "whoever@example.org", "to-anyone", "caught");
     deliver(srv.smtp, "bob@example.org", "to-bob-again", "still bob's");
     wait_until("the alias reaches bob", 30, || {
-        Some(()).filter(|_| search(srv.imaps, "bob@example.org", BOB_PW, "OR SUBJECT to-info SUBJECT to-bob-again").len() == 2)
+        Some(()).filter(|_| {
+            search(
+                srv.imaps,
+                "bob@example.org",
+                BOB_PW,
+                "OR SUBJECT to-info SUBJECT to-bob-again",
+            )
+            .len()
+                == 2
+        })
     });
     wait_until("the catch-all reaches ann", 30, || {
-        Some(()).filter(|_| search(srv.imaps, "ann@example.org", ANN_PW, "SUBJECT to-anyone").len() == 1)
+        Some(()).filter(|_| {
+            search(srv.imaps, "ann@example.org", ANN_PW, "SUBJECT to-anyone").len() == 1
+        })
     });
     assert!(search(srv.imaps, "ann@example.org", ANN_PW, "SUBJECT to-bob-again").is_empty());
 
     // Submission through a relay that is down (the ISP's smarthost, say): bob's message
     // waits in the queue.
-    let closed = std::net::TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port();
+    let closed = std::net::TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let down = format!("{}:{closed}", gateway(&srv.name));
-    ok_with_stdin(&ilot, &mc(&srv.name, &["relay", "set", &down, "--user", "family"]), "relay-password-1\n");
-    let (ok, out) = submit(srv.submission, "bob@example.org", BOB_PW, "bob@example.org", "friend@example.net", "outbound");
+    ok_with_stdin(
+        &ilot,
+        &mc(&srv.name, &["relay", "set", &down, "--user", "family"]),
+        "relay-password-1\n",
+    );
+    let (ok, out) = submit(
+        srv.submission,
+        "bob@example.org",
+        BOB_PW,
+        "bob@example.org",
+        "friend@example.net",
+        "outbound",
+    );
     assert!(ok, "{out}");
-    let (ok, out) = submit(srv.submission, "bob@example.org", BOB_PW, "ann@example.org", "friend@example.net", "forged");
-    assert!(!ok && out.contains("not owned by user"), "bob may not send as ann: {out}");
+    let (ok, out) = submit(
+        srv.submission,
+        "bob@example.org",
+        BOB_PW,
+        "ann@example.org",
+        "friend@example.net",
+        "forged",
+    );
+    assert!(
+        !ok && out.contains("not owned by user"),
+        "bob may not send as ann: {out}"
+    );
     let queue = wait_until("queued", 30, || {
         let q = ilot.json(&mc(&srv.name, &["queue"]));
         Some(q).filter(|q| q["count"] == 1 && !q["messages"][0]["reason"].is_null())
     });
-    assert_eq!(queue["messages"][0]["to"][0], "friend@example.net", "{queue}");
+    assert_eq!(
+        queue["messages"][0]["to"][0], "friend@example.net",
+        "{queue}"
+    );
 
     // The relay comes up: the queued message leaves through it, authenticated over TLS,
     // and its signature verifies against the key in DNS.
     let relay = smarthost("family", "relay-password-1");
     let target = format!("{}:{}", gateway(&srv.name), relay.port);
-    let out = ok_with_stdin(&ilot, &mc(&srv.name, &["relay", "set", &target, "--user", "family"]), "relay-password-1\n");
+    let out = ok_with_stdin(
+        &ilot,
+        &mc(&srv.name, &["relay", "set", &target, "--user", "family"]),
+        "relay-password-1\n",
+    );
     assert!(out.contains("TLS required"), "{out}");
     let shown = ilot.json(&mc(&srv.name, &["relay", "show"]));
     assert!(!shown.to_string().contains("relay-password-1"), "{shown}");
@@ -447,43 +714,95 @@ fn mail_is_delivered_read_submitted_signed_relayed_and_exported() {
     let (raw, envelope) = wait_until("relayed", 30, || relay.message(1));
     assert_eq!(envelope["user"], "family", "{envelope}");
     assert_eq!(envelope["tls"], true, "{envelope}");
-    assert!(envelope["to"][0].as_str().unwrap().contains("friend@example.net"), "{envelope}");
+    assert!(
+        envelope["to"][0]
+            .as_str()
+            .unwrap()
+            .contains("friend@example.net"),
+        "{envelope}"
+    );
     let (selector, valid) = dkim_verify(&raw, &published_dkim(&ilot));
     assert_eq!(selector, "ilot1");
-    assert!(valid, "the DKIM signature verifies against the published key");
-    wait_until("the queue empties", 20, || Some(()).filter(|_| ilot.json(&mc(&srv.name, &["queue"]))["count"] == 0));
+    assert!(
+        valid,
+        "the DKIM signature verifies against the published key"
+    );
+    wait_until("the queue empties", 20, || {
+        Some(()).filter(|_| ilot.json(&mc(&srv.name, &["queue"]))["count"] == 0)
+    });
 
     // Export bob's mailbox, import it into ann's: she reads his messages.
     let out_dir = PathBuf::from(format!("/tmp/ilot-mail-export-{}", unique("")));
     std::fs::create_dir_all(&out_dir).unwrap();
     let tar = out_dir.join("bob.tar");
     let tar_s = tar.to_str().unwrap();
-    ilot.ok(&mc(&srv.name, &["export", "bob@example.org", "--output", tar_s]));
+    ilot.ok(&mc(
+        &srv.name,
+        &["export", "bob@example.org", "--output", tar_s],
+    ));
     assert_eq!(path_mode(&tar), 0o600);
     let listing = Command::new("tar").args(["-tf", tar_s]).output().unwrap();
     let listing = String::from_utf8_lossy(&listing.stdout);
-    assert!(listing.lines().filter(|l| l.contains("/cur/") || l.contains("/new/")).filter(|l| !l.ends_with('/')).count() >= 3, "{listing}");
-    bad(&["export", "bob@example.org", "--output", tar_s], "", "never overwritten");
+    assert!(
+        listing
+            .lines()
+            .filter(|l| l.contains("/cur/") || l.contains("/new/"))
+            .filter(|l| !l.ends_with('/'))
+            .count()
+            >= 3,
+        "{listing}"
+    );
+    bad(
+        &["export", "bob@example.org", "--output", tar_s],
+        "",
+        "never overwritten",
+    );
     let imported = ilot.json(&mc(&srv.name, &["import", "ann@example.org", tar_s]));
-    assert_eq!(imported["messages"], 3, "{imported}");
+    assert_eq!(imported["messages"], 4, "bob has 4 messages: {imported}");
     wait_until("bob's mail in ann's box", 20, || {
-        Some(()).filter(|_| search(srv.imaps, "ann@example.org", ANN_PW, "SUBJECT first").len() == 1)
+        Some(())
+            .filter(|_| search(srv.imaps, "ann@example.org", ANN_PW, "SUBJECT first").len() == 1)
     });
     // A hostile archive (a path out of the Maildir) is refused before it reaches the container.
     let evil = out_dir.join("evil.tar");
     std::fs::create_dir_all(out_dir.join("x/Maildir")).unwrap();
     std::fs::write(out_dir.join("x/passwd"), "root::0:0::/:/bin/sh\n").unwrap();
     let st = Command::new("tar")
-        .args(["-C", out_dir.join("x/Maildir").to_str().unwrap(), "-cf", evil.to_str().unwrap(), "--absolute-names", "../passwd"])
+        .args([
+            "-C",
+            out_dir.join("x/Maildir").to_str().unwrap(),
+            "-cf",
+            evil.to_str().unwrap(),
+            "--absolute-names",
+            "../passwd",
+        ])
         .status()
         .unwrap();
     assert!(st.success());
-    bad(&["import", "ann@example.org", evil.to_str().unwrap()], "", "outside Maildir");
+    bad(
+        &["import", "ann@example.org", evil.to_str().unwrap()],
+        "",
+        "outside Maildir",
+    );
 
     // Wrong passwords are refused (last: Dovecot then slows logins from this address).
-    let (ok, out) = submit(srv.submission, "bob@example.org", "wrong-password!", "bob@example.org", "friend@example.net", "x");
+    let (ok, out) = submit(
+        srv.submission,
+        "bob@example.org",
+        "wrong-password!",
+        "bob@example.org",
+        "friend@example.net",
+        "x",
+    );
     assert!(!ok && out.contains("535"), "{out}");
-    assert!(imap(srv.imaps, "bob@example.org", "wrong-password!", "INBOX", Some("UID SEARCH ALL")).is_none());
+    assert!(imap(
+        srv.imaps,
+        "bob@example.org",
+        "wrong-password!",
+        "INBOX",
+        Some("UID SEARCH ALL")
+    )
+    .is_none());
 
     // The container can be recreated at any time: the mail stays.
     let container = format!("ilot-{}-mail", srv.name);
@@ -497,14 +816,37 @@ fn mail_is_delivered_read_submitted_signed_relayed_and_exported() {
         .find(|p| p["container"] == 993)
         .and_then(|p| p["host"].as_str()?.rsplit(':').next()?.parse().ok())
         .unwrap();
-    wait_until("mail still there after the container was recreated", 60, || {
-        Some(()).filter(|_| search(imaps, "bob@example.org", BOB_PW, "SUBJECT first").len() == 1)
-    });
+    wait_until(
+        "mail still there after the container was recreated",
+        60,
+        || {
+            Some(())
+                .filter(|_| search(imaps, "bob@example.org", BOB_PW, "SUBJECT first").len() == 1)
+        },
+    );
 
     // A password change applies at the next login, and the old one stops working.
-    ok_with_stdin(&ilot, &mc(&srv.name, &["user", "passwd", "bob@example.org"]), "a-brand-new-passphrase\n");
-    assert!(imap(imaps, "bob@example.org", BOB_PW, "INBOX", Some("UID SEARCH ALL")).is_none());
-    assert!(imap(imaps, "bob@example.org", "a-brand-new-passphrase", "INBOX", Some("UID SEARCH ALL")).is_some());
+    ok_with_stdin(
+        &ilot,
+        &mc(&srv.name, &["user", "passwd", "bob@example.org"]),
+        "a-brand-new-passphrase\n",
+    );
+    assert!(imap(
+        imaps,
+        "bob@example.org",
+        BOB_PW,
+        "INBOX",
+        Some("UID SEARCH ALL")
+    )
+    .is_none());
+    assert!(imap(
+        imaps,
+        "bob@example.org",
+        "a-brand-new-passphrase",
+        "INBOX",
+        Some("UID SEARCH ALL")
+    )
+    .is_some());
     let _ = std::fs::remove_dir_all(&out_dir);
 }
 
@@ -527,27 +869,55 @@ fn dkim_rotation_never_signs_with_a_key_that_is_not_published() {
     add_user(&ilot, "bob@example.org", BOB_PW);
     let relay = smarthost("family", "relay-password-1");
     let target = format!("{}:{}", gateway(&srv.name), relay.port);
-    ok_with_stdin(&ilot, &mc(&srv.name, &["relay", "set", &target, "--user", "family"]), "relay-password-1\n");
+    ok_with_stdin(
+        &ilot,
+        &mc(&srv.name, &["relay", "set", &target, "--user", "family"]),
+        "relay-password-1\n",
+    );
     // What the world sees: the served zone, asked with dig.
     let dig = |selector: &str| -> String {
         let out = Command::new("dig")
-            .args(["+short", "-p", &dns_port.to_string(), "@127.0.0.1", "TXT", &format!("{selector}._domainkey.example.org")])
+            .args([
+                "+short",
+                "-p",
+                &dns_port.to_string(),
+                "@127.0.0.1",
+                "TXT",
+                &format!("{selector}._domainkey.example.org"),
+            ])
             .output()
             .expect("dig");
-        String::from_utf8_lossy(&out.stdout).replace("\" \"", "").replace('"', "").trim().to_string()
+        String::from_utf8_lossy(&out.stdout)
+            .replace("\" \"", "")
+            .replace('"', "")
+            .trim()
+            .to_string()
     };
     let mut sent = 0;
     // Sends one message and checks it is signed with a key the DNS serves, now.
     let mut send_and_check = |label: &str| -> String {
-        let (ok, out) = submit(srv.submission, "bob@example.org", BOB_PW, "bob@example.org", "friend@example.net", label);
+        let (ok, out) = submit(
+            srv.submission,
+            "bob@example.org",
+            BOB_PW,
+            "bob@example.org",
+            "friend@example.net",
+            label,
+        );
         assert!(ok, "{out}");
         sent += 1;
         let (raw, _) = wait_until(label, 30, || relay.message(sent));
         let selector = dkim_verify(&raw, &BTreeMapTxt(Default::default())).0;
         let published = dig(&selector);
-        assert!(published.starts_with("v=DKIM1"), "{label}: signed with {selector}, which DNS does not serve");
+        assert!(
+            published.starts_with("v=DKIM1"),
+            "{label}: signed with {selector}, which DNS does not serve"
+        );
         let txt = BTreeMapTxt([(format!("{selector}._domainkey.example.org"), published)].into());
-        assert!(dkim_verify(&raw, &txt).1, "{label}: the signature does not verify with the served key");
+        assert!(
+            dkim_verify(&raw, &txt).1,
+            "{label}: the signature does not verify with the served key"
+        );
         selector
     };
     assert_eq!(send_and_check("before"), "ilot1");
@@ -557,14 +927,24 @@ fn dkim_rotation_never_signs_with_a_key_that_is_not_published() {
     // Right after: whichever key signs is served (the old one until the new one resolves).
     send_and_check("during");
     wait_until("signing switches to ilot2", 30, || {
-        Some(()).filter(|_| ilot.json(&mc(&srv.name, &["dkim", "show"]))["domains"][0]["signing"] == "ilot2")
+        Some(()).filter(|_| {
+            ilot.json(&mc(&srv.name, &["dkim", "show"]))["domains"][0]["signing"] == "ilot2"
+        })
     });
-    assert!(dig("ilot1").starts_with("v=DKIM1"), "the old key stays published for a while");
+    assert!(
+        dig("ilot1").starts_with("v=DKIM1"),
+        "the old key stays published for a while"
+    );
     assert_eq!(send_and_check("after"), "ilot2");
-    wait_until("the old key is withdrawn", 30, || Some(()).filter(|_| dig("ilot1").is_empty()));
+    wait_until("the old key is withdrawn", 30, || {
+        Some(()).filter(|_| dig("ilot1").is_empty())
+    });
     assert_eq!(send_and_check("later"), "ilot2");
     let events = ilot.ok(&["events"]);
-    assert!(events.contains("mail is now signed with ilot2") && events.contains("ilot1 is withdrawn"), "{events}");
+    assert!(
+        events.contains("mail is now signed with ilot2") && events.contains("ilot1 is withdrawn"),
+        "{events}"
+    );
 
     // A key that cannot be seen in DNS never signs: example.net is not served here.
     ilot.ok(&mc(&srv.name, &["domain", "add", "example.net"]));
@@ -573,8 +953,18 @@ fn dkim_rotation_never_signs_with_a_key_that_is_not_published() {
     assert!(err.contains("already waiting for ilot2"), "{err}");
     std::thread::sleep(Duration::from_secs(3));
     let show = ilot.json(&mc(&srv.name, &["dkim", "show"]));
-    let net = show["domains"].as_array().unwrap().iter().find(|d| d["domain"] == "example.net").unwrap().clone();
-    assert_eq!((net["signing"].as_str(), net["pending"].as_str()), (Some("ilot1"), Some("ilot2")), "{show}");
+    let net = show["domains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["domain"] == "example.net")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (net["signing"].as_str(), net["pending"].as_str()),
+        (Some("ilot1"), Some("ilot2")),
+        "{show}"
+    );
 }
 
 /// A client namespace joined to the host by a veth pair (10.79.N.2 -> host 10.79.N.1), so
@@ -599,14 +989,32 @@ fn client_ns() -> ClientNs {
     let (vh, vc) = (format!("vh{id}"), format!("vc{id}"));
     let run = |args: &[&str]| {
         let out = Command::new("ip").args(args).output().unwrap();
-        assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     run(&["netns", "add", &ns]);
-    let c = ClientNs { ns: ns.clone(), host_ip: host_ip.clone(), client_ip: client_ip.clone() };
-    run(&["link", "add", &vh, "type", "veth", "peer", "name", &vc, "netns", &ns]);
+    let c = ClientNs {
+        ns: ns.clone(),
+        host_ip: host_ip.clone(),
+        client_ip: client_ip.clone(),
+    };
+    run(&[
+        "link", "add", &vh, "type", "veth", "peer", "name", &vc, "netns", &ns,
+    ]);
     run(&["addr", "add", &format!("{host_ip}/24"), "dev", &vh]);
     run(&["link", "set", &vh, "up"]);
-    run(&["-n", &ns, "addr", "add", &format!("{client_ip}/24"), "dev", &vc]);
+    run(&[
+        "-n",
+        &ns,
+        "addr",
+        "add",
+        &format!("{client_ip}/24"),
+        "dev",
+        &vc,
+    ]);
     run(&["-n", &ns, "link", "set", &vc, "up"]);
     run(&["-n", &ns, "link", "set", "lo", "up"]);
     run(&["-n", &ns, "route", "add", "default", "via", &host_ip]);
@@ -617,7 +1025,9 @@ fn client_ns() -> ClientNs {
 struct HostTable;
 impl Drop for HostTable {
     fn drop(&mut self) {
-        let _ = Command::new("nft").args(["delete", "table", "inet", "ilot"]).status();
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", "ilot"])
+            .status();
     }
 }
 
@@ -636,36 +1046,86 @@ fn wrong_mail_passwords_from_one_address_end_in_a_ban() {
     let wrong = |n: usize| {
         let (ok, out) = swaks(
             Some(&client.ns),
-            &["--server", &server, "--tls", "--auth", "PLAIN", "--auth-user", "bob@example.org",
-              "--auth-password", &format!("guess-{n}"), "--from", "bob@example.org", "--to", "x@example.net"],
+            &[
+                "--server",
+                &server,
+                "--tls",
+                "--auth",
+                "PLAIN",
+                "--auth-user",
+                "bob@example.org",
+                "--auth-password",
+                &format!("guess-{n}"),
+                "--from",
+                "bob@example.org",
+                "--to",
+                "x@example.net",
+            ],
         );
         assert!(!ok, "{out}");
         out
     };
     let first = wrong(0);
-    assert!(first.contains("535"), "the client reaches the server and is refused: {first}");
+    assert!(
+        first.contains("535"),
+        "the client reaches the server and is refused: {first}"
+    );
     for n in 1..3 {
         wrong(n);
     }
     let net = format!("{}/32", client.client_ip);
     let ban = wait_until("the guessing address is banned", 30, || {
         let list = ilot.json(&["ban", "list"]);
-        list["bans"].as_array()?.iter().find(|b| b["address"] == net.as_str()).cloned()
+        list["bans"]
+            .as_array()?
+            .iter()
+            .find(|b| b["address"] == net.as_str())
+            .cloned()
     });
     // Postfix asks Dovecot to check SASL passwords: both log the failure, either jail bans.
     let jail = ban["jail"].as_str().unwrap();
-    assert!(jail == format!("{}-postfix", srv.name) || jail == format!("{}-dovecot", srv.name), "{ban}");
+    assert!(
+        jail == format!("{}-postfix", srv.name) || jail == format!("{}-dovecot", srv.name),
+        "{ban}"
+    );
     // Its connections are dropped now; bob, from elsewhere, still sends.
-    let (ok, out) = swaks(Some(&client.ns), &["--server", &server, "--quit-after", "CONNECT", "--timeout", "3"]);
+    let (ok, out) = swaks(
+        Some(&client.ns),
+        &[
+            "--server",
+            &server,
+            "--quit-after",
+            "CONNECT",
+            "--timeout",
+            "3",
+        ],
+    );
     assert!(!ok, "a banned address still connects: {out}");
-    let (ok, out) = submit(srv.submission, "bob@example.org", BOB_PW, "bob@example.org", "friend@example.net", "still works");
+    let (ok, out) = submit(
+        srv.submission,
+        "bob@example.org",
+        BOB_PW,
+        "bob@example.org",
+        "friend@example.net",
+        "still works",
+    );
     assert!(ok, "{out}");
     // IMAP guesses are counted by the dovecot jail (the address is already dropped, so they
     // come from another client).
     let other = client_ns();
     for n in 0..3 {
         let out = Command::new("ip")
-            .args(["netns", "exec", &other.ns, "curl", "-sk", "--max-time", "10", "--user", &format!("bob@example.org:guess-{n}")])
+            .args([
+                "netns",
+                "exec",
+                &other.ns,
+                "curl",
+                "-sk",
+                "--max-time",
+                "10",
+                "--user",
+                &format!("bob@example.org:guess-{n}"),
+            ])
             .arg(format!("imaps://{}:{}/INBOX", other.host_ip, srv.imaps))
             .output()
             .unwrap();
@@ -674,7 +1134,11 @@ fn wrong_mail_passwords_from_one_address_end_in_a_ban() {
     let net = format!("{}/32", other.client_ip);
     let ban = wait_until("the IMAP guesser is banned", 30, || {
         let list = ilot.json(&["ban", "list"]);
-        list["bans"].as_array()?.iter().find(|b| b["address"] == net.as_str()).cloned()
+        list["bans"]
+            .as_array()?
+            .iter()
+            .find(|b| b["address"] == net.as_str())
+            .cloned()
     });
     assert_eq!(ban["jail"], format!("{}-dovecot", srv.name), "{ban}");
 }

@@ -134,9 +134,13 @@ enum MailCommand {
 #[derive(Subcommand)]
 enum MailDomainCommand {
     List,
-    Add { domain: String },
+    Add {
+        domain: String,
+    },
     /// Refused while the domain still has mailboxes or aliases.
-    Remove { domain: String },
+    Remove {
+        domain: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -155,7 +159,9 @@ enum MailUserCommand {
         purge: bool,
     },
     /// Change a password (takes effect at the next login; open sessions stay).
-    Passwd { address: String },
+    Passwd {
+        address: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -167,7 +173,9 @@ enum MailAliasCommand {
         #[arg(required = true)]
         targets: Vec<String>,
     },
-    Remove { address: String },
+    Remove {
+        address: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -203,7 +211,9 @@ fn read_password(what: &str) -> Result<crate::api::Secret, Error> {
         let first = rpassword::prompt_password(format!("Password for {what}: ")).map_err(io)?;
         let again = rpassword::prompt_password("Again: ").map_err(io)?;
         if first != again {
-            return Err(Error::bad_input("the two passwords differ; nothing was changed"));
+            return Err(Error::bad_input(
+                "the two passwords differ; nothing was changed",
+            ));
         }
         return Ok(crate::api::Secret(first));
     }
@@ -211,8 +221,9 @@ fn read_password(what: &str) -> Result<crate::api::Secret, Error> {
     std::io::stdin().read_line(&mut line).map_err(io)?;
     let line = line.trim_end_matches(['\n', '\r']).to_string();
     if line.is_empty() {
-        return Err(Error::bad_input("no password on stdin")
-            .hint(format!("e.g. `printf '%s\\n' \"$PASSWORD\" | ilot mail ... {what}`, or run it at a terminal")));
+        return Err(Error::bad_input("no password on stdin").hint(format!(
+            "e.g. `printf '%s\\n' \"$PASSWORD\" | ilot mail ... {what}`, or run it at a terminal"
+        )));
     }
     Ok(crate::api::Secret(line))
 }
@@ -220,8 +231,7 @@ fn read_password(what: &str) -> Result<crate::api::Secret, Error> {
 fn mail_request(args: MailArgs) -> Result<Request, Error> {
     use crate::api::MailOp as M;
     let absolute = |p: PathBuf| {
-        std::path::absolute(&p)
-            .map_err(|e| Error::bad_input(format!("{}: {e}", p.display())))
+        std::path::absolute(&p).map_err(|e| Error::bad_input(format!("{}: {e}", p.display())))
     };
     let op = match args.command {
         MailCommand::Domain(MailDomainCommand::List) => M::DomainList,

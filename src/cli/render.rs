@@ -794,7 +794,14 @@ fn print_mail(op: &crate::api::MailOp, v: &Value) {
             &["DOMAIN", "MAILBOXES", "ALIASES", "DKIM"],
             rows("domains")
                 .iter()
-                .map(|d| vec![s(&d["domain"]), s(&d["mailboxes"]), s(&d["aliases"]), s(&d["dkim_selector"])])
+                .map(|d| {
+                    vec![
+                        s(&d["domain"]),
+                        s(&d["mailboxes"]),
+                        s(&d["aliases"]),
+                        s(&d["dkim_selector"]),
+                    ]
+                })
                 .collect(),
         ),
         M::UserList => table(
@@ -816,7 +823,12 @@ fn print_mail(op: &crate::api::MailOp, v: &Value) {
                     if a["catch_all"] == Value::Bool(true) {
                         name.push_str(" (catch-all)");
                     }
-                    let targets: Vec<String> = a["targets"].as_array().into_iter().flatten().map(s).collect();
+                    let targets: Vec<String> = a["targets"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(s)
+                        .collect();
                     vec![name, targets.join(", ")]
                 })
                 .collect(),
@@ -827,9 +839,15 @@ fn print_mail(op: &crate::api::MailOp, v: &Value) {
                 s(&r["host"]),
                 s(&r["port"]),
                 s(&r["user"]),
-                if r["tls"] == "none" { "when offered" } else { "required" }
+                if r["tls"] == "none" {
+                    "when offered"
+                } else {
+                    "required"
+                }
             ),
-            None => println!("no relay: outbound mail goes straight to the recipients' servers (port 25)"),
+            None => println!(
+                "no relay: outbound mail goes straight to the recipients' servers (port 25)"
+            ),
         },
         M::DkimShow => {
             for d in rows("domains") {
@@ -837,9 +855,19 @@ fn print_mail(op: &crate::api::MailOp, v: &Value) {
                     .as_object()
                     .into_iter()
                     .flatten()
-                    .map(|(sel, t)| format!("{sel} (withdrawn {})", crate::state::format_utc(t.as_u64().unwrap_or(0))))
+                    .map(|(sel, t)| {
+                        format!(
+                            "{sel} (withdrawn {})",
+                            crate::state::format_utc(t.as_u64().unwrap_or(0))
+                        )
+                    })
                     .collect();
-                let published: Vec<String> = d["published"].as_array().into_iter().flatten().map(s).collect();
+                let published: Vec<String> = d["published"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(s)
+                    .collect();
                 println!("{}", s(&d["domain"]));
                 println!("  signing with:  {}", s(&d["signing"]));
                 if let Some(p) = d["pending"].as_str() {
@@ -860,8 +888,15 @@ fn print_mail(op: &crate::api::MailOp, v: &Value) {
                 rows("messages")
                     .iter()
                     .map(|m| {
-                        let to: Vec<String> = m["to"].as_array().into_iter().flatten().map(s).collect();
-                        vec![s(&m["id"]), s(&m["queue"]), s(&m["from"]), to.join(", "), s(&m["reason"])]
+                        let to: Vec<String> =
+                            m["to"].as_array().into_iter().flatten().map(s).collect();
+                        vec![
+                            s(&m["id"]),
+                            s(&m["queue"]),
+                            s(&m["from"]),
+                            to.join(", "),
+                            s(&m["reason"]),
+                        ]
                     })
                     .collect(),
             );

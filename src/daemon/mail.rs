@@ -115,7 +115,12 @@ impl Daemon {
     }
 
     async fn reload_mail(&self, inst: &Instance) -> Result<()> {
-        let mf = inst.manifest.needs.mail_files.as_ref().expect("a mail server");
+        let mf = inst
+            .manifest
+            .needs
+            .mail_files
+            .as_ref()
+            .expect("a mail server");
         let container = plan::container_name(&inst.name, &mf.service);
         let cmd: Vec<&str> = mf.reload.iter().map(String::as_str).collect();
         let (code, out) = self.engine()?.exec_output(&container, &cmd, 4096).await?;
@@ -133,11 +138,20 @@ impl Daemon {
     }
 
     fn mail_container(&self, inst: &Instance) -> String {
-        let mf = inst.manifest.needs.mail_files.as_ref().expect("a mail server");
+        let mf = inst
+            .manifest
+            .needs
+            .mail_files
+            .as_ref()
+            .expect("a mail server");
         plan::container_name(&inst.name, &mf.service)
     }
 
-    pub(super) async fn mail(self: &Arc<Self>, instance: Option<String>, op: MailOp) -> Result<Value> {
+    pub(super) async fn mail(
+        self: &Arc<Self>,
+        instance: Option<String>,
+        op: MailOp,
+    ) -> Result<Value> {
         let inst = self.mail_instance(instance.as_deref())?;
         let mut st = inst.mail.clone().unwrap_or_default();
         let name = inst.name.clone();
@@ -186,8 +200,15 @@ impl Daemon {
             MailOp::DkimShow => return Ok(self.dkim_view(&name, &st)),
             MailOp::Queue => return self.mail_queue(&inst).await,
             MailOp::QueueFlush => {
-                run_ok(self.engine()?, &self.mail_container(&inst), &["postqueue", "-f"]).await?;
-                return Ok(json!({ "instance": name, "message": "every deferred message is being retried" }));
+                run_ok(
+                    self.engine()?,
+                    &self.mail_container(&inst),
+                    &["postqueue", "-f"],
+                )
+                .await?;
+                return Ok(
+                    json!({ "instance": name, "message": "every deferred message is being retried" }),
+                );
             }
             MailOp::Export { address, output } => {
                 return self.mail_export(&inst, &address, &output).await
@@ -241,7 +262,9 @@ impl Daemon {
                             "mailbox {a} removed, but its messages could not be deleted: {out}"
                         )));
                     }
-                    return Ok(json!({ "instance": name, "message": format!("mailbox {a} and its messages removed") }));
+                    return Ok(
+                        json!({ "instance": name, "message": format!("mailbox {a} and its messages removed") }),
+                    );
                 }
                 format!(
                     "mailbox {a} removed; its messages are kept (adding {a} again brings them \
@@ -268,7 +291,11 @@ impl Daemon {
                     r.host,
                     r.port,
                     r.user,
-                    if r.tls == "none" { "when offered" } else { "required" }
+                    if r.tls == "none" {
+                        "when offered"
+                    } else {
+                        "required"
+                    }
                 );
                 st.relay = Some(r);
                 text
@@ -305,7 +332,8 @@ impl Daemon {
             }
         };
         self.commit_mail(inst, st).await?;
-        self.bus.publish("mail-changed", Some(&name), message.clone());
+        self.bus
+            .publish("mail-changed", Some(&name), message.clone());
         Ok(json!({ "instance": name, "message": message }))
     }
 
@@ -370,7 +398,10 @@ impl Daemon {
                 continue;
             }
             let container = self.mail_container(&inst);
-            if let Ok((0, text)) = engine.exec_output(&container, &["postqueue", "-j"], 8 << 20).await {
+            if let Ok((0, text)) = engine
+                .exec_output(&container, &["postqueue", "-j"], 8 << 20)
+                .await
+            {
                 let n = text.lines().filter(|l| l.starts_with('{')).count();
                 out.push((format!("mailq:{}", inst.name), n as f32));
             }
@@ -387,7 +418,9 @@ impl Daemon {
         let (a, _) = mail::parse_address(address)?;
         let st = inst.mail.clone().unwrap_or_default();
         if !st.users.contains_key(&a) {
-            return Err(Error::not_found(format!("no mailbox {a}")).hint("see `ilot mail user list`"));
+            return Err(
+                Error::not_found(format!("no mailbox {a}")).hint("see `ilot mail user list`")
+            );
         }
         if !output.is_absolute() || output.exists() {
             return Err(Error::bad_input(format!(
@@ -403,11 +436,15 @@ impl Daemon {
             Ok(r) => r,
             Err(e) => {
                 let _ = std::fs::remove_file(output);
-                return Err(if e.message.contains("404") || e.message.contains("No such") {
-                    Error::not_found(format!("{a} has no mail yet, so there is nothing to export"))
-                } else {
-                    e
-                });
+                return Err(
+                    if e.message.contains("404") || e.message.contains("No such") {
+                        Error::not_found(format!(
+                            "{a} has no mail yet, so there is nothing to export"
+                        ))
+                    } else {
+                        e
+                    },
+                );
             }
         };
         Ok(json!({
@@ -433,11 +470,18 @@ impl Daemon {
                 .hint(format!("create it first: `ilot mail user add {a}`")));
         }
         if !input.is_absolute() {
-            return Err(Error::bad_input(format!("{}: give an absolute path", input.display())));
+            return Err(Error::bad_input(format!(
+                "{}: give an absolute path",
+                input.display()
+            )));
         }
         // The archive is checked and rewritten without Dovecot's index files (the mailbox
         // re-indexes, and its own UIDs stay valid) before it reaches the container.
-        let tmp = self.config.daemon.state_dir.join(format!("import-{}.tar", now()));
+        let tmp = self
+            .config
+            .daemon
+            .state_dir
+            .join(format!("import-{}.tar", now()));
         let (src, dst) = (input.to_path_buf(), tmp.clone());
         let messages = tokio::task::spawn_blocking(move || clean_maildir_tar(&src, &dst))
             .await
@@ -453,7 +497,12 @@ impl Daemon {
         let container = self.mail_container(inst);
         let home = mail::maildir(&a).trim_end_matches("/Maildir").to_string();
         let result = async {
-            run_ok(engine, &container, &["install", "-d", "-o", "vmail", "-g", "vmail", &home]).await?;
+            run_ok(
+                engine,
+                &container,
+                &["install", "-d", "-o", "vmail", "-g", "vmail", &home],
+            )
+            .await?;
             engine.upload(&container, &home, &tmp).await?;
             run_ok(engine, &container, &["chown", "-R", "vmail:vmail", &home]).await
         }
@@ -474,7 +523,10 @@ impl Daemon {
         tokio::spawn(async move {
             loop {
                 let _ = tokio::time::timeout(
-                    self.config.mail.dkim_check_every.min(std::time::Duration::from_secs(60)),
+                    self.config
+                        .mail
+                        .dkim_check_every
+                        .min(std::time::Duration::from_secs(60)),
                     self.mail_poke.notified(),
                 )
                 .await;
@@ -580,7 +632,11 @@ async fn hash(password: String) -> Result<String> {
 async fn run_ok(engine: &crate::runtime::Engine, container: &str, cmd: &[&str]) -> Result<()> {
     let (code, out) = engine.exec_output(container, cmd, 4096).await?;
     if code != 0 {
-        return Err(Error::failed(format!("{} failed in {container}: {}", cmd[0], out.trim())));
+        return Err(Error::failed(format!(
+            "{} failed in {container}: {}",
+            cmd[0],
+            out.trim()
+        )));
     }
     Ok(())
 }
@@ -625,9 +681,15 @@ fn clean_maildir_tar(src: &std::path::Path, dst: &std::path::Path) -> Result<usi
             continue;
         }
         if !(kind.is_file() || kind.is_dir()) {
-            return Err(bad(format!("{} is neither a file nor a directory", path.display())));
+            return Err(bad(format!(
+                "{} is neither a file nor a directory",
+                path.display()
+            )));
         }
-        let parent = path.parent().and_then(|p| p.file_name()).unwrap_or_default();
+        let parent = path
+            .parent()
+            .and_then(|p| p.file_name())
+            .unwrap_or_default();
         if kind.is_file() && (parent == "cur" || parent == "new") {
             messages += 1;
         }

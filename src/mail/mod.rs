@@ -122,14 +122,19 @@ fn verify_password(hash: &str, password: &str) -> bool {
     let Some(phc) = hash.strip_prefix("{ARGON2ID}") else {
         return false;
     };
-    PasswordHash::new(phc)
-        .is_ok_and(|h| argon2::Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+    PasswordHash::new(phc).is_ok_and(|h| {
+        argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok()
+    })
 }
 
 fn check_password(password: &str) -> Result<()> {
     if password.chars().count() < 10 {
-        return Err(Error::bad_input("the password is shorter than 10 characters")
-            .hint("choose a longer one (a few random words are easy to type on a phone)"));
+        return Err(
+            Error::bad_input("the password is shorter than 10 characters")
+                .hint("choose a longer one (a few random words are easy to type on a phone)"),
+        );
     }
     if password.len() > 1024 || password.chars().any(|c| c.is_control()) {
         return Err(Error::bad_input(
@@ -169,7 +174,9 @@ impl MailState {
     pub fn add_domain(&mut self, domain: &str) -> Result<()> {
         crate::names::check_domain(domain)?;
         if self.has_domain(domain) {
-            return Err(Error::conflict(format!("{domain} is already a mail domain")));
+            return Err(Error::conflict(format!(
+                "{domain} is already a mail domain"
+            )));
         }
         self.domains.push(domain.to_string());
         self.domains.sort();
@@ -198,12 +205,16 @@ impl MailState {
     pub fn add_user(&mut self, address: &str, hash: String, quota: Option<u64>) -> Result<String> {
         let (a, _) = self.local_domain(address, "the mailbox")?;
         if self.users.contains_key(&a) {
-            return Err(Error::conflict(format!("the mailbox {a} already exists"))
-                .hint(format!("to change its password: `ilot mail user passwd {a}`")));
+            return Err(
+                Error::conflict(format!("the mailbox {a} already exists")).hint(format!(
+                    "to change its password: `ilot mail user passwd {a}`"
+                )),
+            );
         }
         if self.aliases.contains_key(&a) {
-            return Err(Error::conflict(format!("{a} is an alias"))
-                .hint(format!("remove the alias first: `ilot mail alias remove {a}`")));
+            return Err(Error::conflict(format!("{a} is an alias")).hint(format!(
+                "remove the alias first: `ilot mail alias remove {a}`"
+            )));
         }
         self.users.insert(
             a.clone(),
@@ -226,7 +237,9 @@ impl MailState {
     pub fn remove_user(&mut self, address: &str) -> Result<String> {
         let (a, _) = parse_address(address)?;
         if self.users.remove(&a).is_none() {
-            return Err(Error::not_found(format!("no mailbox {a}")).hint("see `ilot mail user list`"));
+            return Err(
+                Error::not_found(format!("no mailbox {a}")).hint("see `ilot mail user list`")
+            );
         }
         Ok(a)
     }
@@ -253,7 +266,9 @@ impl MailState {
             }
         };
         if targets.is_empty() {
-            return Err(Error::bad_input(format!("the alias {key} needs at least one target")));
+            return Err(Error::bad_input(format!(
+                "the alias {key} needs at least one target"
+            )));
         }
         let mut out = Vec::new();
         for t in targets {
@@ -276,7 +291,9 @@ impl MailState {
     pub fn remove_alias(&mut self, address: &str) -> Result<String> {
         let key = address.trim().to_ascii_lowercase();
         if self.aliases.remove(&key).is_none() {
-            return Err(Error::not_found(format!("no alias {key}")).hint("see `ilot mail alias list`"));
+            return Err(
+                Error::not_found(format!("no alias {key}")).hint("see `ilot mail alias list`")
+            );
         }
         Ok(key)
     }
@@ -285,18 +302,27 @@ impl MailState {
 /// Parses "HOST:PORT" for the relay.
 pub fn parse_relay(s: &str, user: &str, password: String, tls: &str) -> Result<Relay> {
     let (host, port) = s.rsplit_once(':').ok_or_else(|| {
-        Error::bad_input(format!("{s:?}: give the relay as HOST:PORT, e.g. smtp.isp.net:587"))
+        Error::bad_input(format!(
+            "{s:?}: give the relay as HOST:PORT, e.g. smtp.isp.net:587"
+        ))
     })?;
     let port: u16 = port
         .parse()
         .ok()
         .filter(|p| *p > 0)
         .ok_or_else(|| Error::bad_input(format!("{port:?} is not a port number")))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
     if host.parse::<std::net::IpAddr>().is_err() {
         crate::names::check_domain(&host)?;
     }
-    if user.is_empty() || user.chars().any(|c| c.is_whitespace() || c == ':' || c.is_control()) {
+    if user.is_empty()
+        || user
+            .chars()
+            .any(|c| c.is_whitespace() || c == ':' || c.is_control())
+    {
         return Err(Error::bad_input(
             "the relay user must be non-empty, without spaces, ':' or control characters",
         ));
@@ -377,7 +403,10 @@ pub fn remove_key(state_dir: &Path, domain: &str, selector: &str) -> Result<()> 
         let path = dir.join(format!("{selector}.{ext}"));
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(Error::failed(format!("cannot remove {}: {e}", path.display())))
+                return Err(Error::failed(format!(
+                    "cannot remove {}: {e}",
+                    path.display()
+                )))
             }
             _ => {}
         }
@@ -511,8 +540,14 @@ pub fn render(state: &MailState, state_dir: &Path, dir: &Path, hostname: &str) -
     let mut selectors = String::new();
     for (domain, k) in &state.dkim {
         selectors.push_str(&format!("{domain} {}\n", k.signing));
-        let pem = std::fs::read_to_string(key_dir(state_dir, domain).join(format!("{}.key", k.signing)))
-            .map_err(|e| Error::failed(format!("the DKIM key {} of {domain} is missing: {e}", k.signing)))?;
+        let pem =
+            std::fs::read_to_string(key_dir(state_dir, domain).join(format!("{}.key", k.signing)))
+                .map_err(|e| {
+                    Error::failed(format!(
+                        "the DKIM key {} of {domain} is missing: {e}",
+                        k.signing
+                    ))
+                })?;
         add(&format!("dkim/{domain}.{}.key", k.signing), pem, true);
     }
     add("dkim/selectors.map", selectors, false);
@@ -580,7 +615,15 @@ mod tests {
             parse_address("Bob@Example.org").unwrap(),
             ("bob@example.org".into(), "example.org".into())
         );
-        for bad in ["bob", "@example.org", "bo b@example.org", ".bob@example.org", "a..b@example.org", "bob@localhost", "bob@exa_mple.org"] {
+        for bad in [
+            "bob",
+            "@example.org",
+            "bo b@example.org",
+            ".bob@example.org",
+            "a..b@example.org",
+            "bob@localhost",
+            "bob@exa_mple.org",
+        ] {
             assert!(parse_address(bad).is_err(), "{bad}");
         }
     }
@@ -588,7 +631,10 @@ mod tests {
     #[test]
     fn passwords_are_argon2id_and_verify() {
         let h = hash_password("correct horse battery").unwrap();
-        assert!(h.starts_with("{ARGON2ID}$argon2id$v=19$m=19456,t=2,p=1$"), "{h}");
+        assert!(
+            h.starts_with("{ARGON2ID}$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{h}"
+        );
         assert!(verify_password(&h, "correct horse battery"));
         assert!(!verify_password(&h, "correct horse battery!"));
         assert!(hash_password("short").is_err());
@@ -598,19 +644,31 @@ mod tests {
     #[test]
     fn users_aliases_and_domains_refuse_what_makes_no_sense() {
         let mut s = server();
-        s.add_user("bob@example.org", "{ARGON2ID}x".into(), None).unwrap();
+        s.add_user("bob@example.org", "{ARGON2ID}x".into(), None)
+            .unwrap();
         let e = s.add_user("BOB@example.org", "h".into(), None).unwrap_err();
         assert!(e.message.contains("already exists"), "{e}");
         let e = s.add_user("ann@example.net", "h".into(), None).unwrap_err();
         assert!(e.message.contains("not a mail domain"), "{e}");
         let before = s.clone();
-        assert!(s.add_alias("bob@example.org", &["ann@example.net".into()]).is_err());
+        assert!(s
+            .add_alias("bob@example.org", &["ann@example.net".into()])
+            .is_err());
         assert!(s.add_alias("info@example.org", &[]).is_err());
-        assert!(s.add_alias("info@example.org", &["not an address".into()]).is_err());
-        assert!(s.add_alias("@example.net", &["bob@example.org".into()]).is_err());
+        assert!(s
+            .add_alias("info@example.org", &["not an address".into()])
+            .is_err());
+        assert!(s
+            .add_alias("@example.net", &["bob@example.org".into()])
+            .is_err());
         assert_eq!(s, before, "refused changes change nothing");
-        s.add_alias("info@example.org", &["bob@example.org".into(), "x@example.net".into()]).unwrap();
-        s.add_alias("@example.org", &["bob@example.org".into()]).unwrap();
+        s.add_alias(
+            "info@example.org",
+            &["bob@example.org".into(), "x@example.net".into()],
+        )
+        .unwrap();
+        s.add_alias("@example.org", &["bob@example.org".into()])
+            .unwrap();
         let e = s.remove_domain("example.org").unwrap_err();
         assert!(e.message.contains("1 mailbox(es) and 2 alias(es)"), "{e}");
         s.add_domain("example.net").unwrap();
@@ -624,14 +682,29 @@ mod tests {
         let state_dir = dir.join("state");
         let out = dir.join("out");
         let mut s = server();
-        s.add_user("bob@example.org", "{ARGON2ID}$h".into(), Some(2 << 30)).unwrap();
-        s.add_alias("info@example.org", &["bob@example.org".into(), "x@example.net".into()]).unwrap();
-        s.add_alias("@example.org", &["bob@example.org".into()]).unwrap();
+        s.add_user("bob@example.org", "{ARGON2ID}$h".into(), Some(2 << 30))
+            .unwrap();
+        s.add_alias(
+            "info@example.org",
+            &["bob@example.org".into(), "x@example.net".into()],
+        )
+        .unwrap();
+        s.add_alias("@example.org", &["bob@example.org".into()])
+            .unwrap();
         s.relay = Some(parse_relay("smtp.isp.net:587", "me", "pw".into(), "encrypt").unwrap());
         new_key(&state_dir, "example.org", "ilot1").unwrap();
-        s.dkim.insert("example.org".into(), Dkim { signing: "ilot1".into(), ..Default::default() });
+        s.dkim.insert(
+            "example.org".into(),
+            Dkim {
+                signing: "ilot1".into(),
+                ..Default::default()
+            },
+        );
         assert!(render(&s, &state_dir, &out, "mail.example.org").unwrap());
-        assert!(!render(&s, &state_dir, &out, "mail.example.org").unwrap(), "unchanged: no rewrite");
+        assert!(
+            !render(&s, &state_dir, &out, "mail.example.org").unwrap(),
+            "unchanged: no rewrite"
+        );
         let read = |n: &str| std::fs::read_to_string(out.join(n)).unwrap();
         assert_eq!(read("domains"), "example.org OK\n");
         assert_eq!(read("mailboxes"), "bob@example.org example.org/bob/\n");
@@ -639,8 +712,14 @@ mod tests {
             read("aliases"),
             "bob@example.org bob@example.org\n@example.org bob@example.org\ninfo@example.org bob@example.org,x@example.net\n"
         );
-        assert_eq!(read("senders"), "bob@example.org bob@example.org\ninfo@example.org bob@example.org\n");
-        assert_eq!(read("users"), "bob@example.org:{ARGON2ID}$h::::::userdb_quota_rule=*:bytes=2147483648\n");
+        assert_eq!(
+            read("senders"),
+            "bob@example.org bob@example.org\ninfo@example.org bob@example.org\n"
+        );
+        assert_eq!(
+            read("users"),
+            "bob@example.org:{ARGON2ID}$h::::::userdb_quota_rule=*:bytes=2147483648\n"
+        );
         assert_eq!(read("relay_password"), "[smtp.isp.net]:587 me:pw\n");
         assert!(read("postfix.cf").contains("relayhost = [smtp.isp.net]:587\n"));
         assert_eq!(read("dkim/selectors.map"), "example.org ilot1\n");
@@ -659,6 +738,12 @@ mod tests {
     #[test]
     fn selectors_count_up() {
         assert_eq!(next_selector(&[]), "ilot1");
-        assert_eq!(next_selector(&[("ilot1".into(), String::new()), ("ilot9".into(), String::new())]), "ilot10");
+        assert_eq!(
+            next_selector(&[
+                ("ilot1".into(), String::new()),
+                ("ilot9".into(), String::new())
+            ]),
+            "ilot10"
+        );
     }
 }

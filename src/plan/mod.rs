@@ -41,7 +41,9 @@ pub fn tls_dir(instance: &str) -> Option<std::path::PathBuf> {
 
 /// The host directory holding a mail instance's files (`[needs] mail_files`).
 pub fn mail_dir(instance: &str) -> Option<std::path::PathBuf> {
-    STATE_ROOT.get().map(|root| root.join("mail").join(instance))
+    STATE_ROOT
+        .get()
+        .map(|root| root.join("mail").join(instance))
 }
 
 /// Everything a service's container is made from. Its hash, stored as a label, tells the

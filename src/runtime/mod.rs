@@ -670,15 +670,11 @@ impl Engine {
         if let bollard::exec::StartExecResults::Attached { mut output, .. } = started {
             while let Some(item) = output.next().await {
                 match item.map_err(|e| engine_err(&what, e))? {
-                    bollard::container::LogOutput::StdOut { message } => {
-                        if out.len() < limit {
-                            out.extend_from_slice(&message)
-                        }
+                    bollard::container::LogOutput::StdOut { message } if out.len() < limit => {
+                        out.extend_from_slice(&message)
                     }
-                    bollard::container::LogOutput::StdErr { message } => {
-                        if err.len() < limit {
-                            err.extend_from_slice(&message)
-                        }
+                    bollard::container::LogOutput::StdErr { message } if err.len() < limit => {
+                        err.extend_from_slice(&message)
                     }
                     _ => {}
                 }
@@ -699,9 +695,9 @@ impl Engine {
     /// Copies a tar archive (a file on the host) into a running container, extracted under
     /// `path`. The archive is streamed, never held in memory whole.
     pub async fn upload(&self, container: &str, path: &str, archive: &Path) -> Result<()> {
-        let file = tokio::fs::File::open(archive).await.map_err(|e| {
-            Error::bad_input(format!("cannot read {}: {e}", archive.display()))
-        })?;
+        let file = tokio::fs::File::open(archive)
+            .await
+            .map_err(|e| Error::bad_input(format!("cannot read {}: {e}", archive.display())))?;
         let chunks = futures_util::stream::unfold(file, |mut f| async move {
             use tokio::io::AsyncReadExt;
             let mut buf = vec![0u8; 256 << 10];

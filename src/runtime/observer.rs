@@ -27,8 +27,18 @@ pub struct Observer {
 /// Engine events that change what the cache holds (`health_status` matches
 /// `health_status: healthy` and the others: the engine compares it by prefix).
 const STATE_EVENTS: [&str; 12] = [
-    "create", "start", "restart", "die", "stop", "kill", "destroy", "pause", "unpause", "rename",
-    "update", "health_status",
+    "create",
+    "start",
+    "restart",
+    "die",
+    "stop",
+    "kill",
+    "destroy",
+    "pause",
+    "unpause",
+    "rename",
+    "update",
+    "health_status",
 ];
 
 /// A full re-list this often, in case an event was missed.

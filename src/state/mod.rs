@@ -383,7 +383,10 @@ pub fn open_private_db(path: &Path, cache: usize) -> std::result::Result<Databas
         .mode(0o600)
         .open(path)
         .map_err(|e| {
-            DbOpenError::Other(Error::failed(format!("cannot create {}: {e}", path.display())))
+            DbOpenError::Other(Error::failed(format!(
+                "cannot create {}: {e}",
+                path.display()
+            )))
         })?;
     Database::builder()
         .set_cache_size(cache)
