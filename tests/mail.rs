@@ -749,7 +749,7 @@ fn mail_is_delivered_read_submitted_signed_relayed_and_exported() {
             .filter(|l| l.contains("/cur/") || l.contains("/new/"))
             .filter(|l| !l.ends_with('/'))
             .count()
-            >= 3,
+            >= 4,
         "{listing}"
     );
     bad(
