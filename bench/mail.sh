@@ -33,9 +33,10 @@
 #    Maildir (INBOX and Junk, counted on the host in the maildirs volume). Also the container's
 #    CPU time per message (cgroup cpuacct.usage, or cpu.stat usage_usec on v2). A round starts
 #    only when the previous one is delivered.
-# 4. Memory again, after all messages are delivered and S seconds of settling, and the peak
-#    during the mail (cgroup v1: memory.max_usage_in_bytes, reset after step 2; v2: memory.peak,
-#    since the container started).
+# 4. Memory again, after all messages are delivered and S seconds of settling (with more than
+#    one round, also after the first round: after --messages messages), and the peak during the
+#    mail (cgroup v1: memory.max_usage_in_bytes, reset after step 2; v2: memory.peak, since the
+#    container started), how often the cgroup hit its limit, and OOM kills.
 # 5. Checks: `doveadm search -u bob@example.org all` (per mailbox INBOX and Junk) must count
 #    every accepted message, Postfix's queue must be empty, and its log must show one
 #    `status=sent` per message. A summary compares the memory with what mailcow-dockerized and
@@ -713,10 +714,21 @@ if ((SWAKS_N > 0)); then
     info "swaks: $SWAKS_N accepted in $(f1 "$(awk -v v="$SWAKS_MS" 'BEGIN { print v / 1000 }')") s = $SWAKS_RATE msg/s ($(($(maildir_count) - before)) in the Maildir)"
 fi
 ROUND_FILES=()
-for c in "${CONNS[@]}"; do
+FIRST_TOTAL=""
+for k in "${!CONNS[@]}"; do
+    c=${CONNS[$k]}
+    if ((k == 1)); then
+        # Memory after the first round too: after --messages messages (plus swaks's).
+        printf '\n==== 3b. memory after the first round, %d messages (after %s s of settling)\n' "$TOTAL" "$SETTLE"
+        run_child sleep "$SETTLE"
+        check_same_container "after the first round" || true
+        mem_snapshot first
+        FIRST_TOTAL=$TOTAL
+        printf '\n'
+    fi
     info "generator: $MESSAGES messages over $c connection(s)${TLS_FLAG:+, STARTTLS}"
     before=$(maildir_count)
-    out=$RAW_PREFIX-gen-c$c.json
+    out=$RAW_PREFIX-gen-r$((k + 1))-c$c.json
     cpu_file=$(jq -r '.cpu_file // empty' "$RAW_PREFIX-mem-idle.json")
     gen=(python3 "$BENCH_DIR/gen.py" --port "$SMTP_PORT" --messages "$MESSAGES" --connections "$c"
         --out "$out" --maildir "$MAILDIR" --before "$before" --timeout $((120 + MESSAGES / 2))
@@ -743,11 +755,11 @@ N_JUNK=$(dove mailbox Junk all)
 N_FILES=$(maildir_count)
 QUEUE=$(docker exec "$CID" postqueue -j 2>/dev/null | wc -l)
 SENT=$(sent_count)
-# rspamd logs a DNS lookup that got no answer within its timeout (1 s, one retry): each one
-# holds a message for that long.
+# rspamd logs some of the DNS lookups that got no answer within its timeout (1 s): each one
+# holds a message that long. A lower bound: not every module logs its failed lookups.
 DNS_TIMEOUTS=$(docker logs "$CID" 2>&1 | grep -c 'query timed out' || true)
 info "doveadm search: $N_ALL messages ($N_INBOX in INBOX, $N_JUNK in Junk); $N_FILES files in the Maildir; Postfix queue $QUEUE; status=sent $SENT; accepted $TOTAL"
-info "rspamd DNS lookups that timed out (its log): $DNS_TIMEOUTS"
+info "rspamd log lines 'query timed out' (DNS): $DNS_TIMEOUTS"
 LOST=""
 ((N_ALL == TOTAL)) || LOST+="doveadm counts $N_ALL messages, $TOTAL were accepted; "
 ((N_FILES == TOTAL)) || LOST+="$N_FILES files in the Maildir, $TOTAL accepted; "
@@ -757,6 +769,14 @@ LOST=""
 # ---------------------------------------------------------------------------- summary
 IDLE=$RAW_PREFIX-mem-idle.json
 AFTER=$RAW_PREFIX-mem-after.json
+SNAPS=("$IDLE")
+SNAP_HEADS=("idle")
+if [[ -n $FIRST_TOTAL ]]; then
+    SNAPS+=("$RAW_PREFIX-mem-first.json")
+    SNAP_HEADS+=("after $FIRST_TOTAL")
+fi
+SNAPS+=("$AFTER")
+SNAP_HEADS+=("after $TOTAL")
 mib_of() { jq -r --arg k "$2" '(.[$k] // 0) / 1024 * 10 | round / 10' "$1"; }
 prog_of() { jq -r --arg p "$2" '((.by_program[$p].pss_kb // 0) / 1024 * 10 | round / 10 | tostring) + " (" + ((.by_program[$p].procs // 0) | tostring) + ")"' "$1"; }
 {
@@ -767,25 +787,40 @@ prog_of() { jq -r --arg p "$2" '((.by_program[$p].pss_kb // 0) / 1024 * 10 | rou
         "$IMAGE" "$(docker image inspect -f '{{.Id}}' "$IMAGE" | cut -c8-19)"
     printf 'container %s, memory limit %s MiB; install (until healthy) %s s\n\n' "$CNAME" \
         "$(mib_of "$IDLE" limit_kb)" "$INSTALL_S"
-    printf '%-52s | %12s | %12s\n' "memory, MiB" "idle" "after $TOTAL"
-    printf '%-52s | %12s | %12s\n' "cgroup usage (incl. page cache)" "$(mib_of "$IDLE" usage_kb)" "$(mib_of "$AFTER" usage_kb)"
-    printf '%-52s | %12s | %12s\n' "docker stats MEM USAGE (usage - inactive file)" "$(mib_of "$IDLE" docker_stats_kb)" "$(mib_of "$AFTER" docker_stats_kb)"
-    printf '%-52s | %12s | %12s\n' "cgroup anon (memory.stat rss / anon)" "$(mib_of "$IDLE" anon_kb)" "$(mib_of "$AFTER" anon_kb)"
-    printf '%-52s | %12s | %12s\n' "cgroup page cache (memory.stat cache / file)" "$(mib_of "$IDLE" file_kb)" "$(mib_of "$AFTER" file_kb)"
-    printf '%-52s | %12s | %12s\n' "processes" "$(jq -r .nprocs "$IDLE")" "$(jq -r .nprocs "$AFTER")"
-    printf '%-52s | %12s | %12s\n' "sum of VmRSS" "$(mib_of "$IDLE" rss_sum_kb)" "$(mib_of "$AFTER" rss_sum_kb)"
-    printf '%-52s | %12s | %12s\n' "sum of Pss" "$(mib_of "$IDLE" pss_sum_kb)" "$(mib_of "$AFTER" pss_sum_kb)"
+    # One column per snapshot: idle, after the first round (with more than one round), after all.
+    memrow() { # memrow LABEL KIND [ARG]: KIND mib (a key), prog (a program), jq (an expression)
+        local label=$1 kind=$2 arg=${3:-} f v line
+        line=$(printf '%-52s' "$label")
+        for f in "${SNAPS[@]}"; do
+            case $kind in
+                mib) v=$(mib_of "$f" "$arg") ;;
+                prog) v=$(prog_of "$f" "$arg") ;;
+                jq) v=$(jq -r "$arg" "$f") ;;
+            esac
+            line+=$(printf ' | %12s' "$v")
+        done
+        printf '%s\n' "$line"
+    }
+    head=$(printf '%-52s' "memory, MiB")
+    for h in "${SNAP_HEADS[@]}"; do head+=$(printf ' | %12s' "$h"); done
+    printf '%s\n' "$head"
+    memrow "cgroup usage (incl. page cache)" mib usage_kb
+    memrow "docker stats MEM USAGE (usage - inactive file)" mib docker_stats_kb
+    memrow "cgroup anon (memory.stat rss / anon)" mib anon_kb
+    memrow "cgroup page cache (memory.stat cache / file)" mib file_kb
+    memrow "processes" jq .nprocs
+    memrow "sum of VmRSS" mib rss_sum_kb
+    memrow "sum of Pss" mib pss_sum_kb
     for p in rspamd postfix dovecot other; do
-        printf '%-52s | %12s | %12s\n' "  Pss of $p (processes)" "$(prog_of "$IDLE" "$p")" "$(prog_of "$AFTER" "$p")"
+        memrow "  Pss of $p (processes)" prog "$p"
     done
     if [[ $(jq -r '.peak_reset // false' "$IDLE") == true ]]; then
-        printf '%-52s | %12s | %12s\n' "cgroup peak (max_usage_in_bytes; reset after idle)" "$(mib_of "$IDLE" peak_kb)" "$(mib_of "$AFTER" peak_kb)"
+        memrow "cgroup peak (max_usage_in_bytes; reset after idle)" mib peak_kb
     else
-        printf '%-52s | %12s | %12s\n' "cgroup peak since the container started" "$(mib_of "$IDLE" peak_kb)" "$(mib_of "$AFTER" peak_kb)"
+        memrow "cgroup peak since the container started" mib peak_kb
     fi
-    printf '%-52s | %12s | %12s\n' "times the cgroup hit its limit; OOM kills" \
-        "$(jq -r '"\(.limit_hits // "?"); \(.oom_kills // "?")"' "$IDLE")" "$(jq -r '"\(.limit_hits // "?"); \(.oom_kills // "?")"' "$AFTER")"
-    printf '%-52s | %12s | %12s\n' "(context) ilot daemon VmRSS" "$(mib_of "$IDLE" daemon_rss_kb)" "$(mib_of "$AFTER" daemon_rss_kb)"
+    memrow "times the cgroup hit its limit; OOM kills" jq '"\(.limit_hits // "?"); \(.oom_kills // "?")"'
+    memrow "(context) ilot daemon VmRSS" mib daemon_rss_kb
     printf '\n%-26s | %5s | %8s | %8s | %9s | %9s | %18s | %6s | %10s | %6s\n' "throughput (port 25)" "conns" "accepted" "refused" "accept/s" "deliver/s" "latency p50/p99 ms" ">0.5 s" "CPU ms/msg" "busy"
     if [[ -n $SWAKS_RATE ]]; then
         printf '%-26s | %5s | %8s | %8s | %9s | %9s | %18s | %6s | %10s | %6s\n' "swaks, 1 process/message" 1 "$SWAKS_N" 0 "$SWAKS_RATE" - - - - -
@@ -813,7 +848,7 @@ prog_of() { jq -r --arg p "$2" '((.by_program[$p].pss_kb // 0) / 1024 * 10 | rou
         "$(times_less "$DS_AFTER" "$MAILCOW_MIB")" "$MAILCOW_SRC" "$DMS_SRC"
     printf '\ndelivery: %s messages accepted, doveadm %s (INBOX %s, Junk %s), %s files, queue %s, status=sent %s\n' \
         "$TOTAL" "$N_ALL" "$N_INBOX" "$N_JUNK" "$N_FILES" "$QUEUE" "$SENT"
-    printf 'rspamd DNS lookups that timed out (1 s each, its log): %s\n' "$DNS_TIMEOUTS"
+    printf "rspamd log lines 'query timed out' (a DNS lookup without answer in 1 s; not every module logs): %s\n" "$DNS_TIMEOUTS"
     if [[ -n $LOST ]]; then printf 'MESSAGES MISSING: %s\n' "$LOST"; fi
     if [[ -n $INVALID ]]; then printf 'INVALID RUN: %s\n' "$INVALID"; fi
     printf 'raw results: %s-*\n' "$RAW_PREFIX"

@@ -551,7 +551,13 @@ impl Manifest {
     /// Checks that every {{placeholder}} in an env value is one ilot knows.
     fn check_template(&self, value: &str) -> std::result::Result<(), String> {
         for name in placeholders(value)? {
-            let known = matches!(name, "instance" | "app" | "domain")
+            let smtp = self.needs.smtp
+                && matches!(
+                    name,
+                    "smtp.host" | "smtp.port" | "smtp.user" | "smtp.password" | "smtp.from"
+                );
+            let known = smtp
+                || matches!(name, "instance" | "app" | "domain")
                 || name
                     .strip_prefix("settings.")
                     .is_some_and(|k| self.settings.contains_key(k))

@@ -1142,3 +1142,80 @@ fn wrong_mail_passwords_from_one_address_end_in_a_ban() {
     });
     assert_eq!(ban["jail"], format!("{}-dovecot", srv.name), "{ban}");
 }
+
+#[test]
+fn apps_that_send_mail_get_an_account_on_the_mail_server() {
+    let mut ilot = Ilot::start();
+    // A stand-in for an app that sends mail (Nextcloud, Ghost...): the demo image, with the
+    // SMTP settings ilot gives it in its environment.
+    let dir = ilot.dir.join("catalog/sender");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("app.toml"),
+        "name = \"sender\"\nversion = \"1.0\"\ndescription = \"sends mail\"\n\n\
+         [services.web]\nimage = \"ilot/hello:1.0\"\nbuild = \"hello\"\nuser = \"10001:10001\"\n\
+         ports = [{ container = 8080 }]\n\
+         env = { SMTP_HOST = \"{{smtp.host}}\", SMTP_PORT = \"{{smtp.port}}\", SMTP_USER = \"{{smtp.user}}\", SMTP_PASSWORD = \"{{smtp.password}}\", SMTP_FROM = \"{{smtp.from}}\" }\n\n\
+         [needs]\nsmtp = true\n",
+    )
+    .unwrap();
+    ilot.restart();
+    let srv = install(&ilot);
+    add_user(&ilot, "bob@example.org", BOB_PW);
+    let app = unique("sender");
+    ilot.ok(&["app", "install", "sender", "--name", &app]);
+    let container = format!("ilot-{app}-web");
+    let env: Vec<String> = serde_json::from_str(&docker_ok(&[
+        "inspect",
+        &container,
+        "--format",
+        "{{json .Config.Env}}",
+    ]))
+    .unwrap();
+    let var = |k: &str| {
+        env.iter()
+            .find_map(|e| e.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("{k} not in {env:?}"))
+            .to_string()
+    };
+    let user = format!("{app}@example.org");
+    assert_eq!(var("SMTP_HOST"), "mail.example.org");
+    assert_eq!(var("SMTP_PORT"), srv.submission.to_string());
+    assert_eq!(var("SMTP_USER"), user);
+    assert_eq!(var("SMTP_FROM"), user);
+    let password = var("SMTP_PASSWORD");
+    assert_eq!(password.len(), 32);
+    let show = ilot.ok(&["app", "show", &app, "--json"]);
+    assert!(
+        !show.contains(&password),
+        "the password is not shown: {show}"
+    );
+    // From inside the app's container, the server's name reaches the submission port.
+    let greeting = docker_ok(&[
+        "exec",
+        &container,
+        "sh",
+        "-c",
+        &format!("echo QUIT | nc -w 5 mail.example.org {}", srv.submission),
+    ]);
+    assert!(greeting.starts_with("220 "), "{greeting}");
+    // The account sends mail, as itself.
+    let (ok, out) = submit(
+        srv.submission,
+        &user,
+        &password,
+        &user,
+        "bob@example.org",
+        "from-the-app",
+    );
+    assert!(ok, "{out}");
+    wait_until("the app's mail reaches bob", 30, || {
+        Some(()).filter(|_| {
+            search(srv.imaps, "bob@example.org", BOB_PW, "SUBJECT from-the-app").len() == 1
+        })
+    });
+    // Removing the app removes its account.
+    ilot.ok(&["app", "remove", &app, "--purge"]);
+    let users = ilot.json(&mc(&srv.name, &["user", "list"]));
+    assert!(!users.to_string().contains(&user), "{users}");
+}

@@ -386,6 +386,75 @@ impl Daemon {
         Ok(json!({ "instance": inst.name, "count": messages.len(), "messages": messages }))
     }
 
+    /// An account on the mail server for app instance `app` (`[needs] smtp`): the address
+    /// APP@(first mail domain), a new random password, the submission port. None when no mail
+    /// server is installed (or it has no domain).
+    pub(super) async fn smtp_account(&self, app: &str) -> Result<Option<mail::SmtpAccount>> {
+        let Some(server) = self
+            .instances_snapshot()
+            .into_iter()
+            .find(|i| i.manifest.needs.mail_files.is_some())
+        else {
+            return Ok(None);
+        };
+        let mut st = server.mail.clone().unwrap_or_default();
+        let (Some(domain), Some(host)) = (st.domains.first().cloned(), server.domain.clone())
+        else {
+            return Ok(None);
+        };
+        let user = format!("{app}@{domain}");
+        let password = crate::state::random_token(32);
+        let hash = hash(password.clone()).await?;
+        match st.users.get_mut(&user) {
+            Some(u) => u.hash = hash,
+            None => {
+                st.add_user(&user, hash, Some(100 << 20))?;
+            }
+        }
+        let port = self.submission_port(&server);
+        self.commit_mail(server.clone(), st).await?;
+        Ok(Some(mail::SmtpAccount {
+            server: server.name,
+            host,
+            port,
+            user,
+            password,
+        }))
+    }
+
+    /// The host port of the mail server's submission service (587 unless moved).
+    fn submission_port(&self, server: &Instance) -> u16 {
+        let set = server
+            .settings
+            .get("submission_port")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(587);
+        if set != 0 {
+            return set;
+        }
+        // 0: the engine chose one.
+        let container = self.mail_container(server);
+        self.observed_of(&server.name)
+            .iter()
+            .find(|c| c.name == container)
+            .and_then(|c| c.ports.get(&587))
+            .and_then(|a| a.rsplit(':').next()?.parse().ok())
+            .unwrap_or(587)
+    }
+
+    /// An app is removed: its account goes with it.
+    pub(super) async fn drop_smtp_account(&self, account: &mail::SmtpAccount) {
+        let Ok(server) = self.instance(&account.server) else {
+            return;
+        };
+        let mut st = server.mail.clone().unwrap_or_default();
+        if st.remove_user(&account.user).is_ok() {
+            if let Err(e) = self.commit_mail(server, st).await {
+                tracing::warn!("mail: cannot remove the account {}: {e}", account.user);
+            }
+        }
+    }
+
     /// Messages waiting in each running mail server's queue, as `mailq:INSTANCE` (the monitor
     /// samples it: a queue that stays long means mail is not leaving).
     pub(super) async fn mail_queue_sizes(&self) -> Vec<(String, f32)> {

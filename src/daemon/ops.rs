@@ -173,7 +173,8 @@ impl Daemon {
             (_, true) => Some(self.new_mail_state(p.domain.as_deref())?),
             _ => None,
         };
-        let inst = Instance {
+        let mut inst = Instance {
+            smtp: None,
             mail,
             name: name.clone(),
             app: manifest.name.clone(),
@@ -189,6 +190,12 @@ impl Daemon {
             created_at: t,
             updated_at: t,
         };
+        if inst.manifest.needs.smtp && !p.dry_run {
+            inst.smtp = self.smtp_account(&name).await?;
+            if inst.smtp.is_none() {
+                progress.step("no mail server is installed: this app cannot send mail until one is (`ilot app install mail`) and it is reinstalled");
+            }
+        }
         let observed = engine.observe(&name).await?;
         let actions = plan::plan_instance(Some(&inst), &observed, false);
         if p.dry_run {
@@ -713,6 +720,9 @@ impl Daemon {
         let name = op.instance.clone();
         let volumes = self.engine()?.observe(&name).await?.volumes;
         self.converge(op, None, op.purge, progress).await?;
+        if let Some(account) = op.prev.as_ref().and_then(|p| p.smtp.clone()) {
+            self.drop_smtp_account(&account).await;
+        }
         let kept = match (&op.prev, op.purge) {
             (Some(prev), false) => Some(Kept {
                 app: prev.app.clone(),

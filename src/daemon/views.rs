@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 impl Daemon {
-    fn observed_of(&self, instance: &str) -> Vec<ObservedContainer> {
+    pub(super) fn observed_of(&self, instance: &str) -> Vec<ObservedContainer> {
         self.runtime
             .get()
             .map(|(_, o)| o.containers_of(instance))

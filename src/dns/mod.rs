@@ -430,6 +430,7 @@ mod tests {
         manifest.needs.mail = mail;
         Instance {
             mail: None,
+            smtp: None,
             name: name.into(),
             app: manifest.name.clone(),
             manifest,

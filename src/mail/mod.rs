@@ -51,6 +51,32 @@ pub struct User {
     pub created: u64,
 }
 
+/// The account an app that sends mail (`[needs] smtp`) gets on the mail server, rendered into
+/// its env as {{smtp.host}}, {{smtp.port}}, {{smtp.user}}, {{smtp.password}}, {{smtp.from}}.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SmtpAccount {
+    /// The mail instance that holds the account.
+    pub server: String,
+    /// The mail server's name; inside the app's containers it resolves to the host, where
+    /// the submission port is published (so TLS names match).
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+}
+
+impl SmtpAccount {
+    pub fn value(&self, key: &str) -> Option<String> {
+        Some(match key {
+            "host" => self.host.clone(),
+            "port" => self.port.to_string(),
+            "user" | "from" => self.user.clone(),
+            "password" => self.password.clone(),
+            _ => return None,
+        })
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Relay {
     pub host: String,

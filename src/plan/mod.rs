@@ -70,6 +70,10 @@ pub struct ContainerSpec {
     pub network: String,
     pub health: Option<Health>,
     pub init: bool,
+    /// "name:host-gateway" entries: the mail server's name resolves to the host for an app
+    /// that sends mail. (Left out of the hash when empty: older containers keep their hash.)
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<String>,
     #[serde(skip)]
     pub hash: String,
 }
@@ -134,6 +138,11 @@ impl ContainerSpec {
             network: network_name(&inst.name),
             health: svc.health.clone(),
             init: svc.init,
+            extra_hosts: inst
+                .smtp
+                .iter()
+                .map(|s| format!("{}:host-gateway", s.host))
+                .collect(),
             hash: String::new(),
         };
         // The env holds secrets, so it enters the hash but never the serialized spec.
@@ -164,6 +173,10 @@ pub fn render(template: &str, inst: &Instance) -> String {
                 .and_then(|k| inst.settings.get(k))
                 .or_else(|| k.strip_prefix("secrets.").and_then(|k| inst.secrets.get(k)))
                 .cloned()
+                .or_else(|| {
+                    let smtp = inst.smtp.as_ref()?;
+                    smtp.value(k.strip_prefix("smtp.")?)
+                })
                 .unwrap_or_default(),
         };
         out.push_str(&value);
@@ -363,6 +376,7 @@ mod tests {
         let manifest = Catalog::load(&[]).unwrap().apps["hello"].clone();
         Instance {
             mail: None,
+            smtp: None,
             name: "h1".into(),
             app: "hello".into(),
             images: [(

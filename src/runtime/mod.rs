@@ -539,6 +539,7 @@ impl Engine {
             }),
             network_mode: Some(spec.network.clone()),
             init: Some(spec.init),
+            extra_hosts: (!spec.extra_hosts.is_empty()).then(|| spec.extra_hosts.clone()),
             ..Default::default()
         };
         let body = ContainerCreateBody {

@@ -71,6 +71,9 @@ pub struct Instance {
     /// A mail server's domains, mailboxes, aliases, relay and DKIM selectors (`ilot mail`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mail: Option<crate::mail::MailState>,
+    /// An app that sends mail: its account on the mail server (`[needs] smtp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smtp: Option<crate::mail::SmtpAccount>,
 }
 
 impl Instance {
