@@ -37,17 +37,11 @@ impl Daemon {
             return Ok(());
         }
         let keys = mail::keys(&self.config.daemon.state_dir, domain)?;
-        let newest = mail::next_selector(&keys);
-        let n: u32 = newest
-            .trim_start_matches("ilot")
-            .parse::<u32>()
-            .unwrap_or(2)
-            .saturating_sub(1);
         let signing = keys
             .iter()
             .map(|(s, _)| s.clone())
-            .find(|s| *s == format!("ilot{n}"))
-            .unwrap_or_else(|| keys[0].0.clone());
+            .max_by_key(|s| s.trim_start_matches("ilot").parse::<u32>().unwrap_or(0))
+            .ok_or_else(|| Error::failed(format!("no DKIM key could be made for {domain}")))?;
         st.dkim.insert(
             domain.to_string(),
             Dkim {
