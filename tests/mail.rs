@@ -984,7 +984,13 @@ impl Drop for ClientNs {
 fn client_ns() -> ClientNs {
     let id = unique("");
     let ns = format!("ilot-test-m{id}");
-    let n = u8::from_str_radix(&id[..2], 16).unwrap() % 200 + 20;
+    // A subnet per namespace: a random start for this process, then the next ones (never
+    // twice in a run).
+    static BASE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let base = *BASE.get_or_init(|| u32::from_str_radix(&id[..2], 16).unwrap());
+    let step = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let n = (base + step) % 200 + 20;
     let (host_ip, client_ip) = (format!("10.79.{n}.1"), format!("10.79.{n}.2"));
     let (vh, vc) = (format!("vh{id}"), format!("vc{id}"));
     let run = |args: &[&str]| {
