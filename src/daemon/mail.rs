@@ -452,20 +452,13 @@ impl Daemon {
     /// Messages waiting in each running mail server's queue, as `mailq:INSTANCE` (the monitor
     /// samples it: a queue that stays long means mail is not leaving).
     pub(super) async fn mail_queue_sizes(&self) -> Vec<(String, f32)> {
-        let Ok(engine) = self.engine() else {
-            return Vec::new();
-        };
         let mut out = Vec::new();
         for inst in self.instances_snapshot() {
             if inst.manifest.needs.mail_files.is_none() || !inst.running {
                 continue;
             }
-            let container = self.mail_container(&inst);
-            if let Ok((0, text)) = engine
-                .exec_output(&container, &["postqueue", "-j"], 8 << 20)
-                .await
-            {
-                let n = text.lines().filter(|l| l.starts_with('{')).count();
+            if let Ok(q) = self.mail_queue(&inst).await {
+                let n = q["count"].as_u64().unwrap_or(0);
                 out.push((format!("mailq:{}", inst.name), n as f32));
             }
         }
@@ -478,13 +471,7 @@ impl Daemon {
         address: &str,
         output: &std::path::Path,
     ) -> Result<Value> {
-        let (a, _) = mail::parse_address(address)?;
-        let st = inst.mail.clone().unwrap_or_default();
-        if !st.users.contains_key(&a) {
-            return Err(
-                Error::not_found(format!("no mailbox {a}")).hint("see `ilot mail user list`")
-            );
-        }
+        let a = inst.mail.clone().unwrap_or_default().mailbox(address)?;
         if !output.is_absolute() || output.exists() {
             return Err(Error::bad_input(format!(
                 "{}: give a new file (absolute path); an existing one is never overwritten",
@@ -526,12 +513,7 @@ impl Daemon {
         address: &str,
         input: &std::path::Path,
     ) -> Result<Value> {
-        let (a, _) = mail::parse_address(address)?;
-        let st = inst.mail.clone().unwrap_or_default();
-        if !st.users.contains_key(&a) {
-            return Err(Error::not_found(format!("no mailbox {a}"))
-                .hint(format!("create it first: `ilot mail user add {a}`")));
-        }
+        let a = inst.mail.clone().unwrap_or_default().mailbox(address)?;
         if !input.is_absolute() {
             return Err(Error::bad_input(format!(
                 "{}: give an absolute path",

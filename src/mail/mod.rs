@@ -253,20 +253,25 @@ impl MailState {
         Ok(a)
     }
 
-    pub fn user_mut(&mut self, address: &str) -> Result<&mut User> {
+    /// The normalised address of an existing mailbox.
+    pub fn mailbox(&self, address: &str) -> Result<String> {
         let (a, _) = parse_address(address)?;
-        self.users.get_mut(&a).ok_or_else(|| {
-            Error::not_found(format!("no mailbox {a}")).hint("see `ilot mail user list`")
-        })
-    }
-
-    pub fn remove_user(&mut self, address: &str) -> Result<String> {
-        let (a, _) = parse_address(address)?;
-        if self.users.remove(&a).is_none() {
+        if !self.users.contains_key(&a) {
             return Err(
                 Error::not_found(format!("no mailbox {a}")).hint("see `ilot mail user list`")
             );
         }
+        Ok(a)
+    }
+
+    pub fn user_mut(&mut self, address: &str) -> Result<&mut User> {
+        let a = self.mailbox(address)?;
+        Ok(self.users.get_mut(&a).expect("checked above"))
+    }
+
+    pub fn remove_user(&mut self, address: &str) -> Result<String> {
+        let a = self.mailbox(address)?;
+        self.users.remove(&a);
         Ok(a)
     }
 
