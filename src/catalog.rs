@@ -40,6 +40,17 @@ pub struct Manifest {
     /// backup, mail, databases). Recorded and shown now; each subsystem acts on its part.
     #[serde(default)]
     pub needs: Needs,
+    /// What the machine needs to run the app; an install on a machine that clearly cannot is
+    /// refused (overridable with `--force`).
+    #[serde(default)]
+    pub resources: Resources,
+    /// The app's administrator login, shown once at install (its password is a secret).
+    #[serde(default)]
+    pub admin: Option<AdminLogin>,
+    /// Commands run inside a service once the install is healthy (first-run setup that the
+    /// image's environment cannot express). They must be idempotent: recovery runs them again.
+    #[serde(default)]
+    pub hooks: Hooks,
     /// Where this manifest was read from (set at load time, whatever the file says).
     #[serde(default)]
     pub source: String,
@@ -113,6 +124,9 @@ pub struct Port {
     pub host_setting: Option<String>,
     #[serde(default)]
     pub name: String,
+    /// Published only when this condition on the settings holds (see `condition_holds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
 }
 
 fn default_proto() -> String {
@@ -172,6 +186,95 @@ pub struct Setting {
     /// For `type = "choice"`.
     #[serde(default)]
     pub choices: Vec<String>,
+    /// For a choice: the text `{{settings.KEY.value}}` stands for, per choice.
+    #[serde(default)]
+    pub values: BTreeMap<String, String>,
+    /// Asked at a terminal during install when not given with `--set` (an admin should choose).
+    #[serde(default)]
+    pub ask: bool,
+    /// Defaults sized to the machine: the first entry whose `memory_below` is above the host's
+    /// memory gives the default, else `default` does.
+    #[serde(default)]
+    pub size_defaults: Vec<SizeDefault>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SizeDefault {
+    pub memory_below: String,
+    pub value: String,
+}
+
+/// A condition on the instance's settings, for what exists only with some settings (PeerTube's
+/// RTMP port only with live streaming): `KEY` (a bool setting that is true), `KEY=VALUE` or
+/// `KEY!=VALUE`.
+pub fn condition_holds(when: Option<&str>, settings: &BTreeMap<String, String>) -> bool {
+    let Some(when) = when else { return true };
+    if let Some((k, v)) = when.split_once("!=") {
+        return settings.get(k.trim()).map(String::as_str) != Some(v.trim());
+    }
+    if let Some((k, v)) = when.split_once('=') {
+        return settings.get(k.trim()).map(String::as_str) == Some(v.trim());
+    }
+    settings.get(when.trim()).map(String::as_str) == Some("true")
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// The machine's memory in all (RAM), e.g. "2G".
+    #[serde(default)]
+    pub memory: Option<String>,
+    /// Free space at the engine's data root, e.g. "10G".
+    #[serde(default)]
+    pub disk: Option<String>,
+    /// CPU architectures the images exist for (amd64, arm64, armv7); empty: any.
+    #[serde(default)]
+    pub arch: Vec<String>,
+    /// More, only with some settings (transcoding, say).
+    #[serde(default)]
+    pub extra: Vec<ExtraResources>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExtraResources {
+    pub when: String,
+    #[serde(default)]
+    pub memory: Option<String>,
+    #[serde(default)]
+    pub disk: Option<String>,
+    /// What needs it, in a few words ("video transcoding").
+    pub why: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminLogin {
+    /// Where to sign in, under the instance's domain ("/ghost/").
+    #[serde(default = "slash")]
+    pub path: String,
+    /// The login name (a template: "{{settings.admin_email}}").
+    pub user: String,
+    /// The secret holding the password.
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Hooks {
+    #[serde(default)]
+    pub post_install: Vec<Hook>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Hook {
+    pub service: String,
+    pub cmd: Vec<String>,
+    /// What it does, shown as the install's progress.
+    #[serde(default)]
+    pub description: String,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
@@ -193,6 +296,10 @@ pub struct SecretDecl {
     pub length: usize,
     #[serde(default)]
     pub description: String,
+    /// Shown once, at install, to the admin at the terminal (an app's admin password); never
+    /// in `--json`, logs or `app show`.
+    #[serde(default)]
+    pub show: bool,
 }
 
 fn default_secret_len() -> usize {
@@ -204,6 +311,9 @@ fn default_secret_len() -> usize {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Needs {
+    /// The app only works at its own domain (`--domain` is required at install).
+    #[serde(default)]
+    pub domain: bool,
     /// HTTPS routes for the proxy: the instance's domain, path prefix -> service:port.
     #[serde(default)]
     pub routes: Vec<Route>,
@@ -229,7 +339,8 @@ pub struct Needs {
     /// MTA-STS, TLS-RPT and client SRV records pointing at the instance's domain.
     #[serde(default)]
     pub mail: bool,
-    /// The app needs a database ("postgres", "mariadb", "redis").
+    /// The database the app needs, as information ("postgres", "mysql", "mariadb", "redis"): it
+    /// is one of its services.
     #[serde(default)]
     pub database: Option<String>,
     /// The app terminates TLS itself (mail): it gets the certificate of its domain as files.
@@ -318,6 +429,9 @@ pub struct FirewallPort {
     pub port: u16,
     #[serde(default = "default_proto")]
     pub protocol: String,
+    /// Opened only when this condition on the settings holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -348,10 +462,21 @@ pub struct Probe {
 pub struct Backup {
     #[serde(default)]
     pub volumes: Vec<String>,
+    /// Database dumps: `cmd` runs in `service` and its output is saved as `file`.
+    #[serde(default)]
+    pub dump: Vec<Dump>,
     #[serde(default)]
     pub pre: Option<Vec<String>>,
     #[serde(default)]
     pub post: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Dump {
+    pub service: String,
+    pub cmd: Vec<String>,
+    pub file: String,
 }
 
 impl Manifest {
@@ -396,6 +521,25 @@ impl Manifest {
             }
             if s.kind == SettingKind::Choice && s.choices.is_empty() {
                 return Err(format!("setting {key:?} is a choice with no choices"));
+            }
+        }
+        for (key, s) in &self.settings {
+            if !s.values.is_empty() {
+                if s.kind != SettingKind::Choice {
+                    return Err(format!("setting {key:?}: values are for a choice"));
+                }
+                if let Some(c) = s.choices.iter().find(|c| !s.values.contains_key(*c)) {
+                    return Err(format!("setting {key:?}: choice {c:?} has no value"));
+                }
+                if let Some(v) = s.values.keys().find(|v| !s.choices.contains(v)) {
+                    return Err(format!("setting {key:?}: value for {v:?}, which is not a choice"));
+                }
+            }
+            for sd in &s.size_defaults {
+                parse_memory(&sd.memory_below).ok_or_else(|| {
+                    format!("setting {key:?}: memory_below {:?} is not like 2G", sd.memory_below)
+                })?;
+                check_setting_value(key, s, &sd.value)?;
             }
         }
         for (key, s) in &self.secrets {
@@ -517,8 +661,66 @@ impl Manifest {
                 return Err("mail_files: path must be absolute and not /, reload a command".into());
             }
         }
+        for f in &self.needs.firewall {
+            self.check_condition(f.when.as_deref())?;
+        }
+        let r = &self.resources;
+        for m in [&r.memory, &r.disk].into_iter().flatten() {
+            parse_memory(m).ok_or_else(|| format!("resources: {m:?} is not like 512M or 2G"))?;
+        }
+        for a in &r.arch {
+            if !ARCHES.contains(&a.as_str()) {
+                return Err(format!("resources: arch {a:?} is not one of {}", ARCHES.join(", ")));
+            }
+        }
+        for x in &r.extra {
+            self.check_condition(Some(&x.when))?;
+            for m in [&x.memory, &x.disk].into_iter().flatten() {
+                parse_memory(m)
+                    .ok_or_else(|| format!("resources.extra: {m:?} is not like 512M or 2G"))?;
+            }
+        }
+        if let Some(a) = &self.admin {
+            if !self.secrets.contains_key(&a.password) {
+                return Err(format!("admin: password {:?} is not a secret", a.password));
+            }
+            if !a.path.starts_with('/') {
+                return Err(format!("admin: path {:?} must start with /", a.path));
+            }
+            self.check_template(&a.user)?;
+        }
+        for h in &self.hooks.post_install {
+            if !self.services.contains_key(&h.service) || h.cmd.is_empty() {
+                return Err(format!(
+                    "hooks: {:?} is not a service, or its cmd is empty",
+                    h.service
+                ));
+            }
+        }
+        if let Some(b) = &self.needs.backup {
+            for v in &b.volumes {
+                if !self.volumes.contains_key(v) {
+                    return Err(format!("backup: unknown volume {v:?}"));
+                }
+            }
+            for d in &b.dump {
+                let plain = !d.file.is_empty()
+                    && d.file
+                        .bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c))
+                    && !d.file.starts_with('.');
+                if !self.services.contains_key(&d.service) || d.cmd.is_empty() || !plain {
+                    return Err(format!(
+                        "backup dump of {:?}: needs a service, a cmd and a plain file name",
+                        d.service
+                    ));
+                }
+            }
+        }
         for (name, svc) in &self.services {
             for p in &svc.ports {
+                self.check_condition(p.when.as_deref())
+                    .map_err(|e| format!("service {name}: {e}"))?;
                 if let Some(key) = &p.host_setting {
                     if self.settings.get(key).map(|s| s.kind) != Some(SettingKind::Port) {
                         return Err(format!(
@@ -548,15 +750,44 @@ impl Manifest {
         Ok(())
     }
 
+    /// Checks a `when` condition: a known setting (a bool when bare) and a valid value.
+    fn check_condition(&self, when: Option<&str>) -> std::result::Result<(), String> {
+        let Some(when) = when else { return Ok(()) };
+        let (key, value) = match when.split_once("!=").or_else(|| when.split_once('=')) {
+            Some((k, v)) => (k.trim(), Some(v.trim())),
+            None => (when.trim(), None),
+        };
+        let s = self
+            .settings
+            .get(key)
+            .ok_or_else(|| format!("condition {when:?}: no setting {key:?}"))?;
+        match value {
+            Some(v) => check_setting_value(key, s, v),
+            None if s.kind == SettingKind::Bool => Ok(()),
+            None => Err(format!("condition {when:?}: a bare KEY must be a bool setting")),
+        }
+    }
+
     /// Checks that every {{placeholder}} in an env value is one ilot knows.
     fn check_template(&self, value: &str) -> std::result::Result<(), String> {
         for name in placeholders(value)? {
             let smtp = self.needs.smtp
                 && matches!(
                     name,
-                    "smtp.host" | "smtp.port" | "smtp.user" | "smtp.password" | "smtp.from"
+                    "smtp.host"
+                        | "smtp.port"
+                        | "smtp.user"
+                        | "smtp.password"
+                        | "smtp.from"
+                        | "smtp.domain"
                 );
+            let choice_value = name
+                .strip_prefix("settings.")
+                .and_then(|k| k.strip_suffix(".value"))
+                .and_then(|k| self.settings.get(k))
+                .is_some_and(|s| !s.values.is_empty());
             let known = smtp
+                || choice_value
                 || matches!(name, "instance" | "app" | "domain")
                 || name
                     .strip_prefix("settings.")
@@ -613,6 +844,19 @@ impl Manifest {
     }
 }
 
+/// CPU architectures as image manifests name them.
+pub const ARCHES: &[&str] = &["amd64", "arm64", "armv7"];
+
+/// This machine's architecture, named as in `ARCHES`.
+pub fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "arm" => "armv7",
+        other => other,
+    }
+}
+
 /// The placeholder names in a template string.
 pub fn placeholders(value: &str) -> std::result::Result<Vec<&str>, String> {
     let mut out = Vec::new();
@@ -663,6 +907,16 @@ pub fn parse_memory(s: &str) -> Option<i64> {
     };
     let n: i64 = num.parse().ok()?;
     (n > 0).then(|| n.checked_mul(mult)).flatten()
+}
+
+/// Bytes as "1.5 GiB", for messages.
+pub fn gib(bytes: u64) -> String {
+    let g = bytes as f64 / (1u64 << 30) as f64;
+    if g >= 10.0 {
+        format!("{g:.0} GiB")
+    } else {
+        format!("{g:.1} GiB")
+    }
 }
 
 /// The loaded catalogue: app name -> manifest.
@@ -787,6 +1041,9 @@ mod tests {
             default: None,
             description: String::new(),
             choices: vec![],
+            values: BTreeMap::new(),
+            ask: false,
+            size_defaults: vec![],
         };
         assert!(check_setting_value("k", &s, "true").is_ok());
         assert!(check_setting_value("k", &s, "yes").is_err());

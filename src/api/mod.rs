@@ -26,6 +26,10 @@ pub enum Request {
     AppShow {
         name: String,
     },
+    /// A catalogue app: what it is, needs and opens.
+    AppInfo {
+        app: String,
+    },
     AppInstall(InstallParams),
     AppUpgrade(UpgradeParams),
     AppRemove(RemoveParams),
@@ -214,6 +218,15 @@ pub struct InstallParams {
     pub domain: Option<String>,
     #[serde(default)]
     pub settings: BTreeMap<String, String>,
+    /// `REF` for the main service, or `SERVICE=REF` (a local stand-in, a newer tag).
+    #[serde(default)]
+    pub images: Vec<String>,
+    /// Install even though the machine looks too small for the app.
+    #[serde(default)]
+    pub force: bool,
+    /// The client shows the admin credentials once, at a terminal (never with `--json`).
+    #[serde(default)]
+    pub reveal: bool,
     #[serde(default)]
     pub dry_run: bool,
 }

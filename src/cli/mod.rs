@@ -407,6 +407,9 @@ enum CertCommand {
 enum AppCommand {
     /// List the apps that can be installed.
     Catalog,
+    /// What a catalogue app is (upstream, licence, version), what it needs (memory, disk,
+    /// architecture, a domain) and what it will open (ports, routes, DNS records).
+    Info { app: String },
     /// Install an app from the catalogue and wait until it is healthy.
     Install(InstallArgs),
     /// List installed instances.
@@ -465,12 +468,75 @@ struct InstallArgs {
     /// The domain the app is served on.
     #[arg(long)]
     domain: Option<String>,
-    /// A setting, KEY=VALUE; repeatable.
+    /// A setting, KEY=VALUE; repeatable. Settings the app asks for and that are not given
+    /// here are asked at the terminal (a script without a terminal gets their defaults).
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_setting)]
     settings: Vec<(String, String)>,
+    /// Another image for the main service (REF) or a given one (SERVICE=REF); repeatable.
+    #[arg(long = "image", value_name = "REF")]
+    images: Vec<String>,
+    /// Install even if the machine looks too small for the app (memory, disk, architecture).
+    #[arg(long)]
+    force: bool,
     /// Print the plan and change nothing.
     #[arg(long)]
     dry_run: bool,
+}
+
+/// Asks, at a terminal, for the settings the app wants an admin to choose (`ask = true`) that
+/// `--set` did not give. Without a terminal (a script), or with --json, nothing is asked.
+fn ask_settings(
+    socket: &std::path::Path,
+    app: &str,
+    settings: &mut BTreeMap<String, String>,
+) -> Result<(), Error> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
+        return Ok(());
+    }
+    let info = client::call(socket, &Request::AppInfo { app: app.to_string() }, |_| {})?;
+    for st in info["settings"].as_array().into_iter().flatten() {
+        let key = st["key"].as_str().unwrap_or_default();
+        if st["ask"] != serde_json::Value::Bool(true) || settings.contains_key(key) {
+            continue;
+        }
+        let Ok(spec) = serde_json::from_value::<crate::catalog::Setting>(st["spec"].clone()) else {
+            continue;
+        };
+        let default = st["default_here"].as_str().map(str::to_string);
+        loop {
+            let choices = if spec.choices.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", spec.choices.join("/"))
+            };
+            let shown = default.as_deref().map(|d| format!(" [{d}]")).unwrap_or_default();
+            eprint!("{key}: {}{choices}{shown}: ", spec.description);
+            std::io::stderr().flush().ok();
+            let mut line = String::new();
+            if std::io::stdin().lock().read_line(&mut line).unwrap_or(0) == 0 {
+                return Err(Error::bad_input("install cancelled (end of input)"));
+            }
+            let answer = match line.trim() {
+                "" => match &default {
+                    Some(d) => d.clone(),
+                    None => {
+                        eprintln!("  {key} has no default: please type a value");
+                        continue;
+                    }
+                },
+                a => a.to_string(),
+            };
+            match crate::catalog::check_setting_value(key, &spec, &answer) {
+                Ok(()) => {
+                    settings.insert(key.to_string(), answer);
+                    break;
+                }
+                Err(e) => eprintln!("  {e}"),
+            }
+        }
+    }
+    Ok(())
 }
 
 fn parse_setting(s: &str) -> Result<(String, String), String> {
@@ -560,6 +626,7 @@ pub fn main() -> i32 {
         Command::Cert(CertCommand::Renew { domain, force }) => Request::CertRenew { domain, force },
         Command::App(cmd) => match cmd {
             AppCommand::Catalog => Request::Catalog,
+            AppCommand::Info { app } => Request::AppInfo { app },
             AppCommand::Install(a) => {
                 let mut settings = BTreeMap::new();
                 for (k, v) in a.settings {
@@ -570,11 +637,20 @@ pub fn main() -> i32 {
                         );
                     }
                 }
+                if !cli.json {
+                    if let Err(e) = ask_settings(&cli.socket, &a.app, &mut settings) {
+                        return render::error(&e, cli.json);
+                    }
+                }
                 Request::AppInstall(InstallParams {
                     app: a.app,
                     name: a.name,
                     domain: a.domain,
                     settings,
+                    images: a.images,
+                    force: a.force,
+                    // Shown once, to a person: never in --json.
+                    reveal: !cli.json,
                     dry_run: a.dry_run,
                 })
             }

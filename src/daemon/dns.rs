@@ -27,7 +27,15 @@ pub type BuiltCache = std::collections::HashMap<String, Built>;
 impl Daemon {
     /// Every record the host and its apps need, and what could not be computed.
     pub(super) fn dns_records(&self, only: Option<&str>) -> (Vec<Record>, Vec<Finding>) {
-        let instances = self.instances_snapshot();
+        self.dns_records_for(&self.instances_snapshot(), only)
+    }
+
+    /// The records these instances (installed or not) and the host need.
+    pub(super) fn dns_records_for(
+        &self,
+        instances: &[crate::state::Instance],
+        only: Option<&str>,
+    ) -> (Vec<Record>, Vec<Finding>) {
         let mut dkim = BTreeMap::new();
         let mut findings = Vec::new();
         for m in instances.iter().flat_map(dns::mail_domains) {
@@ -50,7 +58,7 @@ impl Daemon {
             .and_then(|c| c.account_url());
         let inputs = dns::Inputs {
             caa_account: caa_account.as_deref(),
-            instances: &instances,
+            instances,
             host: &self.config.host,
             dns: &self.config.dns,
             caa_issuer: self

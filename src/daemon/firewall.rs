@@ -90,6 +90,9 @@ impl Daemon {
         }
         for inst in self.instances_snapshot() {
             for f in &inst.manifest.needs.firewall {
+                if !crate::catalog::condition_holds(f.when.as_deref(), &inst.settings) {
+                    continue;
+                }
                 if let Ok(p) = format!("{}/{}", f.port, f.protocol).parse() {
                     open.push((p, format!("instance {}", inst.name)));
                 }

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
+mod apps;
 mod dns;
 mod firewall;
 mod guard;
@@ -356,6 +357,7 @@ impl Daemon {
             Request::Catalog => Ok(self.catalog_view()),
             Request::AppList => Ok(self.list_view()),
             Request::AppShow { name } => self.show_view(&name),
+            Request::AppInfo { app } => self.app_info(&app),
             Request::Events { limit } => {
                 Ok(serde_json::to_value(self.store.events(limit.min(1000))?).unwrap_or_default())
             }

@@ -6,7 +6,7 @@
 //! installs and removes (both converge idempotently) and rolls back any upgrade that had not
 //! committed, restoring its data from the snapshot taken before the switch.
 
-use super::{Daemon, Progress};
+use super::{apps, Daemon, Progress};
 use crate::api::{InstallParams, RemoveParams, UpgradeParams};
 use crate::catalog::{self, Manifest};
 use crate::error::{Error, ErrorKind, Result};
@@ -109,11 +109,28 @@ impl Daemon {
         let manifest = self.catalog.get(&p.app)?.clone();
         let name = p.name.clone().unwrap_or_else(|| manifest.name.clone());
         names::check_instance_name(&name)?;
+        if manifest.needs.domain && p.domain.is_none() {
+            return Err(Error::bad_input(format!(
+                "{} must be served at a domain of its own",
+                manifest.name
+            ))
+            .hint(format!(
+                "add --domain NAME (e.g. --domain {}.example.org), a name whose A/AAAA records point \
+                 at this host; `ilot app info {}` lists what it needs",
+                manifest.name, manifest.name
+            )));
+        }
         if let Some(d) = &p.domain {
             names::check_domain(d)?;
             self.check_domain_free(d)?;
         }
-        let settings = resolve_settings(&manifest, &p.settings)?;
+        let host = apps::HostFacts::read();
+        let settings = resolve_settings(&manifest, &p.settings, host.memory)?;
+        let problems = apps::resource_problems(&manifest, &settings, &host);
+        if !problems.is_empty() && !p.force {
+            return Err(apps::refuse_resources(&manifest, &problems));
+        }
+        let overrides = image_overrides(&manifest, &p.images)?;
         if self
             .instances
             .read()
@@ -154,9 +171,12 @@ impl Daemon {
         );
         engine.check_names_free(&claimed).await?;
 
-        let images = self
-            .resolve_images(&manifest, &BTreeMap::new(), progress)
-            .await?;
+        let (images, missing_images) = if p.dry_run {
+            self.preview_images(&manifest, &overrides).await?
+        } else {
+            let images = self.resolve_images(&manifest, &overrides, progress).await?;
+            (images, Vec::new())
+        };
         let secrets = match &kept {
             Some(k) => k.secrets.clone(),
             None => manifest
@@ -199,12 +219,10 @@ impl Daemon {
         let observed = engine.observe(&name).await?;
         let actions = plan::plan_instance(Some(&inst), &observed, false);
         if p.dry_run {
-            let mut steps: Vec<String> = actions.iter().map(Action::describe).collect();
-            steps.push(format!(
-                "wait until healthy (up to {}s)",
-                inst.manifest.health_timeout.as_secs()
-            ));
-            return Ok(json!({ "dry_run": true, "instance": name, "plan": steps }));
+            return Ok(self.install_preview(&inst, &actions, &missing_images, &host, &problems));
+        }
+        if !problems.is_empty() {
+            progress.step(format!("installing anyway (--force): {}", problems.join("; ")));
         }
         if kept.is_some() {
             progress.step(format!(
@@ -214,7 +232,8 @@ impl Daemon {
         let mut op = self.new_op(OpKind::Install, &name, None, Some(inst.clone()), false)?;
         self.save(&inst, Some(&op))?;
         crash_point("install:journalled");
-        self.converge_install(&mut op, inst, progress).await
+        self.converge_install(&mut op, inst, p.reveal, progress)
+            .await
     }
 
     /// Applies an install's plan and health-gates it; used by install and by recovery.
@@ -222,12 +241,14 @@ impl Daemon {
         &self,
         op: &mut Op,
         mut inst: Instance,
+        reveal: bool,
         progress: &Progress<'_>,
     ) -> Result<serde_json::Value> {
         let name = inst.name.clone();
         let outcome = async {
             self.converge(op, Some(&inst), false, progress).await?;
-            self.gate(&inst, progress).await
+            self.gate(&inst, progress).await?;
+            self.run_hooks(&inst, progress).await
         }
         .await;
         match outcome {
@@ -250,7 +271,12 @@ impl Daemon {
                     Some(&name),
                     format!("{} installed and healthy", inst.app),
                 );
-                Ok(json!({ "instance": name, "status": "running", "url": self.url_of(&inst) }))
+                let mut reply =
+                    json!({ "instance": name, "status": "running", "url": self.url_of(&inst) });
+                if let Some(c) = self.credentials(&inst).filter(|_| reveal) {
+                    reply["credentials"] = c;
+                }
+                Ok(reply)
             }
             Err(e) => {
                 inst.status = Status::Failed;
@@ -386,6 +412,42 @@ impl Daemon {
         Ok(())
     }
 
+    /// What `resolve_images` would use, without pulling: the image IDs of those already here,
+    /// and a step for each that is not (to pull, or to build with images/build.sh).
+    async fn preview_images(
+        &self,
+        manifest: &Manifest,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<(BTreeMap<String, PinnedImage>, Vec<String>)> {
+        let engine = self.engine()?;
+        let (mut images, mut missing) = (BTreeMap::new(), Vec::new());
+        for (service, svc) in &manifest.services {
+            let (reference, wanted, how) = match (overrides.get(service), &svc.digest) {
+                (Some(r), _) => (r.clone(), r.clone(), format!("pull {r}")),
+                (None, Some(d)) => {
+                    let name = svc.image.rsplit_once(':').map_or(svc.image.as_str(), |(n, _)| n);
+                    let want = format!("{name}@{d}");
+                    (svc.image.clone(), want.clone(), format!("pull {} ({want})", svc.image))
+                }
+                (None, None) => (
+                    svc.image.clone(),
+                    svc.image.clone(),
+                    format!(
+                        "build {} with images/build.sh {}",
+                        svc.image,
+                        svc.build.as_deref().unwrap_or("?")
+                    ),
+                ),
+            };
+            let id = engine.image_id(&wanted).await?.unwrap_or_default();
+            if id.is_empty() && !missing.iter().any(|m: &String| m.starts_with(&how)) {
+                missing.push(format!("{how}: not on this machine yet"));
+            }
+            images.insert(service.clone(), PinnedImage { reference, id });
+        }
+        Ok((images, missing))
+    }
+
     /// Image IDs for every service: from `overrides` (service -> ref) or the manifest.
     async fn resolve_images(
         &self,
@@ -433,16 +495,7 @@ impl Daemon {
                 inst.name, inst.status
             )));
         }
-        let mut overrides = BTreeMap::new();
-        for item in &p.images {
-            let (service, reference) = match item.split_once('=') {
-                Some((s, r)) => (s.to_string(), r.to_string()),
-                None => (inst.manifest.main_service().to_string(), item.clone()),
-            };
-            inst.manifest.check_service(&service)?;
-            check_image_ref(&reference)?;
-            overrides.insert(service, reference);
-        }
+        let overrides = image_overrides(&inst.manifest, &p.images)?;
         // Without --image, move to the catalogue's current manifest; with it, keep the manifest.
         let manifest = if overrides.is_empty() {
             self.catalog.get(&inst.app)?.clone()
@@ -476,6 +529,7 @@ impl Daemon {
         next.settings = resolve_settings(
             &next.manifest,
             &kept_settings.map(|(k, v)| (k.clone(), v.clone())).collect(),
+            apps::HostFacts::read().memory,
         )?;
         for (k, s) in &next.manifest.secrets {
             next.secrets
@@ -1080,7 +1134,7 @@ impl Daemon {
             let result = match (op.kind, op.phase) {
                 (OpKind::Install, _) => {
                     let inst = op.next.clone().expect("install journal has next");
-                    self.converge_install(&mut op, inst, &progress)
+                    self.converge_install(&mut op, inst, false, &progress)
                         .await
                         .map(|_| ())
                 }
@@ -1166,10 +1220,29 @@ impl Daemon {
     }
 }
 
-/// Validates `--set` values against the manifest and fills in defaults.
+/// `--image REF` (the main service) or `--image SERVICE=REF`, checked.
+fn image_overrides(manifest: &Manifest, given: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut overrides = BTreeMap::new();
+    for item in given {
+        let (service, reference) = match item.split_once('=') {
+            Some((s, r)) => (s.to_string(), r.to_string()),
+            None => (manifest.main_service().to_string(), item.clone()),
+        };
+        manifest.check_service(&service)?;
+        check_image_ref(&reference)?;
+        if overrides.insert(service.clone(), reference).is_some() {
+            return Err(Error::bad_input(format!("--image given twice for {service}")));
+        }
+    }
+    Ok(overrides)
+}
+
+/// Validates `--set` values against the manifest and fills in defaults (sized to a machine
+/// with `host_memory` bytes where the manifest says so).
 fn resolve_settings(
     manifest: &Manifest,
     given: &BTreeMap<String, String>,
+    host_memory: u64,
 ) -> Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for (key, value) in given {
@@ -1191,9 +1264,9 @@ fn resolve_settings(
     }
     for (key, s) in &manifest.settings {
         if !out.contains_key(key) {
-            match &s.default {
+            match apps::default_for(s, host_memory) {
                 Some(d) => {
-                    out.insert(key.clone(), d.clone());
+                    out.insert(key.clone(), d);
                 }
                 None => {
                     return Err(Error::bad_input(format!(

@@ -71,6 +71,8 @@ impl SmtpAccount {
             "host" => self.host.clone(),
             "port" => self.port.to_string(),
             "user" | "from" => self.user.clone(),
+            // The mail domain of the From address (apps that take it apart: Nextcloud).
+            "domain" => self.user.rsplit_once('@')?.1.to_string(),
             "password" => self.password.clone(),
             _ => return None,
         })

@@ -124,6 +124,7 @@ impl ContainerSpec {
             ports: svc
                 .ports
                 .iter()
+                .filter(|p| catalog::condition_holds(p.when.as_deref(), &inst.settings))
                 .map(|p| {
                     let mut p = p.clone();
                     // Settings were checked at install: a port setting holds a u16.
@@ -164,7 +165,12 @@ pub fn render(template: &str, inst: &Instance) -> String {
         let after = &rest[start + 2..];
         let Some(end) = after.find("}}") else { break };
         let key = after[..end].trim();
+        let choice_value = key
+            .strip_prefix("settings.")
+            .and_then(|k| k.strip_suffix(".value"))
+            .and_then(|k| Some(inst.manifest.settings.get(k)?.values.get(inst.settings.get(k)?)?.clone()));
         let value = match key {
+            _ if choice_value.is_some() => choice_value.unwrap_or_default(),
             "instance" => inst.name.clone(),
             "app" => inst.app.clone(),
             "domain" => inst.domain.clone().unwrap_or_default(),
