@@ -1,0 +1,235 @@
+//! The catalogue's web apps: Nextcloud, PeerTube and Ghost.
+//!
+//! Their upstream images cannot be pulled here (no registry), so:
+//! 1. every entry is planned with `ilot app install APP --dry-run --json` against the real
+//!    engine, and the preview must hold exactly the containers, network, volumes, routes,
+//!    ports, firewall openings, DNS records, jails, probes and backup spec expected, while
+//!    nothing is created;
+//! 2. the same manifests are installed for real with stand-in images (images/standin-*: a
+//!    PostgreSQL, a MySQL and a Redis from Debian's packages honouring the upstream images'
+//!    variables, and one web stand-in that plays each app from its upstream variables), next to
+//!    the real mail server: database provisioning, secrets, SMTP, routing through the proxy,
+//!    the admin login shown once, the post-install hook and the backup dumps all run.
+
+mod common;
+use common::mail::*;
+use common::*;
+use serde_json::Value;
+
+const HOST: &str = "[host]\nipv4 = \"203.0.113.10\"\n";
+
+fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string()))
+        .collect()
+}
+
+fn field(v: &Value, list: &str, key: &str) -> Vec<String> {
+    v[list]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {list} in {v}"))
+        .iter()
+        .map(|x| x[key].as_str().map(str::to_string).unwrap_or_else(|| x[key].to_string()))
+        .collect()
+}
+
+/// Checks what every preview must say: nothing was created, and no secret value is in it.
+fn assert_nothing_changed(ilot: &Ilot, preview: &Value) {
+    assert_eq!(preview["dry_run"], Value::Bool(true));
+    assert_eq!(
+        ilot.objects(),
+        (vec![], vec![], vec![]),
+        "a dry run created objects"
+    );
+    assert_eq!(ilot.json(&["app", "list"]), Value::Array(vec![]));
+    // Env values (which hold the secrets) never appear: only their names.
+    for c in preview["containers"].as_array().unwrap() {
+        for e in c["env"].as_array().unwrap() {
+            assert!(!e.as_str().unwrap().contains('='), "an env value leaked: {e}");
+        }
+    }
+}
+
+#[test]
+fn every_catalogue_entry_plans_exactly_its_objects_and_changes_nothing() {
+    let ilot = Ilot::start_full(&[], HOST);
+
+    // Nextcloud: PostgreSQL and Redis first, the web server, then its cron container.
+    let nc = unique("nc");
+    let v = ilot.json(&[
+        "app", "install", "nextcloud", "--name", &nc, "--domain", "cloud.example.test",
+        "--set", "admin_user=alice", "--dry-run",
+    ]);
+    assert_nothing_changed(&ilot, &v);
+    let c = |s: &str| format!("ilot-{nc}-{s}");
+    assert_eq!(field(&v, "containers", "name"), [c("db"), c("redis"), c("web"), c("cron")]);
+    assert_eq!(
+        field(&v, "containers", "image"),
+        ["postgres:17.11-bookworm", "redis:7.4.11-bookworm", "nextcloud:34.0.4-apache", "nextcloud:34.0.4-apache"]
+    );
+    for d in field(&v, "containers", "digest") {
+        assert!(d.starts_with("sha256:") && d.len() == 71, "not pinned by digest: {d}");
+    }
+    assert_eq!(v["network"], format!("ilot-{nc}").as_str());
+    assert_eq!(field(&v, "volumes", "name"), [c("db"), c("html"), c("redis")]);
+    assert_eq!(field(&v, "volumes", "backup"), ["false", "true", "false"]);
+    assert_eq!(v["routes"].as_array().unwrap().len(), 1);
+    assert_eq!(v["routes"][0]["domain"], "cloud.example.test");
+    assert_eq!(v["routes"][0]["path"], "/");
+    assert_eq!(v["routes"][0]["container"], c("web").as_str());
+    assert_eq!(v["routes"][0]["port"], 80);
+    assert_eq!(v["routes"][0]["max_body"], "16G");
+    let ports = v["published_ports"].as_array().unwrap();
+    assert_eq!(ports.len(), 1, "{ports:?}");
+    assert_eq!((ports[0]["container"].as_u64(), ports[0]["public"].as_bool()), (Some(80), Some(false)));
+    assert_eq!(v["firewall"], Value::Array(vec![]));
+    let dns: Vec<String> = v["dns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| format!("{} {} {}", r["name"].as_str().unwrap(), r["type"].as_str().unwrap(), r["value"].as_str().unwrap()))
+        .collect();
+    assert_eq!(dns, ["cloud.example.test. A 203.0.113.10"]);
+    assert_eq!(field(&v, "log_filters", "jail"), [format!("{nc}-nextcloud")]);
+    assert_eq!(field(&v, "log_filters", "source"), [format!("container {}", c("web"))]);
+    assert_eq!(field(&v, "probes", "path"), ["/status.php"]);
+    assert_eq!(strings(&v["backup"]["volumes"]), [c("html")]);
+    assert_eq!(field(&v["backup"], "dump", "container"), [c("db")]);
+    assert_eq!(field(&v["backup"], "dump", "file"), ["nextcloud.sql"]);
+    assert_eq!(v["smtp"]["account"], Value::Null, "no mail server yet: {}", v["smtp"]);
+    assert_eq!(v["admin"]["user"], "alice");
+    assert_eq!(v["settings"]["admin_user"], "alice");
+    assert_eq!(strings(&v["secrets"]), ["admin_password", "db_password", "redis_password"]);
+    let web = &v["containers"][2];
+    assert_eq!(strings(&web["depends_on"]), ["db", "redis"]);
+    for var in ["NEXTCLOUD_TRUSTED_DOMAINS", "OVERWRITEPROTOCOL", "SMTP_HOST", "PHP_UPLOAD_LIMIT", "REDIS_HOST_PASSWORD"] {
+        assert!(strings(&web["env"]).contains(&var.to_string()), "{var} not in {}", web["env"]);
+    }
+    assert_eq!(strings(&v["containers"][3]["command"]), ["/cron.sh"]);
+    // The images are not here: the plan says they would be pulled, pinned.
+    let plan = strings(&v["plan"]).join("\n");
+    assert!(plan.contains("pull nextcloud:34.0.4-apache (nextcloud@sha256:"), "{plan}");
+    assert!(plan.contains(&format!("create container {}", c("cron"))), "{plan}");
+
+    // PeerTube, on this (big) machine: standard transcoding; no RTMP without live streaming.
+    let pt = unique("pt");
+    let p = |s: &str| format!("ilot-{pt}-{s}");
+    let install_pt = |extra: &[&str]| {
+        let mut args = vec![
+            "app", "install", "peertube", "--name", &pt, "--domain", "video.example.test",
+            "--set", "admin_email=admin@example.test", "--dry-run",
+        ];
+        args.extend_from_slice(extra);
+        ilot.json(&args)
+    };
+    let v = install_pt(&[]);
+    assert_nothing_changed(&ilot, &v);
+    assert_eq!(field(&v, "containers", "name"), [p("db"), p("redis"), p("peertube")]);
+    assert_eq!(field(&v, "volumes", "name"), [p("config"), p("data"), p("db"), p("redis")]);
+    assert_eq!(v["settings"]["transcoding"], "standard");
+    assert_eq!(v["settings"]["live"], "false");
+    assert_eq!(v["settings"]["signup"], "false", "sign-ups closed by default");
+    assert_eq!(v["published_ports"].as_array().unwrap().len(), 1);
+    assert_eq!(v["firewall"], Value::Array(vec![]));
+    assert_eq!(field(&v, "routes", "path"), ["/", "/api/v1/videos/upload", "/api/v1/videos/upload-resumable", "/api/v1/videos/imports"]);
+    assert_eq!(field(&v, "routes", "max_body"), ["100M", "16G", "16G", "16G"]);
+    assert_eq!(field(&v, "log_filters", "source"), ["the proxy's access log"]);
+    assert_eq!(field(&v, "probes", "path"), ["/api/v1/config"]);
+    assert_eq!(strings(&v["backup"]["volumes"]), [p("data"), p("config")]);
+    assert_eq!(field(&v["backup"], "dump", "file"), ["peertube.sql"]);
+    assert_eq!(v["admin"]["user"], "root");
+    // Live streaming publishes RTMP to the world and opens it in the firewall.
+    let v = install_pt(&["--set", "live=true"]);
+    assert_nothing_changed(&ilot, &v);
+    let public: Vec<&Value> = v["published_ports"].as_array().unwrap().iter().filter(|p| p["public"] == Value::Bool(true)).collect();
+    assert_eq!(public.len(), 1, "{}", v["published_ports"]);
+    assert_eq!((public[0]["container"].as_u64(), public[0]["host"].as_u64(), public[0]["host_ip"].as_str()), (Some(1935), Some(1935), Some("0.0.0.0")));
+    assert_eq!(v["firewall"], serde_json::json!([{ "port": 1935, "protocol": "tcp" }]));
+
+    // Ghost: MySQL, then Ghost, and the hook that creates its owner.
+    let gh = unique("gh");
+    let v = ilot.json(&[
+        "app", "install", "ghost", "--name", &gh, "--domain", "blog.example.test",
+        "--set", "admin_email=ann@example.test", "--dry-run",
+    ]);
+    assert_nothing_changed(&ilot, &v);
+    assert_eq!(field(&v, "containers", "name"), [format!("ilot-{gh}-db"), format!("ilot-{gh}-ghost")]);
+    assert_eq!(field(&v, "containers", "image"), ["mysql:8.4.11-oracle", "ghost:6.61.0-bookworm"]);
+    assert_eq!(field(&v, "hooks", "service"), ["ghost"]);
+    assert_eq!(v["settings"]["members_signup"], "invite", "sign-ups by invitation by default");
+    assert_eq!(v["admin"]["user"], "ann@example.test");
+    assert_eq!(field(&v["backup"], "dump", "file"), ["ghost.sql"]);
+    assert_eq!(field(&v, "log_filters", "filter"), ["ghost"]);
+    assert!(strings(&v["plan"]).iter().any(|s| s.contains("post-install hook in ghost")));
+
+    // The human preview says the same in words.
+    let out = ilot.ok(&[
+        "app", "install", "peertube", "--name", &pt, "--domain", "video.example.test",
+        "--set", "admin_email=admin@example.test", "--set", "live=true", "--dry-run",
+    ]);
+    for want in ["public ports:", "1935/tcp (peertube)", "firewall opens:", "https://video.example.test/api/v1/videos/upload -> peertube:9000 (bodies up to 16G)", "jails:", "backup:", "(dry run: nothing was changed)"] {
+        assert!(out.contains(want), "{want:?} not in:\n{out}");
+    }
+
+    // What an admin gets wrong is refused, and changes nothing.
+    let err = ilot.fails(&["app", "install", "nextcloud", "--name", &nc, "--dry-run"], 2);
+    assert!(err.contains("must be served at a domain of its own") && err.contains("--domain"), "{err}");
+    let err = ilot.fails(&["app", "install", "peertube", "--name", &pt, "--domain", "v.example.test"], 2);
+    assert!(err.contains("needs the setting admin_email"), "{err}");
+    let err = ilot.fails(&["app", "install", "peertube", "--name", &pt, "--domain", "v.example.test", "--set", "admin_email=a@b.c", "--set", "transcoding=max"], 2);
+    assert!(err.contains("one of off, light, standard"), "{err}");
+    let err = ilot.fails(&["app", "install", "ghost", "--name", &gh, "--domain", "b.example.test", "--set", "admin_email=a@b.c", "--image", "nosuch=x:1"], 2);
+    assert!(err.contains("no service \"nosuch\""), "{err}");
+    assert_eq!(ilot.objects(), (vec![], vec![], vec![]));
+}
+
+#[test]
+fn a_machine_too_small_for_an_app_is_told_so_and_force_overrides() {
+    // A 1 GiB Raspberry Pi, as the daemon sees it.
+    let ilot = Ilot::start_full(&[("ILOT_TEST_HOST_MEMORY", "1G")], HOST);
+    let pt = unique("pt");
+    let base = ["app", "install", "peertube", "--name", &pt, "--domain", "video.example.test", "--set", "admin_email=admin@example.test"];
+    let with = |extra: &[&str]| -> Vec<String> {
+        base.iter().chain(extra).map(|s| s.to_string()).collect()
+    };
+    // Its default transcoding is sized to the machine: off.
+    let v = ilot.json(&args(&with(&["--dry-run"])));
+    assert_eq!(v["settings"]["transcoding"], "off");
+    assert_eq!(v["resources"]["host"]["memory"], 1u64 << 30);
+    // Asking for transcoding is refused, with the reason and the way out.
+    let err = ilot.fails(&args(&with(&["--set", "transcoding=light", "--dry-run"])), 2);
+    assert!(
+        err.contains("this machine cannot run peertube")
+            && err.contains("with video transcoding (240p, 480p) needs 2.0 GiB of memory; this machine has 1.0 GiB")
+            && err.contains("--force"),
+        "{err}"
+    );
+    let err = ilot.fails(&args(&with(&["--set", "transcoding=light"])), 2);
+    assert!(err.contains("needs 2.0 GiB"), "{err}");
+    assert_eq!(ilot.objects(), (vec![], vec![], vec![]));
+    // --force goes past it, and says so.
+    let v = ilot.json(&args(&with(&["--set", "transcoding=light", "--force", "--dry-run"])));
+    assert_eq!(v["settings"]["transcoding"], "light");
+    assert!(strings(&v["resources"]["forced_past"])[0].contains("needs 2.0 GiB"));
+
+    // `app info` tells the same before anything is tried.
+    let info = ilot.json(&["app", "info", "peertube"]);
+    assert_eq!(info["license"], "AGPL-3.0-or-later");
+    assert_eq!(info["resources"]["fits"], Value::Bool(true), "off by default here: {}", info["resources"]);
+    let t = info["settings"].as_array().unwrap().iter().find(|s| s["key"] == "transcoding").unwrap();
+    assert_eq!((t["default"].as_str(), t["default_here"].as_str()), (Some("standard"), Some("off")));
+    let rtmp = info["ports"].as_array().unwrap().iter().find(|p| p["name"] == "rtmp").unwrap();
+    assert_eq!((rtmp["when"].as_str(), rtmp["public"].as_bool()), (Some("live"), Some(true)));
+    let out = ilot.ok(&["app", "info", "peertube"]);
+    for want in ["licence:   AGPL-3.0-or-later", "with transcoding=light: 2G memory", "port 1935/tcp to the world (rtmp), only when live", "https://DOMAIN/api/v1/videos/upload through ilot's proxy (bodies up to 16G)", "DOMAIN A/AAAA", "transcoding (default here off, elsewhere standard", "admin_email (required", "asked at install"] {
+        assert!(out.contains(want), "{want:?} not in:\n{out}");
+    }
+    let err = ilot.fails(&["app", "info", "nosuch"], 2);
+    assert!(err.contains("no app \"nosuch\""), "{err}");
+}
