@@ -233,3 +233,168 @@ fn a_machine_too_small_for_an_app_is_told_so_and_force_overrides() {
     let err = ilot.fails(&["app", "info", "nosuch"], 2);
     assert!(err.contains("no app \"nosuch\""), "{err}");
 }
+
+const BOB_PW: &str = "bob-reads-the-family-mail";
+
+fn require_standins() {
+    for image in ["ilot/standin-postgres:1.0", "ilot/standin-mysql:1.0", "ilot/standin-redis:1.0", "ilot/standin-web:1.0"] {
+        assert!(
+            docker(&["image", "inspect", image]).status.success(),
+            "image {image} missing: run tests/run.sh, or images/build.sh standin-base standin-postgres standin-mysql standin-redis standin-web"
+        );
+    }
+}
+
+/// Installs APP from the real catalogue with stand-in images for every service; returns the
+/// human output (which holds the admin login, shown once).
+fn install_with_standins(ilot: &Ilot, app: &str, name: &str, domain: &str, images: &[(&str, &str)], sets: &[&str]) -> String {
+    let mut args: Vec<String> = ["app", "install", app, "--name", name, "--domain", domain].iter().map(|s| s.to_string()).collect();
+    for (service, image) in images {
+        args.push("--image".into());
+        args.push(format!("{service}=ilot/standin-{image}:1.0"));
+    }
+    for s in sets {
+        args.push("--set".into());
+        args.push(s.to_string());
+    }
+    ilot.ok(&self::args(&args))
+}
+
+/// The password line of an install's output.
+fn shown_password(out: &str) -> String {
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix("password:"))
+        .unwrap_or_else(|| panic!("no password shown in:\n{out}"))
+        .trim()
+        .to_string()
+}
+
+/// A JSON request through the proxy over HTTPS: (HTTP status, body).
+fn call(p: &Ports, domain: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    let mut extra = vec!["-X", method, "-w", "\n%{http_code}", "-H", "content-type: application/json"];
+    let data = body.map(|b| b.to_string()).unwrap_or_default();
+    if body.is_some() {
+        extra.extend(["--data-binary", &data]);
+    }
+    let (out, err) = curl(domain, &p.https, "https", path, &extra);
+    let (text, code) = out.rsplit_once('\n').unwrap_or_else(|| panic!("curl {path}: {out} {err}"));
+    (code.parse().unwrap_or(0), serde_json::from_str(text).unwrap_or(Value::String(text.to_string())))
+}
+
+/// The app's backup dump, run as its manifest says, in its database container.
+fn dump(ilot: &Ilot, app: &str, instance: &str) -> String {
+    let info = ilot.json(&["app", "info", app]);
+    let d = &info["backup"]["dump"][0];
+    let container = format!("ilot-{instance}-{}", d["service"].as_str().unwrap());
+    let mut cmd = vec!["exec".to_string(), container];
+    cmd.extend(strings(&d["cmd"]));
+    docker_ok(&args(&cmd))
+}
+
+#[test]
+fn catalogue_apps_install_for_real_with_stand_ins_beside_the_mail_server() {
+    require_standins();
+    let ilot = Ilot::start_full(&[], HOST);
+    let p = ports(&ilot);
+    let srv = install(&ilot);
+    add_user(&ilot, "bob@example.org", BOB_PW);
+    let mail_to_bob = |app: &str, domain: &str, from: &str| {
+        let (code, v) = call(&p, domain, "POST", "/.ilot-standin/mail", Some(&serde_json::json!({ "to": "bob@example.org" })));
+        assert_eq!(code, 200, "{app} could not send mail: {v}");
+        assert_eq!(v["from"], from, "{v}");
+        let subject = format!("\"ilot stand-in test from {app}\"");
+        wait_until(&format!("{app}'s mail reaches bob"), 60, || {
+            Some(()).filter(|_| search(srv.imaps, "bob@example.org", BOB_PW, &format!("SUBJECT {subject}")).len() == 1)
+        });
+    };
+
+    // Nextcloud.
+    let nc = unique("nc");
+    let cloud = format!("{nc}.example.test");
+    let out = install_with_standins(&ilot, "nextcloud", &nc, &cloud,
+        &[("db", "postgres"), ("redis", "redis"), ("web", "web"), ("cron", "web")], &["admin_user=alice"]);
+    assert!(out.contains("admin login: alice at https://") && out.contains("/login"), "{out}");
+    let password = shown_password(&out);
+    assert_eq!(password.len(), 24, "{out}");
+    // Shown once: not by `app show`, not in --json, not in the daemon's log.
+    let show = ilot.ok(&["app", "show", &nc, "--json"]);
+    assert!(!show.contains(&password) && !ilot.ok(&["app", "show", &nc]).contains(&password));
+    assert!(!ilot.log().contains(&password), "the admin password is in the daemon's log");
+    let (code, st) = call(&p, &cloud, "GET", "/.ilot-standin/status", None);
+    assert_eq!(code, 200, "{st}");
+    assert_eq!(st["role"], "nextcloud");
+    assert_eq!(st["db"]["ok"], Value::Bool(true), "{st}");
+    assert_eq!((st["db"]["database"].as_str(), st["db"]["user"].as_str()), (Some("nextcloud"), Some("nextcloud")));
+    assert_eq!(st["redis"]["ok"], Value::Bool(true), "{st}");
+    assert_eq!(st["admin"]["user"], "alice");
+    assert_eq!(st["request"]["host"], cloud.as_str());
+    assert_eq!(st["request"]["x_forwarded_proto"], "https");
+    assert_eq!(st["settings"]["overwritehost"], cloud.as_str());
+    // The generated password is the admin's; a wrong one is refused.
+    let login = |user: &str, pw: &str| call(&p, &cloud, "POST", "/.ilot-standin/login", Some(&serde_json::json!({ "user": user, "password": pw }))).0;
+    assert_eq!(login("alice", &password), 200);
+    assert_eq!(login("alice", "not-the-password"), 403);
+    // The cron container runs the background jobs against the same database.
+    wait_until("Nextcloud's cron runs", 30, || {
+        let (_, st) = call(&p, &cloud, "GET", "/.ilot-standin/status", None);
+        Some(()).filter(|_| st["db"]["cron_runs"].as_u64().unwrap_or(0) >= 1)
+    });
+    mail_to_bob("nextcloud", &cloud, &format!("{nc}@example.org"));
+    let sql = dump(&ilot, "nextcloud", &nc);
+    assert!(sql.contains("CREATE TABLE") && sql.contains("alice"), "the dump has the tables and the admin: {}", &sql[..sql.len().min(400)]);
+
+    // Ghost: the post-install hook made the owner and set sign-ups to invitations.
+    let gh = unique("gh");
+    let blog = format!("{gh}.example.test");
+    let out = install_with_standins(&ilot, "ghost", &gh, &blog, &[("db", "mysql"), ("ghost", "web")], &["admin_email=ann@example.org"]);
+    let password = shown_password(&out);
+    assert!(out.contains("admin login: ann@example.org at https://") && out.contains("/ghost/"), "{out}");
+    let (code, st) = call(&p, &blog, "GET", "/.ilot-standin/status", None);
+    assert_eq!(code, 200, "{st}");
+    assert_eq!((st["role"].as_str(), st["db"]["ok"].as_bool()), (Some("ghost"), Some(true)), "{st}");
+    assert_eq!(st["admin"]["user"], "ann@example.org");
+    assert_eq!(st["settings"]["members_signup_access"], "invite", "{st}");
+    let (code, _) = call(&p, &blog, "POST", "/ghost/api/admin/session/", Some(&serde_json::json!({ "username": "ann@example.org", "password": password })));
+    assert_eq!(code, 403, "no Origin header: refused, like Ghost");
+    let (code, _) = call(&p, &blog, "POST", "/.ilot-standin/login", Some(&serde_json::json!({ "user": "ann@example.org", "password": password })));
+    assert_eq!(code, 200);
+    mail_to_bob("ghost", &blog, &format!("{gh}@example.org"));
+    let sql = dump(&ilot, "ghost", &gh);
+    assert!(sql.contains("CREATE TABLE") && sql.contains("ann@example.org"), "{}", &sql[..sql.len().min(400)]);
+
+    // PeerTube: a large upload streams through the proxy's upload route.
+    let pt = unique("pt");
+    let video = format!("{pt}.example.test");
+    let out = install_with_standins(&ilot, "peertube", &pt, &video,
+        &[("db", "postgres"), ("redis", "redis"), ("peertube", "web")], &["admin_email=admin@example.org"]);
+    let password = shown_password(&out);
+    let (code, cfg) = call(&p, &video, "GET", "/api/v1/config", None);
+    assert_eq!(code, 200, "{cfg}");
+    assert_eq!(cfg["signup"]["allowed"], Value::Bool(false), "{cfg}");
+    assert_eq!(cfg["live"]["enabled"], Value::Bool(false), "{cfg}");
+    let (_, st) = call(&p, &video, "GET", "/.ilot-standin/status", None);
+    assert_eq!((st["db"]["ok"].as_bool(), st["redis"]["ok"].as_bool()), (Some(true), Some(true)), "{st}");
+    assert_eq!(st["db"]["database"], "peertube_prod");
+    assert_eq!(st["admin"]["user"], "root");
+    let (code, _) = call(&p, &video, "POST", "/.ilot-standin/login", Some(&serde_json::json!({ "user": "root", "password": password })));
+    assert_eq!(code, 200);
+    let file = ilot.dir.join("video.bin");
+    let data: Vec<u8> = (0..(150u32 << 20) / 4).flat_map(|i| i.to_le_bytes()).collect();
+    std::fs::write(&file, &data).unwrap();
+    let want = docker_ok(&["run", "--rm", "-v", &format!("{}:/f:ro", file.display()), "--entrypoint", "sha256sum", "ilot/hello:1.0", "/f"]);
+    let upload = format!("@{}", file.display());
+    let (out, err) = curl(&video, &p.https, "https", "/api/v1/videos/upload", &["-X", "POST", "--data-binary", &upload, "-H", "content-type: application/octet-stream"]);
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("upload: {out} {err}"));
+    assert_eq!(v["bytes"], data.len() as u64, "{v}");
+    assert_eq!(v["sha256"].as_str(), want.split_whitespace().next(), "{v}");
+    // The same body on the federation route (100M) is refused by the proxy.
+    let (out, _) = curl(&video, &p.https, "https", "/inbox", &["-X", "POST", "--data-binary", &upload, "-o", "/dev/null", "-w", "%{http_code}"]);
+    assert_eq!(out, "413", "over the route's max_body");
+    mail_to_bob("peertube", &video, &format!("{pt}@example.org"));
+    assert!(dump(&ilot, "peertube", &pt).contains("CREATE TABLE"));
+
+    // Removed with its data, an app leaves nothing; its mail account goes with it.
+    ilot.ok(&["app", "remove", &nc, "--purge"]);
+    let users = ilot.json(&["mail", "user", "list"]);
+    assert!(!users.to_string().contains(&format!("{nc}@")), "{users}");
+}

@@ -9,43 +9,6 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-struct Ports {
-    http: String,
-    https: String,
-}
-
-fn ports(ilot: &Ilot) -> Ports {
-    let status = ilot.json(&["status"]);
-    let p = &status["proxy"];
-    assert!(p["error"].is_null(), "proxy not running: {status}");
-    Ports {
-        http: p["http"].as_str().unwrap().to_string(),
-        https: p["https"].as_str().unwrap().to_string(),
-    }
-}
-
-/// curl with the domain resolved to the proxy's address; returns (stdout, stderr).
-fn curl(domain: &str, addr: &str, scheme: &str, path: &str, extra: &[&str]) -> (String, String) {
-    let port = addr.rsplit_once(':').unwrap().1;
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "-k",
-            "--max-time",
-            "60",
-            "--resolve",
-            &format!("{domain}:{port}:127.0.0.1"),
-        ])
-        .args(extra)
-        .arg(format!("{scheme}://{domain}:{port}{path}"))
-        .output()
-        .expect("curl (tests/run.sh installs it)");
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// One raw request on a plain socket; returns what the server sent before closing.
 fn raw(addr: &str, request: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).unwrap();

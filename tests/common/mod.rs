@@ -344,6 +344,44 @@ impl Drop for Ilot {
     }
 }
 
+/// The proxy's listening addresses.
+pub struct Ports {
+    pub http: String,
+    pub https: String,
+}
+
+pub fn ports(ilot: &Ilot) -> Ports {
+    let status = ilot.json(&["status"]);
+    let p = &status["proxy"];
+    assert!(p["error"].is_null(), "proxy not running: {status}");
+    Ports {
+        http: p["http"].as_str().unwrap().to_string(),
+        https: p["https"].as_str().unwrap().to_string(),
+    }
+}
+
+/// curl with the domain resolved to the proxy's address; returns (stdout, stderr).
+pub fn curl(domain: &str, addr: &str, scheme: &str, path: &str, extra: &[&str]) -> (String, String) {
+    let port = addr.rsplit_once(':').unwrap().1;
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-k",
+            "--max-time",
+            "60",
+            "--resolve",
+            &format!("{domain}:{port}:127.0.0.1"),
+        ])
+        .args(extra)
+        .arg(format!("{scheme}://{domain}:{port}{path}"))
+        .output()
+        .expect("curl (tests/run.sh installs it)");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// `http_get`, tried again for up to 20 s while the connection fails: a container the
 /// reconciler has just recreated runs before its server listens, and Docker's port proxy
 /// accepts the connection and then drops it.
