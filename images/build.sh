@@ -203,12 +203,23 @@ build_containerfile() {
 	shift 3
 	local -a labels=("$@")
 	local ref="ilot/$name:$tag"
-	local base_id="" from
-	# Only the FROM lines that name the ilot Debian base make it; anything else must be local.
+	local base_id="" from id
+	# The ID of every local ilot/* image a FROM line names goes into the hash, so that a rebuilt
+	# base (ilot/debian:bookworm, or e.g. ilot/standin-base:1.0) rebuilds the images on it. The
+	# Debian base is made here when missing; any other ilot/* base must have been built before
+	# (name it earlier on the same command line). Other FROMs must be local images too.
 	while read -r from; do
-		[ "$from" = "$debian_base" ] || continue
-		ensure_debian_base
-		base_id=$(docker image inspect --format '{{.Id}}' "$debian_base") || die "cannot inspect $debian_base"
+		case $from in
+		"$debian_base") ensure_debian_base ;;
+		ilot/*)
+			id=${from#ilot/}
+			docker image inspect "$from" >/dev/null 2>&1 ||
+				die "$dir/Containerfile: FROM $from, which is not built: build it first (images/build.sh ${id%%:*} ${dir##*/})"
+			;;
+		*) continue ;;
+		esac
+		id=$(docker image inspect --format '{{.Id}}' "$from") || die "cannot inspect $from"
+		base_id=${base_id:+$base_id }$id
 	done < <(sed -n 's/^[[:space:]]*[Ff][Rr][Oo][Mm][[:space:]]\{1,\}\(--[^[:space:]]*[[:space:]]\{1,\}\)*\([^[:space:]]*\).*/\2/p' "$dir/Containerfile")
 
 	local hash
