@@ -398,3 +398,48 @@ fn catalogue_apps_install_for_real_with_stand_ins_beside_the_mail_server() {
     let users = ilot.json(&["mail", "user", "list"]);
     assert!(!users.to_string().contains(&format!("{nc}@")), "{users}");
 }
+
+#[test]
+fn settings_an_admin_must_choose_are_asked_at_a_terminal() {
+    let ilot = Ilot::start_full(&[], HOST);
+    let pt = unique("pt");
+    // `script` gives the CLI a real terminal; what is piped into it is typed at the prompts.
+    // An empty answer to a setting without a default is asked again; an empty answer to one
+    // with a default takes it.
+    let cli = format!(
+        "{BIN} --socket {} app install peertube --name {pt} --domain video.example.test --dry-run",
+        ilot.socket.display()
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &cli, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (util-linux)");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        // One answer per prompt, each after the prompt is up (a pty discards early input
+        // nowhere, but keep it paced like a person).
+        for answer in ["\n", "me@example.test\n", "\n"] {
+            std::thread::sleep(std::time::Duration::from_millis(700));
+            stdin.write_all(answer.as_bytes()).unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for want in [
+        "admin_email: The administrator's email address",
+        "admin_email has no default: please type a value",
+        "instance_name: The instance's name, shown on every page [PeerTube]",
+        "admin_email = me@example.test",
+        "instance_name = PeerTube",
+        "(dry run: nothing was changed)",
+    ] {
+        assert!(text.contains(want), "{want:?} not in:\n{text}");
+    }
+    // Without a terminal nothing is asked: the missing one is an error that names it.
+    let err = ilot.fails(&["app", "install", "peertube", "--name", &pt, "--domain", "video.example.test", "--dry-run"], 2);
+    assert!(err.contains("needs the setting admin_email"), "{err}");
+}

@@ -410,6 +410,13 @@ fn print_wiring(v: &Value) {
         let smtp = &v["smtp"];
         lines.push(("sends mail as", vec![smtp["account"].as_str().map(str::to_string).unwrap_or_else(|| s(&smtp["note"]))]));
     }
+    let settings: Vec<String> = v["settings"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, val)| format!("{k} = {}", s(val)))
+        .collect();
+    lines.push(("settings", settings));
     if let Some(a) = v["admin"].as_object() {
         lines.push(("admin login", vec![format!("{} at {} (password generated, shown once)", s(&a["user"]), s(&a["url"]))]));
     }

@@ -232,7 +232,10 @@ impl Daemon {
         let mut op = self.new_op(OpKind::Install, &name, None, Some(inst.clone()), false)?;
         self.save(&inst, Some(&op))?;
         crash_point("install:journalled");
-        self.converge_install(&mut op, inst, p.reveal, progress)
+        // A reinstall over kept data keeps the old secrets, and the admin may have changed
+        // the password since: nothing to show.
+        let reveal = p.reveal && kept.is_none();
+        self.converge_install(&mut op, inst, reveal, progress)
             .await
     }
 
