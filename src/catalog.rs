@@ -532,12 +532,17 @@ impl Manifest {
                     return Err(format!("setting {key:?}: choice {c:?} has no value"));
                 }
                 if let Some(v) = s.values.keys().find(|v| !s.choices.contains(v)) {
-                    return Err(format!("setting {key:?}: value for {v:?}, which is not a choice"));
+                    return Err(format!(
+                        "setting {key:?}: value for {v:?}, which is not a choice"
+                    ));
                 }
             }
             for sd in &s.size_defaults {
                 parse_memory(&sd.memory_below).ok_or_else(|| {
-                    format!("setting {key:?}: memory_below {:?} is not like 2G", sd.memory_below)
+                    format!(
+                        "setting {key:?}: memory_below {:?} is not like 2G",
+                        sd.memory_below
+                    )
                 })?;
                 check_setting_value(key, s, &sd.value)?;
             }
@@ -670,7 +675,10 @@ impl Manifest {
         }
         for a in &r.arch {
             if !ARCHES.contains(&a.as_str()) {
-                return Err(format!("resources: arch {a:?} is not one of {}", ARCHES.join(", ")));
+                return Err(format!(
+                    "resources: arch {a:?} is not one of {}",
+                    ARCHES.join(", ")
+                ));
             }
         }
         for x in &r.extra {
@@ -764,7 +772,9 @@ impl Manifest {
         match value {
             Some(v) => check_setting_value(key, s, v),
             None if s.kind == SettingKind::Bool => Ok(()),
-            None => Err(format!("condition {when:?}: a bare KEY must be a bool setting")),
+            None => Err(format!(
+                "condition {when:?}: a bare KEY must be a bool setting"
+            )),
         }
     }
 

@@ -26,7 +26,11 @@ fn strings(v: &Value) -> Vec<String> {
     v.as_array()
         .unwrap_or_else(|| panic!("not an array: {v}"))
         .iter()
-        .map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string()))
+        .map(|x| {
+            x.as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| x.to_string())
+        })
         .collect()
 }
 
@@ -35,7 +39,12 @@ fn field(v: &Value, list: &str, key: &str) -> Vec<String> {
         .as_array()
         .unwrap_or_else(|| panic!("no {list} in {v}"))
         .iter()
-        .map(|x| x[key].as_str().map(str::to_string).unwrap_or_else(|| x[key].to_string()))
+        .map(|x| {
+            x[key]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| x[key].to_string())
+        })
         .collect()
 }
 
@@ -51,7 +60,10 @@ fn assert_nothing_changed(ilot: &Ilot, preview: &Value) {
     // Env values (which hold the secrets) never appear: only their names.
     for c in preview["containers"].as_array().unwrap() {
         for e in c["env"].as_array().unwrap() {
-            assert!(!e.as_str().unwrap().contains('='), "an env value leaked: {e}");
+            assert!(
+                !e.as_str().unwrap().contains('='),
+                "an env value leaked: {e}"
+            );
         }
     }
 }
@@ -63,21 +75,43 @@ fn every_catalogue_entry_plans_exactly_its_objects_and_changes_nothing() {
     // Nextcloud: PostgreSQL and Redis first, the web server, then its cron container.
     let nc = unique("nc");
     let v = ilot.json(&[
-        "app", "install", "nextcloud", "--name", &nc, "--domain", "cloud.example.test",
-        "--set", "admin_user=alice", "--dry-run",
+        "app",
+        "install",
+        "nextcloud",
+        "--name",
+        &nc,
+        "--domain",
+        "cloud.example.test",
+        "--set",
+        "admin_user=alice",
+        "--dry-run",
     ]);
     assert_nothing_changed(&ilot, &v);
     let c = |s: &str| format!("ilot-{nc}-{s}");
-    assert_eq!(field(&v, "containers", "name"), [c("db"), c("redis"), c("web"), c("cron")]);
+    assert_eq!(
+        field(&v, "containers", "name"),
+        [c("db"), c("redis"), c("web"), c("cron")]
+    );
     assert_eq!(
         field(&v, "containers", "image"),
-        ["postgres:17.11-bookworm", "redis:7.4.11-bookworm", "nextcloud:34.0.4-apache", "nextcloud:34.0.4-apache"]
+        [
+            "postgres:17.11-bookworm",
+            "redis:7.4.11-bookworm",
+            "nextcloud:34.0.4-apache",
+            "nextcloud:34.0.4-apache"
+        ]
     );
     for d in field(&v, "containers", "digest") {
-        assert!(d.starts_with("sha256:") && d.len() == 71, "not pinned by digest: {d}");
+        assert!(
+            d.starts_with("sha256:") && d.len() == 71,
+            "not pinned by digest: {d}"
+        );
     }
     assert_eq!(v["network"], format!("ilot-{nc}").as_str());
-    assert_eq!(field(&v, "volumes", "name"), [c("db"), c("html"), c("redis")]);
+    assert_eq!(
+        field(&v, "volumes", "name"),
+        [c("db"), c("html"), c("redis")]
+    );
     assert_eq!(field(&v, "volumes", "backup"), ["false", "true", "false"]);
     assert_eq!(v["routes"].as_array().unwrap().len(), 1);
     assert_eq!(v["routes"][0]["domain"], "cloud.example.test");
@@ -87,59 +121,130 @@ fn every_catalogue_entry_plans_exactly_its_objects_and_changes_nothing() {
     assert_eq!(v["routes"][0]["max_body"], "16G");
     let ports = v["published_ports"].as_array().unwrap();
     assert_eq!(ports.len(), 1, "{ports:?}");
-    assert_eq!((ports[0]["container"].as_u64(), ports[0]["public"].as_bool()), (Some(80), Some(false)));
+    assert_eq!(
+        (ports[0]["container"].as_u64(), ports[0]["public"].as_bool()),
+        (Some(80), Some(false))
+    );
     assert_eq!(v["firewall"], Value::Array(vec![]));
     let dns: Vec<String> = v["dns"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| format!("{} {} {}", r["name"].as_str().unwrap(), r["type"].as_str().unwrap(), r["value"].as_str().unwrap()))
+        .map(|r| {
+            format!(
+                "{} {} {}",
+                r["name"].as_str().unwrap(),
+                r["type"].as_str().unwrap(),
+                r["value"].as_str().unwrap()
+            )
+        })
         .collect();
     assert_eq!(dns, ["cloud.example.test. A 203.0.113.10"]);
-    assert_eq!(field(&v, "log_filters", "jail"), [format!("{nc}-nextcloud")]);
-    assert_eq!(field(&v, "log_filters", "source"), [format!("container {}", c("web"))]);
+    assert_eq!(
+        field(&v, "log_filters", "jail"),
+        [format!("{nc}-nextcloud")]
+    );
+    assert_eq!(
+        field(&v, "log_filters", "source"),
+        [format!("container {}", c("web"))]
+    );
     assert_eq!(field(&v, "probes", "path"), ["/status.php"]);
     assert_eq!(strings(&v["backup"]["volumes"]), [c("html")]);
     assert_eq!(field(&v["backup"], "dump", "container"), [c("db")]);
     assert_eq!(field(&v["backup"], "dump", "file"), ["nextcloud.sql"]);
-    assert_eq!(v["smtp"]["account"], Value::Null, "no mail server yet: {}", v["smtp"]);
+    assert_eq!(
+        v["smtp"]["account"],
+        Value::Null,
+        "no mail server yet: {}",
+        v["smtp"]
+    );
     assert_eq!(v["admin"]["user"], "alice");
     assert_eq!(v["settings"]["admin_user"], "alice");
-    assert_eq!(strings(&v["secrets"]), ["admin_password", "db_password", "redis_password"]);
+    assert_eq!(
+        strings(&v["secrets"]),
+        ["admin_password", "db_password", "redis_password"]
+    );
     let web = &v["containers"][2];
     assert_eq!(strings(&web["depends_on"]), ["db", "redis"]);
-    for var in ["NEXTCLOUD_TRUSTED_DOMAINS", "OVERWRITEPROTOCOL", "SMTP_HOST", "PHP_UPLOAD_LIMIT", "REDIS_HOST_PASSWORD"] {
-        assert!(strings(&web["env"]).contains(&var.to_string()), "{var} not in {}", web["env"]);
+    for var in [
+        "NEXTCLOUD_TRUSTED_DOMAINS",
+        "OVERWRITEPROTOCOL",
+        "SMTP_HOST",
+        "PHP_UPLOAD_LIMIT",
+        "REDIS_HOST_PASSWORD",
+    ] {
+        assert!(
+            strings(&web["env"]).contains(&var.to_string()),
+            "{var} not in {}",
+            web["env"]
+        );
     }
     assert_eq!(strings(&v["containers"][3]["command"]), ["/cron.sh"]);
     // The images are not here: the plan says they would be pulled, pinned.
     let plan = strings(&v["plan"]).join("\n");
-    assert!(plan.contains("pull nextcloud:34.0.4-apache (nextcloud@sha256:"), "{plan}");
-    assert!(plan.contains(&format!("create container {}", c("cron"))), "{plan}");
+    assert!(
+        plan.contains("pull nextcloud:34.0.4-apache (nextcloud@sha256:"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains(&format!("create container {}", c("cron"))),
+        "{plan}"
+    );
 
     // PeerTube, on this (big) machine: standard transcoding; no RTMP without live streaming.
     let pt = unique("pt");
     let p = |s: &str| format!("ilot-{pt}-{s}");
     let install_pt = |extra: &[&str]| {
         let mut args = vec![
-            "app", "install", "peertube", "--name", &pt, "--domain", "video.example.test",
-            "--set", "admin_email=admin@example.test", "--dry-run",
+            "app",
+            "install",
+            "peertube",
+            "--name",
+            &pt,
+            "--domain",
+            "video.example.test",
+            "--set",
+            "admin_email=admin@example.test",
+            "--dry-run",
         ];
         args.extend_from_slice(extra);
         ilot.json(&args)
     };
     let v = install_pt(&[]);
     assert_nothing_changed(&ilot, &v);
-    assert_eq!(field(&v, "containers", "name"), [p("db"), p("redis"), p("peertube")]);
-    assert_eq!(field(&v, "volumes", "name"), [p("config"), p("data"), p("db"), p("redis")]);
+    assert_eq!(
+        field(&v, "containers", "name"),
+        [p("db"), p("redis"), p("peertube")]
+    );
+    assert_eq!(
+        field(&v, "volumes", "name"),
+        [p("config"), p("data"), p("db"), p("redis")]
+    );
     assert_eq!(v["settings"]["transcoding"], "standard");
     assert_eq!(v["settings"]["live"], "false");
-    assert_eq!(v["settings"]["signup"], "false", "sign-ups closed by default");
+    assert_eq!(
+        v["settings"]["signup"], "false",
+        "sign-ups closed by default"
+    );
     assert_eq!(v["published_ports"].as_array().unwrap().len(), 1);
     assert_eq!(v["firewall"], Value::Array(vec![]));
-    assert_eq!(field(&v, "routes", "path"), ["/", "/api/v1/videos/upload", "/api/v1/videos/upload-resumable", "/api/v1/videos/imports"]);
-    assert_eq!(field(&v, "routes", "max_body"), ["100M", "16G", "16G", "16G"]);
-    assert_eq!(field(&v, "log_filters", "source"), ["the proxy's access log"]);
+    assert_eq!(
+        field(&v, "routes", "path"),
+        [
+            "/",
+            "/api/v1/videos/upload",
+            "/api/v1/videos/upload-resumable",
+            "/api/v1/videos/imports"
+        ]
+    );
+    assert_eq!(
+        field(&v, "routes", "max_body"),
+        ["100M", "16G", "16G", "16G"]
+    );
+    assert_eq!(
+        field(&v, "log_filters", "source"),
+        ["the proxy's access log"]
+    );
     assert_eq!(field(&v, "probes", "path"), ["/api/v1/config"]);
     assert_eq!(strings(&v["backup"]["volumes"]), [p("data"), p("config")]);
     assert_eq!(field(&v["backup"], "dump", "file"), ["peertube.sql"]);
@@ -147,44 +252,143 @@ fn every_catalogue_entry_plans_exactly_its_objects_and_changes_nothing() {
     // Live streaming publishes RTMP to the world and opens it in the firewall.
     let v = install_pt(&["--set", "live=true"]);
     assert_nothing_changed(&ilot, &v);
-    let public: Vec<&Value> = v["published_ports"].as_array().unwrap().iter().filter(|p| p["public"] == Value::Bool(true)).collect();
+    let public: Vec<&Value> = v["published_ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["public"] == Value::Bool(true))
+        .collect();
     assert_eq!(public.len(), 1, "{}", v["published_ports"]);
-    assert_eq!((public[0]["container"].as_u64(), public[0]["host"].as_u64(), public[0]["host_ip"].as_str()), (Some(1935), Some(1935), Some("0.0.0.0")));
-    assert_eq!(v["firewall"], serde_json::json!([{ "port": 1935, "protocol": "tcp" }]));
+    assert_eq!(
+        (
+            public[0]["container"].as_u64(),
+            public[0]["host"].as_u64(),
+            public[0]["host_ip"].as_str()
+        ),
+        (Some(1935), Some(1935), Some("0.0.0.0"))
+    );
+    assert_eq!(
+        v["firewall"],
+        serde_json::json!([{ "port": 1935, "protocol": "tcp" }])
+    );
 
     // Ghost: MySQL, then Ghost, and the hook that creates its owner.
     let gh = unique("gh");
     let v = ilot.json(&[
-        "app", "install", "ghost", "--name", &gh, "--domain", "blog.example.test",
-        "--set", "admin_email=ann@example.test", "--dry-run",
+        "app",
+        "install",
+        "ghost",
+        "--name",
+        &gh,
+        "--domain",
+        "blog.example.test",
+        "--set",
+        "admin_email=ann@example.test",
+        "--dry-run",
     ]);
     assert_nothing_changed(&ilot, &v);
-    assert_eq!(field(&v, "containers", "name"), [format!("ilot-{gh}-db"), format!("ilot-{gh}-ghost")]);
-    assert_eq!(field(&v, "containers", "image"), ["mysql:8.4.11-oracle", "ghost:6.61.0-bookworm"]);
+    assert_eq!(
+        field(&v, "containers", "name"),
+        [format!("ilot-{gh}-db"), format!("ilot-{gh}-ghost")]
+    );
+    assert_eq!(
+        field(&v, "containers", "image"),
+        ["mysql:8.4.11-oracle", "ghost:6.61.0-bookworm"]
+    );
     assert_eq!(field(&v, "hooks", "service"), ["ghost"]);
-    assert_eq!(v["settings"]["members_signup"], "invite", "sign-ups by invitation by default");
+    assert_eq!(
+        v["settings"]["members_signup"], "invite",
+        "sign-ups by invitation by default"
+    );
     assert_eq!(v["admin"]["user"], "ann@example.test");
     assert_eq!(field(&v["backup"], "dump", "file"), ["ghost.sql"]);
     assert_eq!(field(&v, "log_filters", "filter"), ["ghost"]);
-    assert!(strings(&v["plan"]).iter().any(|s| s.contains("post-install hook in ghost")));
+    assert!(strings(&v["plan"])
+        .iter()
+        .any(|s| s.contains("post-install hook in ghost")));
 
     // The human preview says the same in words.
     let out = ilot.ok(&[
-        "app", "install", "peertube", "--name", &pt, "--domain", "video.example.test",
-        "--set", "admin_email=admin@example.test", "--set", "live=true", "--dry-run",
+        "app",
+        "install",
+        "peertube",
+        "--name",
+        &pt,
+        "--domain",
+        "video.example.test",
+        "--set",
+        "admin_email=admin@example.test",
+        "--set",
+        "live=true",
+        "--dry-run",
     ]);
-    for want in ["public ports:", "1935/tcp (peertube)", "firewall opens:", "https://video.example.test/api/v1/videos/upload -> peertube:9000 (bodies up to 16G)", "jails:", "backup:", "(dry run: nothing was changed)"] {
+    for want in [
+        "public ports:",
+        "1935/tcp (peertube)",
+        "firewall opens:",
+        "https://video.example.test/api/v1/videos/upload -> peertube:9000 (bodies up to 16G)",
+        "jails:",
+        "backup:",
+        "(dry run: nothing was changed)",
+    ] {
         assert!(out.contains(want), "{want:?} not in:\n{out}");
     }
 
     // What an admin gets wrong is refused, and changes nothing.
-    let err = ilot.fails(&["app", "install", "nextcloud", "--name", &nc, "--dry-run"], 2);
-    assert!(err.contains("must be served at a domain of its own") && err.contains("--domain"), "{err}");
-    let err = ilot.fails(&["app", "install", "peertube", "--name", &pt, "--domain", "v.example.test"], 2);
+    let err = ilot.fails(
+        &["app", "install", "nextcloud", "--name", &nc, "--dry-run"],
+        2,
+    );
+    assert!(
+        err.contains("must be served at a domain of its own") && err.contains("--domain"),
+        "{err}"
+    );
+    let err = ilot.fails(
+        &[
+            "app",
+            "install",
+            "peertube",
+            "--name",
+            &pt,
+            "--domain",
+            "v.example.test",
+        ],
+        2,
+    );
     assert!(err.contains("needs the setting admin_email"), "{err}");
-    let err = ilot.fails(&["app", "install", "peertube", "--name", &pt, "--domain", "v.example.test", "--set", "admin_email=a@b.c", "--set", "transcoding=max"], 2);
+    let err = ilot.fails(
+        &[
+            "app",
+            "install",
+            "peertube",
+            "--name",
+            &pt,
+            "--domain",
+            "v.example.test",
+            "--set",
+            "admin_email=a@b.c",
+            "--set",
+            "transcoding=max",
+        ],
+        2,
+    );
     assert!(err.contains("one of off, light, standard"), "{err}");
-    let err = ilot.fails(&["app", "install", "ghost", "--name", &gh, "--domain", "b.example.test", "--set", "admin_email=a@b.c", "--image", "nosuch=x:1"], 2);
+    let err = ilot.fails(
+        &[
+            "app",
+            "install",
+            "ghost",
+            "--name",
+            &gh,
+            "--domain",
+            "b.example.test",
+            "--set",
+            "admin_email=a@b.c",
+            "--image",
+            "nosuch=x:1",
+        ],
+        2,
+    );
     assert!(err.contains("no service \"nosuch\""), "{err}");
     assert_eq!(ilot.objects(), (vec![], vec![], vec![]));
 }
@@ -194,7 +398,17 @@ fn a_machine_too_small_for_an_app_is_told_so_and_force_overrides() {
     // A 1 GiB Raspberry Pi, as the daemon sees it.
     let ilot = Ilot::start_full(&[("ILOT_TEST_HOST_MEMORY", "1G")], HOST);
     let pt = unique("pt");
-    let base = ["app", "install", "peertube", "--name", &pt, "--domain", "video.example.test", "--set", "admin_email=admin@example.test"];
+    let base = [
+        "app",
+        "install",
+        "peertube",
+        "--name",
+        &pt,
+        "--domain",
+        "video.example.test",
+        "--set",
+        "admin_email=admin@example.test",
+    ];
     let with = |extra: &[&str]| -> Vec<String> {
         base.iter().chain(extra).map(|s| s.to_string()).collect()
     };
@@ -203,7 +417,10 @@ fn a_machine_too_small_for_an_app_is_told_so_and_force_overrides() {
     assert_eq!(v["settings"]["transcoding"], "off");
     assert_eq!(v["resources"]["host"]["memory"], 1u64 << 30);
     // Asking for transcoding is refused, with the reason and the way out.
-    let err = ilot.fails(&args(&with(&["--set", "transcoding=light", "--dry-run"])), 2);
+    let err = ilot.fails(
+        &args(&with(&["--set", "transcoding=light", "--dry-run"])),
+        2,
+    );
     assert!(
         err.contains("this machine cannot run peertube")
             && err.contains("with video transcoding (240p, 480p) needs 2.0 GiB of memory; this machine has 1.0 GiB")
@@ -214,20 +431,55 @@ fn a_machine_too_small_for_an_app_is_told_so_and_force_overrides() {
     assert!(err.contains("needs 2.0 GiB"), "{err}");
     assert_eq!(ilot.objects(), (vec![], vec![], vec![]));
     // --force goes past it, and says so.
-    let v = ilot.json(&args(&with(&["--set", "transcoding=light", "--force", "--dry-run"])));
+    let v = ilot.json(&args(&with(&[
+        "--set",
+        "transcoding=light",
+        "--force",
+        "--dry-run",
+    ])));
     assert_eq!(v["settings"]["transcoding"], "light");
     assert!(strings(&v["resources"]["forced_past"])[0].contains("needs 2.0 GiB"));
 
     // `app info` tells the same before anything is tried.
     let info = ilot.json(&["app", "info", "peertube"]);
     assert_eq!(info["license"], "AGPL-3.0-or-later");
-    assert_eq!(info["resources"]["fits"], Value::Bool(true), "off by default here: {}", info["resources"]);
-    let t = info["settings"].as_array().unwrap().iter().find(|s| s["key"] == "transcoding").unwrap();
-    assert_eq!((t["default"].as_str(), t["default_here"].as_str()), (Some("standard"), Some("off")));
-    let rtmp = info["ports"].as_array().unwrap().iter().find(|p| p["name"] == "rtmp").unwrap();
-    assert_eq!((rtmp["when"].as_str(), rtmp["public"].as_bool()), (Some("live"), Some(true)));
+    assert_eq!(
+        info["resources"]["fits"],
+        Value::Bool(true),
+        "off by default here: {}",
+        info["resources"]
+    );
+    let t = info["settings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["key"] == "transcoding")
+        .unwrap();
+    assert_eq!(
+        (t["default"].as_str(), t["default_here"].as_str()),
+        (Some("standard"), Some("off"))
+    );
+    let rtmp = info["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "rtmp")
+        .unwrap();
+    assert_eq!(
+        (rtmp["when"].as_str(), rtmp["public"].as_bool()),
+        (Some("live"), Some(true))
+    );
     let out = ilot.ok(&["app", "info", "peertube"]);
-    for want in ["licence:   AGPL-3.0-or-later", "with transcoding=light: 2G memory", "port 1935/tcp to the world (rtmp), only when live", "https://DOMAIN/api/v1/videos/upload through ilot's proxy (bodies up to 16G)", "DOMAIN A/AAAA", "transcoding (default here off, elsewhere standard", "admin_email (required", "asked at install"] {
+    for want in [
+        "licence:   AGPL-3.0-or-later",
+        "with transcoding=light: 2G memory",
+        "port 1935/tcp to the world (rtmp), only when live",
+        "https://DOMAIN/api/v1/videos/upload through ilot's proxy (bodies up to 16G)",
+        "DOMAIN A/AAAA",
+        "transcoding (default here off, elsewhere standard",
+        "admin_email (required",
+        "asked at install",
+    ] {
         assert!(out.contains(want), "{want:?} not in:\n{out}");
     }
     let err = ilot.fails(&["app", "info", "nosuch"], 2);
@@ -237,7 +489,12 @@ fn a_machine_too_small_for_an_app_is_told_so_and_force_overrides() {
 const BOB_PW: &str = "bob-reads-the-family-mail";
 
 fn require_standins() {
-    for image in ["ilot/standin-postgres:1.0", "ilot/standin-mysql:1.0", "ilot/standin-redis:1.0", "ilot/standin-web:1.0"] {
+    for image in [
+        "ilot/standin-postgres:1.0",
+        "ilot/standin-mysql:1.0",
+        "ilot/standin-redis:1.0",
+        "ilot/standin-web:1.0",
+    ] {
         assert!(
             docker(&["image", "inspect", image]).status.success(),
             "image {image} missing: run tests/run.sh, or images/build.sh standin-base standin-postgres standin-mysql standin-redis standin-web"
@@ -247,8 +504,18 @@ fn require_standins() {
 
 /// Installs APP from the real catalogue with stand-in images for every service; returns the
 /// human output (which holds the admin login, shown once).
-fn install_with_standins(ilot: &Ilot, app: &str, name: &str, domain: &str, images: &[(&str, &str)], sets: &[&str]) -> String {
-    let mut args: Vec<String> = ["app", "install", app, "--name", name, "--domain", domain].iter().map(|s| s.to_string()).collect();
+fn install_with_standins(
+    ilot: &Ilot,
+    app: &str,
+    name: &str,
+    domain: &str,
+    images: &[(&str, &str)],
+    sets: &[&str],
+) -> String {
+    let mut args: Vec<String> = ["app", "install", app, "--name", name, "--domain", domain]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     for (service, image) in images {
         args.push("--image".into());
         args.push(format!("{service}=ilot/standin-{image}:1.0"));
@@ -271,14 +538,26 @@ fn shown_password(out: &str) -> String {
 
 /// A JSON request through the proxy over HTTPS: (HTTP status, body).
 fn call(p: &Ports, domain: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-    let mut extra = vec!["-X", method, "-w", "\n%{http_code}", "-H", "content-type: application/json"];
+    let mut extra = vec![
+        "-X",
+        method,
+        "-w",
+        "\n%{http_code}",
+        "-H",
+        "content-type: application/json",
+    ];
     let data = body.map(|b| b.to_string()).unwrap_or_default();
     if body.is_some() {
         extra.extend(["--data-binary", &data]);
     }
     let (out, err) = curl(domain, &p.https, "https", path, &extra);
-    let (text, code) = out.rsplit_once('\n').unwrap_or_else(|| panic!("curl {path}: {out} {err}"));
-    (code.parse().unwrap_or(0), serde_json::from_str(text).unwrap_or(Value::String(text.to_string())))
+    let (text, code) = out
+        .rsplit_once('\n')
+        .unwrap_or_else(|| panic!("curl {path}: {out} {err}"));
+    (
+        code.parse().unwrap_or(0),
+        serde_json::from_str(text).unwrap_or(Value::String(text.to_string())),
+    )
 }
 
 /// The app's backup dump, run as its manifest says, in its database container.
@@ -299,39 +578,83 @@ fn catalogue_apps_install_for_real_with_stand_ins_beside_the_mail_server() {
     let srv = install(&ilot);
     add_user(&ilot, "bob@example.org", BOB_PW);
     let mail_to_bob = |app: &str, domain: &str, from: &str| {
-        let (code, v) = call(&p, domain, "POST", "/.ilot-standin/mail", Some(&serde_json::json!({ "to": "bob@example.org" })));
+        let (code, v) = call(
+            &p,
+            domain,
+            "POST",
+            "/.ilot-standin/mail",
+            Some(&serde_json::json!({ "to": "bob@example.org" })),
+        );
         assert_eq!(code, 200, "{app} could not send mail: {v}");
         assert_eq!(v["from"], from, "{v}");
         let subject = format!("\"ilot stand-in test from {app}\"");
         wait_until(&format!("{app}'s mail reaches bob"), 60, || {
-            Some(()).filter(|_| search(srv.imaps, "bob@example.org", BOB_PW, &format!("SUBJECT {subject}")).len() == 1)
+            Some(()).filter(|_| {
+                search(
+                    srv.imaps,
+                    "bob@example.org",
+                    BOB_PW,
+                    &format!("SUBJECT {subject}"),
+                )
+                .len()
+                    == 1
+            })
         });
     };
 
     // Nextcloud.
     let nc = unique("nc");
     let cloud = format!("{nc}.example.test");
-    let out = install_with_standins(&ilot, "nextcloud", &nc, &cloud,
-        &[("db", "postgres"), ("redis", "redis"), ("web", "web"), ("cron", "web")], &["admin_user=alice"]);
-    assert!(out.contains("admin login: alice at https://") && out.contains("/login"), "{out}");
+    let out = install_with_standins(
+        &ilot,
+        "nextcloud",
+        &nc,
+        &cloud,
+        &[
+            ("db", "postgres"),
+            ("redis", "redis"),
+            ("web", "web"),
+            ("cron", "web"),
+        ],
+        &["admin_user=alice"],
+    );
+    assert!(
+        out.contains("admin login: alice at https://") && out.contains("/login"),
+        "{out}"
+    );
     let password = shown_password(&out);
     assert_eq!(password.len(), 24, "{out}");
     // Shown once: not by `app show`, not in --json, not in the daemon's log.
     let show = ilot.ok(&["app", "show", &nc, "--json"]);
     assert!(!show.contains(&password) && !ilot.ok(&["app", "show", &nc]).contains(&password));
-    assert!(!ilot.log().contains(&password), "the admin password is in the daemon's log");
+    assert!(
+        !ilot.log().contains(&password),
+        "the admin password is in the daemon's log"
+    );
     let (code, st) = call(&p, &cloud, "GET", "/.ilot-standin/status", None);
     assert_eq!(code, 200, "{st}");
     assert_eq!(st["role"], "nextcloud");
     assert_eq!(st["db"]["ok"], Value::Bool(true), "{st}");
-    assert_eq!((st["db"]["database"].as_str(), st["db"]["user"].as_str()), (Some("nextcloud"), Some("nextcloud")));
+    assert_eq!(
+        (st["db"]["database"].as_str(), st["db"]["user"].as_str()),
+        (Some("nextcloud"), Some("nextcloud"))
+    );
     assert_eq!(st["redis"]["ok"], Value::Bool(true), "{st}");
     assert_eq!(st["admin"]["user"], "alice");
     assert_eq!(st["request"]["host"], cloud.as_str());
     assert_eq!(st["request"]["x_forwarded_proto"], "https");
     assert_eq!(st["settings"]["overwritehost"], cloud.as_str());
     // The generated password is the admin's; a wrong one is refused.
-    let login = |user: &str, pw: &str| call(&p, &cloud, "POST", "/.ilot-standin/login", Some(&serde_json::json!({ "user": user, "password": pw }))).0;
+    let login = |user: &str, pw: &str| {
+        call(
+            &p,
+            &cloud,
+            "POST",
+            "/.ilot-standin/login",
+            Some(&serde_json::json!({ "user": user, "password": pw })),
+        )
+        .0
+    };
     assert_eq!(login("alice", &password), 200);
     assert_eq!(login("alice", "not-the-password"), 403);
     // The cron container runs the background jobs against the same database.
@@ -341,54 +664,143 @@ fn catalogue_apps_install_for_real_with_stand_ins_beside_the_mail_server() {
     });
     mail_to_bob("nextcloud", &cloud, &format!("{nc}@example.org"));
     let sql = dump(&ilot, "nextcloud", &nc);
-    assert!(sql.contains("CREATE TABLE") && sql.contains("alice"), "the dump has the tables and the admin: {}", &sql[..sql.len().min(400)]);
+    assert!(
+        sql.contains("CREATE TABLE") && sql.contains("alice"),
+        "the dump has the tables and the admin: {}",
+        &sql[..sql.len().min(400)]
+    );
 
     // Ghost: the post-install hook made the owner and set sign-ups to invitations.
     let gh = unique("gh");
     let blog = format!("{gh}.example.test");
-    let out = install_with_standins(&ilot, "ghost", &gh, &blog, &[("db", "mysql"), ("ghost", "web")], &["admin_email=ann@example.org"]);
+    let out = install_with_standins(
+        &ilot,
+        "ghost",
+        &gh,
+        &blog,
+        &[("db", "mysql"), ("ghost", "web")],
+        &["admin_email=ann@example.org"],
+    );
     let password = shown_password(&out);
-    assert!(out.contains("admin login: ann@example.org at https://") && out.contains("/ghost/"), "{out}");
+    assert!(
+        out.contains("admin login: ann@example.org at https://") && out.contains("/ghost/"),
+        "{out}"
+    );
     let (code, st) = call(&p, &blog, "GET", "/.ilot-standin/status", None);
     assert_eq!(code, 200, "{st}");
-    assert_eq!((st["role"].as_str(), st["db"]["ok"].as_bool()), (Some("ghost"), Some(true)), "{st}");
+    assert_eq!(
+        (st["role"].as_str(), st["db"]["ok"].as_bool()),
+        (Some("ghost"), Some(true)),
+        "{st}"
+    );
     assert_eq!(st["admin"]["user"], "ann@example.org");
     assert_eq!(st["settings"]["members_signup_access"], "invite", "{st}");
-    let (code, _) = call(&p, &blog, "POST", "/ghost/api/admin/session/", Some(&serde_json::json!({ "username": "ann@example.org", "password": password })));
+    let (code, _) = call(
+        &p,
+        &blog,
+        "POST",
+        "/ghost/api/admin/session/",
+        Some(&serde_json::json!({ "username": "ann@example.org", "password": password })),
+    );
     assert_eq!(code, 403, "no Origin header: refused, like Ghost");
-    let (code, _) = call(&p, &blog, "POST", "/.ilot-standin/login", Some(&serde_json::json!({ "user": "ann@example.org", "password": password })));
+    let (code, _) = call(
+        &p,
+        &blog,
+        "POST",
+        "/.ilot-standin/login",
+        Some(&serde_json::json!({ "user": "ann@example.org", "password": password })),
+    );
     assert_eq!(code, 200);
     mail_to_bob("ghost", &blog, &format!("{gh}@example.org"));
     let sql = dump(&ilot, "ghost", &gh);
-    assert!(sql.contains("CREATE TABLE") && sql.contains("ann@example.org"), "{}", &sql[..sql.len().min(400)]);
+    assert!(
+        sql.contains("CREATE TABLE") && sql.contains("ann@example.org"),
+        "{}",
+        &sql[..sql.len().min(400)]
+    );
 
     // PeerTube: a large upload streams through the proxy's upload route.
     let pt = unique("pt");
     let video = format!("{pt}.example.test");
-    let out = install_with_standins(&ilot, "peertube", &pt, &video,
-        &[("db", "postgres"), ("redis", "redis"), ("peertube", "web")], &["admin_email=admin@example.org"]);
+    let out = install_with_standins(
+        &ilot,
+        "peertube",
+        &pt,
+        &video,
+        &[("db", "postgres"), ("redis", "redis"), ("peertube", "web")],
+        &["admin_email=admin@example.org"],
+    );
     let password = shown_password(&out);
     let (code, cfg) = call(&p, &video, "GET", "/api/v1/config", None);
     assert_eq!(code, 200, "{cfg}");
     assert_eq!(cfg["signup"]["allowed"], Value::Bool(false), "{cfg}");
     assert_eq!(cfg["live"]["enabled"], Value::Bool(false), "{cfg}");
     let (_, st) = call(&p, &video, "GET", "/.ilot-standin/status", None);
-    assert_eq!((st["db"]["ok"].as_bool(), st["redis"]["ok"].as_bool()), (Some(true), Some(true)), "{st}");
+    assert_eq!(
+        (st["db"]["ok"].as_bool(), st["redis"]["ok"].as_bool()),
+        (Some(true), Some(true)),
+        "{st}"
+    );
     assert_eq!(st["db"]["database"], "peertube_prod");
     assert_eq!(st["admin"]["user"], "root");
-    let (code, _) = call(&p, &video, "POST", "/.ilot-standin/login", Some(&serde_json::json!({ "user": "root", "password": password })));
+    let (code, _) = call(
+        &p,
+        &video,
+        "POST",
+        "/.ilot-standin/login",
+        Some(&serde_json::json!({ "user": "root", "password": password })),
+    );
     assert_eq!(code, 200);
     let file = ilot.dir.join("video.bin");
-    let data: Vec<u8> = (0..(150u32 << 20) / 4).flat_map(|i| i.to_le_bytes()).collect();
+    let data: Vec<u8> = (0..(150u32 << 20) / 4)
+        .flat_map(|i| i.to_le_bytes())
+        .collect();
     std::fs::write(&file, &data).unwrap();
-    let want = docker_ok(&["run", "--rm", "-v", &format!("{}:/f:ro", file.display()), "--entrypoint", "sha256sum", "ilot/hello:1.0", "/f"]);
+    let want = docker_ok(&[
+        "run",
+        "--rm",
+        "-v",
+        &format!("{}:/f:ro", file.display()),
+        "--entrypoint",
+        "sha256sum",
+        "ilot/hello:1.0",
+        "/f",
+    ]);
     let upload = format!("@{}", file.display());
-    let (out, err) = curl(&video, &p.https, "https", "/api/v1/videos/upload", &["-X", "POST", "--data-binary", &upload, "-H", "content-type: application/octet-stream"]);
+    let (out, err) = curl(
+        &video,
+        &p.https,
+        "https",
+        "/api/v1/videos/upload",
+        &[
+            "-X",
+            "POST",
+            "--data-binary",
+            &upload,
+            "-H",
+            "content-type: application/octet-stream",
+        ],
+    );
     let v: Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("upload: {out} {err}"));
     assert_eq!(v["bytes"], data.len() as u64, "{v}");
     assert_eq!(v["sha256"].as_str(), want.split_whitespace().next(), "{v}");
     // The same body on the federation route (100M) is refused by the proxy.
-    let (out, _) = curl(&video, &p.https, "https", "/inbox", &["-X", "POST", "--data-binary", &upload, "-o", "/dev/null", "-w", "%{http_code}"]);
+    let (out, _) = curl(
+        &video,
+        &p.https,
+        "https",
+        "/inbox",
+        &[
+            "-X",
+            "POST",
+            "--data-binary",
+            &upload,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ],
+    );
     assert_eq!(out, "413", "over the route's max_body");
     mail_to_bob("peertube", &video, &format!("{pt}@example.org"));
     assert!(dump(&ilot, "peertube", &pt).contains("CREATE TABLE"));
@@ -440,6 +852,18 @@ fn settings_an_admin_must_choose_are_asked_at_a_terminal() {
         assert!(text.contains(want), "{want:?} not in:\n{text}");
     }
     // Without a terminal nothing is asked: the missing one is an error that names it.
-    let err = ilot.fails(&["app", "install", "peertube", "--name", &pt, "--domain", "video.example.test", "--dry-run"], 2);
+    let err = ilot.fails(
+        &[
+            "app",
+            "install",
+            "peertube",
+            "--name",
+            &pt,
+            "--domain",
+            "video.example.test",
+            "--dry-run",
+        ],
+        2,
+    );
     assert!(err.contains("needs the setting admin_email"), "{err}");
 }

@@ -16,7 +16,6 @@ use std::time::Duration;
 const BOB_PW: &str = "bob-secret-passphrase";
 const ANN_PW: &str = "ann-secret-passphrase";
 
-
 /// An IMAP session (logged in as bob) and an SMTP session (after EHLO), kept open by a
 /// Python process until `finish`, which uses both and reports.
 struct Sessions(Child);

@@ -494,7 +494,13 @@ fn ask_settings(
     if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
         return Ok(());
     }
-    let info = client::call(socket, &Request::AppInfo { app: app.to_string() }, |_| {})?;
+    let info = client::call(
+        socket,
+        &Request::AppInfo {
+            app: app.to_string(),
+        },
+        |_| {},
+    )?;
     for st in info["settings"].as_array().into_iter().flatten() {
         let key = st["key"].as_str().unwrap_or_default();
         if st["ask"] != serde_json::Value::Bool(true) || settings.contains_key(key) {
@@ -510,7 +516,10 @@ fn ask_settings(
             } else {
                 format!(" ({})", spec.choices.join("/"))
             };
-            let shown = default.as_deref().map(|d| format!(" [{d}]")).unwrap_or_default();
+            let shown = default
+                .as_deref()
+                .map(|d| format!(" [{d}]"))
+                .unwrap_or_default();
             eprint!("{key}: {}{choices}{shown}: ", spec.description);
             std::io::stderr().flush().ok();
             let mut line = String::new();

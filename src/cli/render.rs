@@ -370,12 +370,28 @@ fn print_wiring(v: &Value) {
     let list = |key: &str| v[key].as_array().cloned().unwrap_or_default();
     let routes: Vec<String> = list("routes")
         .iter()
-        .map(|r| format!("https://{}{} -> {}:{} (bodies up to {})", s(&r["domain"]), s(&r["path"]), s(&r["service"]), s(&r["port"]), s(&r["max_body"])))
+        .map(|r| {
+            format!(
+                "https://{}{} -> {}:{} (bodies up to {})",
+                s(&r["domain"]),
+                s(&r["path"]),
+                s(&r["service"]),
+                s(&r["port"]),
+                s(&r["max_body"])
+            )
+        })
         .collect();
     let public: Vec<String> = list("published_ports")
         .iter()
         .filter(|p| p["public"] == Value::Bool(true))
-        .map(|p| format!("{}/{} ({})", s(&p["host"]), s(&p["protocol"]), s(&p["service"])))
+        .map(|p| {
+            format!(
+                "{}/{} ({})",
+                s(&p["host"]),
+                s(&p["protocol"]),
+                s(&p["service"])
+            )
+        })
         .collect();
     let firewall: Vec<String> = list("firewall")
         .iter()
@@ -383,15 +399,37 @@ fn print_wiring(v: &Value) {
         .collect();
     let dns: Vec<String> = list("dns")
         .iter()
-        .map(|r| format!("{} {} {}", s(&r["name"]), s(&r["type"]), ellipsis(&s(&r["value"]), 50)))
+        .map(|r| {
+            format!(
+                "{} {} {}",
+                s(&r["name"]),
+                s(&r["type"]),
+                ellipsis(&s(&r["value"]), 50)
+            )
+        })
         .collect();
     let jails: Vec<String> = list("log_filters")
         .iter()
-        .map(|j| format!("{} (filter {}, reads {})", s(&j["jail"]), s(&j["filter"]), s(&j["source"])))
+        .map(|j| {
+            format!(
+                "{} (filter {}, reads {})",
+                s(&j["jail"]),
+                s(&j["filter"]),
+                s(&j["source"])
+            )
+        })
         .collect();
     let probes: Vec<String> = list("probes")
         .iter()
-        .map(|p| format!("{} {}:{}{}", s(&p["type"]), s(&p["service"]), s(&p["port"]), p["path"].as_str().unwrap_or("")))
+        .map(|p| {
+            format!(
+                "{} {}:{}{}",
+                s(&p["type"]),
+                s(&p["service"]),
+                s(&p["port"]),
+                p["path"].as_str().unwrap_or("")
+            )
+        })
         .collect();
     let mut lines: Vec<(&str, Vec<String>)> = vec![
         ("routes", routes),
@@ -402,13 +440,30 @@ fn print_wiring(v: &Value) {
         ("probes", probes),
     ];
     if let Some(b) = v["backup"].as_object() {
-        let mut parts: Vec<String> = b["volumes"].as_array().into_iter().flatten().map(s).collect();
-        parts.extend(b["dump"].as_array().into_iter().flatten().map(|d| format!("{} (dump from {})", s(&d["file"]), s(&d["service"]))));
+        let mut parts: Vec<String> = b["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(s)
+            .collect();
+        parts.extend(
+            b["dump"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|d| format!("{} (dump from {})", s(&d["file"]), s(&d["service"]))),
+        );
         lines.push(("backup", parts));
     }
     if v["smtp"].is_object() {
         let smtp = &v["smtp"];
-        lines.push(("sends mail as", vec![smtp["account"].as_str().map(str::to_string).unwrap_or_else(|| s(&smtp["note"]))]));
+        lines.push((
+            "sends mail as",
+            vec![smtp["account"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| s(&smtp["note"]))],
+        ));
     }
     let settings: Vec<String> = v["settings"]
         .as_object()
@@ -418,7 +473,14 @@ fn print_wiring(v: &Value) {
         .collect();
     lines.push(("settings", settings));
     if let Some(a) = v["admin"].as_object() {
-        lines.push(("admin login", vec![format!("{} at {} (password generated, shown once)", s(&a["user"]), s(&a["url"]))]));
+        lines.push((
+            "admin login",
+            vec![format!(
+                "{} at {} (password generated, shown once)",
+                s(&a["user"]),
+                s(&a["url"])
+            )],
+        ));
     }
     for (label, items) in lines.into_iter().filter(|(_, i)| !i.is_empty()) {
         println!("{label}:");
@@ -426,7 +488,12 @@ fn print_wiring(v: &Value) {
             println!("  - {i}");
         }
     }
-    for f in v["forced_past"].as_array().into_iter().chain(v["resources"]["forced_past"].as_array()).flatten() {
+    for f in v["forced_past"]
+        .as_array()
+        .into_iter()
+        .chain(v["resources"]["forced_past"].as_array())
+        .flatten()
+    {
         println!("installing anyway (--force): {}", s(f));
     }
 }
@@ -841,7 +908,9 @@ pub fn human(req: &Request, v: &Value) {
                 println!(
                     "admin login: {} at {}\n  password:  {}",
                     s(&a["user"]),
-                    a.get("url").and_then(Value::as_str).unwrap_or("(the app's own login page)"),
+                    a.get("url")
+                        .and_then(Value::as_str)
+                        .unwrap_or("(the app's own login page)"),
                     s(&a["password"])
                 );
             }
@@ -992,11 +1061,20 @@ fn print_mail(op: &crate::api::MailOp, v: &Value) {
 
 /// `ilot app info APP`.
 fn print_app_info(v: &Value) {
-    println!("{} {}: {}", s(&v["name"]), s(&v["version"]), s(&v["description"]));
+    println!(
+        "{} {}: {}",
+        s(&v["name"]),
+        s(&v["version"]),
+        s(&v["description"])
+    );
     println!("upstream:  {}", s(&v["upstream"]));
     println!("licence:   {}", s(&v["license"]));
     let r = &v["resources"];
-    let size = |x: &Value| x.as_u64().map(|b| crate::catalog::gib(b)).unwrap_or_else(|| "-".into());
+    let size = |x: &Value| {
+        x.as_u64()
+            .map(crate::catalog::gib)
+            .unwrap_or_else(|| "-".into())
+    };
     println!(
         "needs:     {} memory, {} free disk, {}{}",
         size(&r["memory"]),
@@ -1005,10 +1083,19 @@ fn print_app_info(v: &Value) {
             Some(a) if !a.is_empty() => a.iter().map(s).collect::<Vec<_>>().join("/"),
             _ => "any architecture".into(),
         },
-        if v["needs_domain"] == Value::Bool(true) { "; a domain of its own (--domain)" } else { "" }
+        if v["needs_domain"] == Value::Bool(true) {
+            "; a domain of its own (--domain)"
+        } else {
+            ""
+        }
     );
     for x in r["extra"].as_array().into_iter().flatten() {
-        println!("           with {}: {} memory ({})", s(&x["when"]), s(&x["memory"]), s(&x["why"]));
+        println!(
+            "           with {}: {} memory ({})",
+            s(&x["when"]),
+            s(&x["memory"]),
+            s(&x["why"])
+        );
     }
     println!(
         "this host: {} memory, {} free, {}: {}",
@@ -1018,7 +1105,16 @@ fn print_app_info(v: &Value) {
         if r["fits"] == Value::Bool(true) {
             "fits with the default settings".to_string()
         } else {
-            format!("too small: {}", r["problems"].as_array().into_iter().flatten().map(s).collect::<Vec<_>>().join("; "))
+            format!(
+                "too small: {}",
+                r["problems"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(s)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
         }
     );
     println!("services:");
@@ -1027,25 +1123,40 @@ fn print_app_info(v: &Value) {
             "  {}: {}{} (memory limit {})",
             s(&svc["name"]),
             s(&svc["image"]),
-            svc["digest"].as_str().map(|d| format!("@{}", &d[..d.len().min(19)])).unwrap_or_default(),
+            svc["digest"]
+                .as_str()
+                .map(|d| format!("@{}", &d[..d.len().min(19)]))
+                .unwrap_or_default(),
             s(&svc["memory"])
         );
     }
     println!("opens:");
     let mut opened = false;
-    for p in v["ports"].as_array().into_iter().flatten().filter(|p| p["public"] == Value::Bool(true)) {
+    for p in v["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["public"] == Value::Bool(true))
+    {
         opened = true;
         println!(
             "  port {}/{} to the world ({}){}",
             s(&p["host"]),
             s(&p["protocol"]),
             s(&p["name"]),
-            p["when"].as_str().map(|w| format!(", only when {w}")).unwrap_or_default()
+            p["when"]
+                .as_str()
+                .map(|w| format!(", only when {w}"))
+                .unwrap_or_default()
         );
     }
     for r in v["routes"].as_array().into_iter().flatten() {
         opened = true;
-        println!("  https://DOMAIN{} through ilot's proxy (bodies up to {})", s(&r["path"]), s(&r["max_body"]));
+        println!(
+            "  https://DOMAIN{} through ilot's proxy (bodies up to {})",
+            s(&r["path"]),
+            s(&r["max_body"])
+        );
     }
     if !opened {
         println!("  nothing to the world");
@@ -1055,33 +1166,81 @@ fn print_app_info(v: &Value) {
         println!("  {} {}: {}", s(&d["name"]), s(&d["type"]), s(&d["value"]));
     }
     let names = |key: &str, field: &str| -> String {
-        let items: Vec<String> = v[key].as_array().into_iter().flatten().map(|x| s(&x[field])).collect();
-        if items.is_empty() { "-".into() } else { items.join(", ") }
+        let items: Vec<String> = v[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|x| s(&x[field]))
+            .collect();
+        if items.is_empty() {
+            "-".into()
+        } else {
+            items.join(", ")
+        }
     };
-    println!("sends mail: {}", if v["smtp"] == Value::Bool(true) { "yes (an account on the mail server, made at install)" } else { "no" });
+    println!(
+        "sends mail: {}",
+        if v["smtp"] == Value::Bool(true) {
+            "yes (an account on the mail server, made at install)"
+        } else {
+            "no"
+        }
+    );
     println!("bans with:  {}", names("log_filters", "filter"));
     println!("probes:     {}", names("probes", "type"));
     if let Some(b) = v["backup"].as_object() {
-        let vols: Vec<String> = b["volumes"].as_array().into_iter().flatten().map(s).collect();
-        let dumps: Vec<String> = b["dump"].as_array().into_iter().flatten().map(|d| format!("{} from {}", s(&d["file"]), s(&d["service"]))).collect();
-        println!("backs up:   volumes {}; dumps {}", vols.join(", "), if dumps.is_empty() { "-".into() } else { dumps.join(", ") });
+        let vols: Vec<String> = b["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(s)
+            .collect();
+        let dumps: Vec<String> = b["dump"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|d| format!("{} from {}", s(&d["file"]), s(&d["service"])))
+            .collect();
+        println!(
+            "backs up:   volumes {}; dumps {}",
+            vols.join(", "),
+            if dumps.is_empty() {
+                "-".into()
+            } else {
+                dumps.join(", ")
+            }
+        );
     }
     println!("settings (--set KEY=VALUE):");
     for st in v["settings"].as_array().into_iter().flatten() {
         let default = match (&st["default_here"], &st["default"]) {
             (Value::Null, _) => "required".to_string(),
-            (here, d) if here != d && !d.is_null() => format!("default here {}, elsewhere {}", s(here), s(d)),
+            (here, d) if here != d && !d.is_null() => {
+                format!("default here {}, elsewhere {}", s(here), s(d))
+            }
             (here, _) => format!("default {}", s(here)),
         };
-        let choices = st["choices"].as_array().filter(|c| !c.is_empty()).map(|c| format!(", one of {}", c.iter().map(s).collect::<Vec<_>>().join("|"))).unwrap_or_default();
+        let choices = st["choices"]
+            .as_array()
+            .filter(|c| !c.is_empty())
+            .map(|c| format!(", one of {}", c.iter().map(s).collect::<Vec<_>>().join("|")))
+            .unwrap_or_default();
         println!(
             "  {} ({default}{choices}){}: {}",
             s(&st["key"]),
-            if st["ask"] == Value::Bool(true) { ", asked at install" } else { "" },
+            if st["ask"] == Value::Bool(true) {
+                ", asked at install"
+            } else {
+                ""
+            },
             s(&st["description"])
         );
     }
     if let Some(a) = v["admin"].as_object() {
-        println!("admin:      {} at https://DOMAIN{}, password generated and shown once at install", s(&a["user"]), s(&a["path"]));
+        println!(
+            "admin:      {} at https://DOMAIN{}, password generated and shown once at install",
+            s(&a["user"]),
+            s(&a["path"])
+        );
     }
 }

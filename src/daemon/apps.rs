@@ -62,14 +62,17 @@ fn free_bytes(path: &str) -> Option<u64> {
         .then(|| st.f_bavail as u64 * st.f_frsize as u64)
 }
 
-
 /// What the app needs with these settings: (memory, disk, why), each the largest of the base
 /// figure and the extras whose condition holds.
 pub fn resource_needs(
     m: &Manifest,
     settings: &BTreeMap<String, String>,
 ) -> (Option<u64>, Option<u64>, Vec<String>) {
-    let bytes = |s: &Option<String>| s.as_deref().and_then(catalog::parse_memory).map(|b| b as u64);
+    let bytes = |s: &Option<String>| {
+        s.as_deref()
+            .and_then(catalog::parse_memory)
+            .map(|b| b as u64)
+    };
     let (mut memory, mut disk) = (bytes(&m.resources.memory), bytes(&m.resources.disk));
     let mut why = Vec::new();
     for x in &m.resources.extra {
@@ -311,7 +314,10 @@ impl Daemon {
 
     fn admin_url(&self, inst: &Instance, path: &str) -> Option<String> {
         let base = self.url_of(inst)?;
-        let root = match base.find("://").and_then(|i| base[i + 3..].find('/').map(|j| i + 3 + j)) {
+        let root = match base
+            .find("://")
+            .and_then(|i| base[i + 3..].find('/').map(|j| i + 3 + j))
+        {
             Some(end) => &base[..end],
             None => base.as_str(),
         };
@@ -398,7 +404,9 @@ impl Daemon {
             .collect();
         let mut dns = Vec::new();
         if !m.needs.routes.is_empty() || m.needs.domain {
-            dns.push(json!({ "type": "A/AAAA", "name": "DOMAIN", "value": "this host's addresses" }));
+            dns.push(
+                json!({ "type": "A/AAAA", "name": "DOMAIN", "value": "this host's addresses" }),
+            );
             dns.push(json!({ "type": "CAA", "name": "DOMAIN", "value": "the ACME CA ilot uses, when it has a well-known one" }));
         }
         for r in &m.needs.dns {
@@ -473,7 +481,10 @@ mod tests {
         let pi = host("1G");
         let t = &m.settings["transcoding"];
         assert_eq!(default_for(t, pi.memory).as_deref(), Some("off"));
-        assert_eq!(default_for(t, host("16G").memory).as_deref(), t.default.as_deref());
+        assert_eq!(
+            default_for(t, host("16G").memory).as_deref(),
+            t.default.as_deref()
+        );
         let mut settings: BTreeMap<String, String> = m
             .settings
             .iter()
@@ -483,7 +494,10 @@ mod tests {
         settings.insert("transcoding".into(), "light".into());
         let problems = resource_problems(m, &settings, &pi);
         assert_eq!(problems.len(), 1, "{problems:?}");
-        assert!(problems[0].contains("transcoding") && problems[0].contains("1.0 GiB"), "{problems:?}");
+        assert!(
+            problems[0].contains("transcoding") && problems[0].contains("1.0 GiB"),
+            "{problems:?}"
+        );
         let mut x86 = host("16G");
         x86.arch = "armv7";
         assert!(resource_problems(m, &settings, &x86)[0].contains("armv7"));

@@ -222,7 +222,10 @@ impl Daemon {
             return Ok(self.install_preview(&inst, &actions, &missing_images, &host, &problems));
         }
         if !problems.is_empty() {
-            progress.step(format!("installing anyway (--force): {}", problems.join("; ")));
+            progress.step(format!(
+                "installing anyway (--force): {}",
+                problems.join("; ")
+            ));
         }
         if kept.is_some() {
             progress.step(format!(
@@ -235,8 +238,7 @@ impl Daemon {
         // A reinstall over kept data keeps the old secrets, and the admin may have changed
         // the password since: nothing to show.
         let reveal = p.reveal && kept.is_none();
-        self.converge_install(&mut op, inst, reveal, progress)
-            .await
+        self.converge_install(&mut op, inst, reveal, progress).await
     }
 
     /// Applies an install's plan and health-gates it; used by install and by recovery.
@@ -428,9 +430,16 @@ impl Daemon {
             let (reference, wanted, how) = match (overrides.get(service), &svc.digest) {
                 (Some(r), _) => (r.clone(), r.clone(), format!("pull {r}")),
                 (None, Some(d)) => {
-                    let name = svc.image.rsplit_once(':').map_or(svc.image.as_str(), |(n, _)| n);
+                    let name = svc
+                        .image
+                        .rsplit_once(':')
+                        .map_or(svc.image.as_str(), |(n, _)| n);
                     let want = format!("{name}@{d}");
-                    (svc.image.clone(), want.clone(), format!("pull {} ({want})", svc.image))
+                    (
+                        svc.image.clone(),
+                        want.clone(),
+                        format!("pull {} ({want})", svc.image),
+                    )
                 }
                 (None, None) => (
                     svc.image.clone(),
@@ -1234,7 +1243,9 @@ fn image_overrides(manifest: &Manifest, given: &[String]) -> Result<BTreeMap<Str
         manifest.check_service(&service)?;
         check_image_ref(&reference)?;
         if overrides.insert(service.clone(), reference).is_some() {
-            return Err(Error::bad_input(format!("--image given twice for {service}")));
+            return Err(Error::bad_input(format!(
+                "--image given twice for {service}"
+            )));
         }
     }
     Ok(overrides)

@@ -168,7 +168,16 @@ pub fn render(template: &str, inst: &Instance) -> String {
         let choice_value = key
             .strip_prefix("settings.")
             .and_then(|k| k.strip_suffix(".value"))
-            .and_then(|k| Some(inst.manifest.settings.get(k)?.values.get(inst.settings.get(k)?)?.clone()));
+            .and_then(|k| {
+                Some(
+                    inst.manifest
+                        .settings
+                        .get(k)?
+                        .values
+                        .get(inst.settings.get(k)?)?
+                        .clone(),
+                )
+            });
         let value = match key {
             _ if choice_value.is_some() => choice_value.unwrap_or_default(),
             "instance" => inst.name.clone(),

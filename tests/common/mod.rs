@@ -361,7 +361,13 @@ pub fn ports(ilot: &Ilot) -> Ports {
 }
 
 /// curl with the domain resolved to the proxy's address; returns (stdout, stderr).
-pub fn curl(domain: &str, addr: &str, scheme: &str, path: &str, extra: &[&str]) -> (String, String) {
+pub fn curl(
+    domain: &str,
+    addr: &str,
+    scheme: &str,
+    path: &str,
+    extra: &[&str],
+) -> (String, String) {
     let port = addr.rsplit_once(':').unwrap().1;
     let out = Command::new("curl")
         .args([
