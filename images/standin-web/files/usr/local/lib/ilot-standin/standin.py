@@ -1,0 +1,672 @@
+#!/usr/bin/env python3
+"""ilot/standin-web: plays Nextcloud, PeerTube or Ghost in ilot's tests.
+
+The role comes from the environment the upstream image's contract gives it (NEXTCLOUD_ADMIN_USER,
+PEERTUBE_WEBSERVER_HOSTNAME, or url + database__client). Like upstream, the app waits for its
+database, creates its tables and (Nextcloud, PeerTube) its admin once, then serves HTTP. Besides
+the few upstream endpoints the manifests use (health checks, Ghost's setup API, PeerTube's
+upload), /.ilot-standin/ holds test endpoints: status, login, mail. See images/README.md.
+
+    standin.py serve    the web role
+    standin.py cron     Nextcloud's /cron.sh: a heartbeat row in cron_runs every few seconds
+"""
+import datetime, hashlib, hmac, http.cookies, http.server, ipaddress, json, os, secrets
+import signal, smtplib, socket, ssl, sys, time, traceback
+from email.message import EmailMessage
+from email.utils import formataddr, formatdate, make_msgid, parseaddr
+from urllib.parse import urlsplit
+
+E = os.environ
+NC_VERSION = "31.0.0.0"
+VOLUME = {"nextcloud": "/var/www/html", "peertube": "/data", "ghost": "/var/lib/ghost/content"}
+PORT = {"nextcloud": 80, "peertube": 9000, "ghost": 2368}
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+def flag(value, default=False):
+    """An upstream boolean ("true"/"false", as JSON or shell)."""
+    if value is None or value == "":
+        return default
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def detect_role():
+    if E.get("NEXTCLOUD_ADMIN_USER"):
+        return "nextcloud"
+    if E.get("PEERTUBE_WEBSERVER_HOSTNAME"):
+        return "peertube"
+    if E.get("url") and E.get("database__client"):
+        return "ghost"
+    return None
+
+
+# --- configuration: each role's upstream variables, parsed once --------------------------------
+
+def config(role):
+    """The role's settings: db, redis, smtp and what /.ilot-standin/status reports."""
+    g = E.get
+    if role == "nextcloud":
+        domains = g("NEXTCLOUD_TRUSTED_DOMAINS", "").split()
+        secure = g("SMTP_SECURE", "").lower()
+        domain = g("MAIL_DOMAIN") or g("OVERWRITEHOST") or (domains[0] if domains else "localhost")
+        return dict(
+            db=dict(kind="postgres", host=g("POSTGRES_HOST", "db"), port=5432, user=g("POSTGRES_USER", ""),
+                    password=g("POSTGRES_PASSWORD", ""), database=g("POSTGRES_DB", "nextcloud")),
+            redis=dict(host=g("REDIS_HOST"), port=int(g("REDIS_HOST_PORT", "6379")),
+                       password=g("REDIS_HOST_PASSWORD")) if g("REDIS_HOST") else None,
+            admin=g("NEXTCLOUD_ADMIN_USER"), admin_password=g("NEXTCLOUD_ADMIN_PASSWORD", ""),
+            smtp=dict(host=g("SMTP_HOST"), port=int(g("SMTP_PORT") or (465 if secure == "ssl" else 25)),
+                      mode={"ssl": "ssl", "tls": "starttls"}.get(secure, "opportunistic"),
+                      user=g("SMTP_NAME"), password=g("SMTP_PASSWORD"), authtype=g("SMTP_AUTHTYPE", "LOGIN"),
+                      sender=f"{g('MAIL_FROM_ADDRESS') or 'nextcloud'}@{domain}"),
+            trusted_proxies=g("TRUSTED_PROXIES", "").split(),
+            settings=dict(trusted_domains=domains, overwritehost=g("OVERWRITEHOST"),
+                          overwriteprotocol=g("OVERWRITEPROTOCOL"), overwritecliurl=g("OVERWRITECLIURL"),
+                          trusted_proxies=g("TRUSTED_PROXIES", "").split()))
+    if role == "peertube":
+        if not g("PEERTUBE_SECRET"):
+            sys.exit("standin-web (peertube): PEERTUBE_SECRET is not set; PeerTube refuses to start without a secret")
+        try:  # node-config refuses a NODE_CONFIG that is not JSON, and so do we
+            node = json.loads(g("NODE_CONFIG") or "{}")
+        except ValueError as e:
+            sys.exit(f"standin-web (peertube): NODE_CONFIG is not JSON: {e}")
+        pick = lambda var, path, default: (  # custom env variable > NODE_CONFIG > default
+            json.loads(g(var)) if g(var) else dig(node, path, default))
+        return dict(
+            db=dict(kind="postgres", host=g("PEERTUBE_DB_HOSTNAME", "db"), port=int(g("PEERTUBE_DB_PORT") or 5432),
+                    user=g("PEERTUBE_DB_USERNAME", "peertube"), password=g("PEERTUBE_DB_PASSWORD", ""),
+                    database="peertube" + g("PEERTUBE_DB_SUFFIX", "")),
+            redis=dict(host=g("PEERTUBE_REDIS_HOSTNAME", "redis"), port=int(g("PEERTUBE_REDIS_PORT") or 6379),
+                       password=g("PEERTUBE_REDIS_AUTH")),
+            admin="root", admin_password=g("PT_INITIAL_ROOT_PASSWORD", ""),
+            smtp=dict(host=g("PEERTUBE_SMTP_HOSTNAME"), port=int(g("PEERTUBE_SMTP_PORT") or 465),
+                      mode="ssl" if flag(g("PEERTUBE_SMTP_TLS"), True) else
+                      "plain" if flag(g("PEERTUBE_SMTP_DISABLE_STARTTLS")) else "opportunistic",
+                      user=g("PEERTUBE_SMTP_USERNAME"), password=g("PEERTUBE_SMTP_PASSWORD"), authtype="",
+                      sender=g("PEERTUBE_SMTP_FROM", "")),
+            trusted_proxies=[],
+            settings=dict(webserver=dict(hostname=g("PEERTUBE_WEBSERVER_HOSTNAME"),
+                                         port=int(g("PEERTUBE_WEBSERVER_PORT") or 443),
+                                         https=flag(g("PEERTUBE_WEBSERVER_HTTPS"), True)),
+                          instance_name=g("PEERTUBE_INSTANCE_NAME") or dig(node, "instance.name", "PeerTube"),
+                          signup=flag(pick("PEERTUBE_SIGNUP_ENABLED", "signup.enabled", False)),
+                          transcoding=flag(dig(node, "transcoding.enabled", True)),
+                          live=flag(dig(node, "live.enabled", False)),
+                          admin_email=g("PEERTUBE_ADMIN_EMAIL"), node_config=node,
+                          trust_proxy=g("PEERTUBE_TRUST_PROXY")))
+    if role == "ghost":
+        if g("database__client") != "mysql":
+            sys.exit(f"standin-web (ghost): database__client={g('database__client')!r}: only mysql is played")
+        c = lambda k, d=None: g("database__connection__" + k, d)
+        m = lambda k, d=None: g("mail__options__" + k, d)
+        return dict(
+            db=dict(kind="mysql", host=c("host", "db"), port=int(c("port") or 3306), user=c("user", "ghost"),
+                    password=c("password", ""), database=c("database", "ghost")),
+            redis=None, admin=None, admin_password="",
+            smtp=dict(host=m("host"), port=int(m("port") or 587),
+                      mode="ssl" if flag(m("secure")) else "opportunistic",
+                      user=m("auth__user"), password=m("auth__pass"), authtype="",
+                      sender=g("mail__from", ""), transport=g("mail__transport", "")),
+            trusted_proxies=None,  # Ghost trusts any proxy
+            settings=dict(url=g("url")))
+    raise ValueError(role)
+
+
+def dig(tree, path, default):
+    for key in path.split("."):
+        if not isinstance(tree, dict) or key not in tree:
+            return default
+        tree = tree[key]
+    return tree
+
+
+# --- the database: one short connection per use, so a server's shutdown never waits for us -----
+
+class Db:
+    def __init__(self, c):
+        self.c = c
+
+    def connect(self):
+        c = self.c
+        if c["kind"] == "postgres":
+            import psycopg2
+            return psycopg2.connect(host=c["host"], port=c["port"], user=c["user"], password=c["password"],
+                                    dbname=c["database"], connect_timeout=3)
+        import pymysql
+        return pymysql.connect(host=c["host"], port=c["port"], user=c["user"], password=c["password"],
+                               database=c["database"], connect_timeout=3, charset="utf8mb4")
+
+    def run(self, *statements):
+        """Runs (sql, args) pairs in one transaction; returns the rows of the last."""
+        conn = self.connect()
+        try:
+            rows = None
+            with conn.cursor() as cur:
+                for sql, args in statements:
+                    cur.execute(sql, args)
+                    rows = cur.fetchall() if cur.description else None
+            conn.commit()
+            return rows
+        finally:
+            conn.close()
+
+    def one(self, sql, args=()):
+        rows = self.run((sql, args))
+        return rows[0] if rows else None
+
+    def schema(self):
+        self.run(*[(s, ()) for s in (
+            "CREATE TABLE IF NOT EXISTS standin_users (name VARCHAR(190) PRIMARY KEY,"
+            " password_hash VARCHAR(200) NOT NULL, created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP)",
+            "CREATE TABLE IF NOT EXISTS standin_settings (k VARCHAR(190) PRIMARY KEY, v TEXT NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS standin_sessions (token VARCHAR(64) PRIMARY KEY, name VARCHAR(190) NOT NULL)",
+            self.cron_table_sql())])
+
+    def cron_table_sql(self):
+        serial = "SERIAL" if self.c["kind"] == "postgres" else "INT AUTO_INCREMENT"
+        return (f"CREATE TABLE IF NOT EXISTS cron_runs (id {serial} PRIMARY KEY,"
+                " ran_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP, host VARCHAR(255) NOT NULL)")
+
+    def tables(self):
+        if self.c["kind"] == "postgres":
+            sql = "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1"
+        else:
+            sql = "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() ORDER BY 1"
+        return [r[0] for r in self.run((sql, ()))]
+
+    def get(self, key, default=None):
+        row = self.one("SELECT v FROM standin_settings WHERE k = %s", (key,))
+        return row[0] if row else default
+
+    def put(self, key, value):
+        if self.c["kind"] == "postgres":
+            sql = "INSERT INTO standin_settings (k, v) VALUES (%s, %s) ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v"
+        else:
+            sql = "INSERT INTO standin_settings (k, v) VALUES (%s, %s) ON DUPLICATE KEY UPDATE v = VALUES(v)"
+        self.run((sql, (key, str(value))))
+
+    def add_user(self, name, password):
+        self.run(("INSERT INTO standin_users (name, password_hash) VALUES (%s, %s)", (name, hash_password(password))))
+
+    def check_user(self, name, password):
+        row = self.one("SELECT password_hash FROM standin_users WHERE name = %s", (name,))
+        return row is not None and verify_password(password, row[0])
+
+
+def hash_password(password, salt=None, rounds=100_000):
+    salt = salt or secrets.token_hex(16)
+    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt.encode(), rounds).hex()
+    return f"pbkdf2_sha256${rounds}${salt}${digest}"
+
+
+def verify_password(password, stored):
+    _, rounds, salt, _ = stored.split("$")
+    return hmac.compare_digest(hash_password(password, salt, int(rounds)), stored)
+
+
+def redis_ping(r):
+    import redis
+    try:
+        return redis.Redis(host=r["host"], port=r["port"], password=r["password"] or None,
+                           socket_timeout=3, socket_connect_timeout=3).ping() is True
+    except Exception:
+        return False
+
+
+# --- first start: wait for the database, create the tables and the admin once ------------------
+
+def install(role, cfg, db):
+    last, since = None, 0.0
+    while True:
+        try:
+            db.schema()
+            break
+        except Exception as e:  # not up yet, or a concurrent CREATE (the cron container)
+            msg = f"{type(e).__name__}: {str(e).strip()[:200]}"
+            if msg != last or time.monotonic() - since > 10:  # a line per new error, or every 10 s
+                log(f"{role}: waiting for the database at {cfg['db']['host']}: {msg}")
+                last, since = msg, time.monotonic()
+            time.sleep(0.5)
+    if cfg["admin"] and db.get("_installed") is None:  # only the first start, like upstream
+        password = cfg["admin_password"]
+        if not password:
+            password = secrets.token_urlsafe(12)
+            log(f"{role}: generated the {cfg['admin']} password: {password}")
+        db.add_user(cfg["admin"], password)
+        log(f"{role}: installed, admin {cfg['admin']}")
+    if db.get("_installed") is None:
+        db.put("_installed", datetime.datetime.now(datetime.timezone.utc).isoformat())
+        if role == "ghost":
+            db.put("title", "Ghost")
+            db.put("members_signup_access", "all")
+    # The marker in the data volume (and, for the cron container, where the database is).
+    vol = VOLUME[role]
+    try:
+        marker = os.path.join(vol, ".ilot-standin-installed")
+        if not os.path.exists(marker):
+            with open(marker, "w") as f:
+                json.dump({"role": role, "installed_at": db.get("_installed")}, f)
+        if role == "nextcloud":
+            os.makedirs(os.path.join(vol, "config"), exist_ok=True)
+            path = os.path.join(vol, "config", "ilot-standin.json")
+            with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640), "w") as f:
+                json.dump({"db": cfg["db"]}, f)
+        if role == "peertube":
+            os.makedirs("/data/videos", exist_ok=True)
+        if os.geteuid() == 0:  # what we made belongs to the volume's owner, as upstream's chown does
+            st = os.stat(vol)
+            for dirpath, dirs, files in os.walk(vol):
+                for name in dirs + files:
+                    os.lchown(os.path.join(dirpath, name), st.st_uid, st.st_gid)
+    except OSError as e:
+        sys.exit(f"{role}: cannot write the data volume {vol} (uid {os.getuid()}): {e}")
+    while cfg["redis"] and role == "peertube" and not redis_ping(cfg["redis"]):
+        log(f"{role}: waiting for Redis at {cfg['redis']['host']}")
+        time.sleep(1)
+
+
+# --- mail through the role's SMTP settings ------------------------------------------------------
+
+def send_mail(role, smtp, to):
+    if smtp.get("transport", "smtp").lower() not in ("smtp", ""):
+        raise RuntimeError(f"mail transport {smtp['transport']!r} is not SMTP")
+    if not smtp["host"]:
+        raise RuntimeError("no SMTP host configured")
+    sender = parseaddr(smtp["sender"])[1] or smtp["sender"]
+    msg = EmailMessage()
+    msg["From"] = formataddr((f"{role} (ilot stand-in)", sender))
+    msg["To"] = to
+    msg["Subject"] = f"ilot stand-in test from {role}"
+    msg["Date"] = formatdate(localtime=False)
+    msg["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or None)
+    msg.set_content(f"A test message sent by ilot/standin-web playing {role}.\n")
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # the test mail server's certificate is self-signed
+    if smtp["mode"] == "ssl":
+        s = smtplib.SMTP_SSL(smtp["host"], smtp["port"], timeout=20, context=ctx)
+    else:
+        s = smtplib.SMTP(smtp["host"], smtp["port"], timeout=20)
+    try:
+        s.ehlo()
+        if smtp["mode"] in ("starttls", "opportunistic") and s.has_extn("starttls"):
+            s.starttls(context=ctx)
+            s.ehlo()
+        elif smtp["mode"] == "starttls":
+            raise RuntimeError("the server offers no STARTTLS")
+        if smtp["user"]:
+            s.user, s.password = smtp["user"], smtp["password"] or ""
+            kind = (smtp["authtype"] or "").upper()
+            if kind == "LOGIN":
+                s.auth("LOGIN", s.auth_login)
+            elif kind == "PLAIN":
+                s.auth("PLAIN", s.auth_plain)
+            else:
+                s.login(smtp["user"], smtp["password"] or "")
+        s.send_message(msg, from_addr=sender, to_addrs=[to])
+    finally:
+        try:
+            s.quit()
+        except Exception:
+            s.close()
+    return sender
+
+
+# --- HTTP ---------------------------------------------------------------------------------------
+
+class Reply(Exception):
+    """Raised by a handler to answer at once: (status, JSON body[, headers])."""
+    def __init__(self, status, body, headers=()):
+        self.status, self.body, self.headers = status, body, headers
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "ilot-standin"
+    sys_version = ""
+
+    def log_message(self, fmt, *args):  # one line per request is ours (see reply)
+        pass
+
+    def do_GET(self): self.dispatch()
+    def do_POST(self): self.dispatch()
+    def do_PUT(self): self.dispatch()
+    def do_DELETE(self): self.dispatch()
+
+    def dispatch(self):
+        self.body_read = False
+        try:
+            status, body, headers = APP.handle(self)
+        except Reply as r:
+            status, body, headers = r.status, r.body, r.headers
+        except Exception as e:
+            traceback.print_exc()
+            status, body, headers = 500, {"error": f"{type(e).__name__}: {e}"}, ()
+        self.reply(status, body, headers)
+
+    def reply(self, status, body, headers=()):
+        data = body if isinstance(body, bytes) else (json.dumps(body) + "\n").encode()
+        has_body = self.headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in self.headers
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain" if isinstance(body, bytes) else "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in headers:
+            self.send_header(k, v)
+        if has_body and not self.body_read:  # an unread body: the connection cannot be reused
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(data)
+        log(f'{APP.role} {APP.client_ip(self)} "{self.command} {self.path}" {status} {len(data)}')
+
+    def chunks(self, size=1 << 20):
+        """The request body, streamed (Content-Length or chunked)."""
+        self.body_read = True
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            while True:
+                n = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if n == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return
+                while n:
+                    part = self.rfile.read(min(n, size))
+                    if not part:
+                        raise ConnectionError("body cut short")
+                    n -= len(part)
+                    yield part
+                self.rfile.readline()
+        else:
+            left = int(self.headers.get("Content-Length") or 0)
+            while left:
+                part = self.rfile.read(min(left, size))
+                if not part:
+                    raise ConnectionError("body cut short")
+                left -= len(part)
+                yield part
+
+    def json_body(self, limit=1 << 20):
+        data = b""
+        for part in self.chunks():
+            data += part
+            if len(data) > limit:
+                raise Reply(413, {"error": "body too large"})
+        try:
+            body = json.loads(data or b"{}")
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise Reply(400, {"error": "the body is not a JSON object"})
+        return body
+
+
+class App:
+    def __init__(self, role):
+        self.role, self.cfg = role, config(role)
+        self.db = Db(self.cfg["db"])
+
+    def client_ip(self, h):
+        """The client: the first X-Forwarded-For address when the peer is a trusted proxy."""
+        peer = h.client_address[0]
+        xff = h.headers.get("X-Forwarded-For", "")
+        nets = self.cfg["trusted_proxies"]
+        try:
+            ip = ipaddress.ip_address(peer)
+            trusted = nets is None or (any(ip in ipaddress.ip_network(n, strict=False) for n in nets)
+                                       if nets else ip.is_private)
+        except ValueError:
+            trusted = False
+        return xff.split(",")[0].strip() if trusted and xff.strip() else peer
+
+    def handle(self, h):
+        path = urlsplit(h.path).path
+        method = h.command
+        if self.role == "nextcloud":
+            self.trusted_domain(h)
+        if self.role == "ghost" and not path.startswith("/.ilot-standin/"):
+            self.ghost_https(h, path)
+        routes = {
+            ("GET", "/"): lambda h: (200, f"{self.role} (ilot stand-in)\n".encode(), ()),
+            ("GET", "/.ilot-standin/status"): self.status,
+            ("POST", "/.ilot-standin/login"): self.login,
+            ("POST", "/.ilot-standin/mail"): self.mail,
+            ("GET", "/status.php"): self.nc_status,
+            ("GET", "/api/v1/config"): self.pt_config,
+            ("POST", "/api/v1/videos/upload"): self.pt_upload,
+            ("GET", "/ghost/api/admin/site"): self.ghost_site,
+            ("GET", "/ghost/api/admin/authentication/setup"): self.ghost_setup_state,
+            ("POST", "/ghost/api/admin/authentication/setup"): self.ghost_setup,
+            ("POST", "/ghost/api/admin/session"): self.ghost_session,
+            ("GET", "/ghost/api/admin/settings"): self.ghost_settings,
+            ("PUT", "/ghost/api/admin/settings"): self.ghost_settings,
+        }
+        prefix = {"nextcloud": "/status.php", "peertube": "/api/", "ghost": "/ghost/"}[self.role]
+        key = (method, path.rstrip("/") or "/")
+        if key not in routes or not (key[1].startswith(("/.ilot-standin/", prefix)) or key[1] == "/"):
+            return 404, {"error": f"not found: {method} {path}"}, ()
+        return routes[key](h)
+
+    # Nextcloud --------------------------------------------------------------------------------
+
+    def trusted_domain(self, h):
+        host = h.headers.get("Host", "")
+        if host.startswith("["):  # [IPv6]:port
+            host = host[1:].split("]")[0]
+        elif host.count(":") == 1:  # name:port
+            host = host.split(":")[0]
+        if host not in self.cfg["settings"]["trusted_domains"] + ["localhost", "127.0.0.1"]:
+            raise Reply(400, b"Access through untrusted domain\n")
+
+    def nc_status(self, h):
+        return 200, {"installed": True, "maintenance": False, "needsDbUpgrade": False, "version": NC_VERSION,
+                     "versionstring": NC_VERSION.rsplit(".", 1)[0], "edition": "",
+                     "productname": "Nextcloud (ilot stand-in)", "extendedSupport": False}, ()
+
+    # PeerTube ---------------------------------------------------------------------------------
+
+    def pt_config(self, h):
+        s = self.cfg["settings"]
+        return 200, {"instance": {"name": s["instance_name"], "shortDescription": "", "isNSFW": False},
+                     "serverVersion": "ilot-standin", "signup": {"allowed": s["signup"], "allowedForCurrentIP": s["signup"],
+                     "requiresEmailVerification": False, "requiresApproval": False, "minimumAge": 16},
+                     "transcoding": {"enabled": s["transcoding"]}, "live": {"enabled": s["live"]},
+                     "email": {"enabled": bool(self.cfg["smtp"]["host"])}}, ()
+
+    def pt_upload(self, h):
+        """Streams the body to /data/videos/N; answers its size and SHA-256."""
+        os.makedirs("/data/videos", exist_ok=True)
+        n = len(os.listdir("/data/videos")) + 1
+        while True:
+            try:
+                fd = os.open(f"/data/videos/{n}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+                break
+            except FileExistsError:
+                n += 1
+        digest, size = hashlib.sha256(), 0
+        if os.geteuid() == 0:  # PeerTube's files are its user's
+            st = os.stat("/data/videos")
+            os.fchown(fd, st.st_uid, st.st_gid)
+        with os.fdopen(fd, "wb") as f:
+            for part in h.chunks():
+                digest.update(part)
+                f.write(part)
+                size += len(part)
+        return 200, {"video": {"id": n}, "path": f"/data/videos/{n}", "bytes": size, "sha256": digest.hexdigest()}, ()
+
+    # Ghost ------------------------------------------------------------------------------------
+
+    def ghost_https(self, h, path):
+        """Ghost redirects to its https url a request that did not come over https."""
+        url = self.cfg["settings"]["url"]
+        if url.startswith("https://") and h.headers.get("X-Forwarded-Proto", "http") != "https":
+            raise Reply(301, b"Moved Permanently\n", [("Location", url.rstrip("/") + h.path)])
+        if h.command in ("POST", "PUT", "DELETE") and path.startswith("/ghost/api/admin/") and not h.headers.get("Origin"):
+            raise Reply(403, {"errors": [{"message": "Request made from incorrect origin.", "type": "NoPermissionError"}]})
+
+    def ghost_owner(self):
+        return self.db.get("_owner")
+
+    def ghost_site(self, h):
+        return 200, {"site": {"title": self.db.get("title", "Ghost"), "description": "", "logo": None, "icon": None,
+                              "url": self.cfg["settings"]["url"].rstrip("/") + "/", "version": "6.61",
+                              "setup": self.ghost_owner() is not None}}, ()
+
+    def ghost_setup_state(self, h):
+        return 200, {"setup": [{"status": self.ghost_owner() is not None}]}, ()
+
+    def ghost_setup(self, h):
+        body = h.json_body()
+        if self.ghost_owner() is not None:
+            raise Reply(403, {"errors": [{"message": "Setup has already been completed.", "type": "NoPermissionError"}]})
+        s = (body.get("setup") or [{}])[0]
+        for field in ("name", "email", "password", "blogTitle"):
+            if not isinstance(s.get(field), str) or not s[field]:
+                raise Reply(422, {"errors": [{"message": f"{field} is required", "type": "ValidationError"}]})
+        if len(s["password"]) < 10:
+            raise Reply(422, {"errors": [{"message": "Your password must be at least 10 characters long.",
+                                          "type": "ValidationError"}]})
+        self.db.add_user(s["email"], s["password"])
+        self.db.put("_owner", s["email"])
+        self.db.put("title", s["blogTitle"])
+        log(f"ghost: owner {s['email']} set up")
+        return 201, {"users": [{"name": s["name"], "email": s["email"], "status": "active"}]}, ()
+
+    def ghost_session(self, h):
+        body = h.json_body()
+        user, password = body.get("username", ""), body.get("password", "")
+        if self.db.one("SELECT name FROM standin_users WHERE name = %s", (user,)) is None:
+            raise Reply(404, {"errors": [{"message": "There is no user with that email address.", "type": "NotFoundError"}]})
+        if not self.db.check_user(user, password):
+            raise Reply(422, {"errors": [{"message": "Your password is incorrect.", "type": "ValidationError"}]})
+        token = secrets.token_hex(32)
+        self.db.run(("INSERT INTO standin_sessions (token, name) VALUES (%s, %s)", (token, user)))
+        cookie = f"ghost-admin-api-session={token}; Path=/ghost; HttpOnly; SameSite=Lax"
+        if self.cfg["settings"]["url"].startswith("https://"):
+            cookie += "; Secure"
+        return 201, b"Created", [("Set-Cookie", cookie)]
+
+    def ghost_settings(self, h):
+        jar = http.cookies.SimpleCookie(h.headers.get("Cookie", ""))
+        token = jar["ghost-admin-api-session"].value if "ghost-admin-api-session" in jar else ""
+        if not token or self.db.one("SELECT name FROM standin_sessions WHERE token = %s", (token,)) is None:
+            raise Reply(403, {"errors": [{"message": "Authorization failed", "type": "NoPermissionError"}]})
+        if h.command == "PUT":
+            for item in h.json_body().get("settings", []):
+                if str(item.get("key", "")).startswith("_") or "key" not in item:
+                    raise Reply(422, {"errors": [{"message": "bad setting", "type": "ValidationError"}]})
+                self.db.put(item["key"], item.get("value", ""))
+        rows = self.db.run(("SELECT k, v FROM standin_settings ORDER BY k", ()))
+        return 200, {"settings": [{"key": k, "value": v} for k, v in rows if not k.startswith("_")]}, ()
+
+    # Test endpoints ---------------------------------------------------------------------------
+
+    def status(self, h):
+        c, db = self.cfg, {"ok": False, "database": self.cfg["db"]["database"], "user": self.cfg["db"]["user"]}
+        settings = dict(c["settings"])
+        try:
+            db["tables"] = self.db.tables()
+            db["cron_runs"] = self.db.one("SELECT COUNT(*) FROM cron_runs")[0]
+            db["ok"] = True
+            if self.role == "ghost":
+                settings["members_signup_access"] = self.db.get("members_signup_access")
+                settings["title"] = self.db.get("title")
+        except Exception as e:
+            db["error"] = f"{type(e).__name__}: {str(e).strip()[:300]}"
+        admin = c["admin"] or (self.ghost_owner() if db["ok"] else None)
+        settings["smtp"] = {k: v for k, v in c["smtp"].items() if k != "password"}
+        return 200, {"role": self.role, "db": db,
+                     "redis": {"ok": redis_ping(c["redis"]) if c["redis"] else None},
+                     "admin": {"user": admin}, "settings": settings,
+                     "request": {"host": h.headers.get("Host"), "x_forwarded_for": h.headers.get("X-Forwarded-For"),
+                                 "x_forwarded_proto": h.headers.get("X-Forwarded-Proto"),
+                                 "x_forwarded_host": h.headers.get("X-Forwarded-Host"),
+                                 "peer": h.client_address[0], "client": self.client_ip(h)}}, ()
+
+    def login(self, h):
+        body = h.json_body()
+        user, password = str(body.get("user", "")), str(body.get("password", ""))
+        if self.db.check_user(user, password):
+            return 200, {"ok": True, "user": user}, ()
+        client = self.client_ip(h)
+        if self.role == "nextcloud":  # Nextcloud's JSON log line, which fail2ban-like guards read
+            log(json.dumps({"reqId": secrets.token_urlsafe(15), "level": 2,
+                            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                            "remoteAddr": client, "user": "--", "app": "core", "method": "POST", "url": "/login",
+                            "message": f"Login failed: {user} (Remote IP: {client})",
+                            "userAgent": h.headers.get("User-Agent", "--"), "version": NC_VERSION}))
+        else:
+            log(f"{self.role}: login failed for {user} from {client}")
+        raise Reply(403, {"ok": False})
+
+    def mail(self, h):
+        to = str(h.json_body().get("to", ""))
+        if "@" not in to:
+            raise Reply(400, {"ok": False, "error": "'to' must be an address"})
+        try:
+            sender = send_mail(self.role, self.cfg["smtp"], to)
+        except Exception as e:
+            log(f"{self.role}: mail to {to} failed: {type(e).__name__}: {e}")
+            raise Reply(502, {"ok": False, "error": f"{type(e).__name__}: {e}"})
+        log(f"{self.role}: mail sent to {to} from {sender}")
+        return 200, {"ok": True, "from": sender, "to": to}, ()
+
+
+# --- the two commands ---------------------------------------------------------------------------
+
+def stop(signum, frame):  # TERM/INT: exit at once (also as PID 1, which ignores unhandled signals)
+    log("standin-web: stopping")
+    os._exit(0)
+
+
+def serve():
+    global APP
+    role = detect_role()
+    if role is None:
+        sys.exit("standin-web: cannot tell which app to play: set NEXTCLOUD_ADMIN_USER (nextcloud), "
+                 "PEERTUBE_WEBSERVER_HOSTNAME (peertube), or url and database__client (ghost)")
+    APP = App(role)
+    log(f"standin-web: playing {role}, database {APP.cfg['db']['kind']} at {APP.cfg['db']['host']}")
+    install(role, APP.cfg, APP.db)
+    server = http.server.ThreadingHTTPServer(("0.0.0.0", PORT[role]), Handler)
+    server.daemon_threads = True
+    log(f"standin-web: {role} listening on 0.0.0.0:{PORT[role]}")
+    server.serve_forever()
+
+
+def cron():
+    """A heartbeat in cron_runs every ILOT_STANDIN_CRON_EVERY seconds, whatever the database's state."""
+    every = float(E.get("ILOT_STANDIN_CRON_EVERY") or 5)
+    role, state = detect_role(), None
+    while True:
+        try:
+            if role or E.get("POSTGRES_HOST"):
+                c = config(role or "nextcloud")["db"]
+            else:  # like upstream's cron, which reads config.php from the shared volume
+                with open("/var/www/html/config/ilot-standin.json") as f:
+                    c = json.load(f)["db"]
+            db = Db(c)
+            db.run((db.cron_table_sql(), ()), ("INSERT INTO cron_runs (host) VALUES (%s)", (socket.gethostname(),)))
+            if state != "ok":
+                log(f"cron: heartbeats go to {c['database']} at {c['host']} every {every:g} s")
+            state = "ok"
+        except Exception as e:
+            msg = f"{type(e).__name__}: {str(e).strip()[:200]}"
+            if state != msg:
+                log(f"cron: no heartbeat ({msg}); trying again every {every:g} s")
+            state = msg
+        time.sleep(every)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    command = sys.argv[1] if len(sys.argv) > 1 else "serve"
+    if command == "serve":
+        serve()
+    elif command == "cron":
+        cron()
+    else:
+        sys.exit(f"usage: {sys.argv[0]} serve|cron")
