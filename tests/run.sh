@@ -238,9 +238,11 @@ step_begin "build test images"
 [[ -f images/build.sh ]] || die "images/build.sh is missing"
 bash images/build.sh hello tests/images/hello-2 tests/images/hello-broken tests/images/ws-echo
 step_end OK "ilot/hello:1.0, ilot/hello:2.0, ilot/hello:broken, ilot/ws-echo:test"
-# The mail image (Debian packages, a few minutes the first time, a second once built) is built
-# while cargo compiles: one waits on the network, the other on the CPU.
-bash images/build.sh mail >"$RUN_DIR/mail-image.log" 2>&1 &
+# The mail image and the stand-ins of the catalogue tests (ilot/standin-*: Debian packages, a few
+# minutes the first time, a second once built) are built while cargo compiles: one waits on the
+# network, the other on the CPU. standin-base first: the other stand-ins are built FROM it.
+bash images/build.sh mail standin-base standin-postgres standin-mysql standin-redis standin-web \
+    >"$RUN_DIR/mail-image.log" 2>&1 &
 MAIL_IMAGE_PID=$!
 
 # ---------------------------------------------------------------------------- 4. build + tests
@@ -251,9 +253,9 @@ step_begin "cargo build --release"
 cargo build --release "${LOCKED[@]}"
 [[ -x target/release/ilot ]] || die "cargo build succeeded but target/release/ilot is missing"
 step_end OK "target/release/ilot"
-step_begin "build the mail image"
-wait "$MAIL_IMAGE_PID" || die "images/build.sh mail failed: see $RUN_DIR/mail-image.log"
-step_end OK "$(tail -n 1 "$RUN_DIR/mail-image.log")"
+step_begin "build the mail and stand-in images"
+wait "$MAIL_IMAGE_PID" || die "images/build.sh mail standin-* failed: see $RUN_DIR/mail-image.log"
+step_end OK "ilot/mail:1.0, ilot/standin-{base,postgres,mysql,redis,web}:1.0 ($(grep -c '(up to date)$' "$RUN_DIR/mail-image.log" || true) of 6 up to date)"
 
 export ILOT_BIN=$ROOT/target/release/ilot
 export ILOT_TEST_IMAGES_BUILT=1
