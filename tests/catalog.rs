@@ -766,7 +766,7 @@ fn catalogue_apps_install_for_real_with_stand_ins_beside_the_mail_server() {
         "ilot/hello:1.0",
         "/f",
     ]);
-    let upload = format!("@{}", file.display());
+    let upload = file.display().to_string();
     let (out, err) = curl(
         &video,
         &p.https,
@@ -775,7 +775,7 @@ fn catalogue_apps_install_for_real_with_stand_ins_beside_the_mail_server() {
         &[
             "-X",
             "POST",
-            "--data-binary",
+            "-T",
             &upload,
             "-H",
             "content-type: application/octet-stream",
@@ -785,7 +785,7 @@ fn catalogue_apps_install_for_real_with_stand_ins_beside_the_mail_server() {
     assert_eq!(v["bytes"], data.len() as u64, "{v}");
     assert_eq!(v["sha256"].as_str(), want.split_whitespace().next(), "{v}");
     // The same body on the federation route (100M) is refused by the proxy.
-    let (out, _) = curl(
+    let (out, err) = curl(
         &video,
         &p.https,
         "https",
@@ -793,7 +793,8 @@ fn catalogue_apps_install_for_real_with_stand_ins_beside_the_mail_server() {
         &[
             "-X",
             "POST",
-            "--data-binary",
+            "--http1.1",
+            "-T",
             &upload,
             "-o",
             "/dev/null",
@@ -801,7 +802,7 @@ fn catalogue_apps_install_for_real_with_stand_ins_beside_the_mail_server() {
             "%{http_code}",
         ],
     );
-    assert_eq!(out, "413", "over the route's max_body");
+    assert_eq!(out, "413", "over the route's max_body: {err}");
     mail_to_bob("peertube", &video, &format!("{pt}@example.org"));
     assert!(dump(&ilot, "peertube", &pt).contains("CREATE TABLE"));
 
