@@ -373,14 +373,30 @@ fn an_apps_container_output_is_read_with_the_filter_its_manifest_names() {
             &format!("echo '{line}' > /proc/1/fd/1"),
         ]);
     };
+    // The default bridge's gateway: its IPAM config says it on some engines, docker0's address
+    // on all of them.
     let gateway = docker_ok(&[
         "network",
         "inspect",
         "bridge",
         "--format",
-        "{{(index .IPAM.Config 0).Gateway}}",
+        "{{range .IPAM.Config}}{{.Gateway}}{{end}}",
     ]);
-    let gateway = gateway.trim();
+    let gateway = match gateway.trim() {
+        "" => {
+            let out = std::process::Command::new("ip")
+                .args(["-o", "-4", "addr", "show", "docker0"])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let inet = text.split_whitespace().skip_while(|w| *w != "inet").nth(1);
+            inet.and_then(|a| a.split('/').next())
+                .unwrap_or_else(|| panic!("no address on docker0: {text}"))
+                .to_string()
+        }
+        g => g.to_string(),
+    };
+    let gateway = gateway.as_str();
     for _ in 0..3 {
         emit(gateway);
         emit("198.51.100.23");

@@ -262,8 +262,10 @@ pub fn follow_journal(key: Arc<str>, units: Vec<String>, tx: Sender) {
         });
 }
 
-/// Follows a container's output (stdout and stderr) from now on, through the engine API; the
-/// container may be recreated (upgrade, restart): the stream is opened again on the new one.
+/// Follows a container's output (stdout and stderr) through the engine API, from a minute ago
+/// (the guard starts following an app once it is installed, and its first lines must not be
+/// lost to that race); the container may be recreated (upgrade, restart): the stream is opened
+/// again on the new one, from when the last one ended, so the lines in between count too.
 /// Returns the task, which the guard aborts when the instance goes.
 pub fn follow_container(
     docker: bollard::Docker,
@@ -273,8 +275,8 @@ pub fn follow_container(
     use futures_util::StreamExt;
     let key: Arc<str> = format!("container:{container}").into();
     tokio::spawn(async move {
+        let mut since = crate::state::now().saturating_sub(60) as i32;
         loop {
-            let since = crate::state::now() as i32;
             let options = bollard::query_parameters::LogsOptionsBuilder::default()
                 .follow(true)
                 .stdout(true)
@@ -304,7 +306,8 @@ pub fn follow_container(
                     return;
                 }
             }
-            // The container stopped or is being replaced: look again shortly.
+            // The container stopped or is being replaced: look again shortly, from now.
+            since = crate::state::now() as i32;
             tokio::time::sleep(std::time::Duration::from_secs(2)).await;
         }
     })
