@@ -462,7 +462,8 @@ pub struct Probe {
 pub struct Backup {
     #[serde(default)]
     pub volumes: Vec<String>,
-    /// Database dumps: `cmd` runs in `service` and its output is saved as `file`.
+    /// Database dumps: `cmd` runs in `service` and its output is saved as `file`; `restore`
+    /// loads it back.
     #[serde(default)]
     pub dump: Vec<Dump>,
     #[serde(default)]
@@ -475,7 +476,10 @@ pub struct Backup {
 #[serde(deny_unknown_fields)]
 pub struct Dump {
     pub service: String,
+    /// Prints the dump on its standard output.
     pub cmd: Vec<String>,
+    /// Loads a dump read on its standard input (into the same service of a fresh instance).
+    pub restore: Vec<String>,
     pub file: String,
 }
 
@@ -717,9 +721,13 @@ impl Manifest {
                         .bytes()
                         .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c))
                     && !d.file.starts_with('.');
-                if !self.services.contains_key(&d.service) || d.cmd.is_empty() || !plain {
+                if !self.services.contains_key(&d.service)
+                    || d.cmd.is_empty()
+                    || d.restore.is_empty()
+                    || !plain
+                {
                     return Err(format!(
-                        "backup dump of {:?}: needs a service, a cmd and a plain file name",
+                        "backup dump of {:?}: needs a service, a cmd, a restore cmd and a plain file name",
                         d.service
                     ));
                 }

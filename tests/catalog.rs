@@ -570,6 +570,51 @@ fn dump(ilot: &Ilot, app: &str, instance: &str) -> String {
     docker_ok(&args(&cmd))
 }
 
+/// Loads a dump back with the manifest's restore command (the dump on its standard input).
+fn restore_dump(ilot: &Ilot, app: &str, instance: &str, sql: &str) {
+    use std::io::Write;
+    let info = ilot.json(&["app", "info", app]);
+    let d = &info["backup"]["dump"][0];
+    let container = format!("ilot-{instance}-{}", d["service"].as_str().unwrap());
+    let mut child = std::process::Command::new("docker")
+        .args(["exec", "-i", &container])
+        .args(strings(&d["restore"]))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(sql.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "restore of {app}'s dump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Deletes the stand-in's users straight in the database (the data a restore must bring back).
+fn forget_users(instance: &str, mysql: bool) {
+    let container = format!("ilot-{instance}-db");
+    let sql = "DELETE FROM standin_users";
+    if mysql {
+        docker_ok(&["exec", &container, "sh", "-c", &format!("MYSQL_PWD=\"$MYSQL_PASSWORD\" mysql -h 127.0.0.1 -u \"$MYSQL_USER\" \"$MYSQL_DATABASE\" -e '{sql}'")]);
+    } else {
+        docker_ok(&[
+            "exec",
+            &container,
+            "sh",
+            "-c",
+            &format!("psql -U \"$POSTGRES_USER\" \"$POSTGRES_DB\" -c '{sql}'"),
+        ]);
+    }
+}
+
 #[test]
 fn catalogue_apps_install_for_real_with_stand_ins_beside_the_mail_server() {
     require_standins();
@@ -669,6 +714,11 @@ fn catalogue_apps_install_for_real_with_stand_ins_beside_the_mail_server() {
         "the dump has the tables and the admin: {}",
         &sql[..sql.len().min(400)]
     );
+    // The dump loads back with the manifest's restore command: the admin, lost, is back.
+    forget_users(&nc, false);
+    assert_eq!(login("alice", &password), 403);
+    restore_dump(&ilot, "nextcloud", &nc, &sql);
+    assert_eq!(login("alice", &password), 200);
 
     // Ghost: the post-install hook made the owner and set sign-ups to invitations.
     let gh = unique("gh");
@@ -718,6 +768,20 @@ fn catalogue_apps_install_for_real_with_stand_ins_beside_the_mail_server() {
         "{}",
         &sql[..sql.len().min(400)]
     );
+    let ghost_login = || {
+        call(
+            &p,
+            &blog,
+            "POST",
+            "/.ilot-standin/login",
+            Some(&serde_json::json!({ "user": "ann@example.org", "password": password })),
+        )
+        .0
+    };
+    forget_users(&gh, true);
+    assert_eq!(ghost_login(), 403);
+    restore_dump(&ilot, "ghost", &gh, &sql);
+    assert_eq!(ghost_login(), 200);
 
     // PeerTube: a large upload streams through the proxy's upload route.
     let pt = unique("pt");
