@@ -270,7 +270,10 @@ impl Action {
                     "create container {} from {} ({})",
                     spec.name,
                     spec.image_ref,
-                    short_id(&spec.image_id)
+                    match short_id(&spec.image_id) {
+                        "" => "once pulled",
+                        id => id,
+                    }
                 )
             }
             Action::StartContainer { name, .. } => format!("start container {name}"),
