@@ -32,6 +32,37 @@ pub struct Config {
     pub alerts: AlertsConfig,
     #[serde(default)]
     pub mail: MailConfig,
+    #[serde(default)]
+    pub backup: BackupConfig,
+}
+
+/// Backups (docs/backup.md): a restic-format repository, and how many snapshots to keep.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupConfig {
+    /// The repository: a directory (a mounted disk, say). Unset: no backups.
+    pub repository: Option<PathBuf>,
+    /// The repository's password, in a 0600 file (default STATE_DIR/backup/password, made by
+    /// `ilot backup init`).
+    pub password_file: Option<PathBuf>,
+    /// Snapshots kept per instance after each run: the last N, and one per day, week, month.
+    pub keep_last: u32,
+    pub keep_daily: u32,
+    pub keep_weekly: u32,
+    pub keep_monthly: u32,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            repository: None,
+            password_file: None,
+            keep_last: 1,
+            keep_daily: 7,
+            keep_weekly: 4,
+            keep_monthly: 6,
+        }
+    }
 }
 
 /// Mail servers (docs/mail.md).
@@ -631,6 +662,18 @@ impl Config {
         }
         if !d.state_dir.is_absolute() {
             return bad("state_dir", "must be an absolute path");
+        }
+        let b = &self.backup;
+        for (key, path) in [
+            ("repository", &b.repository),
+            ("password_file", &b.password_file),
+        ] {
+            if path.as_ref().is_some_and(|p| !p.is_absolute()) {
+                return Err(Error::bad_input(format!(
+                    "invalid config {origin}: [backup] {key}: must be an absolute path"
+                ))
+                .hint("fix the file (docs/config.md lists every key); the daemon did not start"));
+            }
         }
         if !self.proxy.access_log.is_absolute() {
             return Err(Error::bad_input(format!(

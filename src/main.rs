@@ -2,6 +2,7 @@
 //! docs/architecture.md is the map of this code.
 
 mod api;
+mod backup;
 mod catalog;
 mod certs;
 mod cli;

@@ -169,7 +169,7 @@ trap 'exit 143' TERM
 declare -A REQUIRED=([docker]=docker.io [dockerd]=docker.io [nft]=nftables [ip]=iproute2
     [curl]=curl [jq]=jq [docker-registry]=docker-registry [pebble]=pebble [openssl]=openssl
     [named-checkzone]=bind9utils [named]=bind9 [dig]=bind9-dnsutils [delv]=bind9-dnsutils
-    [python3]=python3 [ss]=iproute2 [swaks]=swaks [debootstrap]=debootstrap)
+    [python3]=python3 [ss]=iproute2 [swaks]=swaks [debootstrap]=debootstrap [restic]=restic)
 # shellcheck disable=SC2034
 declare -A OPTIONAL=([hyperfine]=hyperfine)
 

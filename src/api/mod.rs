@@ -30,6 +30,28 @@ pub enum Request {
     AppInfo {
         app: String,
     },
+    /// Makes the backup repository (and its password, returned once when `reveal`).
+    BackupInit {
+        #[serde(default)]
+        reveal: bool,
+    },
+    /// A snapshot of one instance, or of all.
+    BackupRun {
+        instance: Option<String>,
+    },
+    BackupList,
+    /// A new instance from a snapshot: its original name, or `as_name`.
+    BackupRestore {
+        snapshot: String,
+        as_name: Option<String>,
+        /// The new instance's domain (the original keeps its own).
+        #[serde(default)]
+        domain: Option<String>,
+    },
+    BackupCheck {
+        #[serde(default)]
+        read_data: bool,
+    },
     AppInstall(InstallParams),
     AppUpgrade(UpgradeParams),
     AppRemove(RemoveParams),
@@ -206,6 +228,9 @@ impl Request {
                 | Request::AppStop { .. }
                 | Request::AppRestart { .. }
                 | Request::DomainAdd { .. }
+                | Request::BackupInit { .. }
+                | Request::BackupRun { .. }
+                | Request::BackupRestore { .. }
                 | Request::DomainRemove { .. }
         ) || matches!(self, Request::Mail { op, .. } if op.mutates())
     }

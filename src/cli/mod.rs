@@ -79,6 +79,10 @@ enum Command {
     Alert(AlertCommand),
     /// Mail: domains, mailboxes, aliases, DKIM keys, the outbound relay, the queue.
     Mail(MailArgs),
+    /// Backups: snapshots of each instance (volumes, database dumps, settings) in an
+    /// encrypted, deduplicated repository (restic's format), and restores from them.
+    #[command(subcommand)]
+    Backup(BackupCommand),
     /// What is still wrong, in plain words: DNS records as the world sees them, reverse DNS,
     /// outbound port 25, blocklists. Exit code 1 when something fails.
     Diagnose {
@@ -404,6 +408,33 @@ enum CertCommand {
 }
 
 #[derive(Subcommand)]
+enum BackupCommand {
+    /// Make the repository set in [backup] repository, and its password (shown once: keep it
+    /// away from this machine, it is the only way to read the backups).
+    Init,
+    /// Back up every instance (or one) now, then apply the retention.
+    Run { instance: Option<String> },
+    /// The snapshots in the repository: when, which instance, how big.
+    List,
+    /// Restore a snapshot as a new instance (its original name if free, or --as NAME). An
+    /// existing instance is never overwritten.
+    Restore {
+        snapshot: String,
+        /// The new instance's name.
+        #[arg(long = "as", value_name = "NAME")]
+        as_name: Option<String>,
+        /// The new instance's domain (the original keeps its own).
+        #[arg(long)]
+        domain: Option<String>,
+    },
+    /// Check the repository's structure (and with --read-data, every byte of it).
+    Check {
+        #[arg(long)]
+        read_data: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum AppCommand {
     /// List the apps that can be installed.
     Catalog,
@@ -625,6 +656,21 @@ pub fn main() -> i32 {
         Command::Mail(args) => match mail_request(args) {
             Ok(r) => r,
             Err(e) => return render::error(&e, cli.json),
+        },
+        Command::Backup(b) => match b {
+            BackupCommand::Init => Request::BackupInit { reveal: !cli.json },
+            BackupCommand::Run { instance } => Request::BackupRun { instance },
+            BackupCommand::List => Request::BackupList,
+            BackupCommand::Restore {
+                snapshot,
+                as_name,
+                domain,
+            } => Request::BackupRestore {
+                snapshot,
+                as_name,
+                domain,
+            },
+            BackupCommand::Check { read_data } => Request::BackupCheck { read_data },
         },
         Command::Cert(CertCommand::List) => Request::CertList,
         Command::Domain(DomainCommand::List) => Request::DomainList,

@@ -924,6 +924,91 @@ pub fn human(req: &Request, v: &Value) {
             }
         }
         Request::AppInfo { .. } => print_app_info(v),
+        Request::BackupInit { .. } => {
+            if v["created"] == Value::Bool(true) {
+                println!("backup repository {} made", s(&v["repository"]));
+            } else {
+                println!("{}", s(&v["message"]));
+            }
+            if let Some(p) = v["password"].as_str() {
+                println!(
+                    "its password: {p}\n(shown once: keep it away from this machine, e.g. in your password manager; \
+                     without it the backups cannot be read. It is also in {}, 0600)",
+                    s(&v["password_file"])
+                );
+            }
+        }
+        Request::BackupRun { .. } => {
+            for snap in v["snapshots"].as_array().into_iter().flatten() {
+                println!(
+                    "{}: snapshot {} ({} read, {} new)",
+                    s(&snap["instance"]),
+                    s(&snap["id"]),
+                    size(&snap["bytes"]),
+                    size(&snap["added"])
+                );
+            }
+            if let Some(m) = v["message"].as_str() {
+                println!("{m}");
+            }
+            println!(
+                "retention: {} old snapshot(s) forgotten",
+                s(&v["forgotten"])
+            );
+        }
+        Request::BackupList => {
+            let rows: Vec<Vec<String>> = v["snapshots"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|x| {
+                    vec![
+                        s(&x["id"]),
+                        s(&x["time"]),
+                        s(&x["instance"]),
+                        s(&x["app"]),
+                        size(&x["bytes"]),
+                    ]
+                })
+                .collect();
+            if rows.is_empty() {
+                println!(
+                    "No snapshot in {} yet: `ilot backup run`.",
+                    s(&v["repository"])
+                );
+            } else {
+                table(&["SNAPSHOT", "TIME", "INSTANCE", "APP", "SIZE"], rows);
+            }
+        }
+        Request::BackupRestore { .. } => println!(
+            "{} restored from snapshot {} of {}{}",
+            s(&v["instance"]),
+            s(&v["snapshot"]),
+            s(&v["from"]),
+            v["url"]
+                .as_str()
+                .map(|u| format!(": {u}"))
+                .unwrap_or_default()
+        ),
+        Request::BackupCheck { .. } => {
+            for f in v["findings"].as_array().into_iter().flatten() {
+                println!("{}", s(f));
+            }
+            println!(
+                "{}: {}{}",
+                s(&v["repository"]),
+                if v["ok"] == Value::Bool(true) {
+                    "no error found"
+                } else {
+                    "ERRORS found"
+                },
+                if v["read_data"] == Value::Bool(true) {
+                    " (every pack read)"
+                } else {
+                    " (structure; --read-data reads every pack)"
+                }
+            );
+        }
         Request::AppUpgrade(_) => match v["status"].as_str() {
             Some("up-to-date") => println!("{}", s(&v["message"])),
             _ => println!("{} upgraded and healthy", s(&v["instance"])),
@@ -1242,5 +1327,16 @@ fn print_app_info(v: &Value) {
             s(&a["user"]),
             s(&a["path"])
         );
+    }
+}
+
+/// Bytes, short: "12.3 MiB".
+fn size(v: &Value) -> String {
+    let b = v.as_u64().unwrap_or(0) as f64;
+    match b {
+        b if b >= (1u64 << 30) as f64 => format!("{:.1} GiB", b / (1u64 << 30) as f64),
+        b if b >= (1u64 << 20) as f64 => format!("{:.1} MiB", b / (1u64 << 20) as f64),
+        b if b >= 1024.0 => format!("{:.1} KiB", b / 1024.0),
+        b => format!("{b} B"),
     }
 }

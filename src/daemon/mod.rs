@@ -18,6 +18,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 mod apps;
+mod backup;
 mod dns;
 mod firewall;
 mod guard;
@@ -395,6 +396,10 @@ impl Daemon {
             }
             Request::AppLogs(p) => self.logs(p, tx).await,
             Request::Mail { instance, op } => self.mail(instance, op).await,
+            Request::BackupList => self.backup_list(&Progress { tx }).await,
+            Request::BackupCheck { read_data } => {
+                self.backup_check(read_data, &Progress { tx }).await
+            }
             _ => unreachable!("mutating requests handled above"),
         }
     }
@@ -417,6 +422,16 @@ impl Daemon {
             }
             Request::DomainRemove { domain } => self.domain_remove(&domain, &progress).await,
             Request::Mail { instance, op } => self.mail(instance, op).await,
+            Request::BackupInit { reveal } => self.backup_init(reveal, &progress).await,
+            Request::BackupRun { instance } => self.backup_run(instance, &progress).await,
+            Request::BackupRestore {
+                snapshot,
+                as_name,
+                domain,
+            } => {
+                self.backup_restore(&snapshot, as_name, domain, &progress)
+                    .await
+            }
             _ => unreachable!("read requests handled by handle()"),
         }
     }
@@ -505,6 +520,11 @@ impl Progress<'_> {
             total: None,
         });
     }
+    /// The client's channel, for progress reported from another thread.
+    pub fn sender(&self) -> Replies {
+        self.tx.clone()
+    }
+
     pub fn bytes(&self, message: String, done: Option<(u64, u64)>) {
         let _ = self.tx.send(Reply::Progress {
             message,

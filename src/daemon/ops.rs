@@ -934,7 +934,7 @@ impl Daemon {
     // ---- domains ----
 
     /// A domain is served by one instance only.
-    fn check_domain_free(&self, domain: &str) -> Result<()> {
+    pub(super) fn check_domain_free(&self, domain: &str) -> Result<()> {
         let instances = self.instances.read().expect("instances lock");
         match instances
             .values()
@@ -1141,6 +1141,8 @@ impl Daemon {
     pub(super) async fn recover(self: &Arc<Self>) -> Result<()> {
         let (tx, _) = tokio::sync::mpsc::unbounded_channel();
         let progress = Progress { tx: &tx };
+        // A backup killed while it held containers paused: thaw them first.
+        self.thaw_paused().await?;
         for mut op in self.store.ops()? {
             tracing::warn!(op = op.id, kind = ?op.kind, instance = %op.instance, phase = ?op.phase, step = %op.step, "recovering an interrupted operation");
             let result = match (op.kind, op.phase) {

@@ -693,6 +693,145 @@ impl Engine {
         Ok((code, String::from_utf8_lossy(&out).into_owned()))
     }
 
+    /// Where one of our volumes' data lives on the host (the daemon runs there, as root).
+    pub async fn volume_mountpoint(&self, name: &str) -> Result<std::path::PathBuf> {
+        let v = self
+            .docker
+            .inspect_volume(name)
+            .await
+            .map_err(|e| engine_err(&format!("inspect volume {name}"), e))?;
+        if v.labels.get(plan::LABEL_OWNER) != Some(&self.owner) {
+            return Err(Error::conflict(format!("volume {name} is not ours")));
+        }
+        Ok(v.mountpoint.into())
+    }
+
+    /// Freezes a container's processes (a consistent copy of its files), or thaws them.
+    pub async fn set_paused(&self, container: &str, paused: bool) -> Result<()> {
+        let r = if paused {
+            self.docker.pause_container(container).await
+        } else {
+            self.docker.unpause_container(container).await
+        };
+        match r {
+            Ok(()) => Ok(()),
+            // Not running (nothing to freeze), or not paused (nothing to thaw).
+            Err(e) if is_status(&e, 409) => Ok(()),
+            Err(e) => Err(engine_err(
+                &format!("{} {container}", if paused { "pause" } else { "unpause" }),
+                e,
+            )),
+        }
+    }
+
+    /// Runs a command in a running container with `stdin` (a host file, streamed) on its
+    /// standard input and its standard output streamed into `stdout` (a host file, made 0600).
+    /// Returns the exit code and the end of its standard error.
+    pub async fn exec_files(
+        &self,
+        container: &str,
+        cmd: &[String],
+        stdin: Option<&Path>,
+        stdout: Option<&Path>,
+    ) -> Result<(i64, String)> {
+        use tokio::io::AsyncWriteExt;
+        let what = format!(
+            "run {:?} in {container}",
+            cmd.first().map_or("", String::as_str)
+        );
+        let exec = self
+            .docker
+            .create_exec(
+                container,
+                bollard::models::ExecConfig {
+                    cmd: Some(cmd.to_vec()),
+                    attach_stdin: Some(stdin.is_some()),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| match is_status(&e, 409) {
+                true => Error::failed(format!("{container} is not running"))
+                    .hint("start it: `ilot app start INSTANCE`"),
+                false => engine_err(&what, e),
+            })?;
+        let started = self
+            .docker
+            .start_exec(&exec.id, None::<bollard::exec::StartExecOptions>)
+            .await
+            .map_err(|e| engine_err(&what, e))?;
+        let mut out = match stdout {
+            Some(p) => {
+                use std::os::unix::fs::OpenOptionsExt;
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(p)
+                    .map_err(|e| Error::failed(format!("cannot write {}: {e}", p.display())))?;
+                Some(tokio::fs::File::from_std(f))
+            }
+            None => None,
+        };
+        let mut err = Vec::new();
+        if let bollard::exec::StartExecResults::Attached {
+            mut output,
+            mut input,
+        } = started
+        {
+            let feeder = match stdin {
+                Some(p) => {
+                    let mut file = tokio::fs::File::open(p)
+                        .await
+                        .map_err(|e| Error::failed(format!("cannot read {}: {e}", p.display())))?;
+                    Some(tokio::spawn(async move {
+                        let r = tokio::io::copy(&mut file, &mut input).await;
+                        let _ = input.shutdown().await;
+                        r
+                    }))
+                }
+                None => None,
+            };
+            while let Some(item) = output.next().await {
+                match item.map_err(|e| engine_err(&what, e))? {
+                    bollard::container::LogOutput::StdOut { message } => {
+                        if let Some(f) = out.as_mut() {
+                            f.write_all(&message).await.map_err(|e| {
+                                Error::failed(format!("cannot write the output of {what}: {e}"))
+                            })?;
+                        }
+                    }
+                    bollard::container::LogOutput::StdErr { message } => {
+                        err.extend_from_slice(&message);
+                        if err.len() > 8192 {
+                            err.drain(..err.len() - 4096);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(f) = feeder {
+                let _ = f.await;
+            }
+        }
+        if let Some(mut f) = out {
+            f.flush()
+                .await
+                .map_err(|e| Error::failed(format!("cannot write the output of {what}: {e}")))?;
+        }
+        let code = self
+            .docker
+            .inspect_exec(&exec.id)
+            .await
+            .map_err(|e| engine_err(&what, e))?
+            .exit_code
+            .unwrap_or(-1);
+        Ok((code, String::from_utf8_lossy(&err).trim().to_string()))
+    }
+
     /// Copies a tar archive (a file on the host) into a running container, extracted under
     /// `path`. The archive is streamed, never held in memory whole.
     pub async fn upload(&self, container: &str, path: &str, archive: &Path) -> Result<()> {

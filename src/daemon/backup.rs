@@ -1,0 +1,580 @@
+//! `ilot backup ...`: backups of instances into a restic-format repository (src/backup), and
+//! restores from it.
+//!
+//! A backup of an instance: its database dumps (the manifest's `[needs] backup` `dump`
+//! commands, run in their containers, streamed into a 0600 staging directory), its desired
+//! state (manifest, settings, secrets: the repository is encrypted), then its backed-up
+//! volumes, read on the host while the containers that mount them are paused, as one
+//! snapshot. A failed run adds no snapshot and leaves the others as they were: a snapshot is
+//! written only once all its data is in the repository.
+//!
+//! A restore never touches an existing instance: it makes a new one (the original name when
+//! it is free, or `--as NEW`), whose volumes are filled from the snapshot before it starts,
+//! installs it with the saved settings and secrets, loads the dumps back with the manifest's
+//! `restore` commands, and restarts it.
+
+use super::{Daemon, Progress};
+use crate::backup::{Keep, ProgressFn, Repo};
+use crate::error::{Error, Result};
+use crate::plan::{self, Action};
+use crate::state::{now, Instance, Kept};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// What a snapshot says about its instance, in `instance.json` beside the dumps.
+#[derive(Debug, Serialize, Deserialize)]
+struct Saved {
+    instance: Instance,
+    /// Volume (manifest name) -> its directory on the host when it was backed up: where it
+    /// is in the snapshot.
+    volumes: BTreeMap<String, PathBuf>,
+    /// Dump files, in `dumps/` of the staging directory.
+    dumps: Vec<String>,
+    /// Volume -> (uid, gid, mode) of its top directory, which a restore does not set (the
+    /// engine makes that directory, root's, and fills it from the image only when empty).
+    #[serde(default)]
+    owners: BTreeMap<String, (u32, u32, u32)>,
+}
+
+impl Daemon {
+    fn backup_dir(&self) -> PathBuf {
+        self.config.daemon.state_dir.join("backup")
+    }
+
+    fn backup_password_file(&self) -> PathBuf {
+        self.config
+            .backup
+            .password_file
+            .clone()
+            .unwrap_or_else(|| self.backup_dir().join("password"))
+    }
+
+    /// The configured repository (its progress going to `progress`), and its password.
+    fn backup_repo(&self, progress: &Progress<'_>) -> Result<(Arc<Repo>, String)> {
+        let location = self.config.backup.repository.as_ref().ok_or_else(|| {
+            Error::bad_input("no backup repository is configured").hint(
+                "set [backup] repository = \"/mnt/backup/ilot\" (a directory, e.g. on another disk) in the config, restart the daemon, then `ilot backup init`",
+            )
+        })?;
+        let location = location.display().to_string();
+        let tx = progress.sender();
+        let report: ProgressFn = Arc::new(move |message, done: Option<(u64, u64)>| {
+            let _ = tx.send(crate::api::Reply::Progress {
+                message,
+                current: done.map(|d| d.0),
+                total: done.map(|d| d.1),
+            });
+        });
+        let repo = Repo::new(&location, self.backup_dir().join("cache"), report);
+        let pw_file = self.backup_password_file();
+        let password = match crate::notify::read_secret(&pw_file) {
+            Ok(p) => p,
+            Err(e) if !pw_file.exists() => {
+                return Err(Error::bad_input(format!(
+                    "the backup password file {} does not exist",
+                    pw_file.display()
+                ))
+                .hint(format!(
+                    "`ilot backup init` makes a repository and its password; for an existing repository, write its password there (chmod 600) ({})",
+                    e.message
+                )))
+            }
+            Err(e) => return Err(e),
+        };
+        Ok((Arc::new(repo), password))
+    }
+
+    /// `ilot backup init`: makes the repository, and its password when there is none yet
+    /// (shown once, for safekeeping away from this machine).
+    pub(super) async fn backup_init(&self, reveal: bool, progress: &Progress<'_>) -> Result<Value> {
+        let pw_file = self.backup_password_file();
+        let mut made_password = None;
+        if !pw_file.exists() {
+            let dir = pw_file.parent().unwrap_or(Path::new("/"));
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| Error::failed(format!("cannot create {}: {e}", dir.display())))?;
+            let password = crate::state::random_token(32);
+            write_private(&pw_file, password.as_bytes())?;
+            made_password = Some(password);
+        }
+        let (repo, password) = self.backup_repo(progress)?;
+        let r = repo.clone();
+        let exists = blocking(move || r.exists()).await?;
+        if exists {
+            // Opening it proves the password.
+            let (r, pw) = (repo.clone(), password.clone());
+            blocking(move || r.open(&pw).map(|_| ())).await?;
+            return Ok(json!({
+                "repository": repo.location,
+                "created": false,
+                "message": format!("{} is already a backup repository, and the password opens it", repo.location),
+            }));
+        }
+        progress.step(format!("making the backup repository {}", repo.location));
+        let (r, pw) = (repo.clone(), password.clone());
+        blocking(move || r.init(&pw)).await?;
+        self.bus.publish(
+            "backup-repository-created",
+            None,
+            format!("backup repository {} created", repo.location),
+        );
+        let mut reply = json!({
+            "repository": repo.location,
+            "created": true,
+            "password_file": pw_file,
+        });
+        if let Some(p) = made_password.filter(|_| reveal) {
+            reply["password"] = json!(p);
+        }
+        Ok(reply)
+    }
+
+    /// `ilot backup run [INSTANCE]`: a snapshot of each instance (or one), then the retention.
+    pub(super) async fn backup_run(
+        &self,
+        instance: Option<String>,
+        progress: &Progress<'_>,
+    ) -> Result<Value> {
+        let (repo, password) = self.backup_repo(progress)?;
+        let instances = match &instance {
+            Some(n) => vec![self.instance(n)?],
+            None => self.instances_snapshot(),
+        };
+        if instances.is_empty() {
+            return Ok(
+                json!({ "snapshots": [], "forgotten": 0, "message": "no instance to back up" }),
+            );
+        }
+        let mut made = Vec::new();
+        let mut errors = Vec::new();
+        for inst in &instances {
+            progress.step(format!("backing up {}", inst.name));
+            match self.backup_instance(&repo, &password, inst, progress).await {
+                Ok(s) => {
+                    self.bus.publish(
+                        "backup-done",
+                        Some(&inst.name),
+                        format!(
+                            "snapshot {} of {} ({} bytes, {} new)",
+                            s.id, inst.name, s.bytes, s.added
+                        ),
+                    );
+                    made.push(s);
+                }
+                Err(e) => {
+                    self.bus
+                        .publish("backup-failed", Some(&inst.name), e.message.clone());
+                    errors.push(format!("{}: {}", inst.name, e.message));
+                }
+            }
+        }
+        let b = &self.config.backup;
+        let keep = Keep {
+            last: b.keep_last,
+            daily: b.keep_daily,
+            weekly: b.keep_weekly,
+            monthly: b.keep_monthly,
+        };
+        progress.step("applying the retention");
+        let (r, pw) = (repo.clone(), password.clone());
+        let forgotten = blocking(move || r.forget(&pw, keep)).await?;
+        if !errors.is_empty() {
+            return Err(Error::failed(format!(
+                "backup failed for {}",
+                errors.join("; ")
+            ))
+            .hint("the earlier snapshots are intact; see `ilot app logs INSTANCE` and run `ilot backup run` again"));
+        }
+        Ok(json!({ "snapshots": made, "forgotten": forgotten }))
+    }
+
+    async fn backup_instance(
+        &self,
+        repo: &Arc<Repo>,
+        password: &str,
+        inst: &Instance,
+        progress: &Progress<'_>,
+    ) -> Result<crate::backup::Snapshot> {
+        let engine = self.engine()?;
+        let staging = self.backup_dir().join("staging").join(&inst.name);
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(staging.join("dumps"))
+            .map_err(|e| Error::failed(format!("cannot create {}: {e}", staging.display())))?;
+        let spec = inst.manifest.needs.backup.clone().unwrap_or_default();
+        let mut dumps = Vec::new();
+        for d in &spec.dump {
+            let container = plan::container_name(&inst.name, &d.service);
+            progress.step(format!(
+                "dumping the database of {} ({})",
+                inst.name, d.service
+            ));
+            let file = staging.join("dumps").join(&d.file);
+            let (code, err) = engine
+                .exec_files(&container, &d.cmd, None, Some(&file))
+                .await?;
+            if code != 0 {
+                return Err(Error::failed(format!(
+                    "the dump in {} exited with {code}: {}",
+                    d.service,
+                    err.lines().last().unwrap_or_default()
+                )));
+            }
+            dumps.push(d.file.clone());
+        }
+        // The volumes to keep: the spec's, else every volume not marked backup = false.
+        let names: Vec<String> = if spec.volumes.is_empty() {
+            inst.manifest
+                .volumes
+                .iter()
+                .filter(|(_, v)| v.backup)
+                .map(|(n, _)| n.clone())
+                .collect()
+        } else {
+            spec.volumes.clone()
+        };
+        let mut volumes = BTreeMap::new();
+        let mut owners = BTreeMap::new();
+        for v in &names {
+            let mount = engine
+                .volume_mountpoint(&plan::volume_name(&inst.name, v))
+                .await?;
+            if let Ok(m) = std::fs::metadata(&mount) {
+                use std::os::unix::fs::MetadataExt;
+                owners.insert(v.clone(), (m.uid(), m.gid(), m.mode() & 0o7777));
+            }
+            volumes.insert(v.clone(), mount);
+        }
+        let saved = Saved {
+            instance: inst.clone(),
+            volumes: volumes.clone(),
+            dumps,
+            owners,
+        };
+        let text = serde_json::to_vec_pretty(&saved)
+            .map_err(|e| Error::failed(format!("cannot serialize {}: {e}", inst.name)))?;
+        write_private(&staging.join("instance.json"), &text)?;
+
+        // Freeze the services that write the volumes while they are read: their files are
+        // then consistent with each other. Only for that long; thawed whatever happens.
+        let frozen: Vec<String> = inst
+            .manifest
+            .services
+            .iter()
+            .filter(|(_, s)| s.mounts.keys().any(|m| volumes.contains_key(m)))
+            .map(|(n, _)| plan::container_name(&inst.name, n))
+            .collect();
+        for c in &frozen {
+            engine.set_paused(c, true).await?;
+        }
+        let mut paths = vec![staging.clone()];
+        paths.extend(volumes.values().cloned());
+        let (r, pw, name, app) = (
+            repo.clone(),
+            password.to_string(),
+            inst.name.clone(),
+            inst.app.clone(),
+        );
+        let result = blocking(move || r.backup(&pw, &paths, &name, &app)).await;
+        for c in &frozen {
+            if let Err(e) = engine.set_paused(c, false).await {
+                tracing::error!("backup: cannot thaw {c}: {}", e.message);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&staging);
+        result
+    }
+
+    /// Unpauses every container of ours that is paused: only a backup pauses them, and one
+    /// that was killed mid-way left them so.
+    pub(super) async fn thaw_paused(&self) -> Result<()> {
+        let engine = self.engine()?;
+        for c in engine.list_containers(None).await? {
+            if c.state == "paused" {
+                tracing::warn!(
+                    "{} was left paused (a backup interrupted): unpausing it",
+                    c.name
+                );
+                engine.set_paused(&c.name, false).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `ilot backup list`.
+    pub(super) async fn backup_list(&self, progress: &Progress<'_>) -> Result<Value> {
+        let (repo, password) = self.backup_repo(progress)?;
+        let r = repo.clone();
+        let snaps = blocking(move || r.snapshots(&password)).await?;
+        Ok(json!({ "repository": repo.location, "snapshots": snaps }))
+    }
+
+    /// `ilot backup check [--read-data]`.
+    pub(super) async fn backup_check(
+        &self,
+        read_data: bool,
+        progress: &Progress<'_>,
+    ) -> Result<Value> {
+        let (repo, password) = self.backup_repo(progress)?;
+        let r = repo.clone();
+        let findings = blocking(move || r.check(&password, read_data)).await?;
+        let ok = findings.iter().all(|f| !f.starts_with("Error"));
+        if !ok {
+            self.bus
+                .publish("backup-check-failed", None, findings.join("; "));
+        }
+        Ok(
+            json!({ "repository": repo.location, "ok": ok, "read_data": read_data, "findings": findings }),
+        )
+    }
+
+    /// `ilot backup restore SNAPSHOT [--as NAME]`: a new instance from a snapshot.
+    pub(super) async fn backup_restore(
+        self: &Arc<Self>,
+        snapshot: &str,
+        as_name: Option<String>,
+        domain: Option<String>,
+        progress: &Progress<'_>,
+    ) -> Result<Value> {
+        let (repo, password) = self.backup_repo(progress)?;
+        let (r, pw) = (repo.clone(), password.clone());
+        let snaps = blocking(move || r.snapshots(&pw)).await?;
+        let matching: Vec<_> = snaps
+            .iter()
+            .filter(|s| s.id.starts_with(snapshot))
+            .collect();
+        let snap = match matching.as_slice() {
+            [one] => (*one).clone(),
+            [] => {
+                return Err(
+                    Error::not_found(format!("no snapshot {snapshot:?} in the repository"))
+                        .hint("see `ilot backup list`"),
+                )
+            }
+            _ => {
+                return Err(
+                    Error::bad_input(format!("{snapshot:?} names several snapshots"))
+                        .hint("give more of its id (see `ilot backup list`)"),
+                )
+            }
+        };
+        let staging = self.backup_dir().join("staging").join(&snap.instance);
+        let (r, pw, id, f) = (
+            repo.clone(),
+            password.clone(),
+            snap.id.clone(),
+            staging.join("instance.json"),
+        );
+        let text = blocking(move || r.read_file(&pw, &id, &f)).await?;
+        let saved: Saved = serde_json::from_slice(&text).map_err(|e| {
+            Error::failed(format!(
+                "snapshot {} holds no readable instance state: {e}",
+                snap.id
+            ))
+        })?;
+        let name = as_name.unwrap_or_else(|| saved.instance.name.clone());
+        crate::names::check_instance_name(&name)?;
+        if self
+            .instances
+            .read()
+            .expect("instances lock")
+            .contains_key(&name)
+        {
+            return Err(Error::conflict(format!(
+                "an instance named {name:?} exists: a restore never overwrites one"
+            ))
+            .hint(format!("restore beside it with --as NEW_NAME, or remove it first (`ilot app remove {name}` keeps its data)")));
+        }
+        if self.store.kept(&name)?.is_some() {
+            return Err(Error::conflict(format!(
+                "the data of a removed instance named {name:?} is kept: a restore would overwrite it"
+            ))
+            .hint(format!("restore with --as NEW_NAME, or delete that data with `ilot app remove {name} --purge`")));
+        }
+        let inst = &saved.instance;
+        // What the install would refuse, refused before anything is made.
+        if let Some(d) = &domain {
+            crate::names::check_domain(d)?;
+            self.check_domain_free(d)?;
+        } else if inst.manifest.needs.domain && name != inst.name {
+            return Err(Error::bad_input(format!(
+                "{} must be served at a domain of its own, and {:?} keeps {}",
+                inst.app,
+                inst.name,
+                inst.domain.as_deref().unwrap_or("its own")
+            ))
+            .hint("add --domain NEW_DOMAIN"));
+        }
+        let engine = self.engine()?;
+        // The data first: volumes made and filled before any container uses them.
+        for (vol, from) in &saved.volumes {
+            let volume = plan::volume_name(&name, vol);
+            engine
+                .apply(&Action::CreateVolume {
+                    name: volume.clone(),
+                    instance: name.clone(),
+                })
+                .await?;
+            let to = engine.volume_mountpoint(&volume).await?;
+            progress.step(format!("restoring volume {vol} into {volume}"));
+            let (r, pw, id, from, to2) = (
+                repo.clone(),
+                password.clone(),
+                snap.id.clone(),
+                from.clone(),
+                to.clone(),
+            );
+            blocking(move || r.restore_tree(&pw, &id, &from, &to2)).await?;
+            if let Some((uid, gid, mode)) = saved.owners.get(vol) {
+                std::os::unix::fs::chown(&to, Some(*uid), Some(*gid))
+                    .and_then(|_| {
+                        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(*mode))
+                    })
+                    .map_err(|e| {
+                        Error::failed(format!("cannot set the owner of {}: {e}", to.display()))
+                    })?;
+            }
+        }
+        let dumps_dir = self.backup_dir().join("restore").join(&name);
+        let _ = std::fs::remove_dir_all(&dumps_dir);
+        if !saved.dumps.is_empty() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dumps_dir)
+                .map_err(|e| {
+                    Error::failed(format!("cannot create {}: {e}", dumps_dir.display()))
+                })?;
+            let (r, pw, id, from, to) = (
+                repo.clone(),
+                password.clone(),
+                snap.id.clone(),
+                staging.join("dumps"),
+                dumps_dir.clone(),
+            );
+            blocking(move || r.restore_tree(&pw, &id, &from, &to)).await?;
+        }
+        // The instance, as it was: its settings, its secrets (the data expects them), the same
+        // images. Its domain only when restored under its own name and the domain is free.
+        self.store.write(|w| {
+            w.put_kept(
+                &name,
+                &Kept {
+                    app: inst.app.clone(),
+                    secrets: inst.secrets.clone(),
+                    volumes: saved
+                        .volumes
+                        .keys()
+                        .map(|v| plan::volume_name(&name, v))
+                        .collect(),
+                    removed_at: now(),
+                    mail: inst.mail.clone(),
+                },
+            )
+        })?;
+        let domain = domain.or_else(|| {
+            inst.domain
+                .clone()
+                .filter(|d| name == inst.name && self.check_domain_free(d).is_ok())
+        });
+        let images = inst
+            .images
+            .iter()
+            .filter(|(service, img)| {
+                inst.manifest
+                    .services
+                    .get(*service)
+                    .is_some_and(|s| s.image != img.reference)
+            })
+            .map(|(service, img)| format!("{service}={}", img.reference))
+            .collect();
+        let installed = self
+            .install(
+                crate::api::InstallParams {
+                    app: inst.app.clone(),
+                    name: Some(name.clone()),
+                    domain,
+                    settings: inst.settings.clone(),
+                    images,
+                    force: true,
+                    reveal: false,
+                    dry_run: false,
+                },
+                progress,
+            )
+            .await?;
+        // The databases, loaded back; then the app restarted, to see them.
+        let spec = inst.manifest.needs.backup.clone().unwrap_or_default();
+        for d in spec.dump.iter().filter(|d| saved.dumps.contains(&d.file)) {
+            progress.step(format!("loading the database dump into {}", d.service));
+            let container = plan::container_name(&name, &d.service);
+            let file = dumps_dir.join(&d.file);
+            let (code, err) = engine
+                .exec_files(&container, &d.restore, Some(&file), None)
+                .await?;
+            if code != 0 {
+                return Err(Error::failed(format!(
+                    "loading the dump into {} exited with {code}: {}",
+                    d.service,
+                    err.lines().last().unwrap_or_default()
+                ))
+                .hint(format!(
+                    "the instance {name} is installed with its files; its database is not restored"
+                )));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dumps_dir);
+        if !saved.dumps.is_empty() {
+            self.restart(&name, progress).await?;
+        }
+        self.bus.publish(
+            "restored",
+            Some(&name),
+            format!(
+                "{name} restored from snapshot {} of {}",
+                snap.id, snap.instance
+            ),
+        );
+        Ok(json!({
+            "instance": name,
+            "snapshot": snap.id,
+            "from": snap.instance,
+            "volumes": saved.volumes.keys().collect::<Vec<_>>(),
+            "dumps": saved.dumps,
+            "url": installed["url"],
+        }))
+    }
+}
+
+/// Runs a blocking repository call on the blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::failed(format!("backup task failed: {e}")))?
+}
+
+/// Writes a file only root can read (created 0600, so never readable in between).
+fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(data).map(|_| f))
+        .map_err(|e| Error::failed(format!("cannot write {}: {e}", path.display())))?;
+    let _ = f.flush();
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    Ok(())
+}

@@ -1,0 +1,326 @@
+//! Backups for real: a restic-format repository in a directory, the demo app's volume on the
+//! real engine, rustic_core reading and writing it, and restic (Debian's) opening it too.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// A repository directory removed on drop (tests/run.sh also removes /tmp/ilot-test-*).
+struct RepoDir(PathBuf);
+
+impl RepoDir {
+    fn new() -> RepoDir {
+        RepoDir(PathBuf::from(format!("/tmp/ilot-test-{}", unique("repo"))))
+    }
+    fn config(&self, extra: &str) -> String {
+        format!(
+            "[backup]\nrepository = \"{}/repo\"\n{extra}",
+            self.0.display()
+        )
+    }
+}
+
+impl Drop for RepoDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn snapshots(ilot: &Ilot) -> Vec<Value> {
+    ilot.json(&["backup", "list"])["snapshots"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn container_env(container: &str, key: &str) -> String {
+    let env: Vec<String> = serde_json::from_str(&docker_ok(&[
+        "inspect",
+        container,
+        "--format",
+        "{{json .Config.Env}}",
+    ]))
+    .unwrap();
+    env.iter()
+        .find_map(|e| e.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("{key} not in {env:?}"))
+        .to_string()
+}
+
+#[test]
+fn a_snapshot_restores_every_file_as_a_new_instance_and_only_its_password_opens_it() {
+    let repo = RepoDir::new();
+    let ilot = Ilot::start_full(&[], &repo.config(""));
+    let name = unique("bk");
+    ilot.ok(&["app", "install", "hello", "--name", &name]);
+    let volume = format!("ilot-{name}-data");
+    let container = format!("ilot-{name}-web");
+    // Data worth keeping: the visit counter, and a few MiB of random bytes.
+    let url = ilot.direct_url(&name);
+    for _ in 0..3 {
+        assert_eq!(http_get_eventually(&format!("{url}cgi-bin/visit")).0, 200);
+    }
+    docker_ok(&["exec", &container, "sh", "-c", "head -c 3000000 /dev/urandom > /data/photos.bin && mkdir -p /data/album && echo hi > /data/album/note.txt"]);
+
+    // Before `backup init`: a clear error, nothing made.
+    let err = ilot.fails(&["backup", "run"], 2);
+    assert!(
+        err.contains("password file") && err.contains("ilot backup init"),
+        "{err}"
+    );
+    let out = ilot.ok(&["backup", "init"]);
+    let password = out
+        .lines()
+        .find_map(|l| l.strip_prefix("its password: "))
+        .unwrap_or_else(|| panic!("no password shown: {out}"))
+        .trim()
+        .to_string();
+    assert_eq!(password.len(), 32);
+    let pw_file = ilot.dir.join("state/backup/password");
+    assert_eq!(path_mode(&pw_file), 0o600);
+    // Shown once: a second init says the repository is there, and shows nothing.
+    let again = ilot.json(&["backup", "init"]);
+    assert_eq!(again["created"], Value::Bool(false));
+    assert!(!again.to_string().contains(&password));
+    assert!(
+        !ilot.log().contains(&password),
+        "the password is in the log"
+    );
+
+    let run = ilot.json(&["backup", "run", &name]);
+    let id = run["snapshots"][0]["id"].as_str().unwrap().to_string();
+    let before = volume_checksums(&volume);
+    assert!(
+        before.contains("photos.bin") && before.contains("note.txt"),
+        "{before}"
+    );
+    // The container runs again after the backup (it was paused only while its files were read).
+    let state = docker_ok(&["inspect", &container, "--format", "{{.State.Status}}"]);
+    assert_eq!(state, "running");
+
+    // Then the data changes.
+    http_get_eventually(&format!("{url}cgi-bin/visit"));
+    docker_ok(&[
+        "exec",
+        &container,
+        "sh",
+        "-c",
+        "rm /data/photos.bin; echo changed > /data/album/note.txt",
+    ]);
+    assert_ne!(volume_checksums(&volume), before);
+
+    // A restore never overwrites: the original name is taken.
+    let err = ilot.fails(&["backup", "restore", &id], 2);
+    assert!(
+        err.contains("never overwrites") && err.contains("--as"),
+        "{err}"
+    );
+    // As a new instance: every file as it was, the same secrets, healthy.
+    let copy = unique("bkc");
+    let restored = ilot.json(&["backup", "restore", &id[..8], "--as", &copy]);
+    assert_eq!(restored["instance"], copy.as_str());
+    assert_eq!(volume_checksums(&format!("ilot-{copy}-data")), before);
+    assert_eq!(
+        container_env(&format!("ilot-{copy}-web"), "ADMIN_TOKEN"),
+        container_env(&container, "ADMIN_TOKEN")
+    );
+    let list = ilot.json(&["app", "list"]);
+    assert!(list.to_string().contains(&copy), "{list}");
+    let (code, body) = http_get_eventually(&format!("{}cgi-bin/visit", ilot.direct_url(&copy)));
+    assert_eq!(code, 200, "{body}");
+
+    // A wrong password is refused, and says so.
+    std::fs::write(&pw_file, "not-the-password\n").unwrap();
+    let err = ilot.fails(&["backup", "list"], 2);
+    assert!(err.contains("password is wrong"), "{err}");
+    std::fs::write(&pw_file, format!("{password}\n")).unwrap();
+    assert_eq!(snapshots(&ilot).len(), 1);
+
+    // The repository is restic's format: restic opens it with the same password.
+    let out = std::process::Command::new("restic")
+        .args([
+            "-r",
+            &format!("{}/repo", repo.0.display()),
+            "--password-file",
+        ])
+        .arg(&pw_file)
+        .args(["snapshots", "--json", "--no-lock", "--no-cache"])
+        .output()
+        .expect("restic (tests/run.sh installs it)");
+    assert!(
+        out.status.success(),
+        "restic: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let snaps: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(snaps.as_array().unwrap().len(), 1, "{snaps}");
+    assert_eq!(snaps[0]["short_id"], &id[..8]);
+    let check = ilot.json(&["backup", "check", "--read-data"]);
+    assert_eq!(check["ok"], Value::Bool(true), "{check}");
+}
+
+#[test]
+fn retention_keeps_the_newest_and_a_killed_backup_leaves_the_others_intact() {
+    let repo = RepoDir::new();
+    let mut ilot = Ilot::start_full(
+        &[],
+        &repo.config("keep_last = 2\nkeep_daily = 0\nkeep_weekly = 0\nkeep_monthly = 0\n"),
+    );
+    let name = unique("rt");
+    ilot.ok(&["app", "install", "hello", "--name", &name]);
+    ilot.ok(&["backup", "init"]);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let run = ilot.json(&["backup", "run", &name]);
+        ids.push(run["snapshots"][0]["id"].as_str().unwrap().to_string());
+    }
+    let kept: Vec<String> = snapshots(&ilot)
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kept, ids[1..], "keep_last = 2 keeps the two newest");
+
+    // A big volume, and the daemon killed while it is read.
+    let container = format!("ilot-{name}-web");
+    docker_ok(&[
+        "exec",
+        &container,
+        "sh",
+        "-c",
+        "head -c 400000000 /dev/urandom > /data/big.bin",
+    ]);
+    let mut child = std::process::Command::new(BIN)
+        .arg("--socket")
+        .arg(&ilot.socket)
+        .args(["backup", "run", &name])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once the container is paused (the volume is being read).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let state = docker_ok(&["inspect", &container, "--format", "{{.State.Status}}"]);
+        if state == "paused" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the backup never paused {container}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ilot.kill9();
+    let _ = child.wait();
+    ilot.spawn(&[]);
+    ilot.wait_ready();
+    // The daemon thawed the container it had paused; the two snapshots are as they were.
+    let state = docker_ok(&["inspect", &container, "--format", "{{.State.Status}}"]);
+    assert_eq!(state, "running");
+    let after: Vec<String> = snapshots(&ilot)
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        after, kept,
+        "the killed backup added no snapshot and removed none"
+    );
+    // The next one succeeds, and the repository is sound.
+    let run = ilot.json(&["backup", "run", &name]);
+    assert!(
+        run["snapshots"][0]["bytes"].as_u64().unwrap() > 400_000_000,
+        "{run}"
+    );
+    let check = ilot.json(&["backup", "check"]);
+    assert_eq!(check["ok"], Value::Bool(true), "{check}");
+    assert_eq!(snapshots(&ilot).len(), 2);
+}
+
+#[test]
+fn an_app_with_a_database_comes_back_with_its_dump_loaded() {
+    for image in [
+        "ilot/standin-postgres:1.0",
+        "ilot/standin-redis:1.0",
+        "ilot/standin-web:1.0",
+    ] {
+        assert!(
+            docker(&["image", "inspect", image]).status.success(),
+            "{image} missing: run tests/run.sh"
+        );
+    }
+    let repo = RepoDir::new();
+    let ilot = Ilot::start_full(&[], &repo.config(""));
+    let nc = unique("nc");
+    ilot.ok(&[
+        "app",
+        "install",
+        "nextcloud",
+        "--name",
+        &nc,
+        "--domain",
+        &format!("{nc}.example.test"),
+        "--image",
+        "db=ilot/standin-postgres:1.0",
+        "--image",
+        "redis=ilot/standin-redis:1.0",
+        "--image",
+        "web=ilot/standin-web:1.0",
+        "--image",
+        "cron=ilot/standin-web:1.0",
+    ]);
+    let psql = |instance: &str, sql: &str| {
+        docker_ok(&[
+            "exec",
+            &format!("ilot-{instance}-db"),
+            "sh",
+            "-c",
+            &format!("psql -tA -U \"$POSTGRES_USER\" \"$POSTGRES_DB\" -c \"{sql}\""),
+        ])
+    };
+    // Something only the database holds.
+    psql(
+        &nc,
+        "INSERT INTO standin_settings (k, v) VALUES ('marker', 'before-the-backup')",
+    );
+    ilot.ok(&["backup", "init"]);
+    let run = ilot.json(&["backup", "run", &nc]);
+    let id = run["snapshots"][0]["id"].as_str().unwrap().to_string();
+    psql(
+        &nc,
+        "UPDATE standin_settings SET v = 'changed' WHERE k = 'marker'",
+    );
+
+    // Its domain is the original's: the copy needs its own.
+    let copy = unique("ncc");
+    let err = ilot.fails(&["backup", "restore", &id, "--as", &copy], 2);
+    assert!(err.contains("--domain"), "{err}");
+    assert_eq!(
+        ilot.json(&["app", "list"]).as_array().unwrap().len(),
+        1,
+        "nothing made"
+    );
+    let restored = ilot.json(&[
+        "backup",
+        "restore",
+        &id,
+        "--as",
+        &copy,
+        "--domain",
+        &format!("{copy}.example.test"),
+    ]);
+    assert_eq!(restored["dumps"], serde_json::json!(["nextcloud.sql"]));
+    assert_eq!(
+        psql(&copy, "SELECT v FROM standin_settings WHERE k = 'marker'"),
+        "before-the-backup"
+    );
+    assert_eq!(
+        psql(&nc, "SELECT v FROM standin_settings WHERE k = 'marker'"),
+        "changed",
+        "the original is untouched"
+    );
+    // The html volume came back too, and the copy serves.
+    let show = ilot.json(&["app", "show", &copy]);
+    assert_eq!(show["status"], "running", "{show}");
+}
