@@ -45,6 +45,9 @@ pub struct BackupConfig {
     /// The repository's password, in a 0600 file (default STATE_DIR/backup/password, made by
     /// `ilot backup init`).
     pub password_file: Option<PathBuf>,
+    /// The daily run, "HH:MM" in the host's local time; a machine that was off then runs it
+    /// when it is next up. "off": no scheduled runs (`ilot backup run` still works).
+    pub at: Option<String>,
     /// Snapshots kept per instance after each run: the last N, and one per day, week, month.
     pub keep_last: u32,
     pub keep_daily: u32,
@@ -57,6 +60,7 @@ impl Default for BackupConfig {
         BackupConfig {
             repository: None,
             password_file: None,
+            at: Some("03:30".into()),
             keep_last: 1,
             keep_daily: 7,
             keep_weekly: 4,
@@ -155,12 +159,14 @@ pub fn in_quiet_hours(m: u32, (start, end): (u32, u32)) -> bool {
 /// "22:00-07:00" as minutes of the day (start, end).
 pub fn parse_quiet_hours(s: &str) -> Option<(u32, u32)> {
     let (a, b) = s.split_once('-')?;
-    let minutes = |t: &str| -> Option<u32> {
-        let (h, m) = t.trim().split_once(':')?;
-        let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
-        (h < 24 && m < 60).then_some(h * 60 + m)
-    };
-    Some((minutes(a)?, minutes(b)?))
+    Some((parse_hhmm(a)?, parse_hhmm(b)?))
+}
+
+/// "03:30" as minutes of the day.
+pub fn parse_hhmm(t: &str) -> Option<u32> {
+    let (h, m) = t.trim().split_once(':')?;
+    let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+    (h < 24 && m < 60).then_some(h * 60 + m)
 }
 
 /// The guard: log sources, jails, allowlists and blocklists (docs/guard.md).
@@ -664,6 +670,14 @@ impl Config {
             return bad("state_dir", "must be an absolute path");
         }
         let b = &self.backup;
+        if let Some(at) = &b.at {
+            if at != "off" && parse_hhmm(at).is_none() {
+                return Err(Error::bad_input(format!(
+                    "invalid config {origin}: [backup] at {at:?}: give \"HH:MM\", e.g. \"03:30\", or \"off\""
+                ))
+                .hint("fix the file (docs/config.md lists every key); the daemon did not start"));
+            }
+        }
         for (key, path) in [
             ("repository", &b.repository),
             ("password_file", &b.password_file),

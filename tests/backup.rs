@@ -14,9 +14,15 @@ impl RepoDir {
     fn new() -> RepoDir {
         RepoDir(PathBuf::from(format!("/tmp/ilot-test-{}", unique("repo"))))
     }
+    /// The config for it; no scheduled run unless `extra` sets `at`.
     fn config(&self, extra: &str) -> String {
+        let at = if extra.contains("at = ") {
+            ""
+        } else {
+            "at = \"off\"\n"
+        };
         format!(
-            "[backup]\nrepository = \"{}/repo\"\n{extra}",
+            "[backup]\nrepository = \"{}/repo\"\n{at}{extra}",
             self.0.display()
         )
     }
@@ -323,4 +329,38 @@ fn an_app_with_a_database_comes_back_with_its_dump_loaded() {
     // The html volume came back too, and the copy serves.
     let show = ilot.json(&["app", "show", &copy]);
     assert_eq!(show["status"], "running", "{show}");
+}
+
+#[test]
+fn the_daily_run_happens_once_a_day_even_after_the_time_was_missed() {
+    let repo = RepoDir::new();
+    // 00:00 has always passed today: as for a machine that was off at the scheduled time, the
+    // run happens once the daemon is up (10 s after start), and only once that day.
+    let mut ilot = Ilot::start_full(&[], &repo.config("at = \"00:00\"\n"));
+    ilot.ok(&["backup", "init"]);
+    let name = unique("sc");
+    ilot.ok(&["app", "install", "hello", "--name", &name]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while snapshots(&ilot).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no scheduled backup within 90 s; log:\n{}",
+            ilot.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let events = ilot.json(&["events"]);
+    assert!(events.to_string().contains("backup-done"), "{events}");
+    // The run goes on with the retention after its snapshot is visible: a request that takes
+    // the operation lock returns only once it is over (and the day recorded).
+    ilot.fails(&["backup", "run", "no-such-instance"], 2);
+    // Restarted the same day: the day's run is remembered, none again.
+    ilot.restart();
+    std::thread::sleep(Duration::from_secs(15));
+    assert_eq!(
+        snapshots(&ilot).len(),
+        1,
+        "the day's run happened once; log:\n{}",
+        ilot.log()
+    );
 }

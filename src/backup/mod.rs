@@ -52,6 +52,7 @@ pub struct Keep {
     pub monthly: u32,
 }
 
+#[allow(clippy::boxed_local)] // rustic_core returns its errors boxed
 fn failed(what: &str, e: Box<RusticError>) -> Error {
     if e.is_incorrect_password() {
         return Error::bad_input("the backup repository's password is wrong").hint(

@@ -294,6 +294,64 @@ impl Daemon {
         result
     }
 
+    /// The daily run at `[backup] at` (local time). The day of the last scheduled run is kept
+    /// in the store, so a machine that was off (or a daemon that was down) at that time runs
+    /// it when it is next up; a failed run is tried again an hour later.
+    pub(super) fn spawn_backup_schedule(self: &Arc<Self>) {
+        let b = &self.config.backup;
+        let (Some(at), Some(_)) = (
+            b.at.as_deref().and_then(crate::config::parse_hhmm),
+            &b.repository,
+        ) else {
+            return;
+        };
+        let d = self.clone();
+        tokio::spawn(async move {
+            // After start-up's recovery (which holds the operation lock first).
+            tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+            let mut retry_at = std::time::Instant::now();
+            loop {
+                let (day, minute) = local_day_and_minute();
+                let last = d.store.meta("backup:scheduled").ok().flatten();
+                if minute >= at
+                    && last.as_deref() != Some(day.as_str())
+                    && std::time::Instant::now() >= retry_at
+                {
+                    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+                    let result = {
+                        let _lock = d.op_lock.lock().await;
+                        d.backup_run(None, &Progress { tx: &tx }).await
+                    };
+                    match result {
+                        Ok(_) => {
+                            if let Err(e) = d.store.write(|w| w.put_meta("backup:scheduled", &day))
+                            {
+                                tracing::error!("backup: cannot record the scheduled run: {e}");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!("scheduled backup failed: {}", e.message);
+                            d.bus.publish(
+                                "backup-failed",
+                                None,
+                                format!("scheduled backup: {}", e.message),
+                            );
+                            // Not set up yet (no password, say): look again in a minute.
+                            let wait = if e.kind == crate::error::ErrorKind::BadInput {
+                                60
+                            } else {
+                                3600
+                            };
+                            retry_at =
+                                std::time::Instant::now() + std::time::Duration::from_secs(wait);
+                        }
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(20)).await;
+            }
+        });
+    }
+
     /// Unpauses every container of ours that is paused: only a backup pauses them, and one
     /// that was killed mid-way left them so.
     pub(super) async fn thaw_paused(&self) -> Result<()> {
@@ -553,6 +611,23 @@ impl Daemon {
             "url": installed["url"],
         }))
     }
+}
+
+/// Today in the host's local time ("2026-12-01"), and the minute of the day.
+fn local_day_and_minute() -> (String, u32) {
+    let t = now() as libc::time_t;
+    // SAFETY: localtime_r fills a struct we own.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    unsafe { libc::localtime_r(&t, &mut tm) };
+    (
+        format!(
+            "{:04}-{:02}-{:02}",
+            tm.tm_year + 1900,
+            tm.tm_mon + 1,
+            tm.tm_mday
+        ),
+        (tm.tm_hour * 60 + tm.tm_min) as u32,
+    )
 }
 
 /// Runs a blocking repository call on the blocking pool.

@@ -319,6 +319,7 @@ impl Daemon {
         let _ = self.runtime.set((engine, observer));
         self.clone().spawn_tls_reloader();
         self.clone().spawn_dkim_rotator();
+        self.spawn_backup_schedule();
         if let Err(e) = self.recover().await {
             tracing::error!("recovery: {e}");
         }
