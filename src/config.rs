@@ -48,6 +48,9 @@ pub struct BackupConfig {
     /// The daily run, "HH:MM" in the host's local time; a machine that was off then runs it
     /// when it is next up. "off": no scheduled runs (`ilot backup run` still works).
     pub at: Option<String>,
+    /// A restore drill of every instance this often, after the scheduled run (none: never).
+    #[serde(with = "humantime_serde")]
+    pub drill_every: Option<std::time::Duration>,
     /// Snapshots kept per instance after each run: the last N, and one per day, week, month.
     pub keep_last: u32,
     pub keep_daily: u32,
@@ -61,6 +64,7 @@ impl Default for BackupConfig {
             repository: None,
             password_file: None,
             at: Some("03:30".into()),
+            drill_every: Some(std::time::Duration::from_secs(7 * 86_400)),
             keep_last: 1,
             keep_daily: 7,
             keep_weekly: 4,

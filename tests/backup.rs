@@ -165,6 +165,50 @@ fn a_snapshot_restores_every_file_as_a_new_instance_and_only_its_password_opens_
     assert_eq!(snaps[0]["short_id"], &id[..8]);
     let check = ilot.json(&["backup", "check", "--read-data"]);
     assert_eq!(check["ok"], Value::Bool(true), "{check}");
+
+    // A restore drill: restored aside, every file compared with the repository's, healthy,
+    // then gone without a trace.
+    let drill = ilot.json(&["backup", "drill", &name]);
+    assert_eq!(drill["drills"][0]["ok"], Value::Bool(true), "{drill}");
+    assert!(
+        drill["drills"][0]["verified_files"].as_u64().unwrap() >= 3,
+        "{drill}"
+    );
+    let (containers, _, volumes) = ilot.objects();
+    assert!(
+        !containers
+            .iter()
+            .chain(&volumes)
+            .any(|o| o.contains("drill")),
+        "the drill left {containers:?} {volumes:?}"
+    );
+    // A damaged repository fails the drill, which says so (an alert), and leaves nothing.
+    let data = repo.0.join("repo/data");
+    let mut packs: Vec<PathBuf> = std::fs::read_dir(&data)
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .collect();
+    packs.sort_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0));
+    let biggest = packs.last().expect("a data pack").clone();
+    let mut bytes = std::fs::read(&biggest).unwrap();
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 64] {
+        *b ^= 0xff;
+    }
+    std::fs::write(&biggest, bytes).unwrap();
+    let err = ilot.fails(&["backup", "drill", &name], 1);
+    assert!(err.contains("restore drill failed"), "{err}");
+    let events = ilot.json(&["events"]);
+    assert!(events.to_string().contains("drill-failed"), "{events}");
+    let (containers, _, volumes) = ilot.objects();
+    assert!(
+        !containers
+            .iter()
+            .chain(&volumes)
+            .any(|o| o.contains("drill")),
+        "the failed drill left {containers:?} {volumes:?}"
+    );
 }
 
 #[test]

@@ -40,6 +40,11 @@ pub enum Request {
         instance: Option<String>,
     },
     BackupList,
+    /// Restore drills: the latest snapshot of each instance (or one), restored, verified,
+    /// health-checked and removed.
+    BackupDrill {
+        instance: Option<String>,
+    },
     /// A new instance from a snapshot: its original name, or `as_name`.
     BackupRestore {
         snapshot: String,
@@ -230,6 +235,7 @@ impl Request {
                 | Request::DomainAdd { .. }
                 | Request::BackupInit { .. }
                 | Request::BackupRun { .. }
+                | Request::BackupDrill { .. }
                 | Request::BackupRestore { .. }
                 | Request::DomainRemove { .. }
         ) || matches!(self, Request::Mail { op, .. } if op.mutates())
@@ -252,6 +258,10 @@ pub struct InstallParams {
     /// The client shows the admin credentials once, at a terminal (never with `--json`).
     #[serde(default)]
     pub reveal: bool,
+    /// A restore drill's throwaway instance: no domain needed (it is never served). Set by the
+    /// daemon only, never by a client.
+    #[serde(skip)]
+    pub drill: bool,
     #[serde(default)]
     pub dry_run: bool,
 }

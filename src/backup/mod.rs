@@ -218,6 +218,40 @@ impl Repo {
         Ok(out)
     }
 
+    /// sha256 of every file under `path` in `snapshot`, read back from the repository (each
+    /// blob is checked against its id on the way), by path relative to `path`.
+    pub fn file_hashes(
+        &self,
+        password: &str,
+        snapshot: &str,
+        path: &Path,
+    ) -> Result<std::collections::BTreeMap<PathBuf, String>> {
+        use sha2::Digest;
+        let repo = self
+            .open(password)?
+            .to_indexed()
+            .map_err(|e| failed("cannot read the repository's index", e))?;
+        let spec = format!("{snapshot}:{}", path.display());
+        let node = repo
+            .node_from_snapshot_path(&spec, |s| s.tags.contains("ilot"))
+            .map_err(|e| failed(&format!("no {} in snapshot {snapshot}", path.display()), e))?;
+        let mut out = std::collections::BTreeMap::new();
+        for item in repo
+            .ls(&node, &LsOptions::default())
+            .map_err(|e| failed("cannot list the snapshot", e))?
+        {
+            let (rel, n) = item.map_err(|e| failed("cannot list the snapshot", e))?;
+            if !n.is_file() {
+                continue;
+            }
+            let mut h = HashWriter(sha2::Sha256::new());
+            repo.dump(&n, &mut h)
+                .map_err(|e| failed(&format!("cannot read {}", rel.display()), e))?;
+            out.insert(rel, crate::state::hex(&h.0.finalize()));
+        }
+        Ok(out)
+    }
+
     /// Applies the retention to each instance's snapshots, then prunes what none uses.
     /// Returns how many snapshots were forgotten.
     pub fn forget(&self, password: &str, keep: Keep) -> Result<usize> {
@@ -281,6 +315,49 @@ impl Repo {
             .map(|(level, e)| format!("{level:?}: {e}"))
             .collect())
     }
+}
+
+/// A `Write` that only hashes.
+struct HashWriter(sha2::Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        sha2::Digest::update(&mut self.0, buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// sha256 of every file under `root` on disk, by path relative to it.
+pub fn tree_hashes(root: &Path) -> Result<std::collections::BTreeMap<PathBuf, String>> {
+    use sha2::Digest;
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|e| Error::failed(format!("cannot read {}: {e}", dir.display())))?;
+        for e in entries {
+            let e = e.map_err(|e| Error::failed(format!("cannot read {}: {e}", dir.display())))?;
+            let p = e.path();
+            let kind = e
+                .file_type()
+                .map_err(|e| Error::failed(format!("cannot read {}: {e}", p.display())))?;
+            if kind.is_dir() {
+                stack.push(p);
+            } else if kind.is_file() {
+                let mut f = std::fs::File::open(&p)
+                    .map_err(|e| Error::failed(format!("cannot read {}: {e}", p.display())))?;
+                let mut h = HashWriter(sha2::Sha256::new());
+                std::io::copy(&mut f, &mut h)
+                    .map_err(|e| Error::failed(format!("cannot read {}: {e}", p.display())))?;
+                let rel = p.strip_prefix(root).unwrap_or(&p).to_path_buf();
+                out.insert(rel, crate::state::hex(&h.0.finalize()));
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn describe(s: &SnapshotFile) -> Snapshot {

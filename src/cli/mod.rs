@@ -416,6 +416,9 @@ enum BackupCommand {
     Run { instance: Option<String> },
     /// The snapshots in the repository: when, which instance, how big.
     List,
+    /// A restore drill: the latest snapshot of every instance (or one) restored as a throwaway
+    /// instance, every file compared with the repository, health-checked, then removed.
+    Drill { instance: Option<String> },
     /// Restore a snapshot as a new instance (its original name if free, or --as NAME). An
     /// existing instance is never overwritten.
     Restore {
@@ -661,6 +664,7 @@ pub fn main() -> i32 {
             BackupCommand::Init => Request::BackupInit { reveal: !cli.json },
             BackupCommand::Run { instance } => Request::BackupRun { instance },
             BackupCommand::List => Request::BackupList,
+            BackupCommand::Drill { instance } => Request::BackupDrill { instance },
             BackupCommand::Restore {
                 snapshot,
                 as_name,
@@ -706,6 +710,7 @@ pub fn main() -> i32 {
                     force: a.force,
                     // Shown once, to a person: never in --json.
                     reveal: !cli.json,
+                    drill: false,
                     dry_run: a.dry_run,
                 })
             }

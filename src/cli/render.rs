@@ -980,6 +980,17 @@ pub fn human(req: &Request, v: &Value) {
                 table(&["SNAPSHOT", "TIME", "INSTANCE", "APP", "SIZE"], rows);
             }
         }
+        Request::BackupDrill { .. } => {
+            for d in v["drills"].as_array().into_iter().flatten() {
+                println!(
+                    "{}: snapshot {} restores: {} files identical to the repository's, healthy ({:.1} s)",
+                    s(&d["instance"]),
+                    s(&d["snapshot"]),
+                    s(&d["verified_files"]),
+                    d["seconds"].as_f64().unwrap_or(0.0)
+                );
+            }
+        }
         Request::BackupRestore { .. } => println!(
             "{} restored from snapshot {} of {}{}",
             s(&v["instance"]),

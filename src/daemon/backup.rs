@@ -328,6 +328,7 @@ impl Daemon {
                             {
                                 tracing::error!("backup: cannot record the scheduled run: {e}");
                             }
+                            d.drill_if_due().await;
                         }
                         Err(e) => {
                             tracing::error!("scheduled backup failed: {}", e.message);
@@ -401,6 +402,7 @@ impl Daemon {
         snapshot: &str,
         as_name: Option<String>,
         domain: Option<String>,
+        drill: bool,
         progress: &Progress<'_>,
     ) -> Result<Value> {
         let (repo, password) = self.backup_repo(progress)?;
@@ -463,7 +465,7 @@ impl Daemon {
         if let Some(d) = &domain {
             crate::names::check_domain(d)?;
             self.check_domain_free(d)?;
-        } else if inst.manifest.needs.domain && name != inst.name {
+        } else if inst.manifest.needs.domain && name != inst.name && !drill {
             return Err(Error::bad_input(format!(
                 "{} must be served at a domain of its own, and {:?} keeps {}",
                 inst.app,
@@ -473,54 +475,104 @@ impl Daemon {
             .hint("add --domain NEW_DOMAIN"));
         }
         let engine = self.engine()?;
-        // The data first: volumes made and filled before any container uses them.
-        for (vol, from) in &saved.volumes {
-            let volume = plan::volume_name(&name, vol);
-            engine
-                .apply(&Action::CreateVolume {
-                    name: volume.clone(),
-                    instance: name.clone(),
-                })
-                .await?;
-            let to = engine.volume_mountpoint(&volume).await?;
-            progress.step(format!("restoring volume {vol} into {volume}"));
-            let (r, pw, id, from, to2) = (
-                repo.clone(),
-                password.clone(),
-                snap.id.clone(),
-                from.clone(),
-                to.clone(),
-            );
-            blocking(move || r.restore_tree(&pw, &id, &from, &to2)).await?;
-            if let Some((uid, gid, mode)) = saved.owners.get(vol) {
-                std::os::unix::fs::chown(&to, Some(*uid), Some(*gid))
-                    .and_then(|_| {
-                        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(*mode))
-                    })
-                    .map_err(|e| {
-                        Error::failed(format!("cannot set the owner of {}: {e}", to.display()))
-                    })?;
-            }
-        }
+        // The data first: volumes made and filled before any container uses them. A drill
+        // compares every restored file with the repository's copy, before the app can touch it.
         let dumps_dir = self.backup_dir().join("restore").join(&name);
         let _ = std::fs::remove_dir_all(&dumps_dir);
-        if !saved.dumps.is_empty() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&dumps_dir)
-                .map_err(|e| {
-                    Error::failed(format!("cannot create {}: {e}", dumps_dir.display()))
-                })?;
-            let (r, pw, id, from, to) = (
-                repo.clone(),
-                password.clone(),
-                snap.id.clone(),
-                staging.join("dumps"),
-                dumps_dir.clone(),
-            );
-            blocking(move || r.restore_tree(&pw, &id, &from, &to)).await?;
+        let filled: Result<usize> = async {
+            let mut verified = 0usize;
+            for (vol, from) in &saved.volumes {
+                let volume = plan::volume_name(&name, vol);
+                engine
+                    .apply(&Action::CreateVolume {
+                        name: volume.clone(),
+                        instance: name.clone(),
+                    })
+                    .await?;
+                let to = engine.volume_mountpoint(&volume).await?;
+                progress.step(format!("restoring volume {vol} into {volume}"));
+                let (r, pw, id, from, to2) = (
+                    repo.clone(),
+                    password.clone(),
+                    snap.id.clone(),
+                    from.clone(),
+                    to.clone(),
+                );
+                blocking(move || r.restore_tree(&pw, &id, &from, &to2)).await?;
+                if let Some((uid, gid, mode)) = saved.owners.get(vol) {
+                    std::os::unix::fs::chown(&to, Some(*uid), Some(*gid))
+                        .and_then(|_| {
+                            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(*mode))
+                        })
+                        .map_err(|e| {
+                            Error::failed(format!("cannot set the owner of {}: {e}", to.display()))
+                        })?;
+                }
+                if drill {
+                    let (r, pw, id, from, to) = (
+                        repo.clone(),
+                        password.clone(),
+                        snap.id.clone(),
+                        saved.volumes[vol].clone(),
+                        to.clone(),
+                    );
+                    let want = blocking(move || r.file_hashes(&pw, &id, &from)).await?;
+                    let got = blocking(move || crate::backup::tree_hashes(&to)).await?;
+                    let wrong: Vec<String> = want
+                        .iter()
+                        .filter(|(path, sum)| got.get(*path) != Some(*sum))
+                        .map(|(path, _)| path.display().to_string())
+                        .collect();
+                    if !wrong.is_empty() {
+                        return Err(Error::failed(format!(
+                            "volume {vol}: {} of {} restored files differ from the snapshot ({})",
+                            wrong.len(),
+                            want.len(),
+                            wrong.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+                        )));
+                    }
+                    verified += want.len();
+                }
+            }
+            if !saved.dumps.is_empty() {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&dumps_dir)
+                    .map_err(|e| {
+                        Error::failed(format!("cannot create {}: {e}", dumps_dir.display()))
+                    })?;
+                let (r, pw, id, from, to) = (
+                    repo.clone(),
+                    password.clone(),
+                    snap.id.clone(),
+                    staging.join("dumps"),
+                    dumps_dir.clone(),
+                );
+                blocking(move || r.restore_tree(&pw, &id, &from, &to)).await?;
+            }
+            Ok(verified)
         }
+        .await;
+        // Nothing half-restored stays behind: the volumes made here are new (the name was free).
+        let verified = match filled {
+            Ok(v) => v,
+            Err(e) => {
+                for vol in saved.volumes.keys() {
+                    let volume = plan::volume_name(&name, vol);
+                    if let Err(e) = engine
+                        .apply(&Action::RemoveVolume {
+                            name: volume.clone(),
+                        })
+                        .await
+                    {
+                        tracing::warn!("restore: removing {volume}: {}", e.message);
+                    }
+                }
+                let _ = std::fs::remove_dir_all(&dumps_dir);
+                return Err(e);
+            }
+        };
         // The instance, as it was: its settings, its secrets (the data expects them), the same
         // images. Its domain only when restored under its own name and the domain is free.
         self.store.write(|w| {
@@ -565,6 +617,7 @@ impl Daemon {
                     images,
                     force: true,
                     reveal: false,
+                    drill,
                     dry_run: false,
                 },
                 progress,
@@ -608,8 +661,124 @@ impl Daemon {
             "from": snap.instance,
             "volumes": saved.volumes.keys().collect::<Vec<_>>(),
             "dumps": saved.dumps,
+            "verified_files": verified,
             "url": installed["url"],
         }))
+    }
+
+    /// `ilot backup drill [INSTANCE]`: the latest snapshot of each instance (or one) restored
+    /// as a throwaway instance, every file compared with the repository's copy, the app
+    /// started and health-checked, then removed with its data. A failure is a `drill-failed`
+    /// event (an alert).
+    pub(super) async fn backup_drill(
+        self: &Arc<Self>,
+        instance: Option<String>,
+        progress: &Progress<'_>,
+    ) -> Result<Value> {
+        let (repo, password) = self.backup_repo(progress)?;
+        let r = repo.clone();
+        let snaps = blocking(move || r.snapshots(&password)).await?;
+        // Oldest first: the last one per instance is its latest.
+        let mut latest: BTreeMap<String, crate::backup::Snapshot> = BTreeMap::new();
+        for s in snaps {
+            latest.insert(s.instance.clone(), s);
+        }
+        if let Some(i) = &instance {
+            latest.retain(|k, _| k == i);
+            if latest.is_empty() {
+                return Err(
+                    Error::not_found(format!("no snapshot of {i:?} to drill")).hint(
+                        "`ilot backup run INSTANCE` first; `ilot backup list` shows what there is",
+                    ),
+                );
+            }
+        }
+        let mut reports = Vec::new();
+        let mut failures = Vec::new();
+        for (of, snap) in latest {
+            let drill = format!("drill{}", crate::state::random_token(6).to_lowercase());
+            progress.step(format!(
+                "drill: restoring snapshot {} of {of} as {drill}",
+                snap.id
+            ));
+            let started = std::time::Instant::now();
+            let result =
+                Box::pin(self.backup_restore(&snap.id, Some(drill.clone()), None, true, progress))
+                    .await;
+            // Whatever happened, the throwaway instance and its data go.
+            let removal = crate::api::RemoveParams {
+                name: drill.clone(),
+                purge: true,
+                dry_run: false,
+            };
+            if let Err(e) = self.remove(removal, progress).await {
+                tracing::warn!("drill: removing {drill}: {}", e.message);
+            }
+            match result {
+                Ok(v) => {
+                    self.bus.publish(
+                        "drill-done",
+                        Some(&of),
+                        format!(
+                            "snapshot {} restored, {} files verified, healthy",
+                            snap.id, v["verified_files"]
+                        ),
+                    );
+                    reports.push(json!({
+                        "instance": of, "snapshot": snap.id, "ok": true,
+                        "verified_files": v["verified_files"], "dumps": v["dumps"],
+                        "seconds": started.elapsed().as_secs_f64(),
+                    }));
+                }
+                Err(e) => {
+                    self.bus.publish(
+                        "drill-failed",
+                        Some(&of),
+                        format!("snapshot {}: {}", snap.id, e.message),
+                    );
+                    failures.push(format!("{of} (snapshot {}): {}", snap.id, e.message));
+                }
+            }
+        }
+        if !failures.is_empty() {
+            return Err(
+                Error::failed(format!("restore drill failed: {}", failures.join("; "))).hint(
+                    "the snapshot may not restore: `ilot backup check --read-data`, then back up again",
+                ),
+            );
+        }
+        Ok(json!({ "drills": reports }))
+    }
+
+    /// After a scheduled run: a restore drill of every instance every `[backup] drill_every`.
+    async fn drill_if_due(self: &Arc<Self>) {
+        let Some(every) = self.config.backup.drill_every else {
+            return;
+        };
+        let last: u64 = self
+            .store
+            .meta("backup:drilled")
+            .ok()
+            .flatten()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if now().saturating_sub(last) < every.as_secs() {
+            return;
+        }
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let result = {
+            let _lock = self.op_lock.lock().await;
+            self.backup_drill(None, &Progress { tx: &tx }).await
+        };
+        if let Err(e) = &result {
+            tracing::error!("scheduled restore drill failed: {}", e.message);
+        }
+        if let Err(e) = self
+            .store
+            .write(|w| w.put_meta("backup:drilled", &now().to_string()))
+        {
+            tracing::error!("backup: cannot record the drill: {e}");
+        }
     }
 }
 

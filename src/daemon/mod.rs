@@ -425,12 +425,13 @@ impl Daemon {
             Request::Mail { instance, op } => self.mail(instance, op).await,
             Request::BackupInit { reveal } => self.backup_init(reveal, &progress).await,
             Request::BackupRun { instance } => self.backup_run(instance, &progress).await,
+            Request::BackupDrill { instance } => self.backup_drill(instance, &progress).await,
             Request::BackupRestore {
                 snapshot,
                 as_name,
                 domain,
             } => {
-                self.backup_restore(&snapshot, as_name, domain, &progress)
+                self.backup_restore(&snapshot, as_name, domain, false, &progress)
                     .await
             }
             _ => unreachable!("read requests handled by handle()"),

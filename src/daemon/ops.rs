@@ -109,7 +109,7 @@ impl Daemon {
         let manifest = self.catalog.get(&p.app)?.clone();
         let name = p.name.clone().unwrap_or_else(|| manifest.name.clone());
         names::check_instance_name(&name)?;
-        if manifest.needs.domain && p.domain.is_none() {
+        if manifest.needs.domain && p.domain.is_none() && !p.drill {
             return Err(Error::bad_input(format!(
                 "{} must be served at a domain of its own",
                 manifest.name

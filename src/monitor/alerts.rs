@@ -86,7 +86,7 @@ pub fn built_in() -> Vec<RuleConfig> {
         event("firewall-problem", &["firewall-failed", "firewall-reverted"], 1, 3600, Warning, "ilot firewall show"),
         event("blocklist-failed", &["blocklist-failed"], 1, 86_400, Warning, "check the blocklist's URL or file"),
         event("ban-storm", &["ban"], 50, 600, Warning, "ilot ban list; an attack in progress, the guard is handling it"),
-        event("backup-failed", &["backup-failed", "backup-check-failed"], 1, 86_400, Critical, "ilot backup run shows why; the earlier snapshots are intact (ilot backup list)"),
+        event("backup-failed", &["backup-failed", "backup-check-failed", "drill-failed"], 1, 86_400, Critical, "ilot backup run shows why; the earlier snapshots are intact (ilot backup list)"),
     ]
 }
 
