@@ -636,21 +636,25 @@ impl Engine {
         }
     }
 
-    /// Runs a command in a running container and returns its exit code and output (stdout
-    /// then stderr), at most `limit` bytes of it.
-    pub async fn exec_output(
+    /// Creates and starts an exec of `cmd` in a running container, its output (and with
+    /// `stdin`, its input) attached. Returns what it is (for errors), its id and its streams.
+    async fn start_exec(
         &self,
         container: &str,
-        cmd: &[&str],
-        limit: usize,
-    ) -> Result<(i64, String)> {
-        let what = format!("run {:?} in {container}", cmd.first().unwrap_or(&""));
+        cmd: &[String],
+        stdin: bool,
+    ) -> Result<(String, String, bollard::exec::StartExecResults)> {
+        let what = format!(
+            "run {:?} in {container}",
+            cmd.first().map_or("", String::as_str)
+        );
         let exec = self
             .docker
             .create_exec(
                 container,
                 bollard::models::ExecConfig {
-                    cmd: Some(cmd.iter().map(|s| s.to_string()).collect()),
+                    cmd: Some(cmd.to_vec()),
+                    attach_stdin: Some(stdin),
                     attach_stdout: Some(true),
                     attach_stderr: Some(true),
                     ..Default::default()
@@ -667,6 +671,19 @@ impl Engine {
             .start_exec(&exec.id, None::<bollard::exec::StartExecOptions>)
             .await
             .map_err(|e| engine_err(&what, e))?;
+        Ok((what, exec.id, started))
+    }
+
+    /// Runs a command in a running container and returns its exit code and output (stdout
+    /// then stderr), at most `limit` bytes of it.
+    pub async fn exec_output(
+        &self,
+        container: &str,
+        cmd: &[&str],
+        limit: usize,
+    ) -> Result<(i64, String)> {
+        let cmd: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
+        let (what, exec_id, started) = self.start_exec(container, &cmd, false).await?;
         let (mut out, mut err) = (Vec::new(), Vec::new());
         if let bollard::exec::StartExecResults::Attached { mut output, .. } = started {
             while let Some(item) = output.next().await {
@@ -683,7 +700,7 @@ impl Engine {
         }
         let code = self
             .docker
-            .inspect_exec(&exec.id)
+            .inspect_exec(&exec_id)
             .await
             .map_err(|e| engine_err(&what, e))?
             .exit_code
@@ -735,33 +752,7 @@ impl Engine {
         stdout: Option<&Path>,
     ) -> Result<(i64, String)> {
         use tokio::io::AsyncWriteExt;
-        let what = format!(
-            "run {:?} in {container}",
-            cmd.first().map_or("", String::as_str)
-        );
-        let exec = self
-            .docker
-            .create_exec(
-                container,
-                bollard::models::ExecConfig {
-                    cmd: Some(cmd.to_vec()),
-                    attach_stdin: Some(stdin.is_some()),
-                    attach_stdout: Some(true),
-                    attach_stderr: Some(true),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| match is_status(&e, 409) {
-                true => Error::failed(format!("{container} is not running"))
-                    .hint("start it: `ilot app start INSTANCE`"),
-                false => engine_err(&what, e),
-            })?;
-        let started = self
-            .docker
-            .start_exec(&exec.id, None::<bollard::exec::StartExecOptions>)
-            .await
-            .map_err(|e| engine_err(&what, e))?;
+        let (what, exec_id, started) = self.start_exec(container, cmd, stdin.is_some()).await?;
         let mut out = match stdout {
             Some(p) => {
                 use std::os::unix::fs::OpenOptionsExt;
@@ -824,7 +815,7 @@ impl Engine {
         }
         let code = self
             .docker
-            .inspect_exec(&exec.id)
+            .inspect_exec(&exec_id)
             .await
             .map_err(|e| engine_err(&what, e))?
             .exit_code
