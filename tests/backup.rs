@@ -401,10 +401,74 @@ fn the_daily_run_happens_once_a_day_even_after_the_time_was_missed() {
     // Restarted the same day: the day's run is remembered, none again.
     ilot.restart();
     std::thread::sleep(Duration::from_secs(15));
+    // One of the instance, one of ilot itself (its config and keys).
     assert_eq!(
         snapshots(&ilot).len(),
-        1,
+        2,
         "the day's run happened once; log:\n{}",
         ilot.log()
     );
+}
+
+#[test]
+fn a_new_machine_comes_back_from_the_repository_and_its_password() {
+    let repo = RepoDir::new();
+    let old = Ilot::start_full(&[], &repo.config(""));
+    let (n1, n2) = (unique("ra"), unique("rb"));
+    let mut sums = Vec::new();
+    for (n, data) in [(&n1, "first"), (&n2, "second")] {
+        old.ok(&["app", "install", "hello", "--name", n]);
+        docker_ok(&[
+            "exec",
+            &format!("ilot-{n}-web"),
+            "sh",
+            "-c",
+            &format!("echo {data} > /data/{data}.txt"),
+        ]);
+        sums.push(volume_checksums(&format!("ilot-{n}-data")));
+    }
+    old.ok(&["backup", "init"]);
+    let run = old.json(&["backup", "run"]);
+    let instances: Vec<&str> = run["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["instance"].as_str().unwrap())
+        .collect();
+    assert_eq!(instances.len(), 3, "two instances and ilot itself: {run}");
+    assert!(instances.contains(&""), "{run}");
+    let password = std::fs::read_to_string(old.dir.join("state/backup/password")).unwrap();
+    let old_config = std::fs::read_to_string(&old.config).unwrap();
+    // The old machine is gone: its apps, their data, its state.
+    old.ok(&["app", "remove", &n1, "--purge"]);
+    old.ok(&["app", "remove", &n2, "--purge"]);
+    drop(old);
+
+    // A fresh one, given the repository and its password.
+    let new = Ilot::start_full(&[], &repo.config(""));
+    let dir = new.dir.join("state/backup");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("password"), &password).unwrap();
+    std::fs::set_permissions(
+        dir.join("password"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let rec = new.json(&["backup", "recover"]);
+    assert_eq!(rec["restored"].as_array().unwrap().len(), 2, "{rec}");
+    for (n, want) in [(&n1, &sums[0]), (&n2, &sums[1])] {
+        assert_eq!(
+            &volume_checksums(&format!("ilot-{n}-data")),
+            want,
+            "{n}'s data"
+        );
+        assert_eq!(new.json(&["app", "show", n])["status"], "running");
+    }
+    let recovered = rec["config"]
+        .as_str()
+        .expect("the old config is recovered aside");
+    assert_eq!(std::fs::read_to_string(recovered).unwrap(), old_config);
+    // Run again: what is here is left alone.
+    let again = new.json(&["backup", "recover"]);
+    assert_eq!(again["skipped"].as_array().unwrap().len(), 2, "{again}");
 }

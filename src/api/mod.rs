@@ -46,6 +46,9 @@ pub enum Request {
         instance: Option<String>,
     },
     /// A new instance from a snapshot: its original name, or `as_name`.
+    /// Full-machine recovery: ilot's keys (its config aside, for review), then every
+    /// instance's latest snapshot under its own name (those that exist are left alone).
+    BackupRecover,
     BackupRestore {
         snapshot: String,
         as_name: Option<String>,
@@ -235,6 +238,7 @@ impl Request {
                 | Request::DomainAdd { .. }
                 | Request::BackupInit { .. }
                 | Request::BackupRun { .. }
+                | Request::BackupRecover
                 | Request::BackupDrill { .. }
                 | Request::BackupRestore { .. }
                 | Request::DomainRemove { .. }

@@ -20,6 +20,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+/// The label of the snapshots of ilot's own config and keys (their `instance` is empty).
+pub const HOST_LABEL: &str = "ilot-host";
+
 /// Progress reports: a message, and bytes done of a total when known.
 pub type ProgressFn = Arc<dyn Fn(String, Option<(u64, u64)>) + Send + Sync>;
 
@@ -132,13 +135,14 @@ impl Repo {
             .collect::<PathList>()
             .sanitize()
             .map_err(|e| Error::failed(format!("backup sources of {instance}: {e}")))?;
+        // An empty instance: ilot's own config and keys (label "ilot-host").
+        let (tags, label) = match instance {
+            "" => ("ilot,host".to_string(), HOST_LABEL.to_string()),
+            i => (format!("ilot,instance={i},app={app}"), i.to_string()),
+        };
         let snap = SnapshotOptions::default()
-            .add_tags(&format!("ilot,instance={instance},app={app}"))
-            .and_then(|o| {
-                o.host("ilot".to_string())
-                    .label(instance.to_string())
-                    .to_snapshot()
-            })
+            .add_tags(&tags)
+            .and_then(|o| o.host("ilot".to_string()).label(label).to_snapshot())
             .map_err(|e| failed("snapshot options", e))?;
         let snap = repo
             .backup(&BackupOptions::default(), &source, snap)

@@ -430,6 +430,9 @@ enum BackupCommand {
         #[arg(long)]
         domain: Option<String>,
     },
+    /// Recover a machine: on a fresh one (config with [backup] repository, and its password
+    /// file), bring back ilot's keys, the old config (aside, for review) and every instance.
+    Recover,
     /// Check the repository's structure (and with --read-data, every byte of it).
     Check {
         #[arg(long)]
@@ -664,6 +667,7 @@ pub fn main() -> i32 {
             BackupCommand::Init => Request::BackupInit { reveal: !cli.json },
             BackupCommand::Run { instance } => Request::BackupRun { instance },
             BackupCommand::List => Request::BackupList,
+            BackupCommand::Recover => Request::BackupRecover,
             BackupCommand::Drill { instance } => Request::BackupDrill { instance },
             BackupCommand::Restore {
                 snapshot,

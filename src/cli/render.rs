@@ -965,7 +965,10 @@ pub fn human(req: &Request, v: &Value) {
                     vec![
                         s(&x["id"]),
                         s(&x["time"]),
-                        s(&x["instance"]),
+                        match x["instance"].as_str() {
+                            Some("") => "(ilot: config, keys)".to_string(),
+                            _ => s(&x["instance"]),
+                        },
                         s(&x["app"]),
                         size(&x["bytes"]),
                     ]
@@ -978,6 +981,24 @@ pub fn human(req: &Request, v: &Value) {
                 );
             } else {
                 table(&["SNAPSHOT", "TIME", "INSTANCE", "APP", "SIZE"], rows);
+            }
+        }
+        Request::BackupRecover => {
+            for i in v["restored"].as_array().into_iter().flatten() {
+                println!(
+                    "{}: restored from snapshot {}",
+                    s(&i["instance"]),
+                    s(&i["snapshot"])
+                );
+            }
+            for i in v["skipped"].as_array().into_iter().flatten() {
+                println!("{}: already here, left alone", s(i));
+            }
+            for k in v["keys"].as_array().into_iter().flatten() {
+                println!("restored: {}", s(k));
+            }
+            if let Some(c) = v["config"].as_str() {
+                println!("the old config is at {c}: review it, install it as the config, then restart the daemon");
             }
         }
         Request::BackupDrill { .. } => {

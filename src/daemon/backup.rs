@@ -147,11 +147,6 @@ impl Daemon {
             Some(n) => vec![self.instance(n)?],
             None => self.instances_snapshot(),
         };
-        if instances.is_empty() {
-            return Ok(
-                json!({ "snapshots": [], "forgotten": 0, "message": "no instance to back up" }),
-            );
-        }
         let mut made = Vec::new();
         let mut errors = Vec::new();
         for inst in &instances {
@@ -172,6 +167,29 @@ impl Daemon {
                     self.bus
                         .publish("backup-failed", Some(&inst.name), e.message.clone());
                     errors.push(format!("{}: {}", inst.name, e.message));
+                }
+            }
+        }
+        // With every instance, ilot itself: its config and the keys it made (certificates and
+        // their ACME account, DKIM keys), for a recovery on a new machine.
+        if instance.is_none() {
+            let state = &self.config.daemon.state_dir;
+            let paths: Vec<PathBuf> = self
+                .config_path
+                .iter()
+                .cloned()
+                .chain([state.join("certs"), state.join("dkim")])
+                .filter(|p| p.exists())
+                .collect();
+            if !paths.is_empty() {
+                progress.step("backing up ilot's config and keys");
+                let (r, pw) = (repo.clone(), password.clone());
+                match blocking(move || r.backup(&pw, &paths, "", "ilot")).await {
+                    Ok(s) => made.push(s),
+                    Err(e) => {
+                        self.bus.publish("backup-failed", None, e.message.clone());
+                        errors.push(format!("ilot's config and keys: {}", e.message));
+                    }
                 }
             }
         }
@@ -427,7 +445,15 @@ impl Daemon {
                 )
             }
         };
-        let staging = self.backup_dir().join("staging").join(&snap.instance);
+        // Where the staging directory was on the machine that made the snapshot (another
+        // machine's state directory, after a recovery).
+        let suffix = format!("/backup/staging/{}", snap.instance);
+        let staging = snap
+            .paths
+            .iter()
+            .find(|p| p.ends_with(&suffix))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.backup_dir().join("staging").join(&snap.instance));
         let (r, pw, id, f) = (
             repo.clone(),
             password.clone(),
@@ -678,9 +704,9 @@ impl Daemon {
         let (repo, password) = self.backup_repo(progress)?;
         let r = repo.clone();
         let snaps = blocking(move || r.snapshots(&password)).await?;
-        // Oldest first: the last one per instance is its latest.
+        // Oldest first: the last one per instance is its latest (ilot's own is no instance).
         let mut latest: BTreeMap<String, crate::backup::Snapshot> = BTreeMap::new();
-        for s in snaps {
+        for s in snaps.into_iter().filter(|s| !s.instance.is_empty()) {
             latest.insert(s.instance.clone(), s);
         }
         if let Some(i) = &instance {
@@ -821,4 +847,104 @@ fn write_private(path: &Path, data: &[u8]) -> Result<()> {
     let _ = f.flush();
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
     Ok(())
+}
+
+impl Daemon {
+    /// `ilot backup recover`: a machine brought back from its repository. ilot's keys first
+    /// (certificates, DKIM keys: only where this machine has none), the old config beside the
+    /// state (never over the running one), then the latest snapshot of every instance under
+    /// its own name; instances that exist are left alone.
+    pub(super) async fn backup_recover(self: &Arc<Self>, progress: &Progress<'_>) -> Result<Value> {
+        let (repo, password) = self.backup_repo(progress)?;
+        let (r, pw) = (repo.clone(), password.clone());
+        let snaps = blocking(move || r.snapshots(&pw)).await?;
+        let mut latest: BTreeMap<String, crate::backup::Snapshot> = BTreeMap::new();
+        for s in snaps {
+            latest.insert(s.instance.clone(), s);
+        }
+        if latest.is_empty() {
+            return Err(
+                Error::not_found(format!("no snapshot in {}", repo.location)).hint(
+                    "check [backup] repository: it must be the repository the old machine wrote",
+                ),
+            );
+        }
+        let state = self.config.daemon.state_dir.clone();
+        let mut keys = Vec::new();
+        let mut config = None;
+        if let Some(host) = latest.remove("") {
+            for p in &host.paths {
+                let from = PathBuf::from(p);
+                let name = from
+                    .file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_default();
+                let to = match name.as_str() {
+                    "certs" | "dkim" => state.join(&name),
+                    _ => self.backup_dir().join("recovered").join(&name),
+                };
+                let empty = std::fs::read_dir(&to).map_or(true, |mut d| d.next().is_none());
+                if to.is_dir() && !empty {
+                    continue; // this machine has its own: never overwritten
+                }
+                if let Some(parent) = to.parent() {
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(parent)
+                        .map_err(|e| {
+                            Error::failed(format!("cannot create {}: {e}", parent.display()))
+                        })?;
+                }
+                progress.step(format!("restoring {p}"));
+                let (r, pw, id, f, t) = (
+                    repo.clone(),
+                    password.clone(),
+                    host.id.clone(),
+                    from.clone(),
+                    to.clone(),
+                );
+                blocking(move || r.restore_tree(&pw, &id, &f, &t)).await?;
+                if matches!(name.as_str(), "certs" | "dkim") {
+                    keys.push(to.display().to_string());
+                } else {
+                    let _ = std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600));
+                    config = Some(to.display().to_string());
+                }
+            }
+        }
+        let mut restored = Vec::new();
+        let mut skipped = Vec::new();
+        let mut errors = Vec::new();
+        for (name, snap) in latest {
+            if self
+                .instances
+                .read()
+                .expect("instances lock")
+                .contains_key(&name)
+            {
+                skipped.push(name);
+                continue;
+            }
+            progress.step(format!("restoring {name} from snapshot {}", snap.id));
+            match Box::pin(self.backup_restore(&snap.id, None, None, false, progress)).await {
+                Ok(_) => restored.push(json!({ "instance": name, "snapshot": snap.id })),
+                Err(e) => errors.push(format!("{name}: {}", e.message)),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(Error::failed(format!("recovery incomplete: {}", errors.join("; ")))
+                .hint("the instances listed by `ilot app list` are back; fix the others' cause and run `ilot backup recover` again"));
+        }
+        self.bus.publish(
+            "recovered",
+            None,
+            format!(
+                "{} instance(s) recovered from {}",
+                restored.len(),
+                repo.location
+            ),
+        );
+        Ok(json!({ "restored": restored, "skipped": skipped, "keys": keys, "config": config }))
+    }
 }

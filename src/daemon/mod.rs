@@ -425,6 +425,7 @@ impl Daemon {
             Request::Mail { instance, op } => self.mail(instance, op).await,
             Request::BackupInit { reveal } => self.backup_init(reveal, &progress).await,
             Request::BackupRun { instance } => self.backup_run(instance, &progress).await,
+            Request::BackupRecover => self.backup_recover(&progress).await,
             Request::BackupDrill { instance } => self.backup_drill(instance, &progress).await,
             Request::BackupRestore {
                 snapshot,
