@@ -10,10 +10,11 @@
 use crate::error::{Error, Result};
 use rustic_backend::BackendOptions;
 use rustic_core::{
-    repofile::SnapshotFile, BackupOptions, CheckOptions, ConfigOptions, Credentials, ForgetGroups,
-    Grouped, KeepOptions, KeyOptions, LocalDestination, LsOptions, OpenStatus, PathList, Progress,
-    ProgressBars, ProgressType, PruneOptions, Repository, RepositoryOptions, RestoreOptions,
-    RusticError, RusticProgress, SnapshotGroupCriterion, SnapshotOptions,
+    repofile::{Node, SnapshotFile},
+    BackupOptions, CheckOptions, ConfigOptions, Credentials, ForgetGroups, Grouped,
+    IndexedFullStatus, KeepOptions, KeyOptions, LocalDestination, LsOptions, OpenStatus, PathList,
+    Progress, ProgressBars, ProgressType, PruneOptions, Repository, RepositoryOptions,
+    RestoreOptions, RusticError, RusticProgress, SnapshotGroupCriterion, SnapshotOptions,
 };
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -164,6 +165,34 @@ impl Repo {
             .collect())
     }
 
+    /// The repository with its full index (what reading files needs), and the node at `path`
+    /// in `snapshot` (an id or its prefix).
+    fn indexed_node(
+        &self,
+        password: &str,
+        snapshot: &str,
+        path: &Path,
+    ) -> Result<(Repository<IndexedFullStatus>, Node)> {
+        let repo = self
+            .open(password)?
+            .to_indexed()
+            .map_err(|e| failed("cannot read the repository's index", e))?;
+        let spec = format!("{snapshot}:{}", path.display());
+        let node = repo
+            .node_from_snapshot_path(&spec, |s| s.tags.contains("ilot"))
+            .map_err(|e| {
+                Error::not_found(format!(
+                    "no snapshot {snapshot} made by ilot with {}",
+                    path.display()
+                ))
+                .hint(format!(
+                    "see `ilot backup list` ({})",
+                    e.display_log().lines().next().unwrap_or_default()
+                ))
+            })?;
+        Ok((repo, node))
+    }
+
     /// Restores the tree at `path` in `snapshot` (an id or its prefix) into `dest`.
     pub fn restore_tree(
         &self,
@@ -172,14 +201,7 @@ impl Repo {
         path: &Path,
         dest: &Path,
     ) -> Result<()> {
-        let repo = self
-            .open(password)?
-            .to_indexed()
-            .map_err(|e| failed("cannot read the repository's index", e))?;
-        let spec = format!("{snapshot}:{}", path.display());
-        let node = repo
-            .node_from_snapshot_path(&spec, |s| s.tags.contains("ilot"))
-            .map_err(|e| failed(&format!("no {} in snapshot {snapshot}", path.display()), e))?;
+        let (repo, node) = self.indexed_node(password, snapshot, path)?;
         let ls = repo
             .ls(&node, &LsOptions::default())
             .map_err(|e| failed("cannot list the snapshot", e))?;
@@ -199,23 +221,7 @@ impl Repo {
 
     /// One file of a snapshot, whole (the instance's saved state).
     pub fn read_file(&self, password: &str, snapshot: &str, path: &Path) -> Result<Vec<u8>> {
-        let repo = self
-            .open(password)?
-            .to_indexed()
-            .map_err(|e| failed("cannot read the repository's index", e))?;
-        let spec = format!("{snapshot}:{}", path.display());
-        let node = repo
-            .node_from_snapshot_path(&spec, |s| s.tags.contains("ilot"))
-            .map_err(|e| {
-                Error::not_found(format!(
-                    "no snapshot {snapshot} made by ilot with {}",
-                    path.display()
-                ))
-                .hint(format!(
-                    "see `ilot backup list` ({})",
-                    e.display_log().lines().next().unwrap_or_default()
-                ))
-            })?;
+        let (repo, node) = self.indexed_node(password, snapshot, path)?;
         let mut out = Vec::new();
         repo.dump(&node, &mut out)
             .map_err(|e| failed("cannot read from the snapshot", e))?;
@@ -231,14 +237,7 @@ impl Repo {
         path: &Path,
     ) -> Result<std::collections::BTreeMap<PathBuf, String>> {
         use sha2::Digest;
-        let repo = self
-            .open(password)?
-            .to_indexed()
-            .map_err(|e| failed("cannot read the repository's index", e))?;
-        let spec = format!("{snapshot}:{}", path.display());
-        let node = repo
-            .node_from_snapshot_path(&spec, |s| s.tags.contains("ilot"))
-            .map_err(|e| failed(&format!("no {} in snapshot {snapshot}", path.display()), e))?;
+        let (repo, node) = self.indexed_node(password, snapshot, path)?;
         let mut out = std::collections::BTreeMap::new();
         for item in repo
             .ls(&node, &LsOptions::default())
