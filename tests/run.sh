@@ -9,13 +9,15 @@
 # Steps: install what the tests need (only what is missing), make sure a Docker engine answers
 # (start dockerd if none does, and stop it again at the end), build the test images, build the
 # release binary, run the Rust tests against it, and clean up whatever the tests left behind:
-# Docker objects labelled ilot.owner=test-*, `ilot daemon` and `named` processes whose config lives in
-# ${TMPDIR:-/tmp}/ilot-test-*, and those temp dirs. Objects of any other owner are never touched.
+# Docker objects labelled ilot.owner=test-*, `ilot daemon`, `named`, `sshd` and `s3s-fs` processes whose
+# config or data lives in ${TMPDIR:-/tmp}/ilot-test-*, and those temp dirs. Objects of any other owner
+# are never touched.
 #
 # Environment:
 #   ILOT_TEST_THREADS   parallel tests (default 4)
 #   ILOT_TEST_TIMEOUT   limit for the test step, in seconds (default 3600)
 #   ILOT_TEST_RUNNER    auto (default: nextest if installed, else cargo test), nextest or cargo
+#   ILOT_S3S_FS         the s3s-fs binary for the S3 backup tests (default: the one step 1 installs)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -71,8 +73,9 @@ step_end() { # step_end STATUS [NOTE]
 }
 
 # ---------------------------------------------------------------------------- cleanup
-# ilot daemons (and the DNS tests' named) started by tests: argv[0] is .../ilot, one argument is `daemon`, and one argument
-# names a path in a test temp dir (${TMPDIR:-/tmp}/ilot-test-* or /tmp/ilot-test-*).
+# ilot daemons (and the DNS tests' named, the backup tests' sshd and s3s-fs) started by tests: argv[0] is .../ilot, one
+# argument is `daemon`, and one argument names a path in a test temp dir (${TMPDIR:-/tmp}/ilot-test-* or
+# /tmp/ilot-test-*). A system sshd names no such path, so it is never one of them.
 test_daemon_pids() {
     local d pid a is_ilot is_daemon in_test_dir
     local -a args
@@ -85,6 +88,17 @@ test_daemon_pids() {
         [[ ${args[0]##*/} == ilot ]] && is_ilot=1
         # The DNS tests' own BIND (tests/common/named.rs): named -g -c TESTDIR/named/named.conf
         [[ ${args[0]##*/} == named ]] && is_ilot=1 is_daemon=1
+        # The backup tests' storage servers (tests/common/storage.rs): s3s-fs ... TESTDIR/data, and
+        # /usr/sbin/sshd -D -e -f TESTDIR/sshd_config, which soon retitles itself into one argument
+        # "sshd: /usr/sbin/sshd -D -e -f TESTDIR/sshd_config [listener] ..." (its per-connection
+        # processes, "sshd: root@notty", end with their client's connection).
+        [[ ${args[0]##*/} == sshd || ${args[0]##*/} == s3s-fs ]] && is_ilot=1 is_daemon=1
+        if [[ ${args[0]} == "sshd: "* ]]; then
+            is_ilot=1 is_daemon=1
+            case ${args[0]} in
+                *"$TMP_BASE"/ilot-test-* | */tmp/ilot-test-*) in_test_dir=1 ;;
+            esac
+        fi
         for a in "${args[@]:1}"; do
             [[ $a == daemon ]] && is_daemon=1
             case $a in
@@ -142,6 +156,7 @@ on_exit() {
     if [[ -n $CURRENT_STEP ]]; then
         step_end FAIL "(interrupted or failed, exit $rc)"
     fi
+    if [[ -n ${MADE_POLICY_RC:-} ]]; then rm -f "$MADE_POLICY_RC"; fi
     printf '\n==== cleanup\n'
     cleanup_leftovers "cleanup"
     stop_started_dockerd
@@ -169,7 +184,8 @@ trap 'exit 143' TERM
 declare -A REQUIRED=([docker]=docker.io [dockerd]=docker.io [nft]=nftables [ip]=iproute2
     [curl]=curl [jq]=jq [docker-registry]=docker-registry [pebble]=pebble [openssl]=openssl
     [named-checkzone]=bind9utils [named]=bind9 [dig]=bind9-dnsutils [delv]=bind9-dnsutils
-    [python3]=python3 [ss]=iproute2 [swaks]=swaks [debootstrap]=debootstrap [restic]=restic)
+    [python3]=python3 [ss]=iproute2 [swaks]=swaks [debootstrap]=debootstrap [restic]=restic
+    [ssh]=openssh-client [sftp]=openssh-client [ssh-keygen]=openssh-client)
 # shellcheck disable=SC2034
 declare -A OPTIONAL=([hyperfine]=hyperfine)
 
@@ -183,12 +199,31 @@ missing_packages() { # missing_packages ASSOC_NAME
     [[ $1 == REQUIRED ]] && ! dpkg -s busybox-static >/dev/null 2>&1 && pkgs[busybox-static]=1
     # The mail tests verify DKIM signatures with dkimpy, an implementation other than ilot's.
     [[ $1 == REQUIRED ]] && ! dpkg -s python3-dkim >/dev/null 2>&1 && pkgs[python3-dkim]=1
+    # The SFTP backup tests run OpenSSH's own sshd (/usr/sbin is not in every PATH: test the file).
+    [[ $1 == REQUIRED && ! -x /usr/sbin/sshd ]] && pkgs[openssh-server]=1
     ((${#pkgs[@]})) && printf '%s\n' "${!pkgs[@]}" | sort
     return 0
 }
 
 apt_install() {
     DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -y -q install "$@"
+}
+
+# apt_install_no_start PACKAGE...: apt_install, with no service started by the packages' scripts:
+# openssh-server would start a system sshd on port 22, and the tests run their own. A policy-rc.d
+# that answers 101 ("action forbidden") stops invoke-rc.d and deb-systemd-invoke; it is there only
+# for this install (one the machine already has is left as it is).
+MADE_POLICY_RC="" # the policy-rc.d apt_install_no_start made, while it is there (on_exit removes it)
+apt_install_no_start() {
+    local policy=/usr/sbin/policy-rc.d rc=0
+    if [[ ! -e $policy ]]; then
+        MADE_POLICY_RC=$policy
+        printf '#!/bin/sh\n# tests/run.sh: no service starts during this install\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+    fi
+    apt_install "$@" || rc=$?
+    if [[ -n $MADE_POLICY_RC ]]; then rm -f "$MADE_POLICY_RC"; MADE_POLICY_RC=""; fi
+    return "$rc"
 }
 
 step_begin "install packages"
@@ -207,7 +242,14 @@ else
     [[ $(id -u) == 0 ]] || die "packages missing (${NEED[*]} ${WANT[*]}) and not root: run as root or pass --no-install"
     info "installing: ${NEED[*]} ${WANT[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -q update
+    # openssh-server on its own, so that policy-rc.d keeps only its service from starting.
+    SSHD_PKG=()
+    for i in "${!NEED[@]}"; do
+        if [[ ${NEED[$i]} == openssh-server ]]; then SSHD_PKG=(openssh-server); unset 'NEED[i]'; fi
+    done
+    NEED=("${NEED[@]}")
     if ((${#NEED[@]})); then apt_install "${NEED[@]}"; fi
+    if ((${#SSHD_PKG[@]})); then apt_install_no_start "${SSHD_PKG[@]}"; NEED+=("${SSHD_PKG[@]}"); fi
     note="installed: ${NEED[*]}"
     if ((${#WANT[@]})); then
         if apt_install "${WANT[@]}"; then note+=" ${WANT[*]}"; else warn "optional packages not installed: ${WANT[*]}"; fi
@@ -215,6 +257,32 @@ else
     step_end OK "$note"
 fi
 command -v cargo >/dev/null 2>&1 || die "cargo not found (looked in PATH and ~/.cargo/bin): install Rust with rustup"
+
+# s3s-fs: the S3 server of the S3 backup tests (tests/common/storage.rs), a real one that checks
+# SigV4 signatures, from crates.io. Compiled once per machine (a few minutes on 2 cores); 0.14.1 is
+# the last version that builds with rustc 1.95 (0.15 and later need 1.96).
+S3S_FS_VERSION=0.14.1
+step_begin "install s3s-fs $S3S_FS_VERSION"
+CARGO_BIN=${CARGO_HOME:-$HOME/.cargo}/bin
+s3s_fs_version() { "$1" --version 2>/dev/null | awk '{ print $2 }'; }
+if [[ -n ${ILOT_S3S_FS:-} ]]; then
+    [[ -x $ILOT_S3S_FS ]] || die "ILOT_S3S_FS=$ILOT_S3S_FS is not an executable"
+    export ILOT_S3S_FS
+    step_end OK "ILOT_S3S_FS=$ILOT_S3S_FS (s3s-fs $(s3s_fs_version "$ILOT_S3S_FS"))"
+elif [[ -x $CARGO_BIN/s3s-fs && $(s3s_fs_version "$CARGO_BIN/s3s-fs") == "$S3S_FS_VERSION" ]]; then
+    export ILOT_S3S_FS=$CARGO_BIN/s3s-fs
+    step_end OK "already installed: $ILOT_S3S_FS"
+elif ((!INSTALL)); then
+    warn "--no-install: s3s-fs $S3S_FS_VERSION is not installed in $CARGO_BIN: the S3 backup tests will fail"
+    step_end WARN "skipped (--no-install); s3s-fs $S3S_FS_VERSION missing"
+else
+    info "cargo install s3s-fs --version $S3S_FS_VERSION --features binary --locked (once per machine)"
+    cargo install s3s-fs --version "$S3S_FS_VERSION" --features binary --locked --force --root "${CARGO_HOME:-$HOME/.cargo}" ||
+        die "cargo install s3s-fs $S3S_FS_VERSION failed"
+    [[ $(s3s_fs_version "$CARGO_BIN/s3s-fs") == "$S3S_FS_VERSION" ]] || die "cargo install s3s-fs: $CARGO_BIN/s3s-fs is not version $S3S_FS_VERSION"
+    export ILOT_S3S_FS=$CARGO_BIN/s3s-fs
+    step_end OK "installed $ILOT_S3S_FS"
+fi
 case ${ILOT_TEST_RUNNER:-auto} in
     auto) NEXTEST=0; cargo nextest --version >/dev/null 2>&1 && NEXTEST=1 ;;
     nextest) NEXTEST=1 ;;
