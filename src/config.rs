@@ -40,11 +40,22 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackupConfig {
-    /// The repository: a directory (a mounted disk, say). Unset: no backups.
-    pub repository: Option<PathBuf>,
+    /// The repository, as restic writes it: a directory (a mounted disk, say),
+    /// "sftp:user@host:/path" or "s3:https://endpoint/bucket/prefix". Unset: no backups.
+    pub repository: Option<String>,
     /// The repository's password, in a 0600 file (default STATE_DIR/backup/password, made by
     /// `ilot backup init`).
     pub password_file: Option<PathBuf>,
+    /// SFTP: the private key ssh logs in with (unset: root's own keys and agent).
+    pub sftp_key: Option<PathBuf>,
+    /// SFTP: the server's host key, "ssh-ed25519 AAAA..." (as `ssh-keyscan` prints it), pinned:
+    /// no other key is accepted. Unset: root's known_hosts decides.
+    pub sftp_host_key: Option<String>,
+    /// S3: the region the endpoint signs for.
+    pub s3_region: String,
+    /// S3: AWS_ACCESS_KEY_ID=... and AWS_SECRET_ACCESS_KEY=... lines, in a 0600 file
+    /// (default STATE_DIR/backup/s3-credentials).
+    pub s3_credentials_file: Option<PathBuf>,
     /// The daily run, "HH:MM" in the host's local time; a machine that was off then runs it
     /// when it is next up. "off": no scheduled runs (`ilot backup run` still works).
     pub at: Option<String>,
@@ -63,6 +74,10 @@ impl Default for BackupConfig {
         BackupConfig {
             repository: None,
             password_file: None,
+            sftp_key: None,
+            sftp_host_key: None,
+            s3_region: "us-east-1".into(),
+            s3_credentials_file: None,
             at: Some("03:30".into()),
             drill_every: Some(std::time::Duration::from_secs(7 * 86_400)),
             keep_last: 1,
@@ -164,6 +179,23 @@ pub fn in_quiet_hours(m: u32, (start, end): (u32, u32)) -> bool {
 pub fn parse_quiet_hours(s: &str) -> Option<(u32, u32)> {
     let (a, b) = s.split_once('-')?;
     Some((parse_hhmm(a)?, parse_hhmm(b)?))
+}
+
+/// An SSH public host key: a key type and its base64 blob (what ssh-keyscan prints after
+/// the host).
+fn valid_host_key(k: &str) -> bool {
+    let mut parts = k.split_whitespace();
+    let (Some(kind), Some(blob)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    (kind.starts_with("ssh-") || kind.starts_with("ecdsa-") || kind.starts_with("sk-"))
+        && kind
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-@.".contains(c))
+        && blob.len() >= 16
+        && blob
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+/=".contains(c))
 }
 
 /// "03:30" as minutes of the day.
@@ -682,9 +714,40 @@ impl Config {
                 .hint("fix the file (docs/config.md lists every key); the daemon did not start"));
             }
         }
+        let bad_backup = |what: String| {
+            Err(
+                Error::bad_input(format!("invalid config {origin}: [backup] {what}")).hint(
+                    "fix the file (docs/backup.md, docs/config.md); the daemon did not start",
+                ),
+            )
+        };
+        if let Some(r) = &b.repository {
+            if let Err(e) = crate::backup::Target::parse(r) {
+                return bad_backup(format!("repository {r:?}: {e}"));
+            }
+        }
+        if let Some(k) = &b.sftp_host_key {
+            if !valid_host_key(k) {
+                return bad_backup(format!(
+                    "sftp_host_key {k:?}: give the server's key as \"TYPE BASE64\", e.g. the \"ssh-ed25519 AAAA...\" part of a line of `ssh-keyscan HOST`"
+                ));
+            }
+        }
+        if b.s3_region.is_empty()
+            || !b
+                .s3_region
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
+            return bad_backup(format!(
+                "s3_region {:?}: give a region name such as \"us-east-1\" or \"fr-par\"",
+                b.s3_region
+            ));
+        }
         for (key, path) in [
-            ("repository", &b.repository),
             ("password_file", &b.password_file),
+            ("sftp_key", &b.sftp_key),
+            ("s3_credentials_file", &b.s3_credentials_file),
         ] {
             if path.as_ref().is_some_and(|p| !p.is_absolute()) {
                 return Err(Error::bad_input(format!(

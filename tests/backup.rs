@@ -472,3 +472,161 @@ fn a_new_machine_comes_back_from_the_repository_and_its_password() {
     let again = new.json(&["backup", "recover"]);
     assert_eq!(again["skipped"].as_array().unwrap().len(), 2, "{again}");
 }
+
+/// The round trip every repository must do, on a remote one: the demo app backed up, its data
+/// changed, the snapshot restored as a new instance with every file as it was, the repository
+/// checked byte for byte; then a second run that retention (keep_last = 1) leaves alone.
+/// Returns the restored snapshot's id.
+fn remote_round_trip(ilot: &Ilot) -> String {
+    let name = unique("rm");
+    ilot.ok(&["app", "install", "hello", "--name", &name]);
+    let volume = format!("ilot-{name}-data");
+    let container = format!("ilot-{name}-web");
+    docker_ok(&["exec", &container, "sh", "-c", "head -c 2000000 /dev/urandom > /data/photos.bin && mkdir -p /data/album && echo hi > /data/album/note.txt"]);
+    let init = ilot.json(&["backup", "init"]);
+    assert_eq!(init["created"], Value::Bool(true), "{init}");
+    let run = ilot.json(&["backup", "run", &name]);
+    let id = run["snapshots"][0]["id"].as_str().unwrap().to_string();
+    let before = volume_checksums(&volume);
+    assert!(before.contains("photos.bin"), "{before}");
+    docker_ok(&[
+        "exec",
+        &container,
+        "sh",
+        "-c",
+        "rm /data/photos.bin; echo changed > /data/album/note.txt",
+    ]);
+    assert_ne!(volume_checksums(&volume), before);
+    let copy = unique("rmc");
+    ilot.ok(&["backup", "restore", &id, "--as", &copy]);
+    assert_eq!(volume_checksums(&format!("ilot-{copy}-data")), before);
+    let check = ilot.json(&["backup", "check", "--read-data"]);
+    assert_eq!(check["ok"], Value::Bool(true), "{check}");
+    // A second run: retention removes the first snapshot from the remote repository.
+    let second = ilot.json(&["backup", "run", &name]);
+    let newest = second["snapshots"][0]["id"].as_str().unwrap().to_string();
+    let kept: Vec<String> = snapshots(ilot)
+        .iter()
+        .filter(|s| s["instance"] == name.as_str())
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kept, [newest], "keep_last = 1 keeps the newest only");
+    id
+}
+
+const KEEP_ONE: &str = "keep_last = 1\nkeep_daily = 0\nkeep_weekly = 0\nkeep_monthly = 0\n";
+
+#[test]
+fn an_sftp_repository_round_trips_and_a_wrong_host_key_is_refused() {
+    let server = storage::SftpServer::start();
+    let location = format!(
+        "sftp://root@127.0.0.1:{}/{}/repo",
+        server.port,
+        server.root.display()
+    );
+    let config = |host_key: &str| {
+        format!(
+            "[backup]\nat = \"off\"\nrepository = \"{location}\"\nsftp_key = \"{}\"\nsftp_host_key = \"{host_key}\"\n{KEEP_ONE}",
+            server.client_key.display()
+        )
+    };
+    // A host key other than the server's: ssh refuses to log in, and nothing is made.
+    let wrong = Ilot::start_full(
+        &[],
+        &config("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"),
+    );
+    let err = wrong.fails(&["backup", "init"], 1);
+    assert!(
+        err.contains("cannot reach the backup repository") && err.contains("host key"),
+        "{err}"
+    );
+    assert!(!server.root.join("repo").exists());
+    drop(wrong);
+
+    let ilot = Ilot::start_full(&[], &config(&server.host_key));
+    remote_round_trip(&ilot);
+    // The files are on the server, in restic's layout.
+    let repo = server.root.join("repo");
+    assert!(repo.join("config").is_file() && repo.join("data/00").is_dir());
+    // restic opens it too, through its own ssh (the same key and host key).
+    let known = ilot.dir.join("state/backup/ssh/known_hosts");
+    let out = std::process::Command::new("restic")
+        .args(["-r", &location, "--password-file"])
+        .arg(ilot.dir.join("state/backup/password"))
+        .arg("-o")
+        .arg(format!(
+            "sftp.command=ssh -i {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o BatchMode=yes -p {} root@127.0.0.1 -s sftp",
+            server.client_key.display(),
+            known.display(),
+            server.port
+        ))
+        .args(["snapshots", "--json", "--no-lock", "--no-cache"])
+        .output()
+        .expect("restic (tests/run.sh installs it)");
+    assert!(
+        out.status.success(),
+        "restic: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let snaps: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(snaps.as_array().unwrap().len(), 1, "{snaps}");
+}
+
+#[test]
+fn an_s3_repository_round_trips_and_a_wrong_secret_is_refused() {
+    let server = storage::S3Server::start();
+    let location = format!("s3:{}/{}/host1", server.endpoint, server.bucket);
+    let ilot = Ilot::start_full(
+        &[],
+        &format!("[backup]\nat = \"off\"\nrepository = \"{location}\"\n{KEEP_ONE}"),
+    );
+    // No access key yet: says where it goes.
+    let err = ilot.fails(&["backup", "init"], 2);
+    assert!(
+        err.contains("s3-credentials") && err.contains("AWS_ACCESS_KEY_ID"),
+        "{err}"
+    );
+    let creds = ilot.dir.join("state/backup/s3-credentials");
+    let write_creds = |secret: &str| {
+        std::fs::write(
+            &creds,
+            format!(
+                "AWS_ACCESS_KEY_ID={}\nAWS_SECRET_ACCESS_KEY={secret}\n",
+                server.access_key
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+    };
+    // A wrong secret: the server refuses the signature, and nothing is made.
+    write_creds("not-the-secret-key");
+    let err = ilot.fails(&["backup", "init"], 1);
+    assert!(err.contains("cannot"), "{err}");
+    assert!(
+        !ilot.log().contains("not-the-secret-key"),
+        "a secret is in the log"
+    );
+    write_creds(&server.secret_key);
+    remote_round_trip(&ilot);
+    assert!(
+        !ilot.log().contains(&server.secret_key),
+        "the secret is in the log"
+    );
+    // restic opens it with the same location string and keys.
+    let out = std::process::Command::new("restic")
+        .args(["-r", &location, "--password-file"])
+        .arg(ilot.dir.join("state/backup/password"))
+        .env("AWS_ACCESS_KEY_ID", &server.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &server.secret_key)
+        .args(["snapshots", "--json", "--no-lock", "--no-cache"])
+        .output()
+        .expect("restic (tests/run.sh installs it)");
+    assert!(
+        out.status.success(),
+        "restic: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let snaps: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(snaps.as_array().unwrap().len(), 1, "{snaps}");
+}

@@ -7,19 +7,25 @@
 //! instance's name: its staging directory (the instance's desired state and the database
 //! dumps) and its volumes' directories on the host, stored at their absolute paths.
 
+pub mod remote;
+pub mod target;
+
 use crate::error::{Error, Result};
+use remote::{RemoteBackend, S3Credentials, S3Store, SftpAccess, SftpStore};
 use rustic_backend::BackendOptions;
 use rustic_core::{
     repofile::{Node, SnapshotFile},
     BackupOptions, CheckOptions, ConfigOptions, Credentials, ForgetGroups, Grouped,
     IndexedFullStatus, KeepOptions, KeyOptions, LocalDestination, LsOptions, OpenStatus, PathList,
-    Progress, ProgressBars, ProgressType, PruneOptions, Repository, RepositoryOptions,
-    RestoreOptions, RusticError, RusticProgress, SnapshotGroupCriterion, SnapshotOptions,
+    Progress, ProgressBars, ProgressType, PruneOptions, Repository, RepositoryBackends,
+    RepositoryOptions, RestoreOptions, RusticError, RusticProgress, SnapshotGroupCriterion,
+    SnapshotOptions,
 };
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+pub use target::Target;
 
 /// The label of the snapshots of ilot's own config and keys (their `instance` is empty).
 pub const HOST_LABEL: &str = "ilot-host";
@@ -27,11 +33,22 @@ pub const HOST_LABEL: &str = "ilot-host";
 /// Progress reports: a message, and bytes done of a total when known.
 pub type ProgressFn = Arc<dyn Fn(String, Option<(u64, u64)>) + Send + Sync>;
 
-/// A repository: where it is, and where its local cache lives.
+/// A repository: where it is, how to reach it, and where its local cache lives.
 pub struct Repo {
+    /// As restic writes it (never a secret in it).
     pub location: String,
+    target: Target,
+    access: Access,
     pub cache: PathBuf,
     progress: ProgressFn,
+}
+
+/// What reaching a remote repository takes.
+pub struct Access {
+    pub sftp: SftpAccess,
+    pub s3_region: String,
+    /// None: not configured (an S3 repository then says where to put them).
+    pub s3_credentials: Option<S3Credentials>,
 }
 
 /// A snapshot as `ilot backup list` shows it.
@@ -73,19 +90,60 @@ fn failed(what: &str, e: Box<RusticError>) -> Error {
 }
 
 impl Repo {
-    pub fn new(location: &str, cache: PathBuf, progress: ProgressFn) -> Repo {
+    pub fn new(target: Target, access: Access, cache: PathBuf, progress: ProgressFn) -> Repo {
         Repo {
-            location: location.to_string(),
+            location: target.to_string(),
+            target,
+            access,
             cache,
             progress,
         }
     }
 
+    /// The backend for the target; remote ones connect here (each job opens its own).
+    fn backends(&self) -> Result<RepositoryBackends> {
+        let unreachable = |e: String| {
+            Error::failed(format!(
+                "cannot reach the backup repository {}: {e}",
+                self.location
+            ))
+        };
+        match &self.target {
+            Target::Local(dir) => BackendOptions::default()
+                .repository(format!("local:{}", dir.display()))
+                .to_backends()
+                .map_err(|e| failed(&format!("backup repository {}", self.location), e)),
+            Target::S3 {
+                endpoint,
+                bucket,
+                prefix,
+            } => {
+                let creds = self.access.s3_credentials.as_ref().ok_or_else(|| {
+                    Error::bad_input(format!(
+                        "the S3 repository {} needs an access key",
+                        self.location
+                    ))
+                    .hint("write AWS_ACCESS_KEY_ID=... and AWS_SECRET_ACCESS_KEY=... lines to [backup] s3_credentials_file (chmod 600; docs/backup.md)")
+                })?;
+                let store = S3Store::new(endpoint, bucket, prefix, &self.access.s3_region, creds)
+                    .map_err(unreachable)?;
+                let backend = RemoteBackend::new(store, self.location.clone());
+                Ok(RepositoryBackends::new(Arc::new(backend), None))
+            }
+            Target::Sftp { .. } => {
+                let store = SftpStore::connect(&self.target, &self.access.sftp).map_err(|e| {
+                    unreachable(e).hint(
+                        "ilot logs in with ssh as root, in batch mode: the key ([backup] sftp_key or root's own) must be authorized on the server, and its host key known ([backup] sftp_host_key, or root's known_hosts)",
+                    )
+                })?;
+                let backend = RemoteBackend::new(store, self.location.clone());
+                Ok(RepositoryBackends::new(Arc::new(backend), None))
+            }
+        }
+    }
+
     fn unopened(&self) -> Result<Repository<()>> {
-        let backends = BackendOptions::default()
-            .repository(&self.location)
-            .to_backends()
-            .map_err(|e| failed(&format!("backup repository {}", self.location), e))?;
+        let backends = self.backends()?;
         let opts = RepositoryOptions::default().cache_dir(self.cache.clone());
         Repository::new_with_progress(&opts, &backends, Bars(self.progress.clone()))
             .map_err(|e| failed(&format!("backup repository {}", self.location), e))

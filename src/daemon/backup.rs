@@ -14,7 +14,8 @@
 //! `restore` commands, and restarts it.
 
 use super::{Daemon, Progress};
-use crate::backup::{Keep, ProgressFn, Repo};
+use crate::backup::remote::{S3Credentials, SftpAccess};
+use crate::backup::{Access, Keep, ProgressFn, Repo, Target};
 use crate::error::{Error, Result};
 use crate::plan::{self, Action};
 use crate::state::{now, Instance, Kept};
@@ -55,12 +56,14 @@ impl Daemon {
 
     /// The configured repository (its progress going to `progress`), and its password.
     fn backup_repo(&self, progress: &Progress<'_>) -> Result<(Arc<Repo>, String)> {
-        let location = self.config.backup.repository.as_ref().ok_or_else(|| {
+        let b = &self.config.backup;
+        let location = b.repository.as_ref().ok_or_else(|| {
             Error::bad_input("no backup repository is configured").hint(
-                "set [backup] repository = \"/mnt/backup/ilot\" (a directory, e.g. on another disk) in the config, restart the daemon, then `ilot backup init`",
+                "set [backup] repository = \"/mnt/backup/ilot\" (a directory, e.g. on another disk), \"sftp:user@host:/srv/ilot\" or \"s3:https://endpoint/bucket/ilot\" in the config, restart the daemon, then `ilot backup init`",
             )
         })?;
-        let location = location.display().to_string();
+        // The config was checked at load: this parses.
+        let target = Target::parse(location).map_err(Error::bad_input)?;
         let tx = progress.sender();
         let report: ProgressFn = Arc::new(move |message, done: Option<(u64, u64)>| {
             let _ = tx.send(crate::api::Reply::Progress {
@@ -69,7 +72,8 @@ impl Daemon {
                 total: done.map(|d| d.1),
             });
         });
-        let repo = Repo::new(&location, self.backup_dir().join("cache"), report);
+        let access = self.backup_access(&target)?;
+        let repo = Repo::new(target, access, self.backup_dir().join("cache"), report);
         let pw_file = self.backup_password_file();
         let password = match crate::notify::read_secret(&pw_file) {
             Ok(p) => p,
@@ -86,6 +90,60 @@ impl Daemon {
             Err(e) => return Err(e),
         };
         Ok((Arc::new(repo), password))
+    }
+
+    /// What reaching the repository takes: ssh's key, pinned host key and control socket
+    /// directory; S3's region and access key (read from its 0600 file).
+    fn backup_access(&self, target: &Target) -> Result<Access> {
+        let b = &self.config.backup;
+        let ssh_dir = self.backup_dir().join("ssh");
+        let mut known_hosts = None;
+        if let Target::Sftp { host, port, .. } = target {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&ssh_dir)
+                .map_err(|e| Error::failed(format!("cannot create {}: {e}", ssh_dir.display())))?;
+            if let Some(key) = &b.sftp_host_key {
+                // ssh's known_hosts form: "[host]:port" when the port is not 22.
+                let pattern = match port {
+                    Some(p) if *p != 22 => format!("[{host}]:{p}"),
+                    _ => host.clone(),
+                };
+                let file = ssh_dir.join("known_hosts");
+                write_private(&file, format!("{pattern} {}\n", key.trim()).as_bytes())?;
+                known_hosts = Some(file);
+            }
+        }
+        let mut s3_credentials = None;
+        if let Target::S3 { .. } = target {
+            let file = b
+                .s3_credentials_file
+                .clone()
+                .unwrap_or_else(|| self.backup_dir().join("s3-credentials"));
+            if !file.exists() {
+                return Err(Error::bad_input(format!(
+                    "the S3 repository's access key file {} does not exist",
+                    file.display()
+                ))
+                .hint(format!("write AWS_ACCESS_KEY_ID=... and AWS_SECRET_ACCESS_KEY=... lines to it, readable by root only: install -m 600 /dev/stdin {}", file.display())));
+            }
+            let text = crate::notify::read_secret(&file)?;
+            let creds = S3Credentials::parse(&text).map_err(|e| {
+                Error::bad_input(format!("{}: {e}", file.display()))
+                    .hint("it holds two lines, AWS_ACCESS_KEY_ID=... and AWS_SECRET_ACCESS_KEY=...")
+            })?;
+            s3_credentials = Some(creds);
+        }
+        Ok(Access {
+            sftp: SftpAccess {
+                key: b.sftp_key.clone(),
+                known_hosts,
+                control_dir: ssh_dir,
+            },
+            s3_region: b.s3_region.clone(),
+            s3_credentials,
+        })
     }
 
     /// `ilot backup init`: makes the repository, and its password when there is none yet
