@@ -466,10 +466,21 @@ pub struct Backup {
     /// loads it back.
     #[serde(default)]
     pub dump: Vec<Dump>,
+    /// Commands that bring the app to a consistent state for the whole backup (its dumps and
+    /// its files taken at one moment: Nextcloud's maintenance mode), and back.
     #[serde(default)]
-    pub pre: Option<Vec<String>>,
-    #[serde(default)]
-    pub post: Option<Vec<String>>,
+    pub quiesce: Vec<Quiesce>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Quiesce {
+    pub service: String,
+    /// Run before the dumps; a failure stops the backup (after `resume`).
+    pub cmd: Vec<String>,
+    /// Run once the files are read, whatever happened; and in a restored copy, which was
+    /// backed up quiesced.
+    pub resume: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -713,6 +724,17 @@ impl Manifest {
             for v in &b.volumes {
                 if !self.volumes.contains_key(v) {
                     return Err(format!("backup: unknown volume {v:?}"));
+                }
+            }
+            for q in &b.quiesce {
+                if !self.services.contains_key(&q.service)
+                    || q.cmd.is_empty()
+                    || q.resume.is_empty()
+                {
+                    return Err(format!(
+                        "backup quiesce in {:?}: needs a service, a cmd and a resume cmd",
+                        q.service
+                    ));
                 }
             }
             for d in &b.dump {

@@ -335,8 +335,51 @@ fn an_app_with_a_database_comes_back_with_its_dump_loaded() {
         "INSERT INTO standin_settings (k, v) VALUES ('marker', 'before-the-backup')",
     );
     ilot.ok(&["backup", "init"]);
+    let maintenance = |instance: &str| -> Value {
+        let out = docker_ok(&[
+            "exec",
+            &format!("ilot-{instance}-web"),
+            "python3",
+            "-c",
+            "import json,urllib.request; print(urllib.request.urlopen('http://127.0.0.1/status.php').read().decode())",
+        ]);
+        serde_json::from_str::<Value>(&out).unwrap()["maintenance"].clone()
+    };
+    assert_eq!(maintenance(&nc), Value::Bool(false));
     let run = ilot.json(&["backup", "run", &nc]);
     let id = run["snapshots"][0]["id"].as_str().unwrap().to_string();
+    // The files were read in maintenance mode (the manifest's quiesce, through occ), and
+    // Nextcloud is out of it again.
+    assert_eq!(
+        maintenance(&nc),
+        Value::Bool(false),
+        "resumed after the backup"
+    );
+    let html = docker_ok(&[
+        "volume",
+        "inspect",
+        &format!("ilot-{nc}-html"),
+        "--format",
+        "{{.Mountpoint}}",
+    ]);
+    let out = std::process::Command::new("restic")
+        .args([
+            "-r",
+            &format!("{}/repo", repo.0.display()),
+            "--password-file",
+        ])
+        .arg(ilot.dir.join("state/backup/password"))
+        .args(["dump", "--no-lock", "--no-cache", &id])
+        .arg(format!("{html}/config/ilot-standin.json"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let saved: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(saved["maintenance"], Value::Bool(true), "{saved}");
     psql(
         &nc,
         "UPDATE standin_settings SET v = 'changed' WHERE k = 'marker'",
@@ -370,9 +413,11 @@ fn an_app_with_a_database_comes_back_with_its_dump_loaded() {
         "changed",
         "the original is untouched"
     );
-    // The html volume came back too, and the copy serves.
+    // The html volume came back too, out of the maintenance mode it was saved in, and the
+    // copy serves.
     let show = ilot.json(&["app", "show", &copy]);
     assert_eq!(show["status"], "running", "{show}");
+    assert_eq!(maintenance(&copy), Value::Bool(false), "the copy resumed");
 }
 
 #[test]

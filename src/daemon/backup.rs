@@ -287,6 +287,51 @@ impl Daemon {
             .create(staging.join("dumps"))
             .map_err(|e| Error::failed(format!("cannot create {}: {e}", staging.display())))?;
         let spec = inst.manifest.needs.backup.clone().unwrap_or_default();
+        // Quiesced (e.g. maintenance mode) from before the dumps until the files are read, so
+        // the database and the files are of one moment; resumed whatever happens.
+        let mut quiesced = Vec::new();
+        let mut result = async {
+            for q in &spec.quiesce {
+                progress.step(format!("quiescing {} ({})", inst.name, q.service));
+                run_in(engine, &inst.name, &q.service, &q.cmd, "quiesce").await?;
+                quiesced.push(q);
+            }
+            self.backup_instance_files(repo, password, inst, &spec, &staging, progress)
+                .await
+        }
+        .await;
+        for q in quiesced.into_iter().rev() {
+            progress.step(format!("resuming {} ({})", inst.name, q.service));
+            if let Err(e) = run_in(engine, &inst.name, &q.service, &q.resume, "resume").await {
+                tracing::error!("backup: {} did not resume: {}", inst.name, e.message);
+                if result.is_ok() {
+                    result = Err(Error::failed(format!(
+                        "{} was backed up but did not resume: {}",
+                        inst.name, e.message
+                    ))
+                    .hint(format!(
+                        "run its resume command by hand: docker exec {} {}",
+                        plan::container_name(&inst.name, &q.service),
+                        q.resume.join(" ")
+                    )));
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&staging);
+        result
+    }
+
+    /// The dumps, then the volumes read with their writers paused, into one snapshot.
+    async fn backup_instance_files(
+        &self,
+        repo: &Arc<Repo>,
+        password: &str,
+        inst: &Instance,
+        spec: &crate::catalog::Backup,
+        staging: &Path,
+        progress: &Progress<'_>,
+    ) -> Result<crate::backup::Snapshot> {
+        let engine = self.engine()?;
         let mut dumps = Vec::new();
         for d in &spec.dump {
             let container = plan::container_name(&inst.name, &d.service);
@@ -352,7 +397,7 @@ impl Daemon {
         for c in &frozen {
             engine.set_paused(c, true).await?;
         }
-        let mut paths = vec![staging.clone()];
+        let mut paths = vec![staging.to_path_buf()];
         paths.extend(volumes.values().cloned());
         let (r, pw, name, app) = (
             repo.clone(),
@@ -366,7 +411,6 @@ impl Daemon {
                 tracing::error!("backup: cannot thaw {c}: {}", e.message);
             }
         }
-        let _ = std::fs::remove_dir_all(&staging);
         result
     }
 
@@ -731,6 +775,19 @@ impl Daemon {
         if !saved.dumps.is_empty() {
             self.restart(&name, progress).await?;
         }
+        // It was backed up quiesced (in maintenance mode, say): the copy resumes.
+        for q in &spec.quiesce {
+            progress.step(format!("resuming {name} ({})", q.service));
+            run_in(engine, &name, &q.service, &q.resume, "resume")
+                .await
+                .map_err(|e| {
+                    e.hint(format!(
+                        "the instance {name} is restored; run its resume command by hand: docker exec {} {}",
+                        plan::container_name(&name, &q.service),
+                        q.resume.join(" ")
+                    ))
+                })?;
+        }
         self.bus.publish(
             "restored",
             Some(&name),
@@ -891,6 +948,27 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 }
 
 /// Writes a file only root can read (created 0600, so never readable in between).
+/// Runs one of the manifest's backup commands in a service of an instance; a non-zero exit is
+/// an error with the command's last line.
+async fn run_in(
+    engine: &crate::runtime::Engine,
+    instance: &str,
+    service: &str,
+    cmd: &[String],
+    what: &str,
+) -> Result<()> {
+    let container = plan::container_name(instance, service);
+    let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
+    let (code, out) = engine.exec_output(&container, &args, 64 * 1024).await?;
+    if code != 0 {
+        return Err(Error::failed(format!(
+            "the {what} command in {service} exited with {code}: {}",
+            out.lines().last().unwrap_or_default()
+        )));
+    }
+    Ok(())
+}
+
 fn write_private(path: &Path, data: &[u8]) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;

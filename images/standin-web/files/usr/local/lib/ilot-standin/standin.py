@@ -252,8 +252,9 @@ def install(role, cfg, db):
         if role == "nextcloud":
             os.makedirs(os.path.join(vol, "config"), exist_ok=True)
             path = os.path.join(vol, "config", "ilot-standin.json")
+            kept = nc_config()  # like config.php: what occ wrote (maintenance) stays
             with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640), "w") as f:
-                json.dump({"db": cfg["db"]}, f)
+                json.dump({**kept, "db": cfg["db"]}, f)
         if role == "peertube":
             os.makedirs("/data/videos", exist_ok=True)
         if os.geteuid() == 0:  # what we made belongs to the volume's owner, as upstream's chown does
@@ -443,6 +444,10 @@ class App:
             ("GET", "/ghost/api/admin/settings"): self.ghost_settings,
             ("PUT", "/ghost/api/admin/settings"): self.ghost_settings,
         }
+        # Nextcloud in maintenance mode answers 503 but for status.php, as upstream does.
+        if self.role == "nextcloud" and path != "/status.php" and not path.startswith("/.ilot-standin/") \
+                and nc_config().get("maintenance"):
+            return 503, b"Nextcloud is in maintenance mode\n", ()
         prefix = {"nextcloud": "/status.php", "peertube": "/api/", "ghost": "/ghost/"}[self.role]
         key = (method, path.rstrip("/") or "/")
         if key not in routes or not (key[1].startswith(("/.ilot-standin/", prefix)) or key[1] == "/"):
@@ -461,7 +466,7 @@ class App:
             raise Reply(400, b"Access through untrusted domain\n")
 
     def nc_status(self, h):
-        return 200, {"installed": True, "maintenance": False, "needsDbUpgrade": False, "version": NC_VERSION,
+        return 200, {"installed": True, "maintenance": bool(nc_config().get("maintenance")), "needsDbUpgrade": False, "version": NC_VERSION,
                      "versionstring": NC_VERSION.rsplit(".", 1)[0], "edition": "",
                      "productname": "Nextcloud (ilot stand-in)", "extendedSupport": False}, ()
 
@@ -636,6 +641,40 @@ def serve():
     server.serve_forever()
 
 
+NC_CONFIG = "/var/www/html/config/ilot-standin.json"
+
+
+def nc_config():
+    """The stand-in's config.php: {} before the install wrote it."""
+    try:
+        with open(NC_CONFIG) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def occ(args):
+    """Nextcloud's occ, the command ilot's manifest runs: maintenance:mode --on|--off, kept in
+    the config file (config.php's 'maintenance' upstream), as the file's owner only."""
+    try:
+        owner = os.stat(NC_CONFIG).st_uid
+    except OSError:
+        sys.exit("Nextcloud is not installed - only a limited number of commands are available")
+    if os.geteuid() != owner:
+        sys.exit("Console has to be executed with the user that owns the file config/config.php\n"
+                 f"Current user id: {os.geteuid()}\nOwner id of config.php: {owner}")
+    if args not in (["maintenance:mode", "--on"], ["maintenance:mode", "--off"]):
+        sys.exit(f"occ (ilot stand-in): only maintenance:mode --on|--off, not {' '.join(args)}")
+    on = args[1] == "--on"
+    c = nc_config()
+    c["maintenance"] = on
+    with open(NC_CONFIG + ".new", "w") as f:
+        json.dump(c, f)
+    os.chmod(NC_CONFIG + ".new", 0o640)
+    os.replace(NC_CONFIG + ".new", NC_CONFIG)
+    print("Maintenance mode enabled" if on else "Maintenance mode disabled")
+
+
 def cron():
     """A heartbeat in cron_runs every ILOT_STANDIN_CRON_EVERY seconds, whatever the database's state."""
     every = float(E.get("ILOT_STANDIN_CRON_EVERY") or 5)
@@ -668,5 +707,7 @@ if __name__ == "__main__":
         serve()
     elif command == "cron":
         cron()
+    elif command == "occ":
+        occ(sys.argv[2:])
     else:
-        sys.exit(f"usage: {sys.argv[0]} serve|cron")
+        sys.exit(f"usage: {sys.argv[0]} serve|cron|occ ARGS")
