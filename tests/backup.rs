@@ -521,7 +521,7 @@ fn a_new_machine_comes_back_from_the_repository_and_its_password() {
 /// The round trip every repository must do, on a remote one: the demo app backed up, its data
 /// changed, the snapshot restored as a new instance with every file as it was, the repository
 /// checked byte for byte; then a second run that retention (keep_last = 1) leaves alone.
-/// Returns the restored snapshot's id.
+/// Returns the instance's name.
 fn remote_round_trip(ilot: &Ilot) -> String {
     let name = unique("rm");
     ilot.ok(&["app", "install", "hello", "--name", &name]);
@@ -556,14 +556,15 @@ fn remote_round_trip(ilot: &Ilot) -> String {
         .map(|s| s["id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(kept, [newest], "keep_last = 1 keeps the newest only");
-    id
+    assert_ne!(newest, id);
+    name
 }
 
 const KEEP_ONE: &str = "keep_last = 1\nkeep_daily = 0\nkeep_weekly = 0\nkeep_monthly = 0\n";
 
 #[test]
 fn an_sftp_repository_round_trips_and_a_wrong_host_key_is_refused() {
-    let server = storage::SftpServer::start();
+    let mut server = storage::SftpServer::start();
     let location = format!(
         "sftp://root@127.0.0.1:{}/{}/repo",
         server.port,
@@ -589,7 +590,7 @@ fn an_sftp_repository_round_trips_and_a_wrong_host_key_is_refused() {
     drop(wrong);
 
     let ilot = Ilot::start_full(&[], &config(&server.host_key));
-    remote_round_trip(&ilot);
+    let name = remote_round_trip(&ilot);
     // The files are on the server, in restic's layout.
     let repo = server.root.join("repo");
     assert!(repo.join("config").is_file() && repo.join("data/00").is_dir());
@@ -615,6 +616,60 @@ fn an_sftp_repository_round_trips_and_a_wrong_host_key_is_refused() {
     );
     let snaps: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(snaps.as_array().unwrap().len(), 1, "{snaps}");
+
+    // The server goes away in the middle of a run (its sessions cut): the run fails and says
+    // so, the snapshot before it stays whole, and once the server is back the next run works.
+    let kept = snapshots(&ilot);
+    let container = format!("ilot-{name}-web");
+    docker_ok(&[
+        "exec",
+        &container,
+        "sh",
+        "-c",
+        "head -c 400000000 /dev/urandom > /data/big.bin",
+    ]);
+    let run = std::process::Command::new(BIN)
+        .arg("--socket")
+        .arg(&ilot.socket)
+        .args(["backup", "run", &name])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while docker_ok(&["inspect", &container, "--format", "{{.State.Status}}"]) != "paused" {
+        assert!(
+            Instant::now() < deadline,
+            "the backup never paused {container}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.stop();
+    let out = run.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("backup failed") && err.contains("intact"),
+        "{err}"
+    );
+    assert_eq!(
+        docker_ok(&["inspect", &container, "--format", "{{.State.Status}}"]),
+        "running",
+        "thawed after the failure"
+    );
+    server.restart();
+    assert_eq!(
+        snapshots(&ilot),
+        kept,
+        "the failed run added and removed nothing"
+    );
+    let again = ilot.json(&["backup", "run", &name]);
+    assert!(
+        again["snapshots"][0]["bytes"].as_u64().unwrap() > 400_000_000,
+        "{again}"
+    );
+    let check = ilot.json(&["backup", "check"]);
+    assert_eq!(check["ok"], Value::Bool(true), "{check}");
 }
 
 #[test]
