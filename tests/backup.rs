@@ -555,7 +555,11 @@ fn remote_round_trip(ilot: &Ilot) -> String {
         .filter(|s| s["instance"] == name.as_str())
         .map(|s| s["id"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(kept, [newest], "keep_last = 1 keeps the newest only");
+    assert_eq!(
+        kept,
+        std::slice::from_ref(&newest),
+        "keep_last = 1 keeps the newest only"
+    );
     assert_ne!(newest, id);
     name
 }
