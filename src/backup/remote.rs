@@ -252,9 +252,15 @@ impl S3Store {
         region: &str,
         creds: &S3Credentials,
     ) -> Result<S3Store, String> {
-        // OpenDAL's HTTP client is built without a TLS provider of its own: ring, the one
-        // every other TLS client here uses (a second install is a no-op).
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        // OpenDAL's HTTP client (reqwest), installed once, on ring: the TLS provider every
+        // other client here uses (OpenDAL's own default would build aws-lc).
+        static HTTP: std::sync::Once = std::sync::Once::new();
+        HTTP.call_once(|| {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            opendal::HttpTransporter::install_default(
+                opendal_http_transport_reqwest::ReqwestTransport::default(),
+            );
+        });
         // Only what is configured: no ~/.aws files, no instance-metadata address.
         let builder = opendal::services::S3::default()
             .endpoint(endpoint)

@@ -258,16 +258,18 @@ impl Daemon {
             weekly: b.keep_weekly,
             monthly: b.keep_monthly,
         };
-        progress.step("applying the retention");
-        let (r, pw) = (repo.clone(), password.clone());
-        let forgotten = blocking(move || r.forget(&pw, keep)).await?;
+        // After a failure, no retention: the snapshots it would thin out may be the newest
+        // good ones.
         if !errors.is_empty() {
             return Err(Error::failed(format!(
                 "backup failed for {}",
                 errors.join("; ")
             ))
-            .hint("the earlier snapshots are intact; see `ilot app logs INSTANCE` and run `ilot backup run` again"));
+            .hint("the earlier snapshots are intact (no retention ran); see `ilot app logs INSTANCE` and run `ilot backup run` again"));
         }
+        progress.step("applying the retention");
+        let (r, pw) = (repo.clone(), password.clone());
+        let forgotten = blocking(move || r.forget(&pw, keep)).await?;
         Ok(json!({ "snapshots": made, "forgotten": forgotten }))
     }
 
