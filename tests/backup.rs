@@ -587,7 +587,8 @@ fn an_sftp_repository_round_trips_and_a_wrong_host_key_is_refused() {
     );
     let err = wrong.fails(&["backup", "init"], 1);
     assert!(
-        err.contains("cannot reach the backup repository") && err.contains("host key"),
+        err.contains("cannot reach the backup repository")
+            && err.contains("Host key verification failed"),
         "{err}"
     );
     assert!(!server.root.join("repo").exists());
@@ -714,7 +715,10 @@ fn an_s3_repository_round_trips_and_a_wrong_secret_is_refused() {
     // A wrong secret: the server refuses the signature, and nothing is made.
     write_creds("not-the-secret-key");
     let err = ilot.fails(&["backup", "init"], 1);
-    assert!(err.contains("cannot"), "{err}");
+    assert!(
+        err.contains("cannot read the backup repository") && err.contains("SignatureDoesNotMatch"),
+        "{err}"
+    );
     assert!(
         !ilot.log().contains("not-the-secret-key"),
         "a secret is in the log"
