@@ -238,9 +238,16 @@ pub struct S3Store {
 }
 
 fn s3_error(e: opendal::Error) -> StoreError {
+    use opendal::ErrorKind as K;
+    let message = match e.kind() {
+        // A HEAD's 403 has no body to quote: say what it means.
+        K::PermissionDenied => "the S3 server refused the access key (HTTP 403: a wrong key or secret in s3_credentials_file, a wrong s3_region, or no right to the bucket)".to_string(),
+        K::NotFound => format!("not found: {e}"),
+        _ => e.to_string(),
+    };
     StoreError {
-        not_found: e.kind() == opendal::ErrorKind::NotFound,
-        message: e.to_string(),
+        not_found: e.kind() == K::NotFound,
+        message,
     }
 }
 
