@@ -133,6 +133,17 @@ fn smarthost(user: &str, password: &str) -> Smarthost {
 }
 
 impl Smarthost {
+    /// How many messages it accepted.
+    fn count(&self) -> usize {
+        std::fs::read_dir(&self.dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "eml"))
+            })
+            .count()
+    }
+
     /// The n-th message it accepted (1-based): (raw message, envelope).
     fn message(&self, n: usize) -> Option<(Vec<u8>, Value)> {
         let raw = std::fs::read(self.dir.join(format!("{n}.eml"))).ok()?;
@@ -153,11 +164,15 @@ fn gateway(instance: &str) -> String {
 }
 
 /// The DKIM-Signature's selector, and whether dkimpy verifies the message with `txt` as the
-/// answer to every TXT lookup of that selector.
-fn dkim_verify(raw: &[u8], txt: &BTreeMapTxt) -> (String, bool) {
+/// answer to every TXT lookup of that selector. `what` names the message in a failure, which
+/// shows the message's header.
+fn dkim_verify(what: &str, raw: &[u8], txt: &BTreeMapTxt) -> (String, bool) {
     let text = String::from_utf8_lossy(raw);
     let header: String = {
-        let start = text.find("DKIM-Signature:").expect("no DKIM-Signature");
+        let Some(start) = text.find("DKIM-Signature:") else {
+            let head = text.split("\r\n\r\n").next().unwrap_or_default();
+            panic!("{what}: no DKIM-Signature in the relayed message, whose header is:\n{head}");
+        };
         let mut h = String::new();
         for (i, l) in text[start..].lines().enumerate() {
             if i > 0 && !l.starts_with([' ', '\t']) {
@@ -177,7 +192,7 @@ fn dkim_verify(raw: &[u8], txt: &BTreeMapTxt) -> (String, bool) {
             })
             .unwrap_or_default()
     };
-    assert_eq!(tag("d"), "example.org", "{header}");
+    assert_eq!(tag("d"), "example.org", "{what}: {header}");
     let selector = tag("s");
     let dir = std::env::temp_dir().join(format!("ilot-dkim-{}", unique("")));
     std::fs::create_dir_all(&dir).unwrap();
@@ -198,7 +213,7 @@ fn dkim_verify(raw: &[u8], txt: &BTreeMapTxt) -> (String, bool) {
     let verdict = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "dkimpy: {}",
+        "{what}: dkimpy: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     (selector, verdict.trim() == "True")
@@ -469,7 +484,7 @@ fn mail_is_delivered_read_submitted_signed_relayed_and_exported() {
             .contains("friend@example.net"),
         "{envelope}"
     );
-    let (selector, valid) = dkim_verify(&raw, &published_dkim(&ilot));
+    let (selector, valid) = dkim_verify("the submitted message", &raw, &published_dkim(&ilot));
     assert_eq!(selector, "ilot1");
     assert!(
         valid,
@@ -601,6 +616,8 @@ fn mail_is_delivered_read_submitted_signed_relayed_and_exported() {
 #[test]
 fn dkim_rotation_never_signs_with_a_key_that_is_not_published() {
     // ilot serves example.org itself and asks its own server whether the new key resolves.
+    // The old key retires 10 s after the switch: long enough to see it still published once
+    // the switch shows, on a loaded machine too.
     let dns_port = {
         let l = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -610,7 +627,7 @@ fn dkim_rotation_never_signs_with_a_key_that_is_not_published() {
         &format!(
             "[host]\nipv4 = \"203.0.113.10\"\n\n[dns]\nlisten = [\"127.0.0.1:{dns_port}\"]\nresolvers = [\"127.0.0.1:{dns_port}\"]\n\n\
              [[dns.zones]]\nname = \"example.org\"\nmode = \"serve\"\n\n\
-             [mail]\ndkim_retire_after = \"4s\"\ndkim_check_every = \"1s\"\n"
+             [mail]\ndkim_retire_after = \"10s\"\ndkim_check_every = \"1s\"\n"
         ),
     );
     let srv = install(&ilot);
@@ -655,7 +672,7 @@ fn dkim_rotation_never_signs_with_a_key_that_is_not_published() {
         assert!(ok, "{out}");
         sent += 1;
         let (raw, _) = wait_until(label, 30, || relay.message(sent));
-        let selector = dkim_verify(&raw, &BTreeMapTxt(Default::default())).0;
+        let selector = dkim_verify(label, &raw, &BTreeMapTxt(Default::default())).0;
         let published = dig(&selector);
         assert!(
             published.starts_with("v=DKIM1"),
@@ -663,7 +680,7 @@ fn dkim_rotation_never_signs_with_a_key_that_is_not_published() {
         );
         let txt = BTreeMapTxt([(format!("{selector}._domainkey.example.org"), published)].into());
         assert!(
-            dkim_verify(&raw, &txt).1,
+            dkim_verify(label, &raw, &txt).1,
             "{label}: the signature does not verify with the served key"
         );
         selector
@@ -688,6 +705,34 @@ fn dkim_rotation_never_signs_with_a_key_that_is_not_published() {
         Some(()).filter(|_| dig("ilot1").is_empty())
     });
     assert_eq!(send_and_check("later"), "ilot2");
+    // A signer that cannot sign (here: its key is gone) defers the message, which the client
+    // sends again later: it is never relayed unsigned.
+    let key = ilot.dir.join(format!(
+        "state/mail/{}/dkim/example.org.ilot2.key",
+        srv.name
+    ));
+    let aside = key.with_extension("aside");
+    std::fs::rename(&key, &aside).unwrap();
+    let (ok, out) = submit(
+        srv.submission,
+        "bob@example.org",
+        BOB_PW,
+        "bob@example.org",
+        "friend@example.net",
+        "unsignable",
+    );
+    std::fs::rename(&aside, &key).unwrap();
+    assert!(
+        !ok && out.contains(" 451 4.7.1 DKIM signing for example.org is not ready"),
+        "deferred, not sent: {out}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        relay.count(),
+        4,
+        "nothing relayed but the 4 signed messages"
+    );
+    assert_eq!(send_and_check("signable again"), "ilot2");
     let events = ilot.ok(&["events"]);
     assert!(
         events.contains("mail is now signed with ilot2") && events.contains("ilot1 is withdrawn"),

@@ -362,7 +362,9 @@ check "key rotation: after reload, mail is signed with s=ilot2" signed_with "$he
 check "health: exit 0" in_ctr ilot-mail health
 check "quota: bob's limit is 2 GiB (userdb_quota_rule)" grep -q "STORAGE *[0-9]* *2097152 " <<<"$(in_ctr doveadm quota get -u bob@example.org)"
 check "quota: ann has none" grep -q "STORAGE *[0-9]* *- " <<<"$(in_ctr doveadm quota get -u ann@example.org)"
-check "milter_default_action = accept (mail flows when rspamd is down)" postconf_is milter_default_action accept
+check "milter_default_action = accept (inbound mail flows when rspamd is down)" postconf_is milter_default_action accept
+check "submission: the milter tempfails when rspamd is down (never sent unsigned)" \
+	grep -q "default_action=tempfail" <<<"$(in_ctr postconf -Phx submission/inet/smtpd_milters)"
 
 # --- throughput and memory -----------------------------------------------------------------------
 

@@ -570,18 +570,28 @@ pub fn render(state: &MailState, state_dir: &Path, dir: &Path, hostname: &str) -
         })),
         true,
     );
+    // The keys go before the map that names them (files are written in this order). A key
+    // leaves the container only when it leaves DNS: after a rotation switched the map, an
+    // rspamd worker that has not re-read it yet (the map is watched every few seconds, and a
+    // reload lets old workers finish their sessions) still signs with the previous selector,
+    // and must find its key, which is still published while it retires.
     let mut selectors = String::new();
     for (domain, k) in &state.dkim {
         selectors.push_str(&format!("{domain} {}\n", k.signing));
-        let pem =
-            std::fs::read_to_string(key_dir(state_dir, domain).join(format!("{}.key", k.signing)))
-                .map_err(|e| {
-                    Error::failed(format!(
-                        "the DKIM key {} of {domain} is missing: {e}",
-                        k.signing
-                    ))
-                })?;
+        let dir = key_dir(state_dir, domain);
+        let pem = std::fs::read_to_string(dir.join(format!("{}.key", k.signing))).map_err(|e| {
+            Error::failed(format!(
+                "the DKIM key {} of {domain} is missing: {e}",
+                k.signing
+            ))
+        })?;
         add(&format!("dkim/{domain}.{}.key", k.signing), pem, true);
+        for old in k.retiring.keys().filter(|s| **s != k.signing) {
+            // (A retiring key whose file is gone is not published either: it stays out.)
+            if let Ok(pem) = std::fs::read_to_string(dir.join(format!("{old}.key"))) {
+                add(&format!("dkim/{domain}.{old}.key"), pem, true);
+            }
+        }
     }
     add("dkim/selectors.map", selectors, false);
 
@@ -593,7 +603,7 @@ pub fn render(state: &MailState, state_dir: &Path, dir: &Path, hostname: &str) -
     for f in &files {
         changed |= write_if_changed(&dir.join(&f.name), &f.content, f.secret)?;
     }
-    // Keys no longer signing leave the container.
+    // Keys no longer published (withdrawn, or of a removed domain) leave the container.
     if let Ok(entries) = std::fs::read_dir(dir.join("dkim")) {
         for e in entries.flatten() {
             let name = format!("dkim/{}", e.file_name().to_string_lossy());
@@ -765,6 +775,43 @@ mod tests {
         assert!(render(&s, &state_dir, &out, "mail.example.org").unwrap());
         assert_eq!(read("relay_password"), "");
         assert!(!read("postfix.cf").contains("relayhost"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_retiring_key_stays_in_the_container_until_it_is_withdrawn() {
+        let dir = std::env::temp_dir().join(format!("ilot-mail-rotate-{}", std::process::id()));
+        let state_dir = dir.join("state");
+        let out = dir.join("out");
+        let mut s = server();
+        new_key(&state_dir, "example.org", "ilot1").unwrap();
+        new_key(&state_dir, "example.org", "ilot2").unwrap();
+        s.dkim.insert(
+            "example.org".into(),
+            Dkim {
+                signing: "ilot1".into(),
+                pending: Some("ilot2".into()),
+                ..Default::default()
+            },
+        );
+        render(&s, &state_dir, &out, "mail.example.org").unwrap();
+        let has = |n: &str| out.join("dkim").join(n).exists();
+        assert!(has("example.org.ilot1.key") && !has("example.org.ilot2.key"));
+        // The switch: the map names ilot2, and ilot1 (still published) stays for the workers
+        // that still read the old map.
+        let k = s.dkim.get_mut("example.org").unwrap();
+        k.signing = "ilot2".into();
+        k.pending = None;
+        k.retiring.insert("ilot1".into(), 1);
+        assert!(render(&s, &state_dir, &out, "mail.example.org").unwrap());
+        let map = std::fs::read_to_string(out.join("dkim/selectors.map")).unwrap();
+        assert_eq!(map, "example.org ilot2\n");
+        assert!(has("example.org.ilot1.key") && has("example.org.ilot2.key"));
+        // Withdrawn: it leaves DNS and the container together.
+        remove_key(&state_dir, "example.org", "ilot1").unwrap();
+        s.dkim.get_mut("example.org").unwrap().retiring.clear();
+        assert!(render(&s, &state_dir, &out, "mail.example.org").unwrap());
+        assert!(!has("example.org.ilot1.key") && has("example.org.ilot2.key"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
