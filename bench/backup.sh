@@ -24,6 +24,9 @@
 # Environment:
 #   ILOT_BIN          the binary (default target/release/ilot; built if missing)
 #   ILOT_BENCH_GIB    the volume's size in GiB (default 2)
+#   ILOT_BENCH_TARGET local (default) or sftp: both repositories on an OpenSSH sshd on loopback
+#                     started for the run (ilot through its SFTP backend, restic through ssh's
+#                     sftp subsystem; tar+gzip stays local). Needs /usr/sbin/sshd.
 #   ILOT_BENCH_OUT    where results are kept (default target/bench)
 set -euo pipefail
 
@@ -43,7 +46,11 @@ for c in docker jq restic tar gzip du; do
     command -v "$c" >/dev/null 2>&1 || die "$c is required (apt-get install ${c/docker/docker.io})"
 done
 
+TARGET=${ILOT_BENCH_TARGET:-local}
+[[ $TARGET == local || $TARGET == sftp ]] || die "ILOT_BENCH_TARGET must be local or sftp (got '$TARGET')"
+[[ $TARGET == local ]] || [[ -x /usr/sbin/sshd ]] || die "ILOT_BENCH_TARGET=sftp needs /usr/sbin/sshd (apt-get install openssh-server)"
 BENCH_DIR=$(mktemp -d /tmp/ilot-bench-XXXXXX)
+SSHD_PID=""
 SUFFIX=${BENCH_DIR##*-}
 OWNER=test-bench-$(printf %s "$SUFFIX" | tr "[:upper:]" "[:lower:]")
 SOCK=$BENCH_DIR/ilot.sock
@@ -63,6 +70,7 @@ cleanup() {
         timeout 120 "$BIN" --socket "$SOCK" app remove "$NAME" --purge >/dev/null 2>&1
         stop_pid "$DAEMON_PID" 10
     fi
+    [[ -n $SSHD_PID ]] && stop_pid "$SSHD_PID" 5
     docker_cleanup_owned exact "$OWNER"
     rm -rf -- "$BENCH_DIR"
     stop_started_dockerd
@@ -78,9 +86,49 @@ if [[ ! -x $BIN ]]; then
 fi
 ensure_docker "$BENCH_DIR"
 bash images/build.sh hello >/dev/null
+# Where the two repositories live; sizes are read in that directory either way.
+SRV=$BENCH_DIR/srv
+mkdir -p "$SRV"
+if [[ $TARGET == sftp ]]; then
+    mkdir -p /run/sshd
+    ssh-keygen -q -t ed25519 -N "" -f "$BENCH_DIR/host_key"
+    ssh-keygen -q -t ed25519 -N "" -f "$BENCH_DIR/client_key"
+    cp "$BENCH_DIR/client_key.pub" "$BENCH_DIR/authorized_keys"
+    SSH_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    cat >"$BENCH_DIR/sshd_config" <<SSHD
+ListenAddress 127.0.0.1:$SSH_PORT
+HostKey $BENCH_DIR/host_key
+PidFile $BENCH_DIR/sshd.pid
+AuthorizedKeysFile $BENCH_DIR/authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+Subsystem sftp internal-sftp
+SSHD
+    /usr/sbin/sshd -D -e -f "$BENCH_DIR/sshd_config" 2>"$BENCH_DIR/sshd.log" &
+    SSHD_PID=$!
+    HOST_KEY=$(cut -d' ' -f1,2 "$BENCH_DIR/host_key.pub")
+    printf '[127.0.0.1]:%s %s\n' "$SSH_PORT" "$HOST_KEY" >"$BENCH_DIR/known_hosts"
+    SSH_CMD="ssh -F /dev/null -i $BENCH_DIR/client_key -o UserKnownHostsFile=$BENCH_DIR/known_hosts -o StrictHostKeyChecking=yes -o BatchMode=yes -p $SSH_PORT root@127.0.0.1"
+    for _ in $(seq 50); do $SSH_CMD true 2>/dev/null && break; sleep 0.2; done
+    $SSH_CMD true || die "sshd did not start: $(cat "$BENCH_DIR/sshd.log")"
+    ILOT_REPO="sftp://root@127.0.0.1:$SSH_PORT/$SRV/ilot-repo"
+    RESTIC_REPO="sftp://root@127.0.0.1:$SSH_PORT/$SRV/restic-repo"
+    RESTIC_OPTS=(-o "sftp.command=$SSH_CMD -s sftp")
+    REPO_CONFIG="sftp_key = \"$BENCH_DIR/client_key\"
+sftp_host_key = \"$HOST_KEY\""
+else
+    ILOT_REPO=$SRV/ilot-repo
+    RESTIC_REPO=$SRV/restic-repo
+    RESTIC_OPTS=()
+    REPO_CONFIG=""
+fi
 bench_write_config "[backup]
-repository = \"$BENCH_DIR/ilot-repo\"
-at = \"off\""
+repository = \"$ILOT_REPO\"
+at = \"off\"
+$REPO_CONFIG"
 bench_start_daemon
 ilot_cli app install hello --name "$NAME" >/dev/null
 VOL=$(docker volume inspect "ilot-$NAME-data" --format '{{.Mountpoint}}')
@@ -100,8 +148,7 @@ chown -R 10001:10001 "$VOL/files"
 sync
 ilot_cli backup init --json >/dev/null
 export RESTIC_PASSWORD_FILE=$BENCH_DIR/state/backup/password
-RESTIC_REPO=$BENCH_DIR/restic-repo
-restic -r "$RESTIC_REPO" init >/dev/null
+restic -r "$RESTIC_REPO" "${RESTIC_OPTS[@]}" init >/dev/null
 
 size() { du -sb "$1" | cut -f1; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b - a) / 1000 }'; }
@@ -113,11 +160,11 @@ run_round() { # run_round ROUND
     t0=$(now_ms)
     ilot_cli backup run "$NAME" --json >"$BENCH_DIR/ilot-$r.json"
     T[ilot$r]=$(secs "$t0" "$(now_ms)")
-    S[ilot$r]=$(size "$BENCH_DIR/ilot-repo")
+    S[ilot$r]=$(size "$SRV/ilot-repo")
     t0=$(now_ms)
-    restic -r "$RESTIC_REPO" backup -q "$VOL" >/dev/null
+    restic -r "$RESTIC_REPO" "${RESTIC_OPTS[@]}" backup -q "$VOL" >/dev/null
     T[restic$r]=$(secs "$t0" "$(now_ms)")
-    S[restic$r]=$(size "$RESTIC_REPO")
+    S[restic$r]=$(size "$SRV/restic-repo")
     t0=$(now_ms)
     tar -C "$VOL" -czf "$BENCH_DIR/tar-$r.tar.gz" .
     T[tar$r]=$(secs "$t0" "$(now_ms)")
@@ -144,7 +191,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
 
 mkdir -p "$OUT_DIR"
 {
-    printf '\n==== results: bench/backup.sh (ILOT_BENCH_GIB=%s), %s, %s\n' "$GIB" "$(date -u +%Y-%m-%dT%H:%MZ)" "$(restic version | head -1)"
+    printf '\n==== results: bench/backup.sh (ILOT_BENCH_GIB=%s, ILOT_BENCH_TARGET=%s), %s, %s\n' "$GIB" "$TARGET" "$(date -u +%Y-%m-%dT%H:%MZ)" "$(restic version | head -1)"
     printf '%-26s %12s %12s %12s\n' "" "ilot" "restic" "tar+gzip"
     printf '%-26s %11ss %11ss %11ss\n' "first backup, time" "${T[ilot1]}" "${T[restic1]}" "${T[tar1]}"
     printf '%-26s %12s %12s %12s\n' "first backup, size" "$(mib "${S[ilot1]}")" "$(mib "${S[restic1]}")" "$(mib "${S[tar1]}")"
@@ -153,4 +200,4 @@ mkdir -p "$OUT_DIR"
     printf 'ratios (time, other / ilot): first: restic %s, tar %s; second: restic %s, tar %s\n' \
         "$(ratio "${T[restic1]}" "${T[ilot1]}")" "$(ratio "${T[tar1]}" "${T[ilot1]}")" \
         "$(ratio "${T[restic2]}" "${T[ilot2]}")" "$(ratio "${T[tar2]}" "${T[ilot2]}")"
-} | tee "$OUT_DIR/backup.txt"
+} | tee "$OUT_DIR/backup-$TARGET.txt"

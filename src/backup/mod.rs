@@ -41,6 +41,9 @@ pub struct Repo {
     access: Access,
     pub cache: PathBuf,
     progress: ProgressFn,
+    /// The connection, made by the job's first call and kept for its others (an SSH login
+    /// per call would be most of a small incremental run).
+    connected: std::sync::Mutex<Option<RepositoryBackends>>,
 }
 
 /// What reaching a remote repository takes.
@@ -97,11 +100,22 @@ impl Repo {
             access,
             cache,
             progress,
+            connected: std::sync::Mutex::new(None),
         }
     }
 
     /// The backend for the target; remote ones connect here (each job opens its own).
     fn backends(&self) -> Result<RepositoryBackends> {
+        let mut connected = self.connected.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = &*connected {
+            return Ok(b.clone());
+        }
+        let made = self.connect()?;
+        *connected = Some(made.clone());
+        Ok(made)
+    }
+
+    fn connect(&self) -> Result<RepositoryBackends> {
         let unreachable = |e: String| {
             Error::failed(format!(
                 "cannot reach the backup repository {}: {e}",

@@ -411,6 +411,34 @@ impl SftpStore {
     fn full(&self, path: &str) -> String {
         format!("{}/{path}", self.root)
     }
+
+    /// A directory's files (name, size) and sub-directories (full paths).
+    async fn list_one(&self, dir: &str) -> StoreResult<(Vec<(String, u64)>, Vec<String>)> {
+        let (mut files, mut dirs) = (Vec::new(), Vec::new());
+        let entries = self
+            .sftp
+            .fs()
+            .open_dir(dir)
+            .await
+            .map_err(sftp_error)?
+            .read_dir();
+        let mut entries = std::pin::pin!(entries);
+        while let Some(entry) = entries.next().await {
+            let entry = entry.map_err(sftp_error)?;
+            let name = entry.filename().to_string_lossy().to_string();
+            match entry.file_type() {
+                _ if name == "." || name == ".." => {}
+                Some(t) if t.is_dir() => dirs.push(format!("{dir}/{name}")),
+                Some(t) if t.is_file() => files.push((name, entry.metadata().len().unwrap_or(0))),
+                _ => {}
+            }
+        }
+        Ok((files, dirs))
+    }
+
+    async fn list_one_owned(&self, dir: String) -> StoreResult<(Vec<(String, u64)>, Vec<String>)> {
+        self.list_one(&dir).await
+    }
 }
 
 /// ssh's own words (e.g. "Host key verification failed.", "Permission denied (publickey).").
@@ -441,35 +469,17 @@ impl Store for SftpStore {
 
     fn list(&self, dir: &str, nested: bool) -> StoreResult<Vec<(String, u64)>> {
         block_on(async {
-            let mut out = Vec::new();
-            let mut dirs = vec![(self.full(dir), nested)];
-            while let Some((dir, deeper)) = dirs.pop() {
-                let entries = self
-                    .sftp
-                    .fs()
-                    .open_dir(&dir)
-                    .await
-                    .map_err(sftp_error)?
-                    .read_dir();
-                let mut entries = std::pin::pin!(entries);
-                while let Some(entry) = entries.next().await {
-                    let entry = entry.map_err(sftp_error)?;
-                    let name = entry.filename().to_string_lossy().to_string();
-                    if name == "." || name == ".." {
-                        continue;
-                    }
-                    match entry.file_type() {
-                        Some(t) if t.is_dir() && deeper => {
-                            dirs.push((format!("{dir}/{name}"), false))
-                        }
-                        Some(t) if t.is_file() => {
-                            out.push((name, entry.metadata().len().unwrap_or(0)))
-                        }
-                        _ => {}
-                    }
+            let (mut files, subdirs) = self.list_one(&self.full(dir)).await?;
+            if nested {
+                // data/00 .. data/ff: many round trips, made at once.
+                let mut listings = futures_util::stream::iter(subdirs)
+                    .map(|d| self.list_one_owned(d))
+                    .buffer_unordered(32);
+                while let Some(listing) = listings.next().await {
+                    files.extend(listing?.0);
                 }
             }
-            Ok(out)
+            Ok(files)
         })
     }
 
