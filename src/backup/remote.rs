@@ -345,7 +345,7 @@ impl Store for S3Store {
 pub struct SftpAccess {
     /// A private key file (none: ssh's own defaults and agent).
     pub key: Option<PathBuf>,
-    /// A known_hosts file that pins the server's key (none: the system's known hosts).
+    /// A known_hosts file with the server's key, in place of root's own (none: root's).
     pub known_hosts: Option<PathBuf>,
     /// Where ssh keeps its control socket (a private directory).
     pub control_dir: PathBuf,
@@ -369,8 +369,8 @@ fn sftp_error(e: openssh_sftp_client::Error) -> StoreError {
 }
 
 impl SftpStore {
-    /// Connects (ssh in batch mode: a key or agent, never a password prompt; the host key
-    /// must be known) and makes sure the repository's directory exists.
+    /// Connects: ssh in batch mode (a key or agent, never a password prompt), the host key
+    /// checked strictly (an unknown server is refused, never trusted on first sight).
     pub fn connect(target: &Target, access: &SftpAccess) -> Result<SftpStore, String> {
         let Target::Sftp {
             user,
