@@ -212,6 +212,75 @@ fn a_snapshot_restores_every_file_as_a_new_instance_and_only_its_password_opens_
 }
 
 #[test]
+fn a_restore_in_place_keeps_what_it_replaces() {
+    let repo = RepoDir::new();
+    let ilot = Ilot::start_full(&[], &repo.config(""));
+    let name = unique("rp");
+    ilot.ok(&["app", "install", "hello", "--name", &name]);
+    let volume = format!("ilot-{name}-data");
+    let container = format!("ilot-{name}-web");
+    docker_ok(&[
+        "exec",
+        &container,
+        "sh",
+        "-c",
+        "echo good > /data/state.txt",
+    ]);
+    ilot.ok(&["backup", "init"]);
+    let id = ilot.json(&["backup", "run", &name])["snapshots"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let good = volume_checksums(&volume);
+    // Then something goes wrong with the data.
+    docker_ok(&[
+        "exec",
+        &container,
+        "sh",
+        "-c",
+        "echo broken > /data/state.txt",
+    ]);
+    let broken = volume_checksums(&volume);
+    assert_ne!(broken, good);
+
+    // Bad requests change nothing.
+    let err = ilot.fails(&["backup", "restore", "latest"], 2);
+    assert!(err.contains("--instance"), "{err}");
+    let err = ilot.fails(&["backup", "restore", &id, "--instance", "someone-else"], 2);
+    assert!(err.contains("not of"), "{err}");
+    let err = ilot.fails(&["backup", "restore", "latest", "--instance", &name], 2);
+    assert!(
+        err.contains("never overwrites") && err.contains("--replace"),
+        "{err}"
+    );
+    assert_eq!(volume_checksums(&volume), broken);
+
+    // Asked to: the latest snapshot back in place, and what it replaced kept as a snapshot.
+    let out = ilot.json(&[
+        "backup",
+        "restore",
+        "latest",
+        "--instance",
+        &name,
+        "--replace",
+    ]);
+    assert_eq!(out["snapshot"], id.as_str(), "{out}");
+    assert_eq!(out["replaced"], Value::Bool(true), "{out}");
+    assert_eq!(volume_checksums(&volume), good);
+    assert_eq!(ilot.json(&["app", "show", &name])["status"], "running");
+    let before = out["before"]
+        .as_str()
+        .expect("the replaced state's snapshot");
+    let aside = unique("rpa");
+    ilot.ok(&["backup", "restore", before, "--as", &aside]);
+    assert_eq!(
+        volume_checksums(&format!("ilot-{aside}-data")),
+        broken,
+        "the replaced state is in its snapshot"
+    );
+}
+
+#[test]
 fn retention_keeps_the_newest_and_a_killed_backup_leaves_the_others_intact() {
     let repo = RepoDir::new();
     let mut ilot = Ilot::start_full(

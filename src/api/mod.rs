@@ -50,7 +50,14 @@ pub enum Request {
     /// instance's latest snapshot under its own name (those that exist are left alone).
     BackupRecover,
     BackupRestore {
+        /// An id (or its start), or "latest" (with `instance`).
         snapshot: String,
+        /// Only the snapshots of this instance.
+        #[serde(default)]
+        instance: Option<String>,
+        /// In place of the existing instance (backed up first).
+        #[serde(default)]
+        replace: bool,
         as_name: Option<String>,
         /// The new instance's domain (the original keeps its own).
         #[serde(default)]

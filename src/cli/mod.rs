@@ -419,10 +419,18 @@ enum BackupCommand {
     /// A restore drill: the latest snapshot of every instance (or one) restored as a throwaway
     /// instance, every file compared with the repository, health-checked, then removed.
     Drill { instance: Option<String> },
-    /// Restore a snapshot as a new instance (its original name if free, or --as NAME). An
-    /// existing instance is never overwritten.
+    /// Restore a snapshot (an id, or `latest` with --instance) as a new instance: its original
+    /// name if free, or --as NAME. An existing instance is overwritten only with --replace.
     Restore {
+        /// A snapshot id (or the start of one), or `latest`.
         snapshot: String,
+        /// Only this instance's snapshots (needed with `latest`).
+        #[arg(long)]
+        instance: Option<String>,
+        /// Put the snapshot back in place of the instance it was taken of: the instance as it
+        /// is now is backed up first, then removed with its data, then restored.
+        #[arg(long, conflicts_with_all = ["as_name", "domain"])]
+        replace: bool,
         /// The new instance's name.
         #[arg(long = "as", value_name = "NAME")]
         as_name: Option<String>,
@@ -671,10 +679,14 @@ pub fn main() -> i32 {
             BackupCommand::Drill { instance } => Request::BackupDrill { instance },
             BackupCommand::Restore {
                 snapshot,
+                instance,
+                replace,
                 as_name,
                 domain,
             } => Request::BackupRestore {
                 snapshot,
+                instance,
+                replace,
                 as_name,
                 domain,
             },

@@ -1012,16 +1012,21 @@ pub fn human(req: &Request, v: &Value) {
                 );
             }
         }
-        Request::BackupRestore { .. } => println!(
-            "{} restored from snapshot {} of {}{}",
-            s(&v["instance"]),
-            s(&v["snapshot"]),
-            s(&v["from"]),
-            v["url"]
-                .as_str()
-                .map(|u| format!(": {u}"))
-                .unwrap_or_default()
-        ),
+        Request::BackupRestore { .. } => {
+            println!(
+                "{} restored from snapshot {} of {}{}",
+                s(&v["instance"]),
+                s(&v["snapshot"]),
+                s(&v["from"]),
+                v["url"]
+                    .as_str()
+                    .map(|u| format!(": {u}"))
+                    .unwrap_or_default()
+            );
+            if let Some(before) = v["before"].as_str() {
+                println!("what it replaced is kept as snapshot {before}");
+            }
+        }
         Request::BackupCheck { .. } => {
             for f in v["findings"].as_array().into_iter().flatten() {
                 println!("{}", s(f));

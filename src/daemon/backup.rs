@@ -519,6 +519,113 @@ impl Daemon {
     }
 
     /// `ilot backup restore SNAPSHOT [--as NAME]`: a new instance from a snapshot.
+    /// `ilot backup restore SNAPSHOT [--instance NAME] [--replace | --as NEW [--domain D]]`:
+    /// the snapshot chosen (`latest` of an instance, or an id, checked against --instance),
+    /// then restored beside what exists, or with --replace in its place: the instance as it
+    /// is now backed up first (nothing is lost), removed with its data, then restored.
+    pub(super) async fn backup_restore_request(
+        self: &Arc<Self>,
+        snapshot: &str,
+        instance: Option<&str>,
+        replace: bool,
+        as_name: Option<String>,
+        domain: Option<String>,
+        progress: &Progress<'_>,
+    ) -> Result<Value> {
+        if let Some(i) = instance {
+            crate::names::check_instance_name(i)?;
+        }
+        let (repo, password) = self.backup_repo(progress)?;
+        let (r, pw) = (repo.clone(), password.clone());
+        let snaps = blocking(move || r.snapshots(&pw)).await?;
+        let of_instance = |s: &&crate::backup::Snapshot| {
+            instance.is_none_or(|i| s.instance == i) && !s.instance.is_empty()
+        };
+        let snap = if snapshot == "latest" {
+            let Some(i) = instance else {
+                return Err(Error::bad_input("`latest` needs --instance NAME")
+                    .hint("e.g. ilot backup restore latest --instance nextcloud"));
+            };
+            snaps
+                .iter()
+                .filter(of_instance)
+                .max_by(|a, b| a.time.cmp(&b.time))
+                .ok_or_else(|| {
+                    Error::not_found(format!("no snapshot of {i:?} in the repository"))
+                        .hint("see `ilot backup list`")
+                })?
+                .clone()
+        } else {
+            let matching: Vec<_> = snaps
+                .iter()
+                .filter(|s| s.id.starts_with(snapshot))
+                .collect();
+            match matching.as_slice() {
+                [one] if of_instance(one) => (*one).clone(),
+                [one] => {
+                    return Err(Error::bad_input(format!(
+                        "snapshot {} is of {:?}, not of {:?}",
+                        one.id,
+                        one.instance,
+                        instance.unwrap_or_default()
+                    ))
+                    .hint("see `ilot backup list`"))
+                }
+                // The ambiguous and the unknown: backup_restore says which.
+                _ => {
+                    return self
+                        .backup_restore(snapshot, as_name, domain, false, progress)
+                        .await
+                }
+            }
+        };
+        if !replace {
+            return self
+                .backup_restore(&snap.id, as_name, domain, false, progress)
+                .await;
+        }
+        let name = snap.instance.clone();
+        let current = self.instance(&name).map_err(|e| {
+            e.hint(format!(
+                "--replace restores in place of an existing {name}; without it the snapshot is restored as a new instance"
+            ))
+        })?;
+        progress.step(format!(
+            "backing up {name} as it is now, before replacing it"
+        ));
+        let safety = self
+            .backup_instance(&repo, &password, &current, progress)
+            .await
+            .map_err(|e| {
+                Error::failed(format!(
+                    "{name} was not replaced: the backup of its current state failed: {}",
+                    e.message
+                ))
+            })?;
+        progress.step(format!("removing {name} and its data"));
+        Box::pin(self.remove(
+            crate::api::RemoveParams {
+                name: name.clone(),
+                purge: true,
+                dry_run: false,
+            },
+            progress,
+        ))
+        .await?;
+        let restored = Box::pin(self.backup_restore(&snap.id, None, None, false, progress))
+            .await
+            .map_err(|e| {
+                e.hint(format!(
+                    "{name} was removed before this restore; its state just before is snapshot {}: `ilot backup restore {}` brings that back",
+                    safety.id, safety.id
+                ))
+            })?;
+        let mut reply = restored;
+        reply["replaced"] = json!(true);
+        reply["before"] = json!(safety.id);
+        Ok(reply)
+    }
+
     pub(super) async fn backup_restore(
         self: &Arc<Self>,
         snapshot: &str,
@@ -582,7 +689,7 @@ impl Daemon {
             return Err(Error::conflict(format!(
                 "an instance named {name:?} exists: a restore never overwrites one"
             ))
-            .hint(format!("restore beside it with --as NEW_NAME, or remove it first (`ilot app remove {name}` keeps its data)")));
+            .hint(format!("restore beside it with --as NEW_NAME, or in its place with --replace (`ilot backup restore SNAPSHOT --replace`: {name} as it is now is backed up first)")));
         }
         if self.store.kept(&name)?.is_some() {
             return Err(Error::conflict(format!(

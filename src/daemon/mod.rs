@@ -429,11 +429,20 @@ impl Daemon {
             Request::BackupDrill { instance } => self.backup_drill(instance, &progress).await,
             Request::BackupRestore {
                 snapshot,
+                instance,
+                replace,
                 as_name,
                 domain,
             } => {
-                self.backup_restore(&snapshot, as_name, domain, false, &progress)
-                    .await
+                self.backup_restore_request(
+                    &snapshot,
+                    instance.as_deref(),
+                    replace,
+                    as_name,
+                    domain,
+                    &progress,
+                )
+                .await
             }
             _ => unreachable!("read requests handled by handle()"),
         }
