@@ -949,4 +949,25 @@ mod tests {
         assert!(e.message.contains("docker"), "{}", e.message);
         assert!(Config::parse("[daemon\n", "f").is_err());
     }
+
+    #[test]
+    fn backup_targets_are_checked_at_load() {
+        for (text, says) in [
+            ("repository = \"backups\"", "absolute path"),
+            ("repository = \"sftp://nas\"", "no path"),
+            ("repository = \"s3:https://h/Bad_Bucket\"", "bucket"),
+            ("sftp_host_key = \"AAAA\"", "sftp_host_key"),
+            ("s3_region = \"Paris 1\"", "s3_region"),
+            ("s3_credentials_file = \"creds\"", "absolute path"),
+        ] {
+            let e = Config::parse(&format!("[backup]\n{text}\n"), "f.toml").unwrap_err();
+            assert!(e.message.contains(says), "{text}: {}", e.message);
+        }
+        let c = Config::parse(
+            "[backup]\nrepository = \"sftp:backup@nas.lan:/srv/ilot\"\nsftp_host_key = \"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl nas\"\n",
+            "f.toml",
+        )
+        .unwrap();
+        assert_eq!(c.backup.s3_region, "us-east-1");
+    }
 }
