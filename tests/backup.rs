@@ -41,6 +41,67 @@ fn snapshots(ilot: &Ilot) -> Vec<Value> {
         .clone()
 }
 
+/// Debian's restic on `location` with ilot's password file (and `extra` global options and
+/// environment): its standard output, or a panic with what it said.
+fn restic(
+    ilot: &Ilot,
+    location: &str,
+    extra: &[String],
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> Vec<u8> {
+    let out = std::process::Command::new("restic")
+        .args(["-r", location, "--password-file"])
+        .arg(ilot.dir.join("state/backup/password"))
+        .args(extra)
+        .args(["--no-lock", "--no-cache"])
+        .envs(env.iter().copied())
+        .args(args)
+        .output()
+        .expect("restic (tests/run.sh installs it)");
+    assert!(
+        out.status.success(),
+        "restic {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// The snapshots restic lists in `location`.
+fn restic_snapshots(
+    ilot: &Ilot,
+    location: &str,
+    extra: &[String],
+    env: &[(&str, &str)],
+) -> Vec<Value> {
+    let out = restic(ilot, location, extra, env, &["snapshots", "--json"]);
+    serde_json::from_slice::<Value>(&out)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// 400 MB of new random bytes in the instance's volume, then `ilot backup run NAME` started in
+/// the background (its output piped): a run long enough to be cut in the middle.
+fn start_big_backup_run(ilot: &Ilot, name: &str) -> std::process::Child {
+    docker_ok(&[
+        "exec",
+        &format!("ilot-{name}-web"),
+        "sh",
+        "-c",
+        "head -c 400000000 /dev/urandom > /data/big.bin",
+    ]);
+    std::process::Command::new(BIN)
+        .arg("--socket")
+        .arg(&ilot.socket)
+        .args(["backup", "run", name])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 fn container_env(container: &str, key: &str) -> String {
     let env: Vec<String> = serde_json::from_str(&docker_ok(&[
         "inspect",
@@ -145,23 +206,8 @@ fn a_snapshot_restores_every_file_as_a_new_instance_and_only_its_password_opens_
     assert_eq!(snapshots(&ilot).len(), 1);
 
     // The repository is restic's format: restic opens it with the same password.
-    let out = std::process::Command::new("restic")
-        .args([
-            "-r",
-            &format!("{}/repo", repo.0.display()),
-            "--password-file",
-        ])
-        .arg(&pw_file)
-        .args(["snapshots", "--json", "--no-lock", "--no-cache"])
-        .output()
-        .expect("restic (tests/run.sh installs it)");
-    assert!(
-        out.status.success(),
-        "restic: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let snaps: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(snaps.as_array().unwrap().len(), 1, "{snaps}");
+    let snaps = restic_snapshots(&ilot, &format!("{}/repo", repo.0.display()), &[], &[]);
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
     assert_eq!(snaps[0]["short_id"], &id[..8]);
     let check = ilot.json(&["backup", "check", "--read-data"]);
     assert_eq!(check["ok"], Value::Bool(true), "{check}");
@@ -303,21 +349,7 @@ fn retention_keeps_the_newest_and_a_killed_backup_leaves_the_others_intact() {
 
     // A big volume, and the daemon killed while it is read.
     let container = format!("ilot-{name}-web");
-    docker_ok(&[
-        "exec",
-        &container,
-        "sh",
-        "-c",
-        "head -c 400000000 /dev/urandom > /data/big.bin",
-    ]);
-    let mut child = std::process::Command::new(BIN)
-        .arg("--socket")
-        .arg(&ilot.socket)
-        .args(["backup", "run", &name])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = start_big_backup_run(&ilot, &name);
     // Kill it once the container is paused (the volume is being read).
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -332,7 +364,7 @@ fn retention_keeps_the_newest_and_a_killed_backup_leaves_the_others_intact() {
         std::thread::sleep(Duration::from_millis(20));
     }
     ilot.kill9();
-    let _ = child.wait();
+    let _ = child.wait_with_output(); // reads its pipes: it can never block on them
     ilot.spawn(&[]);
     ilot.wait_ready();
     // The daemon thawed the container it had paused; the two snapshots are as they were.
@@ -431,23 +463,14 @@ fn an_app_with_a_database_comes_back_with_its_dump_loaded() {
         "--format",
         "{{.Mountpoint}}",
     ]);
-    let out = std::process::Command::new("restic")
-        .args([
-            "-r",
-            &format!("{}/repo", repo.0.display()),
-            "--password-file",
-        ])
-        .arg(ilot.dir.join("state/backup/password"))
-        .args(["dump", "--no-lock", "--no-cache", &id])
-        .arg(format!("{html}/config/ilot-standin.json"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = restic(
+        &ilot,
+        &format!("{}/repo", repo.0.display()),
+        &[],
+        &[],
+        &["dump", &id, &format!("{html}/config/ilot-standin.json")],
     );
-    let saved: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let saved: Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(saved["maintenance"], Value::Bool(true), "{saved}");
     psql(
         &nc,
@@ -669,47 +692,19 @@ fn an_sftp_repository_round_trips_and_a_wrong_host_key_is_refused() {
     let repo = server.root.join("repo");
     assert!(repo.join("config").is_file() && repo.join("data/00").is_dir());
     // restic opens it too, through its own ssh (the same key and host key).
-    let known = ilot.dir.join("state/backup/ssh/known_hosts");
-    let out = std::process::Command::new("restic")
-        .args(["-r", &location, "--password-file"])
-        .arg(ilot.dir.join("state/backup/password"))
-        .arg("-o")
-        .arg(format!(
-            "sftp.command=ssh -i {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o BatchMode=yes -p {} root@127.0.0.1 -s sftp",
-            server.client_key.display(),
-            known.display(),
-            server.port
-        ))
-        .args(["snapshots", "--json", "--no-lock", "--no-cache"])
-        .output()
-        .expect("restic (tests/run.sh installs it)");
-    assert!(
-        out.status.success(),
-        "restic: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let ssh = format!(
+        "sftp.command=ssh {} -p {} root@127.0.0.1 -s sftp",
+        server.client_options().join(" "),
+        server.port
     );
-    let snaps: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(snaps.as_array().unwrap().len(), 1, "{snaps}");
+    let snaps = restic_snapshots(&ilot, &location, &["-o".into(), ssh], &[]);
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
 
     // The server goes away in the middle of a run (its sessions cut): the run fails and says
     // so, the snapshot before it stays whole, and once the server is back the next run works.
     let kept = snapshots(&ilot);
     let container = format!("ilot-{name}-web");
-    docker_ok(&[
-        "exec",
-        &container,
-        "sh",
-        "-c",
-        "head -c 400000000 /dev/urandom > /data/big.bin",
-    ]);
-    let run = std::process::Command::new(BIN)
-        .arg("--socket")
-        .arg(&ilot.socket)
-        .args(["backup", "run", &name])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let run = start_big_backup_run(&ilot, &name);
     // Cut as soon as the run's first new pack lands on the server (400 MB take many more).
     let packs = |repo: &std::path::Path| -> usize {
         std::fs::read_dir(repo.join("data"))
@@ -799,19 +794,10 @@ fn an_s3_repository_round_trips_and_a_wrong_secret_is_refused() {
         "the secret is in the log"
     );
     // restic opens it with the same location string and keys.
-    let out = std::process::Command::new("restic")
-        .args(["-r", &location, "--password-file"])
-        .arg(ilot.dir.join("state/backup/password"))
-        .env("AWS_ACCESS_KEY_ID", &server.access_key)
-        .env("AWS_SECRET_ACCESS_KEY", &server.secret_key)
-        .args(["snapshots", "--json", "--no-lock", "--no-cache"])
-        .output()
-        .expect("restic (tests/run.sh installs it)");
-    assert!(
-        out.status.success(),
-        "restic: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let snaps: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(snaps.as_array().unwrap().len(), 1, "{snaps}");
+    let keys = [
+        ("AWS_ACCESS_KEY_ID", server.access_key.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", server.secret_key.as_str()),
+    ];
+    let snaps = restic_snapshots(&ilot, &location, &[], &keys);
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
 }

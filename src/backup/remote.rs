@@ -435,10 +435,6 @@ impl SftpStore {
         }
         Ok((files, dirs))
     }
-
-    async fn list_one_owned(&self, dir: String) -> StoreResult<(Vec<(String, u64)>, Vec<String>)> {
-        self.list_one(&dir).await
-    }
 }
 
 /// ssh's own words (e.g. "Host key verification failed.", "Permission denied (publickey).").
@@ -473,7 +469,7 @@ impl Store for SftpStore {
             if nested {
                 // data/00 .. data/ff: many round trips, made at once.
                 let mut listings = futures_util::stream::iter(subdirs)
-                    .map(|d| self.list_one_owned(d))
+                    .map(|d| async move { self.list_one(&d).await })
                     .buffer_unordered(32);
                 while let Some(listing) = listings.next().await {
                     files.extend(listing?.0);

@@ -518,7 +518,6 @@ impl Daemon {
         )
     }
 
-    /// `ilot backup restore SNAPSHOT [--as NAME]`: a new instance from a snapshot.
     /// `ilot backup restore SNAPSHOT [--instance NAME] [--replace | --as NEW [--domain D]]`:
     /// the snapshot chosen (`latest` of an instance, or an id, checked against --instance),
     /// then restored beside what exists, or with --replace in its place: the instance as it
@@ -562,6 +561,13 @@ impl Daemon {
                 .collect();
             match matching.as_slice() {
                 [one] if of_instance(one) => (*one).clone(),
+                [one] if one.instance.is_empty() => {
+                    return Err(Error::bad_input(format!(
+                        "snapshot {} holds ilot's own config and keys, not an instance",
+                        one.id
+                    ))
+                    .hint("`ilot backup recover` brings those back on a new machine"))
+                }
                 [one] => {
                     return Err(Error::bad_input(format!(
                         "snapshot {} is of {:?}, not of {:?}",
@@ -571,17 +577,23 @@ impl Daemon {
                     ))
                     .hint("see `ilot backup list`"))
                 }
-                // The ambiguous and the unknown: backup_restore says which.
+                [] => {
+                    return Err(Error::not_found(format!(
+                        "no snapshot {snapshot:?} in the repository"
+                    ))
+                    .hint("see `ilot backup list`"))
+                }
                 _ => {
-                    return self
-                        .backup_restore(snapshot, as_name, domain, false, progress)
-                        .await
+                    return Err(
+                        Error::bad_input(format!("{snapshot:?} names several snapshots"))
+                            .hint("give more of its id (see `ilot backup list`)"),
+                    )
                 }
             }
         };
         if !replace {
             return self
-                .backup_restore(&snap.id, as_name, domain, false, progress)
+                .backup_restore(&snap, as_name, domain, false, progress)
                 .await;
         }
         let name = snap.instance.clone();
@@ -612,7 +624,7 @@ impl Daemon {
             progress,
         ))
         .await?;
-        let restored = Box::pin(self.backup_restore(&snap.id, None, None, false, progress))
+        let restored = Box::pin(self.backup_restore(&snap, None, None, false, progress))
             .await
             .map_err(|e| {
                 e.hint(format!(
@@ -626,36 +638,16 @@ impl Daemon {
         Ok(reply)
     }
 
+    /// A snapshot (already found in the repository's list) restored as a new instance.
     pub(super) async fn backup_restore(
         self: &Arc<Self>,
-        snapshot: &str,
+        snap: &crate::backup::Snapshot,
         as_name: Option<String>,
         domain: Option<String>,
         drill: bool,
         progress: &Progress<'_>,
     ) -> Result<Value> {
         let (repo, password) = self.backup_repo(progress)?;
-        let (r, pw) = (repo.clone(), password.clone());
-        let snaps = blocking(move || r.snapshots(&pw)).await?;
-        let matching: Vec<_> = snaps
-            .iter()
-            .filter(|s| s.id.starts_with(snapshot))
-            .collect();
-        let snap = match matching.as_slice() {
-            [one] => (*one).clone(),
-            [] => {
-                return Err(
-                    Error::not_found(format!("no snapshot {snapshot:?} in the repository"))
-                        .hint("see `ilot backup list`"),
-                )
-            }
-            _ => {
-                return Err(
-                    Error::bad_input(format!("{snapshot:?} names several snapshots"))
-                        .hint("give more of its id (see `ilot backup list`)"),
-                )
-            }
-        };
         // Where the staging directory was on the machine that made the snapshot (another
         // machine's state directory, after a recovery).
         let suffix = format!("/backup/staging/{}", snap.instance);
@@ -953,7 +945,7 @@ impl Daemon {
             ));
             let started = std::time::Instant::now();
             let result =
-                Box::pin(self.backup_restore(&snap.id, Some(drill.clone()), None, true, progress))
+                Box::pin(self.backup_restore(&snap, Some(drill.clone()), None, true, progress))
                     .await;
             // Whatever happened, the throwaway instance and its data go.
             let removal = crate::api::RemoveParams {
@@ -1172,7 +1164,7 @@ impl Daemon {
                 continue;
             }
             progress.step(format!("restoring {name} from snapshot {}", snap.id));
-            match Box::pin(self.backup_restore(&snap.id, None, None, false, progress)).await {
+            match Box::pin(self.backup_restore(&snap, None, None, false, progress)).await {
                 Ok(_) => restored.push(json!({ "instance": name, "snapshot": snap.id })),
                 Err(e) => errors.push(format!("{name}: {}", e.message)),
             }

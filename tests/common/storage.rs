@@ -7,7 +7,7 @@
 //! - [`S3Server`]: `s3s-fs` (crates.io s3s-fs 0.14.1, `cargo install s3s-fs --version 0.14.1
 //!   --features binary --locked`), an S3 server over a directory that checks SigV4 signatures,
 //!   with a random access and secret key and one bucket made. Address it path-style
-//!   (`{endpoint}/{bucket}/{key}`); any region is accepted (use "us-east-1"); every request needs an
+//!   (`{endpoint}/{bucket}/{key}`); any region is accepted; every request needs an
 //!   `x-amz-content-sha256` header (the payload's sha256, or `UNSIGNED-PAYLOAD`), as AWS SDKs send.
 //!
 //! Each server runs in a `${TMPDIR:-/tmp}/ilot-test-*` directory of its own; dropping it kills the
@@ -21,9 +21,7 @@ use std::time::{Duration, Instant};
 
 const SSHD: &str = "/usr/sbin/sshd";
 /// The s3s-fs version tests/run.sh installs (later ones need a newer rustc than 1.95).
-pub const S3S_FS_VERSION: &str = "0.14.1";
-/// SHA-256 of the empty payload, for the `x-amz-content-sha256` header of a body-less request.
-pub const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+const S3S_FS_VERSION: &str = "0.14.1";
 
 extern "C" {
     #[link_name = "kill"]
@@ -271,21 +269,6 @@ impl SftpServer {
         read_log(&self.dir.join("sshd.log"))
     }
 
-    /// "127.0.0.1:PORT".
-    pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// `sftp://root@127.0.0.1:PORT/<root>/<name>`: a repository location under `root`.
-    pub fn url(&self, name: &str) -> String {
-        format!(
-            "sftp://{}@127.0.0.1:{}{}",
-            self.user,
-            self.port,
-            self.root.join(name).display()
-        )
-    }
-
     /// OpenSSH client options for this server: no user config, the client key only, this
     /// server's known_hosts with strict checking, batch mode.
     pub fn client_options(&self) -> Vec<String> {
@@ -317,29 +300,6 @@ impl SftpServer {
             .stdin(Stdio::null())
             .output()
             .expect("ssh (tests/run.sh installs openssh-client)")
-    }
-
-    /// Runs `sftp -b -` with `batch` (one command a line; a failing command fails the run).
-    pub fn sftp_batch(&self, batch: &str) -> Output {
-        use std::io::Write;
-        let mut child = Command::new("sftp")
-            .args(self.client_options())
-            .arg("-P")
-            .arg(self.port.to_string())
-            .args(["-b", "-"])
-            .arg(format!("{}@127.0.0.1", self.user))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("sftp (tests/run.sh installs openssh-client)");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(batch.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
     }
 
     /// Stops the server and every session it serves (an outage); the files stay.
@@ -409,8 +369,6 @@ pub struct S3Server {
     pub bucket: String,
     pub access_key: String,
     pub secret_key: String,
-    /// A region to sign with: s3s-fs takes any, "us-east-1" is the usual default.
-    pub region: String,
     /// The directory s3s-fs serves: bucket B is the directory `root/B`, object K of it the file
     /// `root/B/K` (s3s-fs keeps its metadata in hidden `.bucket-*` files directly under `root`).
     pub root: PathBuf,
@@ -461,7 +419,6 @@ impl S3Server {
             bucket,
             access_key: format!("ILOT{}", hex().to_uppercase()),
             secret_key: format!("{}{}{}", hex(), hex(), hex()),
-            region: "us-east-1".into(),
             root,
             dir,
             child: None,
@@ -523,85 +480,13 @@ impl S3Server {
     pub fn log(&self) -> String {
         read_log(&self.dir.join("s3s-fs.log"))
     }
-
-    /// "{endpoint}/{bucket}".
-    pub fn bucket_url(&self) -> String {
-        format!("{}/{}", self.endpoint, self.bucket)
-    }
-
-    /// A signed request with curl: `path_and_query` after the endpoint ("/bucket/key",
-    /// "/bucket/?list-type=2&prefix=a%2F": query values percent-encoded, '/' as %2F), the body from
-    /// `upload` (a file) if any. Returns (HTTP status, body; for "HEAD", the headers). `secret`
-    /// overrides the secret key (to check that a wrong one is refused).
-    pub fn curl(
-        &self,
-        method: &str,
-        path_and_query: &str,
-        upload: Option<&Path>,
-        secret: Option<&str>,
-    ) -> (u16, String) {
-        let mut cmd = Command::new("curl");
-        cmd.args(["-sS", "--max-time", "60", "-w", "\n%{http_code}"])
-            .arg("--aws-sigv4")
-            .arg(format!("aws:amz:{}:s3", self.region))
-            .arg("--user")
-            .arg(format!(
-                "{}:{}",
-                self.access_key,
-                secret.unwrap_or(&self.secret_key)
-            ));
-        match method {
-            // -X HEAD would wait for a body.
-            "HEAD" => cmd.arg("-I"),
-            _ => cmd.arg("-X").arg(method),
-        };
-        match upload {
-            Some(file) => {
-                cmd.args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD", "-T"])
-                    .arg(file);
-            }
-            None => {
-                cmd.arg("-H")
-                    .arg(format!("x-amz-content-sha256: {EMPTY_SHA256}"));
-            }
-        }
-        let out = cmd
-            .arg(format!("{}{}", self.endpoint, path_and_query))
-            .stdin(Stdio::null())
-            .output()
-            .expect("curl (tests/run.sh installs it)");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-        (code.trim().parse().unwrap_or(0), body.to_string())
-    }
-
-    /// Stops the server (an outage); the files stay.
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            kill_tree(&mut c);
-        }
-    }
-
-    /// Starts it again after `stop`, on the same port with the same keys and files.
-    pub fn restart(&mut self) {
-        self.stop();
-        let bin = s3s_fs_bin();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.spawn(&bin) {
-            assert!(
-                Instant::now() < deadline,
-                "s3s-fs could not get port {} back; log:\n{}",
-                self.port,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
 }
 
 impl Drop for S3Server {
     fn drop(&mut self) {
-        self.stop();
+        if let Some(mut c) = self.child.take() {
+            kill_tree(&mut c);
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
