@@ -99,6 +99,9 @@ pub struct MailConfig {
     /// How often a new DKIM key's record is looked up, until it resolves.
     #[serde(with = "humantime_serde")]
     pub dkim_check_every: std::time::Duration,
+    /// Where every mail domain's postmaster@, abuse@ and hostmaster@ go (any address); by
+    /// default the server's first mailbox.
+    pub postmaster: Option<String>,
 }
 
 impl Default for MailConfig {
@@ -106,6 +109,7 @@ impl Default for MailConfig {
         MailConfig {
             dkim_retire_after: std::time::Duration::from_secs(7 * 86_400),
             dkim_check_every: std::time::Duration::from_secs(300),
+            postmaster: None,
         }
     }
 }
@@ -838,6 +842,15 @@ impl Config {
                     "invalid config {origin}: [dns] hostmaster {h:?} is not a simple address"
                 ))
                 .hint("give an address like hostmaster@example.org (no dot before the @)"));
+            }
+        }
+        if let Some(a) = &self.mail.postmaster {
+            if let Err(e) = crate::mail::parse_address(a) {
+                return Err(Error::bad_input(format!(
+                    "invalid config {origin}: [mail] postmaster: {}",
+                    e.message
+                ))
+                .hint("give one address, like admin@example.org"));
             }
         }
         for (key, addr) in [("dmarc_report", &self.dns.dmarc_report)] {

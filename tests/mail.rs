@@ -1025,3 +1025,264 @@ fn apps_that_send_mail_get_an_account_on_the_mail_server() {
     let users = ilot.json(&mc(&srv.name, &["user", "list"]));
     assert!(!users.to_string().contains(&user), "{users}");
 }
+
+/// What the world sees of one mail server agrees with itself: it greets with the name the
+/// host's PTR gives (and `ilot diagnose` compares the two as a receiver would: the greeting
+/// read on port 25, the PTR and its A through a real BIND); postmaster@, abuse@ and
+/// hostmaster@ accept mail for every domain, and the reports DNS asks for go only where mail
+/// is accepted; a relay brings its SPF; mail clients find their servers.
+#[test]
+fn one_name_role_addresses_relay_spf_and_client_autoconfig() {
+    let dir = PathBuf::from(format!("/tmp/ilot-test-named-{}", unique("")));
+    std::fs::create_dir_all(&dir).unwrap();
+    let soa = |z: &str| {
+        format!("$TTL 300\n$ORIGIN {z}.\n@ IN SOA ns.example.org. hostmaster.example.org. 1 3600 900 1209600 300\n@ IN NS ns.example.org.\n")
+    };
+    let forward = format!(
+        "{}ns IN A 192.0.2.53\nmx IN A 203.0.113.10\nmail IN A 203.0.113.10\n",
+        soa("example.org")
+    );
+    let reverse = |name: &str| {
+        format!(
+            "{}10 IN PTR {name}.\n",
+            soa("113.0.203.in-addr.arpa")
+        )
+    };
+    let mut named = common::named::Named::start(
+        &dir,
+        &[
+            ("example.org", forward),
+            ("113.0.203.in-addr.arpa", reverse("mx.example.org")),
+        ],
+    );
+    let mut ilot = Ilot::start_full(
+        &[],
+        &format!(
+            "[host]\nipv4 = \"203.0.113.10\"\nhostname = \"mx.example.org\"\n\n[dns]\n\
+             resolvers = [\"127.0.0.1:{}\"]\nblocklists = []\nsmtp_probe = \"127.0.0.1:9\"\n",
+            named.port
+        ),
+    );
+    let srv = install(&ilot);
+    let records = |ilot: &Ilot| ilot.json(&["dns", "show", "example.org", "--json"]);
+    let txt_at = |v: &Value, name: &str| -> Vec<String> {
+        v["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["name"] == name && r["type"] == "TXT")
+            .map(|r| r["value"].as_str().unwrap().to_string())
+            .collect()
+    };
+
+    // No mailbox yet: postmaster@ would bounce, so no report is asked for, and ilot says why.
+    let v = records(&ilot);
+    assert_eq!(
+        txt_at(&v, "_dmarc.example.org."),
+        ["\"v=DMARC1; p=quarantine\""],
+        "{v}"
+    );
+    assert!(txt_at(&v, "_smtp._tls.example.org.").is_empty(), "{v}");
+    assert!(v["findings"].to_string().contains("postmaster@example.org"), "{v}");
+
+    // The first mailbox receives every role address; each is refused removal.
+    add_user(&ilot, "bob@example.org", BOB_PW);
+    add_user(&ilot, "ann@example.org", ANN_PW);
+    for role in ["postmaster", "abuse", "hostmaster"] {
+        let to = format!("{role}@example.org");
+        deliver(srv.smtp, &to, &format!("for the {role}"), "a report");
+        let err = ilot.fails(&mc(&srv.name, &["alias", "remove", &to]), 2);
+        assert!(err.contains("role address"), "{err}");
+    }
+    for role in ["postmaster", "abuse", "hostmaster"] {
+        let subject = format!("for the {role}");
+        wait_until(&format!("{role}@ delivered to bob"), 60, || {
+            (!search(srv.imaps, "bob@example.org", BOB_PW, &format!("SUBJECT \"{subject}\"")).is_empty()).then_some(())
+        });
+    }
+    let v = records(&ilot);
+    assert_eq!(
+        txt_at(&v, "_dmarc.example.org."),
+        ["\"v=DMARC1; p=quarantine; rua=mailto:postmaster@example.org\""]
+    );
+    assert_eq!(
+        txt_at(&v, "_smtp._tls.example.org."),
+        ["\"v=TLSRPTv1; rua=mailto:postmaster@example.org\""]
+    );
+    // The admin may point postmaster@ elsewhere with an alias; abuse@ still goes to bob.
+    ilot.ok(&mc(&srv.name, &["alias", "add", "postmaster@example.org", "ann@example.org"]));
+    deliver(srv.smtp, "postmaster@example.org", "to ann now", "x");
+    wait_until("postmaster@ delivered to ann", 60, || {
+        (!search(srv.imaps, "ann@example.org", ANN_PW, "SUBJECT \"to ann now\"").is_empty()).then_some(())
+    });
+
+    // One name: the server greets with [host] hostname, the PTR's name.
+    let (ok, talk) = swaks(
+        None,
+        &["--server", &format!("127.0.0.1:{}", srv.smtp), "--quit-after", "EHLO"],
+    );
+    assert!(ok && talk.contains("<-  220 mx.example.org ESMTP"), "{talk}");
+    let diagnose = |ilot: &Ilot| {
+        let out = ilot.cli(&["diagnose", "mail", "--json"]);
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        v["checks"].as_array().unwrap().clone()
+    };
+    let find = |checks: &[Value], subject: &str| {
+        checks
+            .iter()
+            .find(|c| c["subject"] == subject)
+            .unwrap_or_else(|| panic!("no check {subject}: {checks:?}"))
+            .clone()
+    };
+    let checks = diagnose(&ilot);
+    let greeting = find(&checks, &format!("SMTP greeting of {}", srv.name));
+    assert!(
+        greeting["status"] == "ok" && greeting["seen"].as_str().unwrap().starts_with("mx.example.org"),
+        "{greeting}"
+    );
+    let ptr = find(&checks, "reverse DNS of 203.0.113.10");
+    assert_eq!(ptr["status"], "ok", "{ptr}");
+    // The PTR names another host (which resolves back): diagnose compares it with what the
+    // server says, and tells which setting makes them one.
+    std::fs::write(
+        named.dir.join("113.0.203.in-addr.arpa.zone"),
+        reverse("mail.example.org"),
+    )
+    .unwrap();
+    named.reload();
+    let checks = diagnose(&ilot);
+    let ptr = find(&checks, "reverse DNS of 203.0.113.10");
+    assert!(
+        ptr["status"] == "fail"
+            && ptr["seen"].as_str().unwrap().contains("says HELO mx.example.org")
+            && ptr["fix"].as_str().unwrap().contains("[host] hostname = \"mail.example.org\""),
+        "{ptr}"
+    );
+
+    // A relay: SPF includes its servers (known for a well-known relay, given for others).
+    ok_with_stdin(
+        &ilot,
+        &mc(&srv.name, &["relay", "set", "smtp.sendgrid.net:587", "--user", "apikey"]),
+        "relay-password-1\n",
+    );
+    assert_eq!(txt_at(&records(&ilot), "example.org."), ["\"v=spf1 mx include:sendgrid.net -all\""]);
+    let said = ok_with_stdin(
+        &ilot,
+        &mc(&srv.name, &["relay", "set", "smtp.isp.example:587", "--user", "me"]),
+        "relay-password-2\n",
+    );
+    assert!(said.contains("--spf-include"), "{said}");
+    let v = records(&ilot);
+    assert_eq!(txt_at(&v, "example.org."), ["\"v=spf1 mx -all\""]);
+    assert!(v["findings"].to_string().contains("smtp.isp.example"), "{v}");
+    let out = with_stdin(
+        &ilot,
+        &mc(&srv.name, &["relay", "set", "smtp.isp.example:587", "--user", "me", "--spf-include", "not a domain"]),
+        "relay-password-2\n",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--spf-include"));
+    ok_with_stdin(
+        &ilot,
+        &mc(&srv.name, &["relay", "set", "smtp.isp.example:587", "--user", "me", "--spf-include", "_spf.isp.example"]),
+        "relay-password-2\n",
+    );
+    assert_eq!(txt_at(&records(&ilot), "example.org."), ["\"v=spf1 mx include:_spf.isp.example -all\""]);
+    ilot.ok(&mc(&srv.name, &["relay", "remove"]));
+
+    // Client autoconfiguration, fetched through the proxy and read with Python's own XML and
+    // plist parsers: every document names the server and the ports it really listens on.
+    let p = ports(&ilot);
+    let submissions = {
+        let show = ilot.json(&["app", "show", &srv.name]);
+        show["services"][0]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["container"] == 465)
+            .unwrap()["host"]
+            .as_str()
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let parse = |what: &str, doc: &str, script: &str| -> String {
+        let out = Command::new("/usr/bin/python3")
+            .args(["-c", script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().unwrap().write_all(doc.as_bytes())?;
+                c.wait_with_output()
+            })
+            .unwrap();
+        assert!(out.status.success(), "{what}: {}\n{doc}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let (tb, err) = curl("autoconfig.example.org", &p.https, "https", "/mail/config-v1.1.xml?emailaddress=bob%40example.org", &[]);
+    let servers = parse(
+        "thunderbird",
+        &tb,
+        "import sys, xml.etree.ElementTree as E\n\
+         r = E.fromstring(sys.stdin.read())\n\
+         print(' '.join(f\"{s.get('type')}:{s.findtext('hostname')}:{s.findtext('port')}:{s.findtext('socketType')}\" for s in r.iter() if s.tag in ('incomingServer', 'outgoingServer')))",
+    );
+    assert_eq!(
+        servers,
+        format!(
+            "imap:mail.example.org:{}:SSL smtp:mail.example.org:{submissions}:SSL smtp:mail.example.org:{}:STARTTLS",
+            srv.imaps, srv.submission
+        ),
+        "{err}"
+    );
+    let (ad, err) = curl(
+        "autodiscover.example.org",
+        &p.https,
+        "https",
+        "/autodiscover/autodiscover.xml",
+        &["-X", "POST", "-H", "Content-Type: text/xml", "--data", "<Autodiscover><Request><EMailAddress>bob@example.org</EMailAddress></Request></Autodiscover>"],
+    );
+    let protocols = parse(
+        "autodiscover",
+        &ad,
+        "import sys, xml.etree.ElementTree as E\n\
+         ns = '{http://schemas.microsoft.com/exchange/autodiscover/outlook/responseschema/2006a}'\n\
+         r = E.fromstring(sys.stdin.read())\n\
+         print(' '.join(f\"{p.findtext(ns + 'Type')}:{p.findtext(ns + 'Server')}:{p.findtext(ns + 'Port')}\" for p in r.iter(ns + 'Protocol')))",
+    );
+    assert_eq!(
+        protocols,
+        format!("IMAP:mail.example.org:{} SMTP:mail.example.org:{submissions}", srv.imaps),
+        "{err}"
+    );
+    let (mc_doc, err) = curl("autoconfig.example.org", &p.https, "https", "/mail/apple.mobileconfig", &[]);
+    let account = parse(
+        "mobileconfig",
+        &mc_doc,
+        "import sys, plistlib\n\
+         p = plistlib.loads(sys.stdin.buffer.read())['PayloadContent'][0]\n\
+         print(p['PayloadType'], p['IncomingMailServerHostName'], p['IncomingMailServerPortNumber'], p['OutgoingMailServerPortNumber'])",
+    );
+    assert_eq!(
+        account,
+        format!("com.apple.mail.managed mail.example.org {} {submissions}", srv.imaps),
+        "{err}"
+    );
+    // Their names are in DNS, with Outlook's SRV.
+    let v = records(&ilot);
+    let has = |name: &str, kind: &str| {
+        v["records"].as_array().unwrap().iter().any(|r| r["name"] == name && r["type"] == kind)
+    };
+    assert!(has("autoconfig.example.org.", "A") && has("autodiscover.example.org.", "A"), "{v}");
+    assert!(has("_autodiscover._tcp.example.org.", "SRV"), "{v}");
+
+    drop(named);
+    ilot.ok(&["app", "remove", &srv.name, "--purge"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -194,6 +194,9 @@ pub enum MailOp {
         password: Secret,
         /// "encrypt" (default) or "none".
         tls: String,
+        /// The relay's SPF domain (`include:`); none: the known one for its host, if any.
+        #[serde(default)]
+        spf_include: Option<String>,
     },
     RelayRemove,
     DkimShow,

@@ -203,6 +203,10 @@ enum MailRelayCommand {
         /// encrypt: TLS required (the default); none: only for a relay on your own network.
         #[arg(long, default_value = "encrypt")]
         tls: String,
+        /// The domain whose SPF record lists the relay's servers (`include:` in your SPF),
+        /// as the relay's documentation names it; known for well-known relays.
+        #[arg(long, value_name = "DOMAIN")]
+        spf_include: Option<String>,
     },
     Remove,
 }
@@ -262,11 +266,17 @@ fn mail_request(args: MailArgs) -> Result<Request, Error> {
         MailCommand::Dkim(MailDkimCommand::Show) => M::DkimShow,
         MailCommand::Dkim(MailDkimCommand::Rotate { domain }) => M::DkimRotate { domain },
         MailCommand::Relay(MailRelayCommand::Show) => M::RelayShow,
-        MailCommand::Relay(MailRelayCommand::Set { relay, user, tls }) => M::RelaySet {
+        MailCommand::Relay(MailRelayCommand::Set {
+            relay,
+            user,
+            tls,
+            spf_include,
+        }) => M::RelaySet {
             password: read_password(&format!("{user} at {relay}"))?,
             relay,
             user,
             tls,
+            spf_include,
         },
         MailCommand::Relay(MailRelayCommand::Remove) => M::RelayRemove,
         MailCommand::Queue { flush: false } => M::Queue,

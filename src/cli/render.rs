@@ -1111,7 +1111,7 @@ fn print_mail(op: &crate::api::MailOp, v: &Value) {
         ),
         M::RelayShow => match v["relay"].as_object() {
             Some(r) => println!(
-                "outbound mail goes through {}:{} as {} (TLS {})",
+                "outbound mail goes through {}:{} as {} (TLS {}); SPF: {}",
                 s(&r["host"]),
                 s(&r["port"]),
                 s(&r["user"]),
@@ -1119,6 +1119,11 @@ fn print_mail(op: &crate::api::MailOp, v: &Value) {
                     "when offered"
                 } else {
                     "required"
+                },
+                match r["spf_include"].as_str() {
+                    Some(d) => format!("include:{d}"),
+                    None => "the relay's servers are not covered (set again with --spf-include DOMAIN)"
+                        .to_string(),
                 }
             ),
             None => println!(

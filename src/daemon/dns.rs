@@ -69,6 +69,7 @@ impl Daemon {
                 .or(self.config.acme.caa_issuer()),
             acme: self.config.acme.enabled,
             dkim: &dkim,
+            postmaster: self.config.mail.postmaster.as_deref(),
         };
         let (records, mut more) = dns::plan(&inputs, only);
         findings.append(&mut more);
@@ -383,8 +384,15 @@ impl Daemon {
             checks.extend(dns::diagnose::dns_checks(&resolver, &all).await);
         }
         if what != "dns" {
+            let greetings = self.greetings().await;
             checks.extend(
-                dns::diagnose::mail_checks(&resolver, &self.config.host, &self.config.dns).await,
+                dns::diagnose::mail_checks(
+                    &resolver,
+                    &self.config.host,
+                    &self.config.dns,
+                    &greetings,
+                )
+                .await,
             );
         }
         let drift: Vec<&dns::diagnose::Check> = checks

@@ -61,8 +61,14 @@ impl Daemon {
         ) else {
             return Ok(false);
         };
-        let hostname = inst.domain.as_deref().unwrap_or("localhost");
-        mail::render(st, &self.config.daemon.state_dir, &dir, hostname)
+        let helo = mail::helo_name(&self.config.host, inst.domain.as_deref());
+        mail::render(
+            st,
+            &self.config.daemon.state_dir,
+            &dir,
+            &helo,
+            self.config.mail.postmaster.as_deref(),
+        )
     }
 
     /// The mail instance a request is about: the one named, or the only one installed.
@@ -186,9 +192,10 @@ impl Daemon {
                 return Ok(json!({ "instance": name, "aliases": aliases }));
             }
             MailOp::RelayShow => {
-                let relay = st.relay.as_ref().map(
-                    |r| json!({ "host": r.host, "port": r.port, "user": r.user, "tls": r.tls }),
-                );
+                let relay = st.relay.as_ref().map(|r| {
+                    json!({ "host": r.host, "port": r.port, "user": r.user, "tls": r.tls,
+                            "spf_include": r.spf_include })
+                });
                 return Ok(json!({ "instance": name, "relay": relay }));
             }
             MailOp::DkimShow => return Ok(self.dkim_view(&name, &st)),
@@ -278,9 +285,10 @@ impl Daemon {
                 user,
                 password,
                 tls,
+                spf_include,
             } => {
-                let r = mail::parse_relay(&relay, &user, password.0, &tls)?;
-                let text = format!(
+                let r = mail::parse_relay(&relay, &user, password.0, &tls, spf_include.as_deref())?;
+                let mut text = format!(
                     "outbound mail now goes through {}:{} as {} (TLS {})",
                     r.host,
                     r.port,
@@ -291,6 +299,17 @@ impl Daemon {
                         "required"
                     }
                 );
+                match &r.spf_include {
+                    Some(d) => text.push_str(&format!(
+                        "; the SPF record of every mail domain now includes {d} (`ilot dns show`)"
+                    )),
+                    None => text.push_str(&format!(
+                        "; warning: ilot does not know which servers {} sends from, so relayed \
+                         mail fails SPF: run this again with --spf-include DOMAIN (the domain \
+                         the relay's documentation says to include in your SPF record)",
+                        r.host
+                    )),
+                }
                 st.relay = Some(r);
                 text
             }
@@ -418,22 +437,46 @@ impl Daemon {
 
     /// The host port of the mail server's submission service (587 unless moved).
     fn submission_port(&self, server: &Instance) -> u16 {
+        self.published_port(server, "submission_port", 587)
+    }
+
+    /// The host port a mail server's `container` port is published on: its setting, or the
+    /// one the engine chose when the setting is 0.
+    pub(super) fn published_port(&self, server: &Instance, setting: &str, container: u16) -> u16 {
         let set = server
             .settings
-            .get("submission_port")
+            .get(setting)
             .and_then(|p| p.parse().ok())
-            .unwrap_or(587);
+            .unwrap_or(container);
         if set != 0 {
             return set;
         }
-        // 0: the engine chose one.
-        let container = self.mail_container(server);
+        let name = self.mail_container(server);
         self.observed_of(&server.name)
             .iter()
-            .find(|c| c.name == container)
-            .and_then(|c| c.ports.get(&587))
+            .find(|c| c.name == name)
+            .and_then(|c| c.ports.get(&container))
             .and_then(|a| a.rsplit(':').next()?.parse().ok())
-            .unwrap_or(587)
+            .unwrap_or(container)
+    }
+
+    /// What each running mail server ilot configures says in its SMTP greeting (port 25 on
+    /// the host): the name receivers compare with the PTR.
+    pub(super) async fn greetings(&self) -> Vec<crate::dns::diagnose::Greeting> {
+        let mut out = Vec::new();
+        for server in self.instances_snapshot() {
+            if server.manifest.needs.mail_files.is_none() || !server.running {
+                continue;
+            }
+            let port = self.published_port(&server, "smtp_port", 25);
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            out.push(crate::dns::diagnose::Greeting {
+                server: server.name.clone(),
+                port,
+                name: crate::dns::diagnose::smtp_greeting(addr).await,
+            });
+        }
+        out
     }
 
     /// An app is removed: its account goes with it.

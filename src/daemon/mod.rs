@@ -470,20 +470,55 @@ impl Daemon {
                 }
             }
         }
-        // MTA-STS: each mail domain's policy at https://mta-sts.DOMAIN/.well-known/mta-sts.txt
+        // Each mail domain's MTA-STS policy (https://mta-sts.DOMAIN/.well-known/mta-sts.txt)
+        // and its mail clients' autoconfiguration (src/mail/autoconfig.rs).
+        use crate::mail::autoconfig;
+        use crate::proxy::Document;
         let mut documents = std::collections::HashMap::new();
         for inst in self.instances.read().expect("instances lock").values() {
             let Some(mx) = inst.domain.as_deref() else {
                 continue;
             };
+            let policy = crate::dns::mta_sts_policy(mx, self.config.acme.enabled);
+            // (A mail app ilot does not configure knows its own ports: MTA-STS only.)
+            let endpoints = inst
+                .manifest
+                .needs
+                .mail_files
+                .is_some()
+                .then(|| autoconfig::Endpoints {
+                    host: mx,
+                    imaps: self.published_port(inst, "imaps_port", 993),
+                    submissions: self.published_port(inst, "submissions_port", 465),
+                    submission: self.published_port(inst, "submission_port", 587),
+                });
             for m in crate::dns::mail_domains(inst) {
+                let at = |host: &str, path: &str| (format!("{host}.{m}"), path.to_string());
                 documents.insert(
-                    (
-                        format!("mta-sts.{m}"),
-                        "/.well-known/mta-sts.txt".to_string(),
-                    ),
-                    crate::dns::mta_sts_policy(mx, self.config.acme.enabled),
+                    at("mta-sts", "/.well-known/mta-sts.txt"),
+                    Document::new("text/plain; charset=utf-8", policy.clone()),
                 );
+                let Some(endpoints) = &endpoints else {
+                    continue;
+                };
+                let xml = "application/xml; charset=utf-8";
+                documents.insert(
+                    at("autoconfig", autoconfig::THUNDERBIRD_PATH),
+                    Document::new(xml, autoconfig::thunderbird(&m, endpoints)),
+                );
+                documents.insert(
+                    at("autoconfig", autoconfig::APPLE_PATH),
+                    Document::new(
+                        "application/x-apple-aspen-config",
+                        autoconfig::apple(&m, endpoints),
+                    ),
+                );
+                for path in autoconfig::AUTODISCOVER_PATHS {
+                    documents.insert(
+                        at("autodiscover", path),
+                        Document::new(xml, autoconfig::autodiscover(endpoints)),
+                    );
+                }
             }
         }
         if let Err(e) = proxy.set_routes(routes, documents) {

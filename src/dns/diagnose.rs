@@ -196,13 +196,105 @@ pub async fn dns_checks(r: &Resolver<TokioRuntimeProvider>, records: &[Record]) 
     out
 }
 
-/// Forward-confirmed reverse DNS, the HELO name, port 25 and blocklists.
+/// What a mail server on this host says it is called: the name in its SMTP greeting.
+pub struct Greeting {
+    /// The instance.
+    pub server: String,
+    /// The host port it was asked on.
+    pub port: u16,
+    /// The name, or why it could not be read.
+    pub name: Result<String, String>,
+}
+
+/// Reads an SMTP server's name as a receiver sees it: the greeting (`220 NAME ...`) and the
+/// EHLO reply (`250-NAME`), which Postfix both takes from `myhostname`, as it does its HELO.
+pub async fn smtp_greeting(addr: SocketAddr) -> Result<String, String> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let talk = async {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        let (rd, mut wr) = stream.into_split();
+        let mut lines = BufReader::new(rd).lines();
+        async fn next<R: tokio::io::AsyncBufRead + Unpin>(
+            lines: &mut tokio::io::Lines<R>,
+        ) -> Result<String, String> {
+            lines
+                .next_line()
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "the server closed the connection".to_string())
+        }
+        let banner = next(&mut lines).await?;
+        let name = |line: &str, code: &str| -> Result<String, String> {
+            line.strip_prefix(code)
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+                .ok_or_else(|| format!("unexpected reply {line:?}"))
+        };
+        let greeted = name(&banner, "220-")
+            .or_else(|_| name(&banner, "220 "))
+            .map_err(|_| format!("unexpected greeting {banner:?}"))?;
+        wr.write_all(b"EHLO diagnose.invalid\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut ehlo = next(&mut lines).await?;
+        while ehlo.starts_with("220") {
+            ehlo = next(&mut lines).await?;
+        }
+        let said = name(&ehlo, "250-").or_else(|_| name(&ehlo, "250 "))?;
+        let _ = wr.write_all(b"QUIT\r\n").await;
+        if said != greeted {
+            return Err(format!(
+                "it greets as {greeted} but answers EHLO as {said}: they should be one name"
+            ));
+        }
+        Ok(greeted)
+    };
+    tokio::time::timeout(Duration::from_secs(10), talk)
+        .await
+        .map_err(|_| format!("no greeting from {addr} within 10 s"))?
+}
+
+/// Forward-confirmed reverse DNS of the host's addresses against the name its mail servers
+/// greet with (asked on their port 25; `[host] hostname` when none runs), port 25 and
+/// blocklists.
 pub async fn mail_checks(
     r: &Resolver<TokioRuntimeProvider>,
     host: &HostConfig,
     dns: &DnsConfig,
+    greetings: &[Greeting],
 ) -> Vec<Check> {
     let mut out = Vec::new();
+    // The name the world must see: what the mail server says, else what it is configured to.
+    let mut helo: Option<(String, String)> = None; // (name, who says it)
+    for g in greetings {
+        let mut c = check("mail", Status::Ok, format!("SMTP greeting of {}", g.server));
+        c.expected = "one name, in the greeting and the EHLO reply".into();
+        match &g.name {
+            Ok(n) => {
+                c.seen = format!("{n} (port {})", g.port);
+                if helo.is_none() {
+                    helo = Some((n.clone(), format!("the mail server {} says", g.server)));
+                }
+            }
+            Err(e) => {
+                c.status = Status::Warn;
+                c.seen = e.clone();
+                c.fix = format!(
+                    "check that {} runs (`ilot app status {}`)",
+                    g.server, g.server
+                );
+            }
+        }
+        out.push(c);
+    }
+    if helo.is_none() {
+        helo = host
+            .hostname
+            .clone()
+            .map(|h| (h, "[host] hostname says".to_string()));
+    }
     let addrs: Vec<IpAddr> = host
         .ipv4
         .map(IpAddr::V4)
@@ -221,10 +313,9 @@ pub async fn mail_checks(
             IpAddr::V6(v6) => super::reverse_v6(*v6),
         };
         let mut c = check("mail", Status::Ok, format!("reverse DNS of {ip}"));
-        c.expected = host
-            .hostname
-            .as_deref()
-            .map(|h| format!("{h}. (the HELO name), which resolves back to {ip}"))
+        c.expected = helo
+            .as_ref()
+            .map(|(h, _)| format!("{h}. (the HELO name), which resolves back to {ip}"))
             .unwrap_or_else(|| format!("a name that resolves back to {ip}"));
         let names: Vec<String> = match lookup(r, &ptr_name, RecordType::PTR).await {
             Seen::Values(v) => v
@@ -246,7 +337,7 @@ pub async fn mail_checks(
             c.fix = format!(
                 "ask whoever gave you {ip} (ISP, hosting provider) to set its reverse DNS to {}, \
                  or serve the reverse zone with ilot; without it most receivers reject or spam-file your mail",
-                host.hostname.as_deref().unwrap_or("your mail host name")
+                helo.as_ref().map(|(h, _)| h.as_str()).unwrap_or("your mail host name")
             );
             out.push(c);
             continue;
@@ -274,13 +365,13 @@ pub async fn mail_checks(
                 "make {} resolve to {ip} (an {kind} record), or change the PTR to a name that does",
                 names[0]
             );
-        } else if let Some(h) = host.hostname.as_deref() {
+        } else if let Some((h, who)) = &helo {
             if !confirmed.iter().any(|n| n.trim_end_matches('.') == h) {
                 c.status = Status::Fail;
-                c.seen
-                    .push_str(&format!(" (the mail server says HELO {h})"));
+                c.seen.push_str(&format!(" ({who} HELO {h})"));
                 c.fix = format!(
-                    "the PTR of {ip} and the HELO name must match: set the PTR to {h}, or set [host] hostname = \"{}\"",
+                    "the PTR of {ip} and the HELO name must be one name: set [host] hostname = \"{}\" \
+                     (ilot's mail server then greets with it), or set the PTR to {h}",
                     confirmed[0].trim_end_matches('.')
                 );
             }

@@ -49,6 +49,8 @@ pub struct Inputs<'a> {
     pub acme: bool,
     /// DKIM public keys by mail domain: (selector, TXT value).
     pub dkim: &'a std::collections::BTreeMap<String, Vec<(String, String)>>,
+    /// `[mail] postmaster`: where the mail domains' role addresses go (else the first mailbox).
+    pub postmaster: Option<&'a str>,
 }
 
 /// The mail domains an instance that declares `[needs] mail` serves: those `ilot mail domain`
@@ -94,16 +96,33 @@ pub fn plan(inp: &Inputs, only: Option<&str>) -> (Vec<Record>, Vec<Finding>) {
     };
     // The host itself: its name resolves to its addresses and back (forward-confirmed reverse
     // DNS, which receiving mail servers check). The PTR records belong to whoever holds the
-    // address space: the ISP, or the user's own reverse zone.
+    // address space: the ISP, or the user's own reverse zone. Without [host] hostname, a mail
+    // server's own name is the host's (it greets with it: crate::mail::helo_name); its A and
+    // AAAA come with the server's web name below.
+    let mail_server = inp
+        .instances
+        .iter()
+        .find(|i| i.manifest.needs.mail && i.domain.is_some());
     if let Some(name) = host.hostname.as_deref() {
         let fqdn = format!("{name}.");
         if let Some(ip) = ipv4 {
             push(fqdn.clone(), "A", ip.to_string(), "host");
-            push(reverse_v4(ip), "PTR", fqdn.clone(), "host");
         }
         if let Some(ip) = ipv6 {
             push(fqdn.clone(), "AAAA", ip.to_string(), "host");
-            push(reverse_v6(ip), "PTR", fqdn.clone(), "host");
+        }
+    }
+    if let Some(name) = host
+        .hostname
+        .clone()
+        .or_else(|| mail_server.and_then(|i| i.domain.clone()))
+    {
+        let fqdn = format!("{name}.");
+        if let Some(ip) = ipv4 {
+            push(reverse_v4(ip), "PTR", fqdn.clone(), "host");
+        }
+        if let Some(ip) = ipv6 {
+            push(reverse_v6(ip), "PTR", fqdn, "host");
         }
     }
     let no_address = |domain: &str| Finding {
@@ -152,23 +171,61 @@ pub fn plan(inp: &Inputs, only: Option<&str>) -> (Vec<Record>, Vec<Finding>) {
         let Some(mx) = inst.domain.as_deref() else {
             continue;
         };
+        let relay = inst.mail.as_ref().and_then(|st| st.relay.as_ref());
         for m in mail_domains(inst) {
             let at = |label: &str| format!("{label}.{m}.");
             let apex = format!("{m}.");
             push(apex.clone(), "MX", format!("10 {mx}."), &reason);
-            push(apex.clone(), "TXT", txt("v=spf1 mx -all"), &reason);
-            let report = inp
-                .dns
-                .dmarc_report
-                .clone()
-                .unwrap_or_else(|| format!("postmaster@{m}"));
+            push(apex.clone(), "TXT", txt(&spf(relay)), &reason);
+            if let Some(r) = relay.filter(|r| r.spf_include.is_none()) {
+                if wanted(&m) {
+                    findings.push(Finding {
+                        domain: m.clone(),
+                        problem: format!(
+                            "mail leaves through the relay {}, which the SPF record does not \
+                             cover, so receivers see it fail SPF",
+                            r.host
+                        ),
+                        fix: format!(
+                            "`ilot mail relay set {}:{} --user {} --spf-include DOMAIN`, with the \
+                             domain the relay's documentation says to include",
+                            r.host, r.port, r.user
+                        ),
+                    });
+                }
+            }
+            // Reports go to an address that accepts mail: [dns] dmarc_report, or postmaster@
+            // once it has somewhere to go (a mailbox, or [mail] postmaster). Until then no
+            // report is asked for: it would bounce. (A mail app ilot does not configure keeps
+            // its own postmaster@.)
+            let report = inp.dns.dmarc_report.clone().or_else(|| {
+                let accepts = inst
+                    .mail
+                    .as_ref()
+                    .is_none_or(|st| st.postmaster_accepts(&m, inp.postmaster));
+                accepts.then(|| format!("postmaster@{m}"))
+            });
+            if report.is_none() && wanted(&m) {
+                findings.push(Finding {
+                    domain: m.clone(),
+                    problem: format!(
+                        "postmaster@{m} has no mailbox to go to yet, so DMARC and TLS-RPT \
+                         reports are not asked for"
+                    ),
+                    fix: format!(
+                        "add a mailbox (`ilot mail user add you@{m}`: postmaster@, abuse@ and \
+                         hostmaster@ go to the first one), or set [mail] postmaster"
+                    ),
+                });
+            }
+            let rua = report
+                .as_deref()
+                .map(|r| format!("; rua=mailto:{r}"))
+                .unwrap_or_default();
             push(
                 at("_dmarc"),
                 "TXT",
-                txt(&format!(
-                    "v=DMARC1; p={}; rua=mailto:{report}",
-                    inp.dns.dmarc_policy
-                )),
+                txt(&format!("v=DMARC1; p={}{rua}", inp.dns.dmarc_policy)),
                 &reason,
             );
             match inp.dkim.get(&m).filter(|k| !k.is_empty()) {
@@ -201,12 +258,14 @@ pub fn plan(inp: &Inputs, only: Option<&str>) -> (Vec<Record>, Vec<Finding>) {
                 &reason,
             );
             web_name(&format!("mta-sts.{m}"), &mut push, &mut findings);
-            push(
-                at("_smtp._tls"),
-                "TXT",
-                txt(&format!("v=TLSRPTv1; rua=mailto:{report}")),
-                &reason,
-            );
+            if let Some(report) = &report {
+                push(
+                    at("_smtp._tls"),
+                    "TXT",
+                    txt(&format!("v=TLSRPTv1; rua=mailto:{report}")),
+                    &reason,
+                );
+            }
             // RFC 6186 (mail clients find their servers) and RFC 8314 (implicit TLS first).
             push(
                 at("_submissions._tcp"),
@@ -221,6 +280,18 @@ pub fn plan(inp: &Inputs, only: Option<&str>) -> (Vec<Record>, Vec<Finding>) {
                 &reason,
             );
             push(at("_imaps._tcp"), "SRV", format!("0 1 993 {mx}."), &reason);
+            // Mail clients' autoconfiguration, served by the proxy (src/mail/autoconfig.rs)
+            // for the mail servers ilot configures.
+            if inst.manifest.needs.mail_files.is_some() {
+                web_name(&format!("autoconfig.{m}"), &mut push, &mut findings);
+                web_name(&format!("autodiscover.{m}"), &mut push, &mut findings);
+                push(
+                    at("_autodiscover._tcp"),
+                    "SRV",
+                    format!("0 0 443 autodiscover.{m}."),
+                    &reason,
+                );
+            }
             push(at("_imap._tcp"), "SRV", "0 0 0 .".into(), &reason);
             push(at("_pop3._tcp"), "SRV", "0 0 0 .".into(), &reason);
         }
@@ -228,6 +299,15 @@ pub fn plan(inp: &Inputs, only: Option<&str>) -> (Vec<Record>, Vec<Finding>) {
     records.sort_by(|a, b| (&a.name, &a.kind, &a.value).cmp(&(&b.name, &b.kind, &b.value)));
     records.dedup_by(|a, b| a.name == b.name && a.kind == b.kind && a.value == b.value);
     (records, findings)
+}
+
+/// A mail domain's SPF policy: its MX hosts, and the relay's servers when mail leaves through
+/// one (RFC 7208 `include:`, the relay's own list).
+pub fn spf(relay: Option<&crate::mail::Relay>) -> String {
+    match relay.and_then(|r| r.spf_include.as_deref()) {
+        Some(d) => format!("v=spf1 mx include:{d} -all"),
+        None => "v=spf1 mx -all".into(),
+    }
 }
 
 /// 203.0.113.10 -> 10.113.0.203.in-addr.arpa.
@@ -472,6 +552,7 @@ mod tests {
             caa_account: None,
             acme: true,
             dkim: &dkim,
+            postmaster: None,
         };
         let (records, findings) = plan(&inputs, None);
         assert!(findings.is_empty());
@@ -519,6 +600,7 @@ mod tests {
             caa_account: None,
             acme: false,
             dkim: &dkim,
+            postmaster: Some("admin@example.net"),
         };
         let (records, findings) = plan(&inputs, None);
         assert!(findings.is_empty(), "{findings:?}");
@@ -554,6 +636,74 @@ mod tests {
         ));
         assert!(has("1.2.0.192.in-addr.arpa.", "PTR", "mail.example.org."));
         assert!(mta_sts_policy("mail.example.org", false).contains("mode: testing"));
+    }
+
+    #[test]
+    fn reports_and_spf_follow_the_mail_servers_state() {
+        let mut inst = instance("m", "mail.example.org", &[], true);
+        let mut st = crate::mail::MailState::default();
+        st.add_domain("example.org").unwrap();
+        st.relay = Some(
+            crate::mail::parse_relay("smtp.sendgrid.net:587", "k", "pw".into(), "encrypt", None)
+                .unwrap(),
+        );
+        inst.mail = Some(st);
+        let host = crate::config::HostConfig {
+            ipv4: Some("192.0.2.1".parse().unwrap()),
+            ..Default::default()
+        };
+        let dns = crate::config::DnsConfig::default();
+        let dkim = Default::default();
+        let mut insts = [inst];
+        let plan_of = |insts: &[Instance]| {
+            plan(
+                &Inputs {
+                    instances: insts,
+                    host: &host,
+                    dns: &dns,
+                    caa_issuer: None,
+                    caa_account: None,
+                    acme: false,
+                    dkim: &dkim,
+                    postmaster: None,
+                },
+                None,
+            )
+        };
+        let (records, findings) = plan_of(&insts);
+        let value = |n: &str, t: &str| {
+            records
+                .iter()
+                .find(|r| r.name == n && r.kind == t)
+                .map(|r| r.value.clone())
+        };
+        assert_eq!(
+            value("example.org.", "TXT").as_deref(),
+            Some("\"v=spf1 mx include:sendgrid.net -all\"")
+        );
+        // No mailbox yet: postmaster@ would bounce, so no report is asked for.
+        assert_eq!(
+            value("_dmarc.example.org.", "TXT").as_deref(),
+            Some("\"v=DMARC1; p=quarantine\"")
+        );
+        assert_eq!(value("_smtp._tls.example.org.", "TXT"), None);
+        assert!(findings.iter().any(|f| f.problem.contains("postmaster@example.org")));
+        // Without [host] hostname, the PTR names the mail server (the name it greets with).
+        assert_eq!(
+            value("1.2.0.192.in-addr.arpa.", "PTR").as_deref(),
+            Some("mail.example.org.")
+        );
+        // A mailbox, and a relay ilot does not know.
+        let st = insts[0].mail.as_mut().unwrap();
+        st.add_user("bob@example.org", "h".into(), None).unwrap();
+        st.relay.as_mut().unwrap().spf_include = None;
+        let (records, findings) = plan_of(&insts);
+        assert!(records.iter().any(|r| r.name == "_smtp._tls.example.org."
+            && r.value.contains("rua=mailto:postmaster@example.org")));
+        assert!(
+            findings.iter().any(|f| f.fix.contains("--spf-include")),
+            "{findings:?}"
+        );
     }
 
     #[test]

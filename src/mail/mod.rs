@@ -4,6 +4,8 @@
 //! ilot owns the DKIM keys, not the container, because a key must be published in DNS before
 //! mail is signed with it. docs/mail.md describes the whole of it.
 
+pub mod autoconfig;
+
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -12,8 +14,32 @@ use std::path::{Path, PathBuf};
 /// The selector of a domain's first key; rotation adds ilot2, ilot3...
 pub const FIRST_SELECTOR: &str = "ilot1";
 
+/// The addresses every mail domain keeps: postmaster (RFC 5321 requires it), abuse and
+/// hostmaster (RFC 2142). DMARC and TLS-RPT reports and the SOA contact point at them, so they
+/// must accept mail: each goes to the admin (`[mail] postmaster`, else the server's first
+/// mailbox) unless the admin made a mailbox or an alias of that name, and none can be removed.
+pub const ROLE_ADDRESSES: [&str; 3] = ["postmaster", "abuse", "hostmaster"];
+
+/// Whether `address` is one of a domain's role addresses (postmaster@, abuse@, hostmaster@).
+pub fn is_role_address(address: &str) -> bool {
+    address
+        .split_once('@')
+        .is_some_and(|(local, _)| ROLE_ADDRESSES.contains(&local))
+}
+
 /// The group (in the mail image) that may read the secret files: `ilotsecret`.
 pub const SECRET_GID: u32 = 10025;
+
+/// The one name a mail server goes by on the internet: its SMTP greeting and HELO, the PTR of
+/// the host's addresses and the name those resolve from (forward-confirmed reverse DNS, which
+/// receivers check). `[host] hostname` when set, since that is the name the PTR is planned for;
+/// else the mail server's own domain (its MX target).
+pub fn helo_name(host: &crate::config::HostConfig, server_domain: Option<&str>) -> String {
+    host.hostname
+        .clone()
+        .or_else(|| server_domain.map(str::to_string))
+        .unwrap_or_else(|| "localhost".into())
+}
 
 /// Where the image keeps a mailbox: /var/mail/vhosts/DOMAIN/LOCAL/Maildir.
 pub fn maildir(address: &str) -> String {
@@ -87,6 +113,44 @@ pub struct Relay {
     pub password: String,
     /// "encrypt" (TLS required, the default) or "none" (a relay on a trusted local network).
     pub tls: String,
+    /// The domain whose SPF record lists the relay's sending servers: the SPF of every mail
+    /// domain gets `include:` it, or relayed mail fails SPF. None: not known (ilot says so).
+    #[serde(default)]
+    pub spf_include: Option<String>,
+}
+
+/// The SPF domains well-known relays publish for their customers' `include:` (each from the
+/// relay's own documentation). A relay host ends with the first part.
+const KNOWN_RELAY_SPF: &[(&str, &str)] = &[
+    ("smtp.gmail.com", "_spf.google.com"),
+    ("smtp-relay.gmail.com", "_spf.google.com"),
+    ("smtp.office365.com", "spf.protection.outlook.com"),
+    ("smtp.sendgrid.net", "sendgrid.net"),
+    ("smtp.mailgun.org", "mailgun.org"),
+    ("smtp.eu.mailgun.org", "mailgun.org"),
+    ("in-v3.mailjet.com", "spf.mailjet.com"),
+    ("smtp-relay.brevo.com", "spf.brevo.com"),
+    ("smtp-relay.sendinblue.com", "spf.brevo.com"),
+    ("smtp.postmarkapp.com", "spf.mtasv.net"),
+    ("smtp.fastmail.com", "spf.messagingengine.com"),
+    ("smtp.zoho.com", "zoho.com"),
+    ("smtp.zoho.eu", "zoho.eu"),
+    (".amazonaws.com", "amazonses.com"),
+    ("smtp.mailbox.org", "mailbox.org"),
+];
+
+/// The SPF domain of a well-known relay host, if ilot knows it.
+pub fn known_relay_spf(host: &str) -> Option<&'static str> {
+    KNOWN_RELAY_SPF
+        .iter()
+        .find(|(h, _)| {
+            if h.starts_with('.') {
+                host.ends_with(h) && host.starts_with("email-smtp.")
+            } else {
+                host == *h
+            }
+        })
+        .map(|(_, spf)| *spf)
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -184,6 +248,41 @@ pub fn parse_quota(s: &str) -> Result<u64> {
 }
 
 impl MailState {
+    /// Where the role addresses go: `configured` (`[mail] postmaster`) when set, else the
+    /// first mailbox created on this server; none while there is neither.
+    pub fn role_target(&self, configured: Option<&str>) -> Option<String> {
+        configured.map(str::to_string).or_else(|| {
+            self.users
+                .iter()
+                .min_by_key(|(a, u)| (u.created, a.as_str()))
+                .map(|(a, _)| a.clone())
+        })
+    }
+
+    /// The role addresses ilot itself provides, with their target: those of every domain the
+    /// admin did not make a mailbox or an alias of.
+    pub fn roles(&self, configured: Option<&str>) -> Vec<(String, String)> {
+        let Some(target) = self.role_target(configured) else {
+            return Vec::new();
+        };
+        self.domains
+            .iter()
+            .flat_map(|d| ROLE_ADDRESSES.iter().map(move |r| format!("{r}@{d}")))
+            .filter(|a| !self.users.contains_key(a) && !self.aliases.contains_key(a))
+            .filter(|a| *a != target)
+            .map(|a| (a, target.clone()))
+            .collect()
+    }
+
+    /// Whether mail to postmaster@`domain` is accepted here (so a record may point at it).
+    pub fn postmaster_accepts(&self, domain: &str, configured: Option<&str>) -> bool {
+        let a = format!("postmaster@{domain}");
+        self.has_domain(domain)
+            && (self.users.contains_key(&a)
+                || self.aliases.contains_key(&a)
+                || self.role_target(configured).is_some())
+    }
+
     fn has_domain(&self, domain: &str) -> bool {
         self.domains.iter().any(|d| d == domain)
     }
@@ -323,6 +422,18 @@ impl MailState {
 
     pub fn remove_alias(&mut self, address: &str) -> Result<String> {
         let key = address.trim().to_ascii_lowercase();
+        let domain = key.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+        if is_role_address(&key) && self.has_domain(domain) && !self.aliases.contains_key(&key) {
+            return Err(Error::conflict(format!(
+                "{key} is a role address that every mail domain keeps (postmaster@ is required \
+                 by RFC 5321; DMARC and TLS-RPT reports and the SOA contact go to these), so it \
+                 cannot be removed while {domain} is a mail domain"
+            ))
+            .hint(
+                "it goes to [mail] postmaster, or to the first mailbox; to send it elsewhere, set \
+                 [mail] postmaster in /etc/ilot/ilot.toml or add an alias of that name",
+            ));
+        }
         if self.aliases.remove(&key).is_none() {
             return Err(
                 Error::not_found(format!("no alias {key}")).hint("see `ilot mail alias list`")
@@ -332,8 +443,15 @@ impl MailState {
     }
 }
 
-/// Parses "HOST:PORT" for the relay.
-pub fn parse_relay(s: &str, user: &str, password: String, tls: &str) -> Result<Relay> {
+/// Parses "HOST:PORT" for the relay; `spf_include` is the relay's SPF domain (else the known
+/// one for its host).
+pub fn parse_relay(
+    s: &str,
+    user: &str,
+    password: String,
+    tls: &str,
+    spf_include: Option<&str>,
+) -> Result<Relay> {
     let (host, port) = s.rsplit_once(':').ok_or_else(|| {
         Error::bad_input(format!(
             "{s:?}: give the relay as HOST:PORT, e.g. smtp.isp.net:587"
@@ -370,12 +488,26 @@ pub fn parse_relay(s: &str, user: &str, password: String, tls: &str) -> Result<R
             "--tls {tls:?}: use encrypt (TLS required) or none"
         )));
     }
+    let spf_include = match spf_include {
+        Some(d) => {
+            let d = d.trim().trim_start_matches("include:").to_ascii_lowercase();
+            crate::names::check_domain(&d).map_err(|e| {
+                Error::bad_input(format!("--spf-include: {}", e.message)).hint(
+                    "give the domain the relay's documentation says to include, e.g. \
+                     --spf-include spf.relay.example",
+                )
+            })?;
+            Some(d)
+        }
+        None => known_relay_spf(&host).map(str::to_string),
+    };
     Ok(Relay {
         host,
         port,
         user: user.to_string(),
         password,
         tls: tls.to_string(),
+        spf_include,
     })
 }
 
@@ -480,8 +612,15 @@ struct File {
 }
 
 /// Writes the container's files for `state` into `dir`; returns whether any changed.
-/// `hostname` is the server's name (its HELO, and what the MX points at).
-pub fn render(state: &MailState, state_dir: &Path, dir: &Path, hostname: &str) -> Result<bool> {
+/// `helo` is the name the server greets and says HELO with (the one the host's PTR names);
+/// `postmaster` is `[mail] postmaster`, where the role addresses go.
+pub fn render(
+    state: &MailState,
+    state_dir: &Path,
+    dir: &Path,
+    helo: &str,
+    postmaster: Option<&str>,
+) -> Result<bool> {
     let mut files = Vec::new();
     let mut add = |name: &str, content: String, secret: bool| {
         files.push(File {
@@ -492,7 +631,7 @@ pub fn render(state: &MailState, state_dir: &Path, dir: &Path, hostname: &str) -
     };
     let lines = |it: &mut dyn Iterator<Item = String>| it.map(|l| l + "\n").collect::<String>();
 
-    let mut postfix = format!("myhostname = {hostname}\n");
+    let mut postfix = format!("myhostname = {helo}\n");
     if let Some(r) = &state.relay {
         let level = if r.tls == "none" { "may" } else { "encrypt" };
         postfix.push_str(&format!(
@@ -525,6 +664,10 @@ pub fn render(state: &MailState, state_dir: &Path, dir: &Path, hostname: &str) -
             .iter()
             .map(|(a, t)| format!("{a} {}", t.join(","))),
     );
+    // postmaster@, abuse@, hostmaster@ of every domain (a line of its own wins over a
+    // catch-all).
+    let roles = state.roles(postmaster);
+    aliases.extend(roles.iter().map(|(a, t)| format!("{a} {t}")));
     add("aliases", lines(&mut aliases.into_iter()), false);
     // Who may send as whom: a mailbox as itself, an alias by the local mailboxes it reaches.
     let mut senders: BTreeMap<&str, Vec<&str>> = state
@@ -543,6 +686,11 @@ pub fn render(state: &MailState, state_dir: &Path, dir: &Path, hostname: &str) -
             .collect();
         if !owners.is_empty() {
             senders.insert(a, owners);
+        }
+    }
+    for (a, t) in &roles {
+        if state.users.contains_key(t) {
+            senders.insert(a.as_str(), vec![t.as_str()]);
         }
     }
     add(
@@ -734,7 +882,7 @@ mod tests {
         .unwrap();
         s.add_alias("@example.org", &["bob@example.org".into()])
             .unwrap();
-        s.relay = Some(parse_relay("smtp.isp.net:587", "me", "pw".into(), "encrypt").unwrap());
+        s.relay = Some(parse_relay("smtp.isp.net:587", "me", "pw".into(), "encrypt", None).unwrap());
         new_key(&state_dir, "example.org", "ilot1").unwrap();
         s.dkim.insert(
             "example.org".into(),
@@ -743,9 +891,9 @@ mod tests {
                 ..Default::default()
             },
         );
-        assert!(render(&s, &state_dir, &out, "mail.example.org").unwrap());
+        assert!(render(&s, &state_dir, &out, "mail.example.org", None).unwrap());
         assert!(
-            !render(&s, &state_dir, &out, "mail.example.org").unwrap(),
+            !render(&s, &state_dir, &out, "mail.example.org", None).unwrap(),
             "unchanged: no rewrite"
         );
         let read = |n: &str| std::fs::read_to_string(out.join(n)).unwrap();
@@ -753,11 +901,16 @@ mod tests {
         assert_eq!(read("mailboxes"), "bob@example.org example.org/bob/\n");
         assert_eq!(
             read("aliases"),
-            "bob@example.org bob@example.org\n@example.org bob@example.org\ninfo@example.org bob@example.org,x@example.net\n"
+            "bob@example.org bob@example.org\n@example.org bob@example.org\n\
+             info@example.org bob@example.org,x@example.net\n\
+             postmaster@example.org bob@example.org\nabuse@example.org bob@example.org\n\
+             hostmaster@example.org bob@example.org\n"
         );
         assert_eq!(
             read("senders"),
-            "bob@example.org bob@example.org\ninfo@example.org bob@example.org\n"
+            "abuse@example.org bob@example.org\nbob@example.org bob@example.org\n\
+             hostmaster@example.org bob@example.org\ninfo@example.org bob@example.org\n\
+             postmaster@example.org bob@example.org\n"
         );
         assert_eq!(
             read("users"),
@@ -772,7 +925,7 @@ mod tests {
         assert_eq!((meta.mode() & 0o777, meta.gid()), (0o640, SECRET_GID));
         // The relay goes: its settings and password go with it.
         s.relay = None;
-        assert!(render(&s, &state_dir, &out, "mail.example.org").unwrap());
+        assert!(render(&s, &state_dir, &out, "mail.example.org", None).unwrap());
         assert_eq!(read("relay_password"), "");
         assert!(!read("postfix.cf").contains("relayhost"));
         std::fs::remove_dir_all(&dir).unwrap();
@@ -794,7 +947,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        render(&s, &state_dir, &out, "mail.example.org").unwrap();
+        render(&s, &state_dir, &out, "mail.example.org", None).unwrap();
         let has = |n: &str| out.join("dkim").join(n).exists();
         assert!(has("example.org.ilot1.key") && !has("example.org.ilot2.key"));
         // The switch: the map names ilot2, and ilot1 (still published) stays for the workers
@@ -803,16 +956,84 @@ mod tests {
         k.signing = "ilot2".into();
         k.pending = None;
         k.retiring.insert("ilot1".into(), 1);
-        assert!(render(&s, &state_dir, &out, "mail.example.org").unwrap());
+        assert!(render(&s, &state_dir, &out, "mail.example.org", None).unwrap());
         let map = std::fs::read_to_string(out.join("dkim/selectors.map")).unwrap();
         assert_eq!(map, "example.org ilot2\n");
         assert!(has("example.org.ilot1.key") && has("example.org.ilot2.key"));
         // Withdrawn: it leaves DNS and the container together.
         remove_key(&state_dir, "example.org", "ilot1").unwrap();
         s.dkim.get_mut("example.org").unwrap().retiring.clear();
-        assert!(render(&s, &state_dir, &out, "mail.example.org").unwrap());
+        assert!(render(&s, &state_dir, &out, "mail.example.org", None).unwrap());
         assert!(!has("example.org.ilot1.key") && has("example.org.ilot2.key"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn every_domain_keeps_its_role_addresses() {
+        let mut s = server();
+        s.add_domain("example.net").unwrap();
+        assert!(
+            s.roles(None).is_empty() && !s.postmaster_accepts("example.org", None),
+            "no mailbox yet: nowhere to deliver"
+        );
+        assert_eq!(
+            s.roles(Some("admin@elsewhere.test")).len(),
+            6,
+            "a configured address receives them at once"
+        );
+        s.add_user("bob@example.org", "h".into(), None).unwrap();
+        s.users.get_mut("bob@example.org").unwrap().created = 1;
+        s.add_user("ann@example.org", "h".into(), None).unwrap();
+        let roles = s.roles(None);
+        assert!(roles.contains(&("abuse@example.net".into(), "bob@example.org".into())));
+        assert!(s.postmaster_accepts("example.net", None));
+        // The admin may send postmaster@ elsewhere with an alias of that name...
+        s.add_alias("postmaster@example.org", &["ann@example.org".into()])
+            .unwrap();
+        assert!(!s
+            .roles(None)
+            .iter()
+            .any(|(a, _)| a == "postmaster@example.org"));
+        s.remove_alias("postmaster@example.org").unwrap();
+        // ...but never remove it.
+        let before = s.clone();
+        let e = s.remove_alias("Postmaster@example.org").unwrap_err();
+        assert!(e.message.contains("role address"), "{e}");
+        assert!(s.remove_alias("abuse@example.net").is_err());
+        assert_eq!(s, before);
+        // The first mailbox goes: the next one receives them.
+        s.remove_user("bob@example.org").unwrap();
+        assert_eq!(s.role_target(None).as_deref(), Some("ann@example.org"));
+    }
+
+    #[test]
+    fn a_relay_brings_its_spf() {
+        let r = parse_relay("smtp.sendgrid.net:587", "apikey", "pw".into(), "encrypt", None)
+            .unwrap();
+        assert_eq!(r.spf_include.as_deref(), Some("sendgrid.net"));
+        let r = parse_relay(
+            "email-smtp.eu-west-1.amazonaws.com:587",
+            "AKIA",
+            "pw".into(),
+            "encrypt",
+            None,
+        )
+        .unwrap();
+        assert_eq!(r.spf_include.as_deref(), Some("amazonses.com"));
+        let r = parse_relay("smtp.isp.net:587", "me", "pw".into(), "encrypt", None).unwrap();
+        assert_eq!(r.spf_include, None, "unknown: nothing guessed");
+        let r = parse_relay(
+            "smtp.isp.net:587",
+            "me",
+            "pw".into(),
+            "encrypt",
+            Some("include:_SPF.isp.net"),
+        )
+        .unwrap();
+        assert_eq!(r.spf_include.as_deref(), Some("_spf.isp.net"));
+        let e = parse_relay("smtp.isp.net:587", "me", "pw".into(), "encrypt", Some("a b"))
+            .unwrap_err();
+        assert!(e.message.contains("--spf-include"), "{e}");
     }
 
     #[test]

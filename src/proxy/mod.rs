@@ -48,8 +48,9 @@ pub struct Proxy {
     config: ProxyConfig,
     /// host -> targets, longest path prefix first.
     routes: RwLock<HashMap<String, Vec<Target>>>,
-    /// Small documents ilot itself serves: (host, path) -> text (MTA-STS policies).
-    documents: RwLock<HashMap<(String, String), String>>,
+    /// Small documents ilot itself serves: (host, path) -> document (MTA-STS policies, mail
+    /// clients' autoconfiguration).
+    documents: RwLock<HashMap<(String, String), Document>>,
     pub certs: Arc<tls::CertStore>,
     /// ACME HTTP-01: token -> key authorization.
     pub challenges: RwLock<HashMap<String, String>>,
@@ -112,7 +113,7 @@ impl Proxy {
     pub fn set_routes(
         &self,
         mut routes: HashMap<String, Vec<Target>>,
-        documents: HashMap<(String, String), String>,
+        documents: HashMap<(String, String), Document>,
     ) -> Result<()> {
         for targets in routes.values_mut() {
             targets.sort_by_key(|t| std::cmp::Reverse(t.path.len()));
@@ -297,8 +298,13 @@ impl Proxy {
             .expect("documents lock")
             .get(&(host.to_string(), req.uri().path().to_string()))
             .cloned();
-        if let Some(body) = document {
-            return text(StatusCode::OK, &body);
+        if let Some(doc) = document {
+            let mut r = text(StatusCode::OK, &doc.body);
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(doc.content_type),
+            );
+            return r;
         }
         let Some(target) = self.target(host, req.uri().path()) else {
             return not_served();
@@ -507,6 +513,19 @@ fn set_forwarded(headers: &mut HeaderMap, host: &str, peer: SocketAddr) {
     set(headers, "x-forwarded-host", host);
     if !headers.contains_key(header::HOST) {
         set(headers, "host", host);
+    }
+}
+
+/// A document the proxy serves itself, whatever the method (Outlook POSTs its question).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Document {
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+impl Document {
+    pub fn new(content_type: &'static str, body: String) -> Document {
+        Document { content_type, body }
     }
 }
 
