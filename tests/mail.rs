@@ -1042,12 +1042,7 @@ fn one_name_role_addresses_relay_spf_and_client_autoconfig() {
         "{}ns IN A 192.0.2.53\nmx IN A 203.0.113.10\nmail IN A 203.0.113.10\n",
         soa("example.org")
     );
-    let reverse = |name: &str| {
-        format!(
-            "{}10 IN PTR {name}.\n",
-            soa("113.0.203.in-addr.arpa")
-        )
-    };
+    let reverse = |name: &str| format!("{}10 IN PTR {name}.\n", soa("113.0.203.in-addr.arpa"));
     let mut named = common::named::Named::start(
         &dir,
         &[
@@ -1055,7 +1050,7 @@ fn one_name_role_addresses_relay_spf_and_client_autoconfig() {
             ("113.0.203.in-addr.arpa", reverse("mx.example.org")),
         ],
     );
-    let mut ilot = Ilot::start_full(
+    let ilot = Ilot::start_full(
         &[],
         &format!(
             "[host]\nipv4 = \"203.0.113.10\"\nhostname = \"mx.example.org\"\n\n[dns]\n\
@@ -1064,7 +1059,7 @@ fn one_name_role_addresses_relay_spf_and_client_autoconfig() {
         ),
     );
     let srv = install(&ilot);
-    let records = |ilot: &Ilot| ilot.json(&["dns", "show", "example.org", "--json"]);
+    let records = |ilot: &Ilot| ilot.json(&["dns", "show", "example.org"]);
     let txt_at = |v: &Value, name: &str| -> Vec<String> {
         v["records"]
             .as_array()
@@ -1083,7 +1078,10 @@ fn one_name_role_addresses_relay_spf_and_client_autoconfig() {
         "{v}"
     );
     assert!(txt_at(&v, "_smtp._tls.example.org.").is_empty(), "{v}");
-    assert!(v["findings"].to_string().contains("postmaster@example.org"), "{v}");
+    assert!(
+        v["findings"].to_string().contains("postmaster@example.org"),
+        "{v}"
+    );
 
     // The first mailbox receives every role address; each is refused removal.
     add_user(&ilot, "bob@example.org", BOB_PW);
@@ -1097,7 +1095,14 @@ fn one_name_role_addresses_relay_spf_and_client_autoconfig() {
     for role in ["postmaster", "abuse", "hostmaster"] {
         let subject = format!("for the {role}");
         wait_until(&format!("{role}@ delivered to bob"), 60, || {
-            (!search(srv.imaps, "bob@example.org", BOB_PW, &format!("SUBJECT \"{subject}\"")).is_empty()).then_some(())
+            (!search(
+                srv.imaps,
+                "bob@example.org",
+                BOB_PW,
+                &format!("SUBJECT \"{subject}\""),
+            )
+            .is_empty())
+            .then_some(())
         });
     }
     let v = records(&ilot);
@@ -1110,18 +1115,36 @@ fn one_name_role_addresses_relay_spf_and_client_autoconfig() {
         ["\"v=TLSRPTv1; rua=mailto:postmaster@example.org\""]
     );
     // The admin may point postmaster@ elsewhere with an alias; abuse@ still goes to bob.
-    ilot.ok(&mc(&srv.name, &["alias", "add", "postmaster@example.org", "ann@example.org"]));
+    ilot.ok(&mc(
+        &srv.name,
+        &["alias", "add", "postmaster@example.org", "ann@example.org"],
+    ));
     deliver(srv.smtp, "postmaster@example.org", "to ann now", "x");
     wait_until("postmaster@ delivered to ann", 60, || {
-        (!search(srv.imaps, "ann@example.org", ANN_PW, "SUBJECT \"to ann now\"").is_empty()).then_some(())
+        (!search(
+            srv.imaps,
+            "ann@example.org",
+            ANN_PW,
+            "SUBJECT \"to ann now\"",
+        )
+        .is_empty())
+        .then_some(())
     });
 
     // One name: the server greets with [host] hostname, the PTR's name.
     let (ok, talk) = swaks(
         None,
-        &["--server", &format!("127.0.0.1:{}", srv.smtp), "--quit-after", "EHLO"],
+        &[
+            "--server",
+            &format!("127.0.0.1:{}", srv.smtp),
+            "--quit-after",
+            "EHLO",
+        ],
     );
-    assert!(ok && talk.contains("<-  220 mx.example.org ESMTP"), "{talk}");
+    assert!(
+        ok && talk.contains("<-  220 mx.example.org ESMTP"),
+        "{talk}"
+    );
     let diagnose = |ilot: &Ilot| {
         let out = ilot.cli(&["diagnose", "mail", "--json"]);
         let v: Value = serde_json::from_slice(&out.stdout)
@@ -1138,7 +1161,11 @@ fn one_name_role_addresses_relay_spf_and_client_autoconfig() {
     let checks = diagnose(&ilot);
     let greeting = find(&checks, &format!("SMTP greeting of {}", srv.name));
     assert!(
-        greeting["status"] == "ok" && greeting["seen"].as_str().unwrap().starts_with("mx.example.org"),
+        greeting["status"] == "ok"
+            && greeting["seen"]
+                .as_str()
+                .unwrap()
+                .starts_with("mx.example.org"),
         "{greeting}"
     );
     let ptr = find(&checks, "reverse DNS of 203.0.113.10");
@@ -1155,40 +1182,83 @@ fn one_name_role_addresses_relay_spf_and_client_autoconfig() {
     let ptr = find(&checks, "reverse DNS of 203.0.113.10");
     assert!(
         ptr["status"] == "fail"
-            && ptr["seen"].as_str().unwrap().contains("says HELO mx.example.org")
-            && ptr["fix"].as_str().unwrap().contains("[host] hostname = \"mail.example.org\""),
+            && ptr["seen"]
+                .as_str()
+                .unwrap()
+                .contains("says HELO mx.example.org")
+            && ptr["fix"]
+                .as_str()
+                .unwrap()
+                .contains("[host] hostname = \"mail.example.org\""),
         "{ptr}"
     );
 
     // A relay: SPF includes its servers (known for a well-known relay, given for others).
     ok_with_stdin(
         &ilot,
-        &mc(&srv.name, &["relay", "set", "smtp.sendgrid.net:587", "--user", "apikey"]),
+        &mc(
+            &srv.name,
+            &["relay", "set", "smtp.sendgrid.net:587", "--user", "apikey"],
+        ),
         "relay-password-1\n",
     );
-    assert_eq!(txt_at(&records(&ilot), "example.org."), ["\"v=spf1 mx include:sendgrid.net -all\""]);
+    assert_eq!(
+        txt_at(&records(&ilot), "example.org."),
+        ["\"v=spf1 mx include:sendgrid.net -all\""]
+    );
     let said = ok_with_stdin(
         &ilot,
-        &mc(&srv.name, &["relay", "set", "smtp.isp.example:587", "--user", "me"]),
+        &mc(
+            &srv.name,
+            &["relay", "set", "smtp.isp.example:587", "--user", "me"],
+        ),
         "relay-password-2\n",
     );
     assert!(said.contains("--spf-include"), "{said}");
     let v = records(&ilot);
     assert_eq!(txt_at(&v, "example.org."), ["\"v=spf1 mx -all\""]);
-    assert!(v["findings"].to_string().contains("smtp.isp.example"), "{v}");
+    assert!(
+        v["findings"].to_string().contains("smtp.isp.example"),
+        "{v}"
+    );
     let out = with_stdin(
         &ilot,
-        &mc(&srv.name, &["relay", "set", "smtp.isp.example:587", "--user", "me", "--spf-include", "not a domain"]),
+        &mc(
+            &srv.name,
+            &[
+                "relay",
+                "set",
+                "smtp.isp.example:587",
+                "--user",
+                "me",
+                "--spf-include",
+                "not a domain",
+            ],
+        ),
         "relay-password-2\n",
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--spf-include"));
     ok_with_stdin(
         &ilot,
-        &mc(&srv.name, &["relay", "set", "smtp.isp.example:587", "--user", "me", "--spf-include", "_spf.isp.example"]),
+        &mc(
+            &srv.name,
+            &[
+                "relay",
+                "set",
+                "smtp.isp.example:587",
+                "--user",
+                "me",
+                "--spf-include",
+                "_spf.isp.example",
+            ],
+        ),
         "relay-password-2\n",
     );
-    assert_eq!(txt_at(&records(&ilot), "example.org."), ["\"v=spf1 mx include:_spf.isp.example -all\""]);
+    assert_eq!(
+        txt_at(&records(&ilot), "example.org."),
+        ["\"v=spf1 mx include:_spf.isp.example -all\""]
+    );
     ilot.ok(&mc(&srv.name, &["relay", "remove"]));
 
     // Client autoconfiguration, fetched through the proxy and read with Python's own XML and
@@ -1222,10 +1292,20 @@ fn one_name_role_addresses_relay_spf_and_client_autoconfig() {
                 c.wait_with_output()
             })
             .unwrap();
-        assert!(out.status.success(), "{what}: {}\n{doc}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{what}: {}\n{doc}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
-    let (tb, err) = curl("autoconfig.example.org", &p.https, "https", "/mail/config-v1.1.xml?emailaddress=bob%40example.org", &[]);
+    let (tb, err) = curl(
+        "autoconfig.example.org",
+        &p.https,
+        "https",
+        "/mail/config-v1.1.xml?emailaddress=bob%40example.org",
+        &[],
+    );
     let servers = parse(
         "thunderbird",
         &tb,
@@ -1258,10 +1338,19 @@ fn one_name_role_addresses_relay_spf_and_client_autoconfig() {
     );
     assert_eq!(
         protocols,
-        format!("IMAP:mail.example.org:{} SMTP:mail.example.org:{submissions}", srv.imaps),
+        format!(
+            "IMAP:mail.example.org:{} SMTP:mail.example.org:{submissions}",
+            srv.imaps
+        ),
         "{err}"
     );
-    let (mc_doc, err) = curl("autoconfig.example.org", &p.https, "https", "/mail/apple.mobileconfig", &[]);
+    let (mc_doc, err) = curl(
+        "autoconfig.example.org",
+        &p.https,
+        "https",
+        "/mail/apple.mobileconfig",
+        &[],
+    );
     let account = parse(
         "mobileconfig",
         &mc_doc,
@@ -1271,15 +1360,25 @@ fn one_name_role_addresses_relay_spf_and_client_autoconfig() {
     );
     assert_eq!(
         account,
-        format!("com.apple.mail.managed mail.example.org {} {submissions}", srv.imaps),
+        format!(
+            "com.apple.mail.managed mail.example.org {} {submissions}",
+            srv.imaps
+        ),
         "{err}"
     );
     // Their names are in DNS, with Outlook's SRV.
     let v = records(&ilot);
     let has = |name: &str, kind: &str| {
-        v["records"].as_array().unwrap().iter().any(|r| r["name"] == name && r["type"] == kind)
+        v["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == name && r["type"] == kind)
     };
-    assert!(has("autoconfig.example.org.", "A") && has("autodiscover.example.org.", "A"), "{v}");
+    assert!(
+        has("autoconfig.example.org.", "A") && has("autodiscover.example.org.", "A"),
+        "{v}"
+    );
     assert!(has("_autodiscover._tcp.example.org.", "SRV"), "{v}");
 
     drop(named);

@@ -1122,8 +1122,9 @@ fn print_mail(op: &crate::api::MailOp, v: &Value) {
                 },
                 match r["spf_include"].as_str() {
                     Some(d) => format!("include:{d}"),
-                    None => "the relay's servers are not covered (set again with --spf-include DOMAIN)"
-                        .to_string(),
+                    None =>
+                        "the relay's servers are not covered (set again with --spf-include DOMAIN)"
+                            .to_string(),
                 }
             ),
             None => println!(

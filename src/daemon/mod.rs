@@ -481,17 +481,17 @@ impl Daemon {
             };
             let policy = crate::dns::mta_sts_policy(mx, self.config.acme.enabled);
             // (A mail app ilot does not configure knows its own ports: MTA-STS only.)
-            let endpoints = inst
-                .manifest
-                .needs
-                .mail_files
-                .is_some()
-                .then(|| autoconfig::Endpoints {
-                    host: mx,
-                    imaps: self.published_port(inst, "imaps_port", 993),
-                    submissions: self.published_port(inst, "submissions_port", 465),
-                    submission: self.published_port(inst, "submission_port", 587),
-                });
+            let endpoints =
+                inst.manifest
+                    .needs
+                    .mail_files
+                    .is_some()
+                    .then(|| autoconfig::Endpoints {
+                        host: mx,
+                        imaps: self.published_port(inst, "imaps_port", 993),
+                        submissions: self.published_port(inst, "submissions_port", 465),
+                        submission: self.published_port(inst, "submission_port", 587),
+                    });
             for m in crate::dns::mail_domains(inst) {
                 let at = |host: &str, path: &str| (format!("{host}.{m}"), path.to_string());
                 documents.insert(

@@ -687,7 +687,9 @@ mod tests {
             Some("\"v=DMARC1; p=quarantine\"")
         );
         assert_eq!(value("_smtp._tls.example.org.", "TXT"), None);
-        assert!(findings.iter().any(|f| f.problem.contains("postmaster@example.org")));
+        assert!(findings
+            .iter()
+            .any(|f| f.problem.contains("postmaster@example.org")));
         // Without [host] hostname, the PTR names the mail server (the name it greets with).
         assert_eq!(
             value("1.2.0.192.in-addr.arpa.", "PTR").as_deref(),

@@ -491,12 +491,26 @@ pub fn parse_relay(
     let spf_include = match spf_include {
         Some(d) => {
             let d = d.trim().trim_start_matches("include:").to_ascii_lowercase();
-            crate::names::check_domain(&d).map_err(|e| {
-                Error::bad_input(format!("--spf-include: {}", e.message)).hint(
-                    "give the domain the relay's documentation says to include, e.g. \
+            // A host name, except that SPF domains often start with an underscore label
+            // (_spf.google.com).
+            let labels_ok = d.len() <= 253
+                && d.contains('.')
+                && d.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && !l.starts_with('-')
+                        && !l.ends_with('-')
+                        && l.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                });
+            if !labels_ok {
+                return Err(
+                    Error::bad_input(format!("--spf-include {d:?} is not a domain name")).hint(
+                        "give the domain the relay's documentation says to include, e.g. \
                      --spf-include spf.relay.example",
-                )
-            })?;
+                    ),
+                );
+            }
             Some(d)
         }
         None => known_relay_spf(&host).map(str::to_string),
@@ -882,7 +896,8 @@ mod tests {
         .unwrap();
         s.add_alias("@example.org", &["bob@example.org".into()])
             .unwrap();
-        s.relay = Some(parse_relay("smtp.isp.net:587", "me", "pw".into(), "encrypt", None).unwrap());
+        s.relay =
+            Some(parse_relay("smtp.isp.net:587", "me", "pw".into(), "encrypt", None).unwrap());
         new_key(&state_dir, "example.org", "ilot1").unwrap();
         s.dkim.insert(
             "example.org".into(),
@@ -1008,8 +1023,14 @@ mod tests {
 
     #[test]
     fn a_relay_brings_its_spf() {
-        let r = parse_relay("smtp.sendgrid.net:587", "apikey", "pw".into(), "encrypt", None)
-            .unwrap();
+        let r = parse_relay(
+            "smtp.sendgrid.net:587",
+            "apikey",
+            "pw".into(),
+            "encrypt",
+            None,
+        )
+        .unwrap();
         assert_eq!(r.spf_include.as_deref(), Some("sendgrid.net"));
         let r = parse_relay(
             "email-smtp.eu-west-1.amazonaws.com:587",
@@ -1031,8 +1052,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.spf_include.as_deref(), Some("_spf.isp.net"));
-        let e = parse_relay("smtp.isp.net:587", "me", "pw".into(), "encrypt", Some("a b"))
-            .unwrap_err();
+        let e = parse_relay(
+            "smtp.isp.net:587",
+            "me",
+            "pw".into(),
+            "encrypt",
+            Some("a b"),
+        )
+        .unwrap_err();
         assert!(e.message.contains("--spf-include"), "{e}");
     }
 
