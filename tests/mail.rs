@@ -1223,7 +1223,21 @@ fn every_tls_port_refuses_anonymous_old_and_weak_handshakes() {
         run.extend(["-p".into(), format!("127.0.0.1:0:{p}")]);
     }
     run.push("ilot/mail:1.0".into());
-    docker_ok(&run.iter().map(String::as_str).collect::<Vec<_>>());
+    // The engine picks the host ports; one another process took meanwhile fails the run (the
+    // container is created all the same): remove it and try again.
+    let args: Vec<&str> = run.iter().map(String::as_str).collect();
+    for attempt in 1.. {
+        let out = docker(&args);
+        if out.status.success() {
+            break;
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            attempt < 5 && err.contains("address already in use"),
+            "docker {args:?}: {err}"
+        );
+        let _ = docker(&["rm", "-f", &bare.name]);
+    }
     let ports = tls_ports(
         bare.port(25),
         bare.port(587),
@@ -1323,10 +1337,29 @@ fn sieve_connect(port: u16, user: &str, password: &str, args: &[&str]) -> (bool,
     )
 }
 
+/// Prints the end of the mail container's log when the test fails (what Postfix, Dovecot and
+/// rspamd said is the first thing to read).
+struct LogsOnFailure(String);
+
+impl Drop for LogsOnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let out = docker(&["logs", "--tail", "80", &self.0]);
+            eprintln!(
+                "---- last lines of {}:\n{}{}",
+                self.0,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
 #[test]
 fn managesieve_uploads_a_vacation_reply_that_answers() {
     let ilot = Ilot::start();
     let srv = install(&ilot);
+    let _logs = LogsOnFailure(format!("ilot-{}-mail", srv.name));
     add_user(&ilot, "bob@example.org", BOB_PW);
     add_user(&ilot, "ann@example.org", ANN_PW);
 
@@ -1437,6 +1470,7 @@ fn managesieve_uploads_a_vacation_reply_that_answers() {
 fn users_send_only_as_the_addresses_they_own() {
     let ilot = Ilot::start();
     let srv = install(&ilot);
+    let _logs = LogsOnFailure(format!("ilot-{}-mail", srv.name));
     add_user(&ilot, "bob@example.org", BOB_PW);
     add_user(&ilot, "ann@example.org", ANN_PW);
     ilot.ok(&mc(
