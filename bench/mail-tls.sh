@@ -123,7 +123,7 @@ SHOW=$(ilot_cli app show "$NAME" --json) || die "ilot app show $NAME --json fail
 host_port() {
     jq -r --argjson c "$1" '[.services[0].ports[] | select(.container == $c) | .host][0] // empty | split(":") | last' <<<"$SHOW"
 }
-TESTSSL_VERSION=$(testssl --version 2>/dev/null | grep -o 'testssl *[0-9][^ ]*' | head -1 || true)
+TESTSSL_VERSION=$(testssl --version 2>/dev/null | grep -o 'testssl *[0-9][^ ]*' | tr -s ' ' | head -1 || true)
 info "installed; scanning with ${TESTSSL_VERSION:-testssl} (OpenSSL $(openssl version | cut -d' ' -f2))"
 
 # ---------------------------------------------------------------------------- scans
