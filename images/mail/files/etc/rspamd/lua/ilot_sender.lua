@@ -6,8 +6,8 @@
 -- a From or Sender header is not one the login may send as, with a permanent 5xx naming the
 -- login and what it may use, before dkim_signing could sign it:
 --
---   554 5.7.1 From ann@example.org is not yours: you are logged in as bob@example.org and may send as
---   bob@example.org (and its aliases) only
+--   554 5.7.1 From ann@example.org is not yours: you are logged in as bob@example.org
+--   and may send as bob@example.org (and its aliases info@example.org) only
 --
 -- Who owns what is /etc/ilot-mail/senders, the file Postfix reads ("address owner1,owner2"
 -- lines: a mailbox owns itself, an alias is owned by the local mailboxes it reaches), read as it
