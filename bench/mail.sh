@@ -15,7 +15,8 @@
 # 1. A daemon of its own (temp config, owner test-mlbench-XXXXXX, proxy on 127.0.0.1:0, ACME,
 #    firewall and guard off) installs the mail app:
 #      ilot app install mail --name mlbXXXXXX --domain mail.example.org \
-#        --set smtp_port=0 --set submission_port=0 --set submissions_port=0 --set imaps_port=0
+#        --set smtp_port=0 --set submission_port=0 --set submissions_port=0 --set imaps_port=0 \
+#        --set managesieve_port=0
 #    (it returns when the health check passes), adds the mailbox bob@example.org (password from
 #    stdin), and reads the host port of 25 from `ilot app show NAME --json`.
 # 2. Idle memory, after S seconds of settling: the container's cgroup (memory.usage_in_bytes, or
@@ -645,7 +646,7 @@ info "installing: ilot app install mail --name $NAME --domain mail.$DOMAIN (port
 INSTALLED=$NAME
 t_inst=$(now_ms)
 if ! ilot_cli app install mail --name "$NAME" --domain "mail.$DOMAIN" --set smtp_port=0 \
-    --set submission_port=0 --set submissions_port=0 --set imaps_port=0 >"$BENCH_DIR/install.log" 2>&1; then
+    --set submission_port=0 --set submissions_port=0 --set imaps_port=0 --set managesieve_port=0 >"$BENCH_DIR/install.log" 2>&1; then
     tail -n 20 "$BENCH_DIR/install.log" >&2
     die "ilot app install mail failed"
 fi

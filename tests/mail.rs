@@ -1385,3 +1385,553 @@ fn one_name_role_addresses_relay_spf_and_client_autoconfig() {
     ilot.ok(&["app", "remove", &srv.name, "--purge"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The TLS probes every port must refuse, each as openssl s_client arguments: an anonymous
+/// cipher (what a client that does not check the server gets: no authenticated server), TLS
+/// 1.0, TLS 1.1, and CBC with SHA-1 (Mozilla "intermediate" has none). `@SECLEVEL=0`: without
+/// it OpenSSL 3 would not even offer these, and refuse on its own side.
+const REFUSED: [(&str, &[&str]); 4] = [
+    ("anonymous (aNULL)", &["-tls1_2", "-cipher", "aNULL:@SECLEVEL=0"]),
+    ("TLS 1.0", &["-tls1", "-cipher", "DEFAULT:@SECLEVEL=0"]),
+    ("TLS 1.1", &["-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0"]),
+    (
+        "CBC with SHA-1",
+        &[
+            "-tls1_2",
+            "-cipher",
+            "ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA:ECDHE-RSA-AES256-SHA:DHE-RSA-AES128-SHA:AES128-SHA:@SECLEVEL=0",
+        ],
+    ),
+];
+
+/// A bare `openssl s_server` that accepts everything (also anonymous ciphers), killed on drop:
+/// the probes of REFUSED succeed against it, so a refusal by the mail server is the server's.
+struct Permissive {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Drop for Permissive {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn permissive_server() -> Permissive {
+    let dir = PathBuf::from(format!("/tmp/ilot-test-tls-{}", unique("")));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let st = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=permissive.test", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "openssl req");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("openssl")
+        .args(["s_server", "-quiet", "-www", "-accept"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-cert")
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key)
+        .args(["-cipher", "ALL:@SECLEVEL=0", "-min_protocol", "TLSv1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = Permissive { child, port, dir };
+    wait_until("openssl s_server listens", 10, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    server
+}
+
+/// The image run on its own (no ilot: it makes itself a self-signed RSA certificate), with its
+/// TLS ports on 127.0.0.1; removed on drop.
+struct BareImage {
+    name: String,
+}
+
+impl Drop for BareImage {
+    fn drop(&mut self) {
+        let _ = docker(&["rm", "-f", &self.name]);
+    }
+}
+
+impl BareImage {
+    fn port(&self, container: u16) -> u16 {
+        let out = docker_ok(&["port", &self.name, &format!("{container}/tcp")]);
+        out.lines()
+            .next()
+            .and_then(|l| l.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("port {container} of {}: {out}", self.name))
+    }
+}
+
+/// (what, host port, s_client arguments that reach the TLS handshake) for every TLS port.
+fn tls_ports(
+    smtp: u16,
+    submission: u16,
+    submissions: u16,
+    imaps: u16,
+    sieve: u16,
+) -> Vec<(String, u16, Vec<&'static str>)> {
+    vec![
+        ("25 (STARTTLS)".into(), smtp, vec!["-starttls", "smtp"]),
+        (
+            "587 (STARTTLS)".into(),
+            submission,
+            vec!["-starttls", "smtp"],
+        ),
+        ("465".into(), submissions, vec![]),
+        ("993".into(), imaps, vec![]),
+        ("4190 (STARTTLS)".into(), sieve, vec!["-starttls", "sieve"]),
+    ]
+}
+
+/// A normal client gets TLS 1.3, and with TLS 1.2 an ECDHE cipher; every probe of REFUSED is
+/// refused. Returns nothing: asserts.
+fn check_tls_policy(what: &str, ports: &[(String, u16, Vec<&'static str>)]) {
+    for (port_name, port, how) in ports {
+        let with = |extra: &[&str]| -> (bool, String) {
+            let mut args: Vec<&str> = how.clone();
+            args.extend_from_slice(extra);
+            s_client(*port, &args)
+        };
+        let (ok, out) = with(&[]);
+        assert!(
+            ok && out.contains("TLSv1.3"),
+            "{what}, port {port_name}: a normal client gets TLS 1.3: {out}"
+        );
+        let (ok, out) = with(&["-tls1_2"]);
+        let cipher = out
+            .lines()
+            .find_map(|l| l.split("Cipher is ").nth(1))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        assert!(
+            ok && cipher.starts_with("ECDHE-") && (cipher.contains("GCM") || cipher.contains("CHACHA20")),
+            "{what}, port {port_name}: a TLS 1.2 client gets ECDHE with an AEAD cipher, not {cipher:?}: {out}"
+        );
+        for (probe, args) in REFUSED {
+            let (ok, out) = with(args);
+            assert!(
+                !ok,
+                "{what}, port {port_name}: {probe} must be refused, but the handshake succeeded: {out}"
+            );
+            assert!(
+                !out.contains("no ciphers available") && !out.contains("no protocols available"),
+                "{what}, port {port_name}: {probe}: openssl refused to offer it itself: {out}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_tls_port_refuses_anonymous_old_and_weak_handshakes() {
+    // The probes are real: a server that allows everything accepts each of them.
+    let permissive = permissive_server();
+    for (probe, args) in REFUSED {
+        let (ok, out) = s_client(permissive.port, args);
+        assert!(ok, "{probe} against a permissive server: {out}");
+    }
+    let (_, out) = s_client(permissive.port, REFUSED[0].1);
+    assert!(out.contains("ADH-"), "an anonymous cipher: {out}");
+
+    // The app as ilot installs it (ilot's certificate: ECDSA).
+    let ilot = Ilot::start();
+    let srv = install(&ilot);
+    let ports = tls_ports(
+        srv.smtp,
+        srv.submission,
+        srv.submissions,
+        srv.imaps,
+        srv.managesieve,
+    );
+    check_tls_policy("the installed app", &ports);
+
+    // The image alone makes an RSA certificate: the DHE ciphers apply, with 2048-bit DH.
+    let bare = BareImage {
+        name: format!("ilot-test-mailtls-{}", unique("")),
+    };
+    let mut run = vec![
+        "run".to_string(),
+        "-d".into(),
+        "--name".into(),
+        bare.name.clone(),
+        "--label".into(),
+        format!("ilot.owner={}", ilot.owner),
+    ];
+    for p in [25, 587, 465, 993, 4190] {
+        run.extend(["-p".into(), format!("127.0.0.1:0:{p}")]);
+    }
+    run.push("ilot/mail:1.0".into());
+    // The engine picks the host ports; one another process took meanwhile fails the run (the
+    // container is created all the same): remove it and try again.
+    let args: Vec<&str> = run.iter().map(String::as_str).collect();
+    for attempt in 1.. {
+        let out = docker(&args);
+        if out.status.success() {
+            break;
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            attempt < 5 && err.contains("address already in use"),
+            "docker {args:?}: {err}"
+        );
+        let _ = docker(&["rm", "-f", &bare.name]);
+    }
+    let ports = tls_ports(
+        bare.port(25),
+        bare.port(587),
+        bare.port(465),
+        bare.port(993),
+        bare.port(4190),
+    );
+    wait_until("the bare image answers on every TLS port", 90, || {
+        ports
+            .iter()
+            .all(|(_, port, how)| s_client(*port, how).0)
+            .then_some(())
+    });
+    check_tls_policy("the image with an RSA certificate", &ports);
+    for (port_name, port, how) in &ports {
+        let mut args = how.clone();
+        args.extend(["-tls1_2", "-cipher", "DHE-RSA-AES128-GCM-SHA256"]);
+        let (ok, out) = s_client(*port, &args);
+        assert!(
+            ok && out.contains("Server Temp Key: DH, 2048 bits"),
+            "port {port_name}: DHE with 2048-bit parameters: {out}"
+        );
+    }
+}
+
+/// What a ManageSieve server answers to AUTHENTICATE before STARTTLS (RFC 5804), read with a
+/// plain TCP connection.
+fn managesieve_plain_auth(port: u16, user: &str, password: &str) -> (String, String) {
+    use std::io::{BufRead, BufReader, Write};
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let read_until_ok = |reader: &mut BufReader<std::net::TcpStream>| {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            all.push_str(&line);
+            if line.starts_with("OK") || line.starts_with("NO") || line.starts_with("BYE") {
+                break;
+            }
+        }
+        all
+    };
+    let greeting = read_until_ok(&mut reader);
+    let token = {
+        let raw = format!("\0{user}\0{password}");
+        let out = Command::new("base64")
+            .args(["-w", "0"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                c.stdin.take().unwrap().write_all(raw.as_bytes())?;
+                c.wait_with_output()
+            })
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let mut w = stream;
+    w.write_all(format!("AUTHENTICATE \"PLAIN\" \"{token}\"\r\n").as_bytes())
+        .unwrap();
+    let answer = read_until_ok(&mut reader);
+    let _ = w.write_all(b"LOGOUT\r\n");
+    (greeting, answer)
+}
+
+/// sieve-connect (an independent ManageSieve client) as `user`, password on its stdin.
+fn sieve_connect(port: u16, user: &str, password: &str, args: &[&str]) -> (bool, String) {
+    use std::io::Write;
+    let mut child = Command::new("sieve-connect")
+        .args(["--server", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--user", user, "--passwordfd", "0"])
+        // The test certificate is ilot's self-signed one; --noclearauth: no password in the
+        // clear, whatever the server offers.
+        .args(["--notlsverify", "--nosrv", "--noclearauth"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sieve-connect (apt-get install sieve-connect)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// Prints the end of the mail container's log when the test fails (what Postfix, Dovecot and
+/// rspamd said is the first thing to read).
+struct LogsOnFailure(String);
+
+impl Drop for LogsOnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let out = docker(&["logs", "--tail", "80", &self.0]);
+            eprintln!(
+                "---- last lines of {}:\n{}{}",
+                self.0,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+#[test]
+fn managesieve_uploads_a_vacation_reply_that_answers() {
+    let ilot = Ilot::start();
+    let srv = install(&ilot);
+    let _logs = LogsOnFailure(format!("ilot-{}-mail", srv.name));
+    add_user(&ilot, "bob@example.org", BOB_PW);
+    add_user(&ilot, "ann@example.org", ANN_PW);
+
+    // No login before STARTTLS: no mechanism offered, AUTHENTICATE refused.
+    let (greeting, answer) = managesieve_plain_auth(srv.managesieve, "bob@example.org", BOB_PW);
+    assert!(
+        greeting.contains("\"STARTTLS\"") && greeting.contains("\"SASL\" \"\""),
+        "before STARTTLS: STARTTLS offered, no SASL mechanism: {greeting}"
+    );
+    assert!(
+        answer.starts_with("NO") && answer.contains("ENCRYPT-NEEDED"),
+        "AUTHENTICATE before STARTTLS is refused: {answer}"
+    );
+
+    // bob, with an independent client, over STARTTLS: uploads a vacation reply, activates it.
+    let dir = PathBuf::from(format!("/tmp/ilot-test-sieve-{}", unique("")));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("vacation.sieve");
+    std::fs::write(
+        &script,
+        "require [\"vacation\"];\n\
+         vacation :days 1 :subject \"away: back on Monday\" \"I am away until Monday.\";\n",
+    )
+    .unwrap();
+    let local = script.to_str().unwrap();
+    let (ok, out) = sieve_connect(
+        srv.managesieve,
+        "bob@example.org",
+        "not-bobs-password",
+        &["--list"],
+    );
+    assert!(!ok, "a wrong password is refused: {out}");
+    let (ok, out) = sieve_connect(
+        srv.managesieve,
+        "bob@example.org",
+        BOB_PW,
+        &["--upload", "--localsieve", local, "--remotesieve", "away"],
+    );
+    assert!(ok, "upload: {out}");
+    let (ok, out) = sieve_connect(
+        srv.managesieve,
+        "bob@example.org",
+        BOB_PW,
+        &["--activate", "--remotesieve", "away"],
+    );
+    assert!(ok, "activate: {out}");
+    let (ok, out) = sieve_connect(srv.managesieve, "bob@example.org", BOB_PW, &["--list"]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(ok && out.contains("\"away\" ACTIVE"), "list: {out}");
+
+    // ann writes to bob; bob gets it, and ann gets his vacation reply.
+    let (ok, out) = submit(
+        srv.submission,
+        "ann@example.org",
+        ANN_PW,
+        "ann@example.org",
+        "bob@example.org",
+        "dinner on Sunday?",
+    );
+    assert!(ok, "{out}");
+    wait_until("bob gets ann's message", 30, || {
+        Some(()).filter(|_| {
+            !search(
+                srv.imaps,
+                "bob@example.org",
+                BOB_PW,
+                "SUBJECT \"dinner on Sunday\"",
+            )
+            .is_empty()
+        })
+    });
+    let uids = wait_until("ann gets bob's vacation reply", 30, || {
+        Some(search(
+            srv.imaps,
+            "ann@example.org",
+            ANN_PW,
+            "SUBJECT \"away: back on Monday\"",
+        ))
+        .filter(|u| !u.is_empty())
+    });
+    let reply = imap(
+        srv.imaps,
+        "ann@example.org",
+        ANN_PW,
+        &format!("{};UID={}", uids[0].0, uids[0].1),
+        None,
+    )
+    .unwrap();
+    assert!(
+        reply.contains("I am away until Monday.")
+            && reply.contains("From: <bob@example.org>")
+            && reply.contains("Auto-Submitted: auto-replied"),
+        "the vacation reply: {reply}"
+    );
+    // Signed, as all mail of the domain that leaves the server.
+    assert!(
+        dkim_verify(
+            "the vacation reply",
+            reply.as_bytes(),
+            &published_dkim(&ilot)
+        )
+        .1,
+        "the vacation reply's DKIM signature verifies"
+    );
+}
+
+#[test]
+fn users_send_only_as_the_addresses_they_own() {
+    let ilot = Ilot::start();
+    let srv = install(&ilot);
+    let _logs = LogsOnFailure(format!("ilot-{}-mail", srv.name));
+    add_user(&ilot, "bob@example.org", BOB_PW);
+    add_user(&ilot, "ann@example.org", ANN_PW);
+    ilot.ok(&mc(
+        &srv.name,
+        &["alias", "add", "info@example.org", "bob@example.org"],
+    ));
+    // Another domain the server handles, whose address reaches ann.
+    ilot.ok(&mc(&srv.name, &["domain", "add", "example.net"]));
+    ilot.ok(&mc(
+        &srv.name,
+        &["alias", "add", "hello@example.net", "ann@example.org"],
+    ));
+    let bob = |implicit: bool, subject: &str, headers: &[&str]| {
+        submit_headers(
+            if implicit {
+                srv.submissions
+            } else {
+                srv.submission
+            },
+            implicit,
+            "bob@example.org",
+            BOB_PW,
+            "bob@example.org",
+            "ann@example.org",
+            subject,
+            headers,
+        )
+    };
+    let refused = |what: &str, (ok, out): (bool, String), names: &str| {
+        assert!(
+            !ok && out.contains(&format!(
+                " 554 5.7.1 {names} is not yours: you are logged in as bob@example.org and may send as bob@example.org (and its aliases info@example.org) only"
+            )),
+            "{what}: refused with a clear 5xx: {out}"
+        );
+    };
+    // The envelope is bob's own (Postfix checks it); the header From is another's.
+    refused(
+        "bob as ann",
+        bob(false, "forged-ann", &["From: Ann <ann@example.org>"]),
+        "From ann@example.org",
+    );
+    refused(
+        "bob as ann, port 465",
+        bob(true, "forged-ann-465", &["From: ann@example.org"]),
+        "From ann@example.org",
+    );
+    refused(
+        "bob as an address of another served domain",
+        bob(false, "forged-net", &["From: hello@example.net"]),
+        "From hello@example.net",
+    );
+    refused(
+        "bob and ann",
+        bob(
+            false,
+            "forged-both",
+            &["From: bob@example.org, ann@example.org"],
+        ),
+        "From ann@example.org",
+    );
+    refused(
+        "bob on behalf of ann",
+        bob(false, "forged-sender", &["Sender: ann@example.org"]),
+        "Sender ann@example.org",
+    );
+
+    // As himself and as the alias that reaches him: delivered, and signed.
+    let (ok, out) = bob(false, "as-bob", &["From: Bob <bob@example.org>"]);
+    assert!(ok, "bob as himself: {out}");
+    let (ok, out) = bob(true, "as-info", &["From: Family info <info@example.org>"]);
+    assert!(ok, "bob as the alias info@, which reaches him: {out}");
+    let txt = published_dkim(&ilot);
+    for subject in ["as-bob", "as-info"] {
+        let uids = wait_until(subject, 30, || {
+            Some(search(
+                srv.imaps,
+                "ann@example.org",
+                ANN_PW,
+                &format!("SUBJECT {subject}"),
+            ))
+            .filter(|u| !u.is_empty())
+        });
+        let raw = imap(
+            srv.imaps,
+            "ann@example.org",
+            ANN_PW,
+            &format!("{};UID={}", uids[0].0, uids[0].1),
+            None,
+        )
+        .unwrap();
+        assert!(
+            dkim_verify(subject, raw.as_bytes(), &txt).1,
+            "{subject}: the DKIM signature verifies"
+        );
+    }
+    // The refused ones went nowhere: not in ann's mailbox, not in the queue (the refusal is the
+    // answer to DATA: Postfix never took them).
+    assert!(
+        search(srv.imaps, "ann@example.org", ANN_PW, "SUBJECT forged").is_empty(),
+        "nothing refused was delivered"
+    );
+    assert_eq!(ilot.json(&mc(&srv.name, &["queue"]))["count"], 0);
+}

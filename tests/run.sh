@@ -186,8 +186,12 @@ declare -A REQUIRED=([docker]=docker.io [dockerd]=docker.io [nft]=nftables [ip]=
     [named-checkzone]=bind9utils [named]=bind9 [dig]=bind9-dnsutils [delv]=bind9-dnsutils
     [python3]=python3 [ss]=iproute2 [swaks]=swaks [debootstrap]=debootstrap [restic]=restic
     [ssh]=openssh-client [sftp]=openssh-client [ssh-keygen]=openssh-client)
+# The ManageSieve test uploads a Sieve script with an independent client.
+REQUIRED[sieve-connect]=sieve-connect
 # shellcheck disable=SC2034
 declare -A OPTIONAL=([hyperfine]=hyperfine)
+# bench/mail-tls.sh scans the mail ports with it.
+OPTIONAL[testssl]=testssl.sh
 
 missing_packages() { # missing_packages ASSOC_NAME
     local -n table=$1

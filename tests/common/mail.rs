@@ -1,6 +1,6 @@
 //! Mail helpers shared by the tests that run the real mail server (tests/mail.rs) or an app
 //! that sends through it (tests/catalog.rs): installing it on free host ports, mailboxes,
-//! swaks for SMTP, curl for IMAPS.
+//! swaks for SMTP, curl for IMAPS, openssl s_client for the TLS handshakes.
 
 use super::*;
 use std::process::{Command, Output, Stdio};
@@ -69,7 +69,9 @@ pub struct Server {
     pub name: String,
     pub smtp: u16,
     pub submission: u16,
+    pub submissions: u16,
     pub imaps: u16,
+    pub managesieve: u16,
 }
 
 pub fn install(ilot: &Ilot) -> Server {
@@ -91,6 +93,8 @@ pub fn install(ilot: &Ilot) -> Server {
         "submissions_port=0",
         "--set",
         "imaps_port=0",
+        "--set",
+        "managesieve_port=0",
     ]);
     let show = ilot.json(&["app", "show", &name]);
     let port = |container: u16| -> u16 {
@@ -111,7 +115,9 @@ pub fn install(ilot: &Ilot) -> Server {
     Server {
         smtp: port(25),
         submission: port(587),
+        submissions: port(465),
         imaps: port(993),
+        managesieve: port(4190),
         name,
     }
 }
@@ -196,6 +202,62 @@ pub fn submit(
             "sent by a family member",
         ],
     )
+}
+
+/// swaks on submission as `user` with extra header lines (`"From: ..."` replaces swaks' own):
+/// STARTTLS on 587, or implicit TLS (`implicit`, port 465).
+#[allow(clippy::too_many_arguments)]
+pub fn submit_headers(
+    port: u16,
+    implicit: bool,
+    user: &str,
+    password: &str,
+    from: &str,
+    to: &str,
+    subject: &str,
+    headers: &[&str],
+) -> (bool, String) {
+    let server = format!("127.0.0.1:{port}");
+    let subject = format!("Subject: {subject}");
+    let mut args = vec![
+        "--server",
+        &server,
+        if implicit { "--tlsc" } else { "--tls" },
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        user,
+        "--auth-password",
+        password,
+        "--from",
+        from,
+        "--to",
+        to,
+        "--header",
+        &subject,
+        "--body",
+        "sent by a family member",
+    ];
+    for h in headers {
+        args.extend(["--header", h]);
+    }
+    swaks(None, &args)
+}
+
+/// `openssl s_client` to 127.0.0.1:`port` with `args` (`-starttls smtp`, `-tls1_2`, ...), no
+/// input: (handshake done, transcript). Done means openssl succeeded and named a cipher.
+pub fn s_client(port: u16, args: &[&str]) -> (bool, String) {
+    let out = Command::new("timeout")
+        .args(["20", "openssl", "s_client", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let done = out.status.success() && !text.contains("Cipher is (NONE)");
+    (done, text)
 }
 
 /// An IMAP command over IMAPS with curl (`-X` for a custom command), as `user`.
