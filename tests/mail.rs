@@ -1379,7 +1379,10 @@ fn one_name_role_addresses_relay_spf_and_client_autoconfig() {
         has("autoconfig.example.org.", "A") && has("autodiscover.example.org.", "A"),
         "{v}"
     );
-    assert!(has("_autodiscover._tcp.example.org.", "SRV"), "{v}");
+    assert!(
+        has("_autodiscover._tcp.example.org.", "SRV") && has("_sieve._tcp.example.org.", "SRV"),
+        "{v}"
+    );
 
     drop(named);
     ilot.ok(&["app", "remove", &srv.name, "--purge"]);

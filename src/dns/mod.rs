@@ -291,6 +291,8 @@ pub fn plan(inp: &Inputs, only: Option<&str>) -> (Vec<Record>, Vec<Finding>) {
                     format!("0 0 443 autodiscover.{m}."),
                     &reason,
                 );
+                // ManageSieve (RFC 5804): filter and vacation editors find the server.
+                push(at("_sieve._tcp"), "SRV", format!("0 1 4190 {mx}."), &reason);
             }
             push(at("_imap._tcp"), "SRV", "0 0 0 .".into(), &reason);
             push(at("_pop3._tcp"), "SRV", "0 0 0 .".into(), &reason);
