@@ -1865,7 +1865,7 @@ fn users_send_only_as_the_addresses_they_own() {
     let refused = |what: &str, (ok, out): (bool, String), names: &str| {
         assert!(
             !ok && out.contains(&format!(
-                " 554 5.7.1 {names} is not yours: you are logged in as bob@example.org and may send as bob@example.org (and its aliases info@example.org) only"
+                " 554 5.7.1 {names} is not yours: you are logged in as bob@example.org and may send as bob@example.org (and its aliases abuse@example.net, abuse@example.org, hostmaster@example.net, hostmaster@example.org, info@example.org, postmaster@example.net, postmaster@example.org) only"
             )),
             "{what}: refused with a clear 5xx: {out}"
         );
