@@ -171,6 +171,7 @@ pub fn deliver(port: u16, to: &str, subject: &str, body: &str) {
     assert!(ok, "delivery to {to} refused: {out}");
 }
 
+/// swaks on submission (587, STARTTLS) as `user`.
 pub fn submit(
     port: u16,
     user: &str,
@@ -179,29 +180,7 @@ pub fn submit(
     to: &str,
     subject: &str,
 ) -> (bool, String) {
-    let server = format!("127.0.0.1:{port}");
-    swaks(
-        None,
-        &[
-            "--server",
-            &server,
-            "--tls",
-            "--auth",
-            "PLAIN",
-            "--auth-user",
-            user,
-            "--auth-password",
-            password,
-            "--from",
-            from,
-            "--to",
-            to,
-            "--header",
-            &format!("Subject: {subject}"),
-            "--body",
-            "sent by a family member",
-        ],
-    )
+    submit_headers(port, false, user, password, from, to, subject, &[])
 }
 
 /// swaks on submission as `user` with extra header lines (`"From: ..."` replaces swaks' own):
