@@ -335,6 +335,13 @@ pub struct Needs {
     /// The app sends mail through the host's SMTP relay.
     #[serde(default)]
     pub smtp: bool,
+    /// The app is a mail client of the installed mail server (webmail): no account is made
+    /// (users log in with their own), the install is refused while no mail server is
+    /// installed, the server's name resolves to the host in the app's containers, and `env`
+    /// may use `{{mail.host}}`, `{{mail.imaps_port}}`, `{{mail.submission_port}}` and
+    /// `{{mail.domain}}`.
+    #[serde(default)]
+    pub mail_client: bool,
     /// The app is the mail server of its mail domains: they get MX, SPF, DKIM, DMARC,
     /// MTA-STS, TLS-RPT and client SRV records pointing at the instance's domain.
     #[serde(default)]
@@ -670,6 +677,11 @@ impl Manifest {
                 ));
             }
         }
+        if self.needs.mail_client && self.needs.mail {
+            return Err(
+                "mail_client and mail: a mail server is not a client of itself; keep one".into(),
+            );
+        }
         if let Some(mf) = &self.needs.mail_files {
             if !self.needs.mail {
                 return Err("mail_files needs mail = true".into());
@@ -821,12 +833,17 @@ impl Manifest {
                         | "smtp.from"
                         | "smtp.domain"
                 );
+            let mail_client = self.needs.mail_client
+                && name
+                    .strip_prefix("mail.")
+                    .is_some_and(|k| MAIL_CLIENT_VALUES.contains(&k));
             let choice_value = name
                 .strip_prefix("settings.")
                 .and_then(|k| k.strip_suffix(".value"))
                 .and_then(|k| self.settings.get(k))
                 .is_some_and(|s| !s.values.is_empty());
             let known = smtp
+                || mail_client
                 || choice_value
                 || matches!(name, "instance" | "app" | "domain")
                 || name
@@ -896,6 +913,9 @@ pub fn host_arch() -> &'static str {
         other => other,
     }
 }
+
+/// What `{{mail.KEY}}` may name in an app with `[needs] mail_client` (state::MailClient).
+pub const MAIL_CLIENT_VALUES: &[&str] = &["host", "imaps_port", "submission_port", "domain"];
 
 /// The placeholder names in a template string.
 pub fn placeholders(value: &str) -> std::result::Result<Vec<&str>, String> {
@@ -1065,6 +1085,45 @@ mod tests {
             let e = Manifest::parse(&text.replacen(from, to, 1), "t").unwrap_err();
             assert!(e.message.contains(why), "{}", e.message);
         }
+    }
+
+    /// `[needs] mail_client` opens the {{mail.*}} values, and only those it names; an app
+    /// without it cannot use them, and a mail server cannot be its own client.
+    #[test]
+    fn mail_client_values_are_checked() {
+        let base = Catalog::load(&[]).unwrap().apps["hello"].clone();
+        let with = |needs: bool, env: &str| {
+            let mut m = base.clone();
+            m.needs.mail_client = needs;
+            let svc = m.services.values_mut().next().unwrap();
+            svc.env.insert("X".into(), env.into());
+            Manifest::parse(&toml::to_string(&m).unwrap(), "t")
+        };
+        let ok = with(
+            true,
+            "ssl://{{mail.host}}:{{mail.imaps_port}} {{mail.submission_port}} {{ mail.domain }}",
+        );
+        assert!(ok.is_ok(), "{:?}", ok.err());
+        let e = with(true, "{{mail.password}}").unwrap_err();
+        assert!(
+            e.message.contains("unknown placeholder {{mail.password}}"),
+            "{}",
+            e.message
+        );
+        let e = with(false, "{{mail.host}}").unwrap_err();
+        assert!(
+            e.message.contains("unknown placeholder {{mail.host}}"),
+            "{}",
+            e.message
+        );
+        let mut m = base.clone();
+        m.needs.mail_client = true;
+        m.needs.mail = true;
+        let e = Manifest::parse(&toml::to_string(&m).unwrap(), "t").unwrap_err();
+        assert!(e.message.contains("mail_client and mail"), "{}", e.message);
+        // The built-in webmail uses them.
+        let c = Catalog::load(&[]).unwrap();
+        assert!(c.apps["webmail"].needs.mail_client);
     }
 
     #[test]

@@ -359,7 +359,9 @@ pub struct DnsConfig {
     /// The CA allowed to issue certificates (CAA), e.g. "letsencrypt.org". Default: the
     /// configured ACME CA when it is Let's Encrypt, else no CAA record.
     pub caa: Option<String>,
-    /// Admin mailbox in the SOA of `serve` zones (default: hostmaster@ZONE).
+    /// Admin mailbox in the SOA of `serve` zones. Default: hostmaster@ZONE when the zone is
+    /// a mail domain of a mail server here, else hostmaster@ the first such mail domain, else
+    /// hostmaster@ZONE (which `ilot dns show` warns about: nothing here receives it).
     pub hostmaster: Option<String>,
     /// DMARC policy for mail domains: none, quarantine or reject.
     pub dmarc_policy: String,
@@ -427,13 +429,45 @@ pub struct ZoneConfig {
     pub records: Vec<crate::catalog::DnsRecord>,
     /// `push`: the primary server, IP:PORT.
     pub server: Option<std::net::SocketAddr>,
-    /// `push`: TSIG key name, as in the server's config.
+    /// `push`: TSIG key name, as in the server's config; `serve` with secondaries: the key
+    /// they transfer the zone with.
     pub tsig_key: Option<String>,
-    /// `push`: hmac-sha256 (default), hmac-sha384 or hmac-sha512.
+    /// `push` (and `serve` with secondaries): hmac-sha256 (default), hmac-sha384 or
+    /// hmac-sha512.
     #[serde(default = "hmac_sha256")]
     pub tsig_algorithm: String,
-    /// `push`: a file (mode 0600) holding the base64 secret, or a BIND key file (tsig-keygen).
+    /// `push` (and `serve` with secondaries): a file (mode 0600) holding the base64 secret,
+    /// or a BIND key file (tsig-keygen).
     pub tsig_secret_file: Option<PathBuf>,
+    /// `serve`: secondary servers ("IP" or "IP:PORT", port 53 by default). They get a NOTIFY
+    /// when the serial moves, and only they may transfer the zone (AXFR/IXFR), signed with the
+    /// TSIG key.
+    #[serde(default, deserialize_with = "secondaries")]
+    pub secondaries: Vec<std::net::SocketAddr>,
+    /// `serve`, signed: prove non-existence with NSEC3 (hashed names, default) rather than
+    /// NSEC, which lets anyone list every name of the zone.
+    #[serde(default = "yes")]
+    pub nsec3: bool,
+}
+
+/// "IP" or "IP:PORT" (port 53 by default); a bad entry is a config error at its line.
+fn secondaries<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<std::net::SocketAddr>, D::Error> {
+    let items: Vec<String> = Vec::deserialize(d)?;
+    items
+        .iter()
+        .map(|s| {
+            s.parse::<std::net::SocketAddr>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "secondary {s:?} is not an address: give \"IP\" or \"IP:PORT\" \
+                         (e.g. \"192.0.2.2\", \"[2001:db8::2]:5353\")"
+                    ))
+                })
+        })
+        .collect()
 }
 
 fn yes() -> bool {
@@ -952,6 +986,60 @@ mod tests {
             Config::parse("[daemon]\nsocket = \"/x\"\nsockett = \"/y\"\n", "f.toml").unwrap_err();
         assert!(e.message.contains("f.toml:3:1"), "{}", e.message);
         assert!(e.message.contains("sockett"), "{}", e.message);
+    }
+
+    #[test]
+    fn secondaries_are_checked_at_load() {
+        let zone = |extra: &str| {
+            format!(
+                "[dns]\nlisten = [\"127.0.0.1:53\"]\n\n[[dns.zones]]\nname = \"example.org\"\n\
+                 mode = \"serve\"\n{extra}\n"
+            )
+        };
+        // A bad address: at its line, with what to give.
+        let e = Config::parse(
+            &zone("secondaries = [\"192.0.2.2\", \"ns2.example.org\"]"),
+            "f.toml",
+        )
+        .unwrap_err();
+        assert!(
+            e.message.contains("f.toml:7:")
+                && e.message.contains("\"ns2.example.org\" is not an address"),
+            "{}",
+            e.message
+        );
+        // Secondaries without the key that signs their transfers.
+        let e = Config::parse(&zone("secondaries = [\"192.0.2.2\"]"), "f.toml").unwrap_err();
+        assert!(e.message.contains("tsig_key"), "{}", e.message);
+        let e = Config::parse(
+            &zone("secondaries = [\"192.0.2.2\"]\ntsig_key = \"k\"\ntsig_secret_file = \"k.key\""),
+            "f.toml",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("absolute path"), "{}", e.message);
+        let c = Config::parse(
+            &zone(
+                "secondaries = [\"192.0.2.2\", \"[2001:db8::2]:5353\"]\ntsig_key = \"k\"\n\
+                 tsig_secret_file = \"/etc/ilot/k.key\"",
+            ),
+            "f.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.dns.zones[0].secondaries,
+            [
+                "192.0.2.2:53".parse::<std::net::SocketAddr>().unwrap(),
+                "[2001:db8::2]:5353".parse().unwrap()
+            ]
+        );
+        assert!(c.dns.zones[0].nsec3, "NSEC3 by default");
+        // Only served zones have secondaries.
+        let e = Config::parse(
+            "[[dns.zones]]\nname = \"example.org\"\nsecondaries = [\"192.0.2.2\"]\n",
+            "f.toml",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("mode = \"serve\""), "{}", e.message);
     }
 
     #[test]

@@ -325,10 +325,14 @@ fn certificates_are_issued_by_http01_renewed_and_swapped_live() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
+    let key_pem = std::fs::read_to_string(&key).unwrap();
     ilot.ok(&["cert", "renew", &domain, "--force"]);
     // ...new connections get the new certificate...
     let second = presented(&https, &domain);
     assert_ne!(first, second, "renewal must serve a new certificate");
+    // ...for the same key, so a DANE record of the key (TLSA 3 1 1) stays true.
+    let renewed = std::fs::read_to_string(&key).unwrap();
+    assert_eq!(key_pem, renewed, "the renewal kept the key");
     // ...while the old connection still works.
     let mut stdin = long.stdin.take().unwrap();
     write!(

@@ -161,6 +161,22 @@ fn add_mailer(ilot: &mut Ilot) {
     ilot.restart();
 }
 
+/// Adds `mailer-tls`: a mailer that also gets certificate files (`[needs] tls`), as the
+/// real mail app does, so DANE (TLSA) is planned for its MX.
+fn add_tls_mailer(ilot: &mut Ilot) {
+    let dir = ilot.dir.join("catalog/mailer-tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    let manifest = std::fs::read_to_string(ilot.dir.join("catalog/hello/app.toml"))
+        .unwrap()
+        .replace("name = \"hello\"", "name = \"mailer-tls\"")
+        .replace(
+            "[needs]",
+            "[needs]\nmail = true\ntls = { service = \"web\", path = \"/etc/ilot-tls\" }",
+        );
+    std::fs::write(dir.join("app.toml"), manifest).unwrap();
+    ilot.restart();
+}
+
 /// The config of a daemon whose host is 203.0.113.10, pushing `zone` to 127.0.0.1:`port`.
 fn push_config(zone: &str, port: u16, key_name: &str, key_file: &std::path::Path) -> String {
     format!(
@@ -289,6 +305,22 @@ fn served_zones_answer_every_record_signed() {
         dig("mail.serve.test", "CAA"),
         ["0 issue \"letsencrypt.org\""]
     );
+    // CAA at the apex too: it covers every other name of the domain.
+    assert_eq!(dig("serve.test", "CAA"), ["0 issue \"letsencrypt.org\""]);
+    // The SOA contact is an address the mail server accepts: hostmaster@ its mail domain,
+    // for the forward zone and for the reverse zones.
+    for zone in [
+        "serve.test",
+        "113.0.203.in-addr.arpa",
+        "1.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa",
+    ] {
+        let soa = dig(zone, "SOA").concat();
+        assert_eq!(
+            soa.split_whitespace().nth(1),
+            Some("hostmaster.serve.test."),
+            "{zone}: {soa}"
+        );
+    }
     assert_eq!(
         dig("10.113.0.203.in-addr.arpa", "PTR"),
         ["mail.serve.test."]
@@ -346,6 +378,28 @@ fn served_zones_answer_every_record_signed() {
         out.contains("negative response, fully validated"),
         "a signed denial:\n{out}"
     );
+    // The denial is NSEC3 (hashed names: the zone cannot be walked), RFC 9276 parameters.
+    let out = Command::new("dig")
+        .args([
+            "+dnssec",
+            "+norecurse",
+            "@127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
+        .args(["absent.serve.test", "A"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        out.contains("status: NXDOMAIN")
+            && out.contains(" IN NSEC3 1 0 0 - ")
+            && !out.contains(" IN NSEC "),
+        "{out}"
+    );
 
     // The SOA serial moves when the content does, and only then.
     let serial = |ilot: &Ilot| zone_info(ilot, "serve.test.")["serial"].as_u64().unwrap();
@@ -379,6 +433,206 @@ fn served_zones_answer_every_record_signed() {
         out.contains("serve.test. IN DS ") && out.contains("served in serve.test."),
         "{out}"
     );
+}
+
+/// `dig` with extra arguments, against 127.0.0.1:`port`: its whole output.
+fn dig_raw(port: u16, args: &[&str]) -> String {
+    let out = Command::new("dig")
+        .args(["+norecurse", "+time=3", "+tries=1", "@127.0.0.1", "-p"])
+        .arg(port.to_string())
+        .args(args)
+        .output()
+        .expect("dig");
+    // One space between fields, whatever dig's column alignment (tabs or spaces).
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+    .lines()
+    .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ") + "\n")
+    .collect()
+}
+
+/// The serial in `dig +short SOA` output.
+fn soa_serial(lines: &[String]) -> Option<u64> {
+    lines.concat().split_whitespace().nth(2)?.parse().ok()
+}
+
+#[test]
+fn secondaries_follow_by_notify_and_only_they_transfer() {
+    let dir = std::path::PathBuf::from(format!("/tmp/ilot-test-named-{}", unique("")));
+    std::fs::create_dir_all(&dir).unwrap();
+    // ilot's DNS port is fixed first: BIND's config names it as the primary.
+    let ilot_port = common::named::free_port();
+    let named = common::named::Named::start_secondary(&dir, "second.test", ilot_port);
+    let key = named.key_file(&named.secret);
+    let mut ilot = Ilot::start_full(
+        &[],
+        &format!(
+            "[host]\nipv4 = \"203.0.113.10\"\nhostname = \"mail.second.test\"\n\n\
+             [dns]\nlisten = [\"127.0.0.1:{ilot_port}\"]\n\n\
+             [[dns.zones]]\nname = \"second.test\"\nmode = \"serve\"\n\
+             secondaries = [\"127.0.0.1:{}\"]\ntsig_key = \"{}\"\ntsig_secret_file = \"{}\"\n",
+            named.port,
+            named.key_name,
+            key.display()
+        ),
+    );
+    add_tls_mailer(&mut ilot);
+    let serial = |ilot: &Ilot| zone_info(ilot, "second.test.")["serial"].as_u64().unwrap();
+    // BIND fetches the zone when ilot's NOTIFY arrives (it has no copy and no timers yet).
+    let wait_for = |what: &str, check: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !check() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the secondary never got {what}:\n{}",
+                named.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    let s1 = serial(&ilot);
+    wait_for("the zone", &|| {
+        soa_serial(&named.dig("second.test", "SOA")) == Some(s1)
+    });
+    // A change in ilot: the serial moves, ilot sends NOTIFY, BIND transfers at once (its
+    // refresh timer is the SOA's hour, far beyond the wait).
+    let mail = unique("mail");
+    ilot.ok(&[
+        "app",
+        "install",
+        "mailer-tls",
+        "--name",
+        &mail,
+        "--domain",
+        "mail.second.test",
+    ]);
+    let s2 = serial(&ilot);
+    assert!(s2 > s1, "{s1} -> {s2}");
+    wait_for("the new serial and records", &|| {
+        soa_serial(&named.dig("second.test", "SOA")) == Some(s2)
+            && named.dig("second.test", "MX") == ["10 mail.second.test."]
+    });
+    let log = named.log();
+    assert!(
+        log.contains("notify from 127.0.0.1") && log.contains("Transfer status: success"),
+        "{log}"
+    );
+    // The secondary's copy is the signed zone: its answers carry ilot's signatures.
+    let copy = dig_raw(named.port, &["+dnssec", "second.test", "MX"]);
+    assert!(copy.contains(" IN RRSIG MX 13 "), "{copy}");
+
+    // DANE for the MX: TLSA 3 1 1 is the SHA-256 of the public key of the certificate the
+    // mail server was given (computed here by openssl), and it validates.
+    let chain = ilot.dir.join(format!("state/tls/{mail}/fullchain.pem"));
+    let spki = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl x509 -in {} -noout -pubkey | openssl pkey -pubin -outform der | sha256sum",
+            chain.display()
+        ))
+        .output()
+        .unwrap();
+    let spki = String::from_utf8_lossy(&spki.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(spki.len(), 64, "openssl on {}", chain.display());
+    let tlsa: Vec<String> = common::named::dig(ilot_port, "_25._tcp.mail.second.test", "TLSA")
+        .iter()
+        .map(|l| l.replace(' ', "").to_lowercase())
+        .collect();
+    assert_eq!(tlsa, [format!("311{spki}")]);
+    let out = delv(
+        &ilot,
+        ilot_port,
+        "second.test.",
+        "_25._tcp.mail.second.test",
+        "TLSA",
+    );
+    assert!(out.contains("; fully validated"), "TLSA:\n{out}");
+    assert_eq!(
+        named.dig("_25._tcp.mail.second.test", "TLSA").len(),
+        1,
+        "the secondary has it too"
+    );
+
+    // Transfers: only the listed address, only with the key.
+    let tsig = format!("hmac-sha256:{}:{}", named.key_name, named.secret);
+    let refused = |out: &str| out.contains("Transfer failed") && !out.contains(" IN SOA ");
+    let out = dig_raw(ilot_port, &["second.test", "AXFR"]);
+    assert!(refused(&out), "no key:\n{out}");
+    let out = dig_raw(
+        ilot_port,
+        &[
+            "-y",
+            "hmac-sha256:ilot-test-key:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+            "second.test",
+            "AXFR",
+        ],
+    );
+    assert!(!out.contains(" IN SOA "), "a wrong key:\n{out}");
+    let out = dig_raw(
+        ilot_port,
+        &["-b", "127.0.0.2", "-y", &tsig, "second.test", "AXFR"],
+    );
+    assert!(refused(&out), "not a secondary's address:\n{out}");
+    let out = dig_raw(ilot_port, &["+notcp", "-y", &tsig, "second.test", "IXFR=1"]);
+    assert!(!out.contains(" IN DNSKEY "), "a transfer over UDP:\n{out}");
+    let axfr = dig_raw(ilot_port, &["-y", &tsig, "second.test", "AXFR"]);
+    assert!(
+        axfr.contains(" IN DNSKEY 257 3 13 ")
+            && axfr.contains(" IN NSEC3PARAM 1 0 0 -")
+            && axfr.contains(" IN RRSIG "),
+        "the secondary's key from its address:\n{axfr}"
+    );
+    // IXFR is answered with the whole zone (RFC 1995 section 4).
+    let ixfr = dig_raw(
+        ilot_port,
+        &["-y", &tsig, "second.test", &format!("IXFR={s1}")],
+    );
+    assert!(ixfr.contains(" IN DNSKEY "), "{ixfr}");
+
+    // An independent validator on the transferred copy: every signature and the NSEC3
+    // chain verify, signatures were already valid 50 minutes ago (a slow clock accepts
+    // them) and do not expire within 12 days.
+    let zone_file = dir.join("second.test.axfr");
+    std::fs::write(
+        &zone_file,
+        axfr.lines()
+            .filter(|l| !l.starts_with(';') && !l.trim().is_empty() && !l.contains(" TSIG "))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>(),
+    )
+    .unwrap();
+    for args in [vec!["-t", "-3000"], vec!["-e", "P12D"], vec![]] {
+        let out = Command::new("ldns-verify-zone")
+            .args(&args)
+            .arg(&zone_file)
+            .output()
+            .expect("ldns-verify-zone (tests/run.sh installs ldnsutils)");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && text.contains("Zone is verified and complete"),
+            "ldns-verify-zone {args:?}:\n{text}"
+        );
+    }
+    // Without the backdated inception, a clock 2 hours slow rejects them: the check has teeth.
+    let out = Command::new("ldns-verify-zone")
+        .args(["-t", "-7200"])
+        .arg(&zone_file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "signatures valid 2 hours ago?");
+    drop(named);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

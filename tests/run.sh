@@ -184,6 +184,7 @@ trap 'exit 143' TERM
 declare -A REQUIRED=([docker]=docker.io [dockerd]=docker.io [nft]=nftables [ip]=iproute2
     [curl]=curl [jq]=jq [docker-registry]=docker-registry [pebble]=pebble [openssl]=openssl
     [named-checkzone]=bind9utils [named]=bind9 [dig]=bind9-dnsutils [delv]=bind9-dnsutils
+    [ldns-verify-zone]=ldnsutils
     [python3]=python3 [ss]=iproute2 [swaks]=swaks [debootstrap]=debootstrap [restic]=restic
     [ssh]=openssh-client [sftp]=openssh-client [ssh-keygen]=openssh-client)
 # The ManageSieve test uploads a Sieve script with an independent client.
@@ -310,10 +311,11 @@ step_begin "build test images"
 [[ -f images/build.sh ]] || die "images/build.sh is missing"
 bash images/build.sh hello tests/images/hello-2 tests/images/hello-broken tests/images/ws-echo
 step_end OK "ilot/hello:1.0, ilot/hello:2.0, ilot/hello:broken, ilot/ws-echo:test"
-# The mail image and the stand-ins of the catalogue tests (ilot/standin-*: Debian packages, a few
-# minutes the first time, a second once built) are built while cargo compiles: one waits on the
-# network, the other on the CPU. standin-base first: the other stand-ins are built FROM it.
-bash images/build.sh mail standin-base standin-postgres standin-mysql standin-redis standin-web \
+# The mail and webmail images and the stand-ins of the catalogue tests (ilot/standin-*: Debian
+# packages, a few minutes the first time, a second once built) are built while cargo compiles:
+# one waits on the network, the other on the CPU. standin-base first: the other stand-ins are
+# built FROM it.
+bash images/build.sh mail webmail standin-base standin-postgres standin-mysql standin-redis standin-web \
     >"$RUN_DIR/mail-image.log" 2>&1 &
 MAIL_IMAGE_PID=$!
 
@@ -325,9 +327,9 @@ step_begin "cargo build --release"
 cargo build --release "${LOCKED[@]}"
 [[ -x target/release/ilot ]] || die "cargo build succeeded but target/release/ilot is missing"
 step_end OK "target/release/ilot"
-step_begin "build the mail and stand-in images"
-wait "$MAIL_IMAGE_PID" || die "images/build.sh mail standin-* failed: see $RUN_DIR/mail-image.log"
-step_end OK "ilot/mail:1.0, ilot/standin-{base,postgres,mysql,redis,web}:1.0 ($(grep -c '(up to date)$' "$RUN_DIR/mail-image.log" || true) of 6 up to date)"
+step_begin "build the mail, webmail and stand-in images"
+wait "$MAIL_IMAGE_PID" || die "images/build.sh mail webmail standin-* failed: see $RUN_DIR/mail-image.log"
+step_end OK "ilot/mail:1.0, ilot/webmail:1.0, ilot/standin-{base,postgres,mysql,redis,web}:1.0 ($(grep -c '(up to date)$' "$RUN_DIR/mail-image.log" || true) of 7 up to date)"
 
 export ILOT_BIN=$ROOT/target/release/ilot
 export ILOT_TEST_IMAGES_BUILT=1

@@ -373,7 +373,21 @@ impl Certs {
         let outcome = match ready {
             Ok(OrderStatus::Ready) => {
                 async {
-                    let key = order.finalize().await.map_err(|e| acme_err(domain, e))?;
+                    // The domain's key is kept across renewals, so a TLSA record of it (DANE
+                    // 3 1 1, published for the mail server) stays true when the certificate
+                    // changes. A new key only when there is none (or it is unreadable).
+                    let key = self.reusable_key(domain)?;
+                    let mut params = rcgen::CertificateParams::new(vec![domain.to_string()])
+                        .map_err(|e| Error::failed(format!("{domain}: CSR: {e}")))?;
+                    params.distinguished_name = rcgen::DistinguishedName::new();
+                    let csr = params
+                        .serialize_request(&key)
+                        .map_err(|e| Error::failed(format!("{domain}: CSR: {e}")))?;
+                    order
+                        .finalize_csr(csr.der())
+                        .await
+                        .map_err(|e| acme_err(domain, e))?;
+                    let key = key.serialize_pem();
                     let chain = order
                         .poll_certificate(&retry)
                         .await
@@ -420,6 +434,16 @@ impl Certs {
         Error::failed(format!("the CA could not validate {domain}: {detail}")).hint(format!(
             "check that {domain} points at this host (its A/AAAA record) and that port 80 is open to the internet; ilot retries by itself"
         ))
+    }
+
+    /// The key the domain's certificates are issued for: the stored one, else a new one.
+    fn reusable_key(&self, domain: &str) -> Result<rcgen::KeyPair> {
+        let stored = std::fs::read_to_string(self.dir.join(domain).join("privkey.pem")).ok();
+        if let Some(key) = stored.and_then(|pem| rcgen::KeyPair::from_pem(&pem).ok()) {
+            return Ok(key);
+        }
+        rcgen::KeyPair::generate()
+            .map_err(|e| Error::failed(format!("{domain}: cannot generate a key: {e}")))
     }
 
     fn store(&self, domain: &str, chain: &str, key: &str) -> Result<()> {
@@ -527,6 +551,16 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     out
+}
+
+/// SHA-256 of the first certificate's SubjectPublicKeyInfo, in hex: a TLSA 3 1 1 record's
+/// data (DANE-EE, the key, SHA-256: RFC 7671), which holds across renewals with the same key.
+pub fn spki_sha256(chain_pem: &str) -> Option<String> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(chain_pem.as_bytes()).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    Some(crate::state::hex(&sha2_digest(
+        cert.tbs_certificate.subject_pki.raw,
+    )))
 }
 
 fn sha2_digest(data: &[u8]) -> Vec<u8> {

@@ -21,6 +21,7 @@ pub struct Built {
     at: u64,
     handler: Arc<dyn hickory_server::zone_handler::ZoneHandler>,
     info: serve::ZoneInfo,
+    transfers: Option<Arc<serve::Transfers>>,
 }
 pub type BuiltCache = std::collections::HashMap<String, Built>;
 
@@ -71,17 +72,62 @@ impl Daemon {
             dkim: &dkim,
             postmaster: self.config.mail.postmaster.as_deref(),
         };
-        let (records, mut more) = dns::plan(&inputs, only);
+        let (mut records, mut more) = dns::plan(&inputs, only);
         findings.append(&mut more);
+        records.extend(self.tlsa_records(instances, only));
         (records, findings)
+    }
+
+    /// DANE for each mail server (RFC 7672): `_25._tcp.MX TLSA 3 1 1`, the SHA-256 of the
+    /// public key of the certificate the mail server has now. Only in a zone ilot serves and
+    /// signs: senders ignore TLSA without DNSSEC, and ilot must be the one that changes the
+    /// record when the certificate does (the minute tick rebuilds served zones). Certificates
+    /// from the CA keep their key across renewals (src/certs), so the record stays true.
+    fn tlsa_records(
+        &self,
+        instances: &[crate::state::Instance],
+        only: Option<&str>,
+    ) -> Vec<Record> {
+        let mut out = Vec::new();
+        for inst in instances
+            .iter()
+            .filter(|i| i.manifest.needs.mail && i.manifest.needs.tls.is_some())
+        {
+            let Some(mx) = inst.domain.as_deref() else {
+                continue;
+            };
+            let name = format!("_25._tcp.{mx}.");
+            let signed = dns::zones::zone_of(&name, &self.config.dns.zones)
+                .is_some_and(|(_, z)| z.mode == ZoneMode::Serve && z.dnssec);
+            let wanted = only.is_none_or(|o| mx == o || mx.ends_with(&format!(".{o}")));
+            if !signed || !wanted {
+                continue;
+            }
+            let Some(chain) = crate::plan::tls_dir(&inst.name)
+                .and_then(|d| std::fs::read_to_string(d.join("fullchain.pem")).ok())
+            else {
+                continue;
+            };
+            if let Some(hash) = crate::certs::spki_sha256(&chain) {
+                out.push(Record {
+                    name,
+                    kind: "TLSA".into(),
+                    ttl: dns::DEFAULT_TTL,
+                    value: format!("3 1 1 {hash}"),
+                    reason: format!("instance {}", inst.name),
+                });
+            }
+        }
+        out
     }
 
     pub(super) fn dns_view(&self, only: Option<&str>) -> Result<Value> {
         if let Some(d) = only {
             crate::names::check_domain(d)?;
         }
-        let (records, findings) = self.dns_records(only);
+        let (records, mut findings) = self.dns_records(only);
         let split = dns::zones::split(&records, &self.config.dns.zones);
+        findings.extend(self.contact_warnings(only));
         let served: BTreeMap<String, serve::ZoneInfo> = self
             .dns_server
             .as_ref()
@@ -108,6 +154,9 @@ impl Daemon {
                 "serial": info.map(|i| i.serial),
                 "ds": info.and_then(|i| i.ds.clone()),
                 "dnskey": info.and_then(|i| i.dnskey.clone()),
+                "denial": info.and_then(|i| i.denial),
+                "hostmaster": info.map(|i| i.hostmaster.clone()),
+                "secondaries": zone.secondaries,
                 "server": zone.server,
             }));
         }
@@ -124,21 +173,42 @@ impl Daemon {
         }))
     }
 
+    /// Served zones whose SOA contact no mail server here accepts.
+    fn contact_warnings(&self, only: Option<&str>) -> Vec<Finding> {
+        let instances = self.instances_snapshot();
+        self.config
+            .dns
+            .zones
+            .iter()
+            .filter(|z| z.mode == ZoneMode::Serve)
+            .filter_map(|z| dns::zones::origin_of(&z.name).ok())
+            .filter(|o| {
+                only.is_none_or(|d| {
+                    let o = o.trim_end_matches('.');
+                    o == d || o.ends_with(&format!(".{d}"))
+                })
+            })
+            .filter_map(|o| {
+                dns::soa_contact(
+                    &o,
+                    self.config.dns.hostmaster.as_deref(),
+                    &instances,
+                    self.config.mail.postmaster.as_deref(),
+                )
+                .1
+            })
+            .collect()
+    }
+
     /// Rebuilds the served zones (a new serial only when their content changed) and, in the
     /// background, pushes the pushed ones. Called after every change and daily.
     pub(super) fn refresh_dns(self: &Arc<Self>) {
         if self.config.dns.zones.is_empty() {
             return;
         }
-        let (records, _) = self.dns_records(None);
-        if let Some(server) = &self.dns_server {
-            match self.build_served_zones(&records) {
-                Ok(built) => server.load(built),
-                Err(e) => {
-                    tracing::error!("DNS zones: {e}");
-                    self.bus.publish("dns-failed", None, e.to_string());
-                }
-            }
+        if let Err(e) = self.reload_served() {
+            tracing::error!("DNS zones: {e}");
+            self.bus.publish("dns-failed", None, e.to_string());
         }
         if self
             .config
@@ -168,7 +238,14 @@ impl Daemon {
             .any(|b| now.saturating_sub(b.at) >= RESIGN_EVERY.as_secs());
         if resign {
             self.refresh_dns();
-        } else if self
+            return;
+        }
+        // Served zones follow what changes outside the desired state too (a renewed
+        // certificate's TLSA): rebuilt from the cache, signed again only when they changed.
+        if let Err(e) = self.reload_served() {
+            tracing::error!("DNS zones: {e}");
+        }
+        if self
             .dns_push_failed
             .load(std::sync::atomic::Ordering::SeqCst)
         {
@@ -179,8 +256,31 @@ impl Daemon {
         }
     }
 
+    /// Rebuilds and loads the served zones from the records as they are now. One at a time,
+    /// records computed under the same lock: an older snapshot never replaces a newer one.
+    fn reload_served(&self) -> Result<Vec<serve::ZoneInfo>> {
+        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let Some(server) = &self.dns_server else {
+            return Ok(Vec::new());
+        };
+        if !self
+            .config
+            .dns
+            .zones
+            .iter()
+            .any(|z| z.mode == ZoneMode::Serve)
+        {
+            return Ok(Vec::new());
+        }
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let (records, _) = self.dns_records(None);
+        server.load(self.build_served_zones(&records)?);
+        Ok(server.zones())
+    }
+
     fn build_served_zones(&self, records: &[Record]) -> Result<Vec<serve::BuiltZone>> {
         let split = dns::zones::split(records, &self.config.dns.zones);
+        let instances = self.instances_snapshot();
         let nameservers: Vec<String> = if self.config.dns.nameservers.is_empty() {
             self.config.host.hostname.iter().cloned().collect()
         } else {
@@ -195,37 +295,75 @@ impl Daemon {
             if zone.mode != ZoneMode::Serve {
                 continue;
             }
-            // The serial moves only when the content does (hash kept in the store).
-            let content = serve::content_text(origin, &nameservers, recs);
+            let (hostmaster, _) = dns::soa_contact(
+                origin,
+                self.config.dns.hostmaster.as_deref(),
+                &instances,
+                self.config.mail.postmaster.as_deref(),
+            );
+            // The serial moves only when the content (or the contact) does, and when a signed
+            // zone is re-signed, so secondaries fetch the new signatures. Kept in the store
+            // with the content's hash and when that serial was signed.
+            let content = format!(
+                "{}; contact {hostmaster}\n",
+                serve::content_text(origin, &nameservers, recs)
+            );
             let hash =
                 crate::state::hex(&<sha2::Sha256 as sha2::Digest>::digest(content.as_bytes()));
             let key = format!("dns.serial.{origin}");
-            let stored: Option<(u32, String)> = self
-                .store
-                .meta(&key)?
-                .and_then(|v| serde_json::from_str(&v).ok());
-            let serial = match &stored {
-                Some((s, h)) if *h == hash => *s,
+            let now = crate::state::now();
+            let stored: Option<(u32, String, u64)> = self.store.meta(&key)?.and_then(|v| {
+                serde_json::from_str(&v)
+                    .ok()
+                    // Written before re-signing moved serials: (serial, hash).
+                    .or_else(|| {
+                        serde_json::from_str::<(u32, String)>(&v)
+                            .ok()
+                            .map(|(s, h)| (s, h, now))
+                    })
+            });
+            let (serial, signed_at) = match &stored {
+                Some((s, h, at))
+                    if *h == hash
+                        && (!zone.dnssec || now.saturating_sub(*at) < RESIGN_EVERY.as_secs()) =>
+                {
+                    (*s, *at)
+                }
                 _ => {
                     let s = serve::next_serial(stored.as_ref().map(|s| s.0), today);
-                    let v = serde_json::to_string(&(s, &hash)).unwrap_or_default();
+                    let v = serde_json::to_string(&(s, &hash, now)).unwrap_or_default();
                     self.store.write(|w| w.put_meta(&key, &v))?;
-                    s
+                    (s, now)
                 }
             };
-            let hostmaster = self
-                .config
-                .dns
-                .hostmaster
-                .clone()
-                .unwrap_or_else(|| format!("hostmaster@{}", origin.trim_end_matches('.')));
+            let transfers = if zone.secondaries.is_empty() {
+                None
+            } else {
+                match dns::push::tsig_signer(zone) {
+                    Ok(signer) => Some(Arc::new(serve::Transfers {
+                        secondaries: zone.secondaries.clone(),
+                        signer,
+                    })),
+                    Err(e) => {
+                        // Served all the same; no transfers and no NOTIFY until the key is fixed.
+                        tracing::error!("zone {origin}: secondaries: {e}");
+                        self.bus.publish(
+                            "dns-failed",
+                            None,
+                            format!("{origin}: no zone transfers: {}", e.message),
+                        );
+                        None
+                    }
+                }
+            };
             let head = serve::ZoneHead {
                 nameservers: &nameservers,
                 hostmaster: &hostmaster,
                 serial,
+                nsec3: zone.nsec3,
+                transfers,
             };
             // Unchanged and signed recently: serve the zone as it is (signing costs ~10 ms).
-            let now = crate::state::now();
             let mut cache = self.dns_built.lock().expect("dns cache lock");
             if let Some(b) = cache.get(origin).filter(|b| {
                 b.hash == hash
@@ -240,10 +378,13 @@ impl Daemon {
                         .map_err(|e| Error::failed(format!("zone {origin}: {e}")))?,
                     handler: b.handler.clone(),
                     info: b.info.clone(),
+                    transfers: b.transfers.clone(),
                 });
                 continue;
             }
             let key_path = serve::key_path(&self.config.daemon.state_dir, origin);
+            // Unsigned zones never need re-signing: their cache entry stays fresh.
+            let at = if zone.dnssec { signed_at } else { now };
             let zone = serve::build_zone(
                 origin,
                 &head,
@@ -255,9 +396,12 @@ impl Daemon {
                 Built {
                     hash,
                     serial,
-                    at: now,
+                    // Due for re-signing a day after this serial was first signed, even
+                    // across restarts (which sign again but keep the serial).
+                    at,
                     handler: zone.handler.clone(),
                     info: zone.info.clone(),
+                    transfers: zone.transfers.clone(),
                 },
             );
             built.push(zone);
@@ -349,11 +493,7 @@ impl Daemon {
         let (records, _) = self.dns_records(None);
         let mut served = Vec::new();
         if !dry_run {
-            if let Some(server) = &self.dns_server {
-                let built = self.build_served_zones(&records)?;
-                server.load(built);
-                served = server.zones();
-            }
+            served = self.reload_served()?;
         }
         let pushed = self.push_zones(dry_run).await?;
         let printed = dns::zones::split(&records, &self.config.dns.zones)
@@ -382,6 +522,37 @@ impl Daemon {
                 .chain(split.unzoned)
                 .collect();
             checks.extend(dns::diagnose::dns_checks(&resolver, &all).await);
+            // The SOA contact of each served zone must reach someone.
+            let instances = self.instances_snapshot();
+            for z in self
+                .config
+                .dns
+                .zones
+                .iter()
+                .filter(|z| z.mode == ZoneMode::Serve)
+            {
+                let Ok(origin) = dns::zones::origin_of(&z.name) else {
+                    continue;
+                };
+                let (contact, warning) = dns::soa_contact(
+                    &origin,
+                    self.config.dns.hostmaster.as_deref(),
+                    &instances,
+                    self.config.mail.postmaster.as_deref(),
+                );
+                checks.push(dns::diagnose::Check {
+                    area: "dns",
+                    status: if warning.is_some() {
+                        dns::diagnose::Status::Warn
+                    } else {
+                        dns::diagnose::Status::Ok
+                    },
+                    subject: format!("{origin} SOA contact"),
+                    expected: "an address a mail server here accepts".into(),
+                    seen: contact,
+                    fix: warning.map(|w| w.fix).unwrap_or_default(),
+                });
+            }
         }
         if what != "dns" {
             let greetings = self.greetings().await;

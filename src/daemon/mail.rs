@@ -451,6 +451,7 @@ impl Daemon {
         if set != 0 {
             return set;
         }
+        // 0: the engine chose one.
         let name = self.mail_container(server);
         self.observed_of(&server.name)
             .iter()
@@ -477,6 +478,25 @@ impl Daemon {
             });
         }
         out
+    }
+
+    /// The mail server as a mail client app (`[needs] mail_client`: webmail) reaches it: its
+    /// name, the host ports of IMAPS and submission, its first mail domain. No account is
+    /// made: the app's users log in with their own. None when no mail server (with a domain
+    /// and a mail domain) is installed.
+    pub(super) fn mail_client_of(&self) -> Option<crate::state::MailClient> {
+        let server = self
+            .instances_snapshot()
+            .into_iter()
+            .find(|i| i.manifest.needs.mail_files.is_some())?;
+        let domain = server.mail.as_ref()?.domains.first()?.clone();
+        Some(crate::state::MailClient {
+            host: server.domain.clone()?,
+            imaps_port: self.published_port(&server, "imaps_port", 993),
+            submission_port: self.submission_port(&server),
+            domain,
+            server: server.name,
+        })
     }
 
     /// An app is removed: its account goes with it.

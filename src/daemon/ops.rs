@@ -124,6 +124,24 @@ impl Daemon {
             names::check_domain(d)?;
             self.check_domain_free(d)?;
         }
+        // A mail client (webmail) is of no use without the mail server it reads: refused
+        // before anything changes (a restore drill runs it without one).
+        let mail_client = match manifest.needs.mail_client {
+            true => match self.mail_client_of() {
+                None if !p.drill => {
+                    return Err(Error::conflict(format!(
+                        "{} reads and sends mail through the mail server, and none is installed",
+                        manifest.name
+                    ))
+                    .hint(
+                        "install the mail server first (`ilot app install mail --domain mail.DOMAIN`), \
+                         then this app",
+                    ))
+                }
+                m => m,
+            },
+            false => None,
+        };
         let host = apps::HostFacts::read();
         let settings = resolve_settings(&manifest, &p.settings, host.memory)?;
         let problems = apps::resource_problems(&manifest, &settings, &host);
@@ -195,6 +213,7 @@ impl Daemon {
         };
         let mut inst = Instance {
             smtp: None,
+            mail_client,
             mail,
             name: name.clone(),
             app: manifest.name.clone(),

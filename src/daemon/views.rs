@@ -175,6 +175,7 @@ impl Daemon {
             "network": plan::network_name(name),
             "volumes": inst.manifest.volumes.keys().map(|v| plan::volume_name(name, v)).collect::<Vec<_>>(),
             "needs": inst.manifest.needs,
+            "mail_client": inst.mail_client,
             "created_at": inst.created_at,
             "updated_at": inst.updated_at,
         }))

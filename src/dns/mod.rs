@@ -298,6 +298,7 @@ pub fn plan(inp: &Inputs, only: Option<&str>) -> (Vec<Record>, Vec<Finding>) {
             push(at("_pop3._tcp"), "SRV", "0 0 0 .".into(), &reason);
         }
     }
+    apex_caa(inp, only, &mut records);
     records.sort_by(|a, b| (&a.name, &a.kind, &a.value).cmp(&(&b.name, &b.kind, &b.value)));
     records.dedup_by(|a, b| a.name == b.name && a.kind == b.kind && a.value == b.value);
     (records, findings)
@@ -310,6 +311,114 @@ pub fn spf(relay: Option<&crate::mail::Relay>) -> String {
         Some(d) => format!("v=spf1 mx include:{d} -all"),
         None => "v=spf1 mx -all".into(),
     }
+}
+
+/// CAA at each zone apex too, not only on the names ilot serves: a CA looks for CAA at the
+/// name, then at each parent, so the apex record covers every other name of the domain (a
+/// forgotten subdomain, a typo) with the CA ilot uses. The apexes: every configured forward
+/// zone that holds one of the planned names, and every mail domain.
+fn apex_caa(inp: &Inputs, only: Option<&str>, records: &mut Vec<Record>) {
+    let Some(issuer) = inp.caa_issuer else {
+        return;
+    };
+    let value = match inp.caa_account {
+        Some(acct) => format!("0 issue {}", quote(&format!("{issuer}; accounturi={acct}"))),
+        None => format!("0 issue {}", quote(issuer)),
+    };
+    let mut apexes: Vec<String> = inp
+        .instances
+        .iter()
+        .flat_map(mail_domains)
+        .map(|m| format!("{m}."))
+        .collect();
+    for z in &inp.dns.zones {
+        let Ok(origin) = zones::origin_of(&z.name) else {
+            continue;
+        };
+        if origin.ends_with(".arpa.") {
+            continue;
+        }
+        if records.iter().any(|r| {
+            r.reason.starts_with("instance ")
+                && (r.name == origin || r.name.ends_with(&format!(".{origin}")))
+        }) {
+            apexes.push(origin);
+        }
+    }
+    apexes.sort();
+    apexes.dedup();
+    for apex in apexes {
+        let domain = apex.trim_end_matches('.');
+        let wanted = only.is_none_or(|o| domain == o || domain.ends_with(&format!(".{o}")));
+        if !wanted || records.iter().any(|r| r.name == apex && r.kind == "CAA") {
+            continue;
+        }
+        records.push(Record {
+            name: apex,
+            kind: "CAA".into(),
+            ttl: DEFAULT_TTL,
+            value: value.clone(),
+            reason: "zone apex".into(),
+        });
+    }
+}
+
+/// Whether a mail server here accepts mail for `address`: a mailbox, an alias or a catch-all
+/// of one of its domains, or a role address once it has somewhere to go (a mailbox, or
+/// `[mail] postmaster`: see `MailState::roles`). A mail app ilot does not configure keeps its
+/// own role addresses.
+pub fn accepted_here(instances: &[Instance], postmaster: Option<&str>, address: &str) -> bool {
+    let Some((_, domain)) = address.rsplit_once('@') else {
+        return false;
+    };
+    instances.iter().any(|inst| {
+        mail_domains(inst).iter().any(|m| m == domain)
+            && inst.mail.as_ref().is_none_or(|m| {
+                m.users.contains_key(address)
+                    || m.aliases.contains_key(address)
+                    || m.aliases.contains_key(&format!("@{domain}"))
+                    || (crate::mail::is_role_address(address)
+                        && m.role_target(postmaster).is_some())
+            })
+    })
+}
+
+/// The SOA contact of a served zone (RFC 1035 RNAME, as an address), and a warning when no
+/// mail server here takes mail for it. `[dns] hostmaster` when set; else hostmaster@ZONE when
+/// the zone is a mail domain here; else hostmaster@ the first mail domain here (a reverse zone,
+/// a zone without mail); else hostmaster@ZONE, which reaches no one unless the admin makes it.
+pub fn soa_contact(
+    origin: &str,
+    configured: Option<&str>,
+    instances: &[Instance],
+    postmaster: Option<&str>,
+) -> (String, Option<Finding>) {
+    let zone = origin.trim_end_matches('.');
+    let mut domains: Vec<String> = instances.iter().flat_map(mail_domains).collect();
+    domains.sort();
+    let contact = match configured {
+        Some(c) => c.to_string(),
+        None if domains.iter().any(|d| d == zone) => format!("hostmaster@{zone}"),
+        None => match domains.first() {
+            Some(d) => format!("hostmaster@{d}"),
+            None => format!("hostmaster@{zone}"),
+        },
+    };
+    let warning = (!accepted_here(instances, postmaster, &contact)).then(|| Finding {
+        domain: zone.to_string(),
+        problem: format!(
+            "the SOA contact of {origin} is {contact}, and no mail server here accepts mail \
+             for it, so mail to the zone's admin may bounce"
+        ),
+        fix: if configured.is_some() {
+            format!("make sure {contact} receives mail, or unset [dns] hostmaster to use hostmaster@ a mail domain of this server")
+        } else {
+            "set [dns] hostmaster to an address that receives mail, or install a mail server \
+             (its domains get hostmaster@)"
+                .to_string()
+        },
+    });
+    (contact, warning)
 }
 
 /// 203.0.113.10 -> 10.113.0.203.in-addr.arpa.
@@ -513,6 +622,7 @@ mod tests {
         Instance {
             mail: None,
             smtp: None,
+            mail_client: None,
             name: name.into(),
             app: manifest.name.clone(),
             manifest,
@@ -708,6 +818,77 @@ mod tests {
             findings.iter().any(|f| f.fix.contains("--spf-include")),
             "{findings:?}"
         );
+    }
+
+    #[test]
+    fn caa_at_the_apex_and_soa_contacts_that_take_mail() {
+        let insts = [
+            instance("m", "mail.example.org", &[], true),
+            instance("w", "blog.example.net", &[], false),
+        ];
+        let host = crate::config::HostConfig {
+            ipv4: Some("192.0.2.1".parse().unwrap()),
+            ..Default::default()
+        };
+        let mut dns = crate::config::DnsConfig::default();
+        let zone = |name: &str| crate::config::ZoneConfig {
+            name: name.into(),
+            mode: crate::config::ZoneMode::Serve,
+            dnssec: true,
+            records: vec![],
+            server: None,
+            tsig_key: None,
+            tsig_algorithm: "hmac-sha256".into(),
+            tsig_secret_file: None,
+            secondaries: vec![],
+            nsec3: true,
+        };
+        dns.zones = vec![
+            zone("example.net"),
+            zone("example.com"),
+            zone("192.0.2.0/24"),
+        ];
+        let dkim = Default::default();
+        let inputs = Inputs {
+            instances: &insts,
+            host: &host,
+            dns: &dns,
+            caa_issuer: Some("letsencrypt.org"),
+            caa_account: None,
+            acme: true,
+            dkim: &dkim,
+            postmaster: None,
+        };
+        let (records, _) = plan(&inputs, None);
+        let caa: Vec<&str> = records
+            .iter()
+            .filter(|r| r.kind == "CAA")
+            .map(|r| r.name.as_str())
+            .collect();
+        // The mail domain's apex and the zone holding the web name; not a zone with nothing
+        // of ilot's in it, nor a reverse zone.
+        for apex in ["example.org.", "example.net."] {
+            assert!(caa.contains(&apex), "{apex}: {caa:?}");
+        }
+        assert!(!caa.contains(&"example.com."), "{caa:?}");
+        assert!(!caa.iter().any(|n| n.ends_with(".arpa.")), "{caa:?}");
+
+        // The mail domain's zone: hostmaster@ itself; any other zone: hostmaster@ the mail
+        // domain; nothing to warn about.
+        let (c, w) = soa_contact("example.org.", None, &insts, None);
+        assert_eq!((c.as_str(), w.is_none()), ("hostmaster@example.org", true));
+        let (c, w) = soa_contact("2.0.192.in-addr.arpa.", None, &insts, None);
+        assert_eq!((c.as_str(), w.is_none()), ("hostmaster@example.org", true));
+        // No mail server: hostmaster@ZONE, with a warning that says what to do.
+        let (c, w) = soa_contact("example.net.", None, &insts[1..], None);
+        assert_eq!(c, "hostmaster@example.net");
+        assert!(w.unwrap().fix.contains("[dns] hostmaster"));
+        // A configured contact wins, and is checked.
+        let (c, w) = soa_contact("example.net.", Some("me@elsewhere.example"), &insts, None);
+        assert_eq!(c, "me@elsewhere.example");
+        assert!(w.is_some());
+        assert!(accepted_here(&insts, None, "abuse@example.org"));
+        assert!(!accepted_here(&insts, None, "bob@example.org"));
     }
 
     #[test]

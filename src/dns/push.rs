@@ -85,6 +85,27 @@ pub fn read_secret(path: &std::path::Path) -> Result<Vec<u8>> {
         })
 }
 
+/// The zone's TSIG key (name, algorithm, secret from its 0600 file), for pushes and for the
+/// transfers and NOTIFYs of served zones with secondaries.
+pub fn tsig_signer(zone: &ZoneConfig) -> Result<TSigner> {
+    let (Some(key_name), Some(file)) = (zone.tsig_key.as_deref(), zone.tsig_secret_file.as_deref())
+    else {
+        return Err(Error::bad_input(format!(
+            "zone {}: no tsig_key and tsig_secret_file",
+            zone.name
+        ))
+        .hint("add them to the zone's [[dns.zones]] entry"));
+    };
+    let key = read_secret(file)?;
+    TSigner::new(
+        key,
+        algorithm(&zone.tsig_algorithm).map_err(Error::bad_input)?,
+        Name::from_ascii(key_name).map_err(|e| Error::bad_input(format!("tsig_key: {e}")))?,
+        300,
+    )
+    .map_err(|e| Error::bad_input(format!("TSIG key {key_name}: {e}")))
+}
+
 /// Parses presentation records into wire records (hickory's zone-file parser).
 pub fn to_wire(origin: &str, records: &[Record]) -> Result<Vec<hickory_proto::rr::Record>> {
     if records.is_empty() {
@@ -114,19 +135,7 @@ struct Session {
 impl Session {
     async fn connect(zone: &ZoneConfig, origin: &str) -> Result<Session> {
         let server = zone.server.expect("checked with the config");
-        let key = read_secret(
-            zone.tsig_secret_file
-                .as_deref()
-                .expect("checked with the config"),
-        )?;
-        let key_name = zone.tsig_key.as_deref().expect("checked with the config");
-        let signer = TSigner::new(
-            key,
-            algorithm(&zone.tsig_algorithm).map_err(Error::bad_input)?,
-            Name::from_ascii(key_name).map_err(|e| Error::bad_input(format!("tsig_key: {e}")))?,
-            300,
-        )
-        .map_err(|e| Error::bad_input(format!("TSIG key {key_name}: {e}")))?;
+        let signer = tsig_signer(zone)?;
         let (connect, handle) =
             TcpClientStream::new(server, None, Some(TIMEOUT), TokioRuntimeProvider::default());
         let stream = tokio::time::timeout(TIMEOUT, connect)

@@ -56,6 +56,12 @@ pub fn check_zone_config(z: &ZoneConfig, dns: &DnsConfig) -> Result<(), String> 
     for r in &z.records {
         super::check_zone_record(r).map_err(|e| format!("{}: {e}", z.name))?;
     }
+    if !z.secondaries.is_empty() && z.mode != ZoneMode::Serve {
+        return Err(format!(
+            "{}: secondaries are for mode = \"serve\" (ilot is then their primary)",
+            z.name
+        ));
+    }
     match z.mode {
         ZoneMode::Print => {}
         ZoneMode::Serve => {
@@ -65,37 +71,53 @@ pub fn check_zone_config(z: &ZoneConfig, dns: &DnsConfig) -> Result<(), String> 
                     z.name
                 ));
             }
+            if !z.secondaries.is_empty() {
+                let (Some(_), Some(_)) = (&z.tsig_key, &z.tsig_secret_file) else {
+                    return Err(format!(
+                        "{}: secondaries need tsig_key and tsig_secret_file: zone transfers \
+                         are allowed only when signed with that key",
+                        z.name
+                    ));
+                };
+                check_tsig(z)?;
+            }
         }
         ZoneMode::Push => {
-            let (Some(_), Some(key), Some(file)) = (&z.server, &z.tsig_key, &z.tsig_secret_file)
-            else {
+            let (Some(_), Some(_), Some(_)) = (&z.server, &z.tsig_key, &z.tsig_secret_file) else {
                 return Err(format!(
                     "{}: mode = \"push\" needs server (IP:PORT), tsig_key and tsig_secret_file",
                     z.name
                 ));
             };
-            let key_ok = key.len() <= 253
-                && key.trim_end_matches('.').split('.').all(|l| {
-                    !l.is_empty()
-                        && l.len() <= 63
-                        && l.bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                });
-            if !key_ok {
-                return Err(format!(
-                    "{}: tsig_key {key:?} is not a key name (letters, digits, '-', '_' and dots)",
-                    z.name
-                ));
-            }
-            super::push::algorithm(&z.tsig_algorithm).map_err(|e| format!("{}: {e}", z.name))?;
-            if !file.is_absolute() {
-                return Err(format!(
-                    "{}: tsig_secret_file {} is not an absolute path",
-                    z.name,
-                    file.display()
-                ));
-            }
+            check_tsig(z)?;
         }
+    }
+    Ok(())
+}
+
+/// The TSIG key's name, algorithm and secret file path (the file is read when used).
+fn check_tsig(z: &ZoneConfig) -> Result<(), String> {
+    let key = z.tsig_key.as_deref().unwrap_or_default();
+    let key_ok = key.len() <= 253
+        && key.trim_end_matches('.').split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if !key_ok {
+        return Err(format!(
+            "{}: tsig_key {key:?} is not a key name (letters, digits, '-', '_' and dots)",
+            z.name
+        ));
+    }
+    super::push::algorithm(&z.tsig_algorithm).map_err(|e| format!("{}: {e}", z.name))?;
+    if let Some(file) = z.tsig_secret_file.as_deref().filter(|f| !f.is_absolute()) {
+        return Err(format!(
+            "{}: tsig_secret_file {} is not an absolute path",
+            z.name,
+            file.display()
+        ));
     }
     Ok(())
 }
@@ -198,6 +220,8 @@ mod tests {
             tsig_key: None,
             tsig_algorithm: "hmac-sha256".into(),
             tsig_secret_file: None,
+            secondaries: vec![],
+            nsec3: true,
         };
         let zones = [z("example.org"), z("lab.example.org")];
         assert_eq!(

@@ -139,11 +139,17 @@ impl ContainerSpec {
             network: network_name(&inst.name),
             health: svc.health.clone(),
             init: svc.init,
-            extra_hosts: inst
-                .smtp
-                .iter()
-                .map(|s| format!("{}:host-gateway", s.host))
-                .collect(),
+            extra_hosts: {
+                let mut hosts: Vec<String> = inst
+                    .smtp
+                    .iter()
+                    .map(|s| s.host.clone())
+                    .chain(inst.mail_client.iter().map(|m| m.host.clone()))
+                    .map(|h| format!("{h}:host-gateway"))
+                    .collect();
+                hosts.dedup();
+                hosts
+            },
             hash: String::new(),
         };
         // The env holds secrets, so it enters the hash but never the serialized spec.
@@ -155,8 +161,8 @@ impl ContainerSpec {
     }
 }
 
-/// Fills {{instance}}, {{app}}, {{domain}}, {{settings.K}} and {{secrets.K}} (checked when the
-/// manifest was loaded).
+/// Fills {{instance}}, {{app}}, {{domain}}, {{settings.K}}, {{secrets.K}}, {{smtp.K}} and
+/// {{mail.K}} (checked when the manifest was loaded).
 pub fn render(template: &str, inst: &Instance) -> String {
     let mut out = String::new();
     let mut rest = template;
@@ -191,6 +197,10 @@ pub fn render(template: &str, inst: &Instance) -> String {
                 .or_else(|| {
                     let smtp = inst.smtp.as_ref()?;
                     smtp.value(k.strip_prefix("smtp.")?)
+                })
+                .or_else(|| {
+                    let mail = inst.mail_client.as_ref()?;
+                    mail.value(k.strip_prefix("mail.")?)
                 })
                 .unwrap_or_default(),
         };
@@ -395,6 +405,7 @@ mod tests {
         Instance {
             mail: None,
             smtp: None,
+            mail_client: None,
             name: "h1".into(),
             app: "hello".into(),
             images: [(
@@ -514,5 +525,37 @@ mod tests {
         assert_eq!(spec.env["ADMIN_TOKEN"], "s3cret");
         assert_eq!(spec.env["GREETING"], "Hi");
         assert!(!serde_json::to_string(&spec).unwrap().contains("s3cret"));
+    }
+
+    /// A mail client's {{mail.*}} values reach its env, and the mail server's name resolves
+    /// to the host in its containers (once, also when it sends mail too).
+    #[test]
+    fn mail_client_values_and_host_mapping() {
+        let mut inst = hello();
+        inst.mail_client = Some(crate::state::MailClient {
+            server: "mail".into(),
+            host: "mail.example.org".into(),
+            imaps_port: 993,
+            submission_port: 587,
+            domain: "example.org".into(),
+        });
+        assert_eq!(
+            render(
+                "ssl://{{mail.host}}:{{mail.imaps_port}} tls://{{mail.host}}:{{mail.submission_port}} @{{mail.domain}}",
+                &inst
+            ),
+            "ssl://mail.example.org:993 tls://mail.example.org:587 @example.org"
+        );
+        let spec = ContainerSpec::for_service(&inst, "web");
+        assert_eq!(spec.extra_hosts, ["mail.example.org:host-gateway"]);
+        inst.smtp = Some(crate::mail::SmtpAccount {
+            server: "mail".into(),
+            host: "mail.example.org".into(),
+            port: 587,
+            user: "h1@example.org".into(),
+            password: "pw".into(),
+        });
+        let spec = ContainerSpec::for_service(&inst, "web");
+        assert_eq!(spec.extra_hosts, ["mail.example.org:host-gateway"]);
     }
 }

@@ -74,6 +74,36 @@ pub struct Instance {
     /// An app that sends mail: its account on the mail server (`[needs] smtp`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smtp: Option<crate::mail::SmtpAccount>,
+    /// A mail client (webmail): the mail server it reads and sends through
+    /// (`[needs] mail_client`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mail_client: Option<MailClient>,
+}
+
+/// The mail server as a mail client app reaches it, resolved at install: its name (which
+/// resolves to the host inside the app's containers, so TLS names match), the host ports of
+/// IMAPS and submission, and its first mail domain. What `{{mail.KEY}}` renders to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MailClient {
+    /// The mail instance.
+    pub server: String,
+    pub host: String,
+    pub imaps_port: u16,
+    pub submission_port: u16,
+    pub domain: String,
+}
+
+impl MailClient {
+    /// The value of `{{mail.KEY}}` (catalog::MAIL_CLIENT_VALUES).
+    pub fn value(&self, key: &str) -> Option<String> {
+        Some(match key {
+            "host" => self.host.clone(),
+            "imaps_port" => self.imaps_port.to_string(),
+            "submission_port" => self.submission_port.to_string(),
+            "domain" => self.domain.clone(),
+            _ => return None,
+        })
+    }
 }
 
 impl Instance {

@@ -1,5 +1,6 @@
 //! A real BIND (`named`) on a loopback port, for the DNS tests: a primary for one or more
-//! zones, with a TSIG key allowed to update them. It runs in the foreground in the test's
+//! zones, with a TSIG key allowed to update them, or a secondary of ilot's served zone,
+//! transferring it with the same key. It runs in the foreground in the test's
 //! own directory and is killed when dropped (tests/run.sh also kills any named whose config
 //! sits in a test directory, should a test die before the drop).
 
@@ -30,6 +31,34 @@ pub fn free_port() -> u16 {
 impl Named {
     /// Starts named with `zones`: (zone name, zone file text). `dir` must exist.
     pub fn start(dir: &Path, zones: &[(&str, String)]) -> Named {
+        Named::launch(dir, |dir, key_name| {
+            let mut conf = String::new();
+            for (zone, text) in zones {
+                let file = dir.join(format!("{zone}.zone"));
+                std::fs::write(&file, text).unwrap();
+                conf.push_str(&format!(
+                    "zone \"{zone}\" {{ type primary; file \"{}\"; update-policy {{ grant {key_name} zonesub ANY; }}; }};\n",
+                    file.display()
+                ));
+            }
+            conf
+        })
+    }
+
+    /// Starts named as a secondary of `zone`, whose primary is 127.0.0.1:`primary_port`
+    /// (ilot): it transfers the zone with the TSIG key and takes NOTIFY from it. The copy is
+    /// kept in `secondary-ZONE.db` (raw format, BIND's default for secondaries).
+    pub fn start_secondary(dir: &Path, zone: &str, primary_port: u16) -> Named {
+        Named::launch(dir, |dir, key_name| {
+            format!(
+                "zone \"{zone}\" {{ type secondary; file \"{}\"; \
+                 primaries {{ 127.0.0.1 port {primary_port} key {key_name}; }}; }};\n",
+                dir.join(format!("secondary-{zone}.db")).display()
+            )
+        })
+    }
+
+    fn launch(dir: &Path, zones: impl FnOnce(&Path, &str) -> String) -> Named {
         let dir = dir.join("named");
         std::fs::create_dir_all(&dir).unwrap();
         let key_name = "ilot-test-key".to_string();
@@ -42,14 +71,7 @@ impl Named {
              controls {{ }};\n",
             d = dir.display()
         );
-        for (zone, text) in zones {
-            let file = dir.join(format!("{zone}.zone"));
-            std::fs::write(&file, text).unwrap();
-            conf.push_str(&format!(
-                "zone \"{zone}\" {{ type primary; file \"{}\"; update-policy {{ grant {key_name} zonesub ANY; }}; }};\n",
-                file.display()
-            ));
-        }
+        conf.push_str(&zones(&dir, &key_name));
         let conf_path = dir.join("named.conf");
         std::fs::write(&conf_path, conf).unwrap();
         let log = std::fs::File::create(dir.join("named.log")).unwrap();
