@@ -366,20 +366,23 @@ fn apex_caa(inp: &Inputs, only: Option<&str>, records: &mut Vec<Record>) {
 /// Whether a mail server here accepts mail for `address`: a mailbox, an alias or a catch-all
 /// of one of its domains, or a role address once it has somewhere to go (a mailbox, or
 /// `[mail] postmaster`: see `MailState::roles`). A mail app ilot does not configure keeps its
-/// own role addresses.
+/// own role addresses (and ilot knows nothing of its other addresses).
 pub fn accepted_here(instances: &[Instance], postmaster: Option<&str>, address: &str) -> bool {
     let Some((_, domain)) = address.rsplit_once('@') else {
         return false;
     };
     instances.iter().any(|inst| {
         mail_domains(inst).iter().any(|m| m == domain)
-            && inst.mail.as_ref().is_none_or(|m| {
-                m.users.contains_key(address)
-                    || m.aliases.contains_key(address)
-                    || m.aliases.contains_key(&format!("@{domain}"))
-                    || (crate::mail::is_role_address(address)
-                        && m.role_target(postmaster).is_some())
-            })
+            && inst
+                .mail
+                .as_ref()
+                .map_or(crate::mail::is_role_address(address), |m| {
+                    m.users.contains_key(address)
+                        || m.aliases.contains_key(address)
+                        || m.aliases.contains_key(&format!("@{domain}"))
+                        || (crate::mail::is_role_address(address)
+                            && m.role_target(postmaster).is_some())
+                })
     })
 }
 
