@@ -51,6 +51,10 @@ pub struct Manifest {
     /// image's environment cannot express). They must be idempotent: recovery runs them again.
     #[serde(default)]
     pub hooks: Hooks,
+    /// Combinations of settings the app cannot run with (its own start-up checks refuse them):
+    /// refused at install and at `app set` with the rule's reason, before anything changes.
+    #[serde(default)]
+    pub refuse: Vec<Refusal>,
     /// Where this manifest was read from (set at load time, whatever the file says).
     #[serde(default)]
     pub source: String,
@@ -205,6 +209,27 @@ pub struct SizeDefault {
     pub value: String,
 }
 
+/// A combination of settings refused: every condition of `when` (as in `condition_holds`) at
+/// once.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Refusal {
+    pub when: Vec<String>,
+    /// What is wrong, in the app's own terms.
+    pub why: String,
+    /// What to do instead.
+    pub fix: String,
+}
+
+impl Manifest {
+    /// The first refused combination these settings make, if any.
+    pub fn refused(&self, settings: &BTreeMap<String, String>) -> Option<&Refusal> {
+        self.refuse.iter().find(|r| {
+            !r.when.is_empty() && r.when.iter().all(|w| condition_holds(Some(w), settings))
+        })
+    }
+}
+
 /// A condition on the instance's settings, for what exists only with some settings (PeerTube's
 /// RTMP port only with live streaming): `KEY` (a bool setting that is true), `KEY=VALUE` or
 /// `KEY!=VALUE`.
@@ -314,6 +339,11 @@ pub struct Needs {
     /// The app only works at its own domain (`--domain` is required at install).
     #[serde(default)]
     pub domain: bool,
+    /// The app's domain is part of its identity from its first start (PeerTube: the address
+    /// other servers federate with, written into its database): a second domain and a change
+    /// of domain are refused, with why.
+    #[serde(default)]
+    pub fixed_domain: bool,
     /// HTTPS routes for the proxy: the instance's domain, path prefix -> service:port.
     #[serde(default)]
     pub routes: Vec<Route>,
@@ -446,10 +476,28 @@ pub struct FirewallPort {
 pub struct LogFilter {
     /// The guard filter (built in, or /etc/ilot/filters/NAME.toml).
     pub filter: String,
-    /// The service whose output (container logs) the filter reads; absent: ilot's proxy
-    /// access log, where the real client address of a web app's requests is.
+    /// The service whose output (container logs) the filter reads; absent (and no `volume`):
+    /// ilot's proxy access log, where the real client address of a web app's requests is.
     #[serde(default)]
     pub service: Option<String>,
+    /// A log file the app writes in one of its volumes (`volume` and `path`, relative to the
+    /// volume's root): for apps whose log does not reach the container's output (Nextcloud's
+    /// `data/nextcloud.log`). Read from the host, never following a symbolic link.
+    #[serde(default)]
+    pub volume: Option<String>,
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+impl LogFilter {
+    /// `path` as a relative path inside its volume: no `..`, not absolute, not empty.
+    pub fn volume_path(&self) -> Option<std::path::PathBuf> {
+        let p = std::path::Path::new(self.path.as_deref()?);
+        let plain = p
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        (plain && p.components().next().is_some()).then(|| p.to_path_buf())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -569,6 +617,15 @@ impl Manifest {
                 check_setting_value(key, s, &sd.value)?;
             }
         }
+        for r in &self.refuse {
+            if r.when.is_empty() || r.why.trim().is_empty() {
+                return Err("a [[refuse]] needs conditions (when) and a reason (why)".into());
+            }
+            for w in &r.when {
+                self.check_condition(Some(w))
+                    .map_err(|e| format!("[[refuse]]: {e}"))?;
+            }
+        }
         for (key, s) in &self.secrets {
             if !(16..=128).contains(&s.length) {
                 return Err(format!("secret {key:?}: length must be 16 to 128"));
@@ -655,6 +712,31 @@ impl Manifest {
             if let Some(svc) = &f.service {
                 if !self.services.contains_key(svc) {
                     return Err(format!("log_filters: unknown service {svc:?}"));
+                }
+            }
+            match (&f.volume, &f.path) {
+                (None, None) => {}
+                (Some(vol), Some(path)) => {
+                    if f.service.is_some() {
+                        return Err(format!(
+                            "log_filters {:?}: a service's output or a file in a volume, not both",
+                            f.filter
+                        ));
+                    }
+                    if !self.volumes.contains_key(vol) {
+                        return Err(format!("log_filters: unknown volume {vol:?}"));
+                    }
+                    if f.volume_path().is_none() {
+                        return Err(format!(
+                            "log_filters: path {path:?} must be relative to the volume, without '..'"
+                        ));
+                    }
+                }
+                _ => {
+                    return Err(format!(
+                        "log_filters {:?}: volume and path go together",
+                        f.filter
+                    ))
                 }
             }
             if f.filter.is_empty()
@@ -832,6 +914,7 @@ impl Manifest {
                         | "smtp.password"
                         | "smtp.from"
                         | "smtp.domain"
+                        | "smtp.enabled"
                 );
             let mail_client = self.needs.mail_client
                 && name

@@ -146,7 +146,7 @@ fn every_catalogue_entry_plans_exactly_its_objects_and_changes_nothing() {
     );
     assert_eq!(
         field(&v, "log_filters", "source"),
-        [format!("container {}", c("web"))]
+        [format!("file data/nextcloud.log in volume ilot-{nc}-html")]
     );
     assert_eq!(field(&v, "probes", "path"), ["/status.php"]);
     assert_eq!(strings(&v["backup"]["volumes"]), [c("html")]);
@@ -538,6 +538,18 @@ fn shown_password(out: &str) -> String {
 
 /// A JSON request through the proxy over HTTPS: (HTTP status, body).
 fn call(p: &Ports, domain: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    call_with(p, domain, method, path, body, &[])
+}
+
+/// `call` with extra curl arguments (headers).
+fn call_with(
+    p: &Ports,
+    domain: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    more: &[&str],
+) -> (u16, Value) {
     let mut extra = vec![
         "-X",
         method,
@@ -550,6 +562,7 @@ fn call(p: &Ports, domain: &str, method: &str, path: &str, body: Option<&Value>)
     if body.is_some() {
         extra.extend(["--data-binary", &data]);
     }
+    extra.extend_from_slice(more);
     let (out, err) = curl(domain, &p.https, "https", path, &extra);
     let (text, code) = out
         .rsplit_once('\n')
@@ -931,4 +944,337 @@ fn settings_an_admin_must_choose_are_asked_at_a_terminal() {
         2,
     );
     assert!(err.contains("needs the setting admin_email"), "{err}");
+}
+
+/// A directory under /tmp/ilot-test-* (tests/run.sh cleans those up too), removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The forwarding headers a client may forge: none of them may choose the address an app sees.
+const FORGED: [&str; 8] = [
+    "-H",
+    "X-Real-IP: 203.0.113.66",
+    "-H",
+    "X-Forwarded-For: 203.0.113.66",
+    "-H",
+    "Forwarded: for=203.0.113.66",
+    "-H",
+    "Client-IP: 203.0.113.66",
+];
+
+/// What the review of the manifests against upstream's source found, each modelled by the
+/// stand-in as upstream behaves (images/README.md, "What the stand-ins model"): Nextcloud's own
+/// database role and its restore, its log file reaching the guard, client addresses nobody can
+/// forge, PeerTube's live check and root password, its fixed domain, Ghost's hook run again.
+#[test]
+fn catalogue_apps_keep_upstreams_contracts_through_restore_forged_headers_and_reruns() {
+    require_standins();
+    let repo = TempDir(std::path::PathBuf::from(format!(
+        "/tmp/ilot-test-{}",
+        unique("ncrepo")
+    )));
+    let mut ilot = Ilot::start_full(
+        &[],
+        &format!(
+            "{HOST}[backup]\nrepository = \"{}/repo\"\nat = \"off\"\n[guard]\n[guard.defaults]\nmaxretry = 3\n",
+            repo.0.display()
+        ),
+    );
+    // Nextcloud as the catalogue had it before: no NC_setup_create_db_user, no NC_db*, the dump
+    // with owners (an instance installed then, whose backup must still restore).
+    let current = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/apps/nextcloud/app.toml"
+    ))
+    .unwrap();
+    let old = current
+        .replace("name = \"nextcloud\"", "name = \"nextcloud-old\"")
+        .lines()
+        .filter(|l| !l.starts_with("NC_setup_create_db_user") && !l.starts_with("NC_db"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace(" --no-owner --no-privileges", "");
+    assert!(old.contains("nextcloud-old") && !old.contains("\nNC_dbuser"));
+    std::fs::create_dir_all(ilot.dir.join("catalog/nextcloud-old")).unwrap();
+    std::fs::write(ilot.dir.join("catalog/nextcloud-old/app.toml"), old).unwrap();
+    ilot.restart();
+    let p = ports(&ilot);
+    let srv = install(&ilot);
+    add_user(&ilot, "bob@example.org", BOB_PW);
+    let nc_images = [
+        ("db", "postgres"),
+        ("redis", "redis"),
+        ("web", "web"),
+        ("cron", "web"),
+    ];
+
+    // 1. The instance of before: Nextcloud made its own role and gave it the tables.
+    let ncold = unique("nco");
+    let old_domain = format!("{ncold}.example.test");
+    let out = install_with_standins(
+        &ilot,
+        "nextcloud-old",
+        &ncold,
+        &old_domain,
+        &nc_images,
+        &["admin_user=carol"],
+    );
+    let old_password = shown_password(&out);
+    let (_, st) = call(&p, &old_domain, "GET", "/.ilot-standin/status", None);
+    assert_eq!(
+        st["db"]["user"], "oc_admin",
+        "the upstream installer's own role: {st}"
+    );
+    assert_eq!(
+        st["db"]["table_owners"],
+        serde_json::json!(["oc_admin"]),
+        "{st}"
+    );
+    let old_sql = dump(&ilot, "nextcloud-old", &ncold);
+    assert!(
+        old_sql.contains("OWNER TO oc_admin"),
+        "{}",
+        &old_sql[..old_sql.len().min(600)]
+    );
+
+    // 2. Today's manifest: ilot's role keeps the tables.
+    let nc = unique("nc");
+    let cloud = format!("{nc}.example.test");
+    let out = install_with_standins(
+        &ilot,
+        "nextcloud",
+        &nc,
+        &cloud,
+        &nc_images,
+        &["admin_user=alice"],
+    );
+    let password = shown_password(&out);
+    let status = |domain: &str| {
+        let (code, st) = call(&p, domain, "GET", "/.ilot-standin/status", None);
+        assert_eq!(code, 200, "{st}");
+        st
+    };
+    let st = status(&cloud);
+    assert_eq!(st["db"]["ok"], Value::Bool(true), "{st}");
+    assert_eq!(st["db"]["user"], "nextcloud", "{st}");
+    assert_eq!(
+        st["db"]["table_owners"],
+        serde_json::json!(["nextcloud"]),
+        "{st}"
+    );
+    let login = |domain: &str, user: &str, pw: &str, more: &[&str]| {
+        call_with(
+            &p,
+            domain,
+            "POST",
+            "/.ilot-standin/login",
+            Some(&serde_json::json!({ "user": user, "password": pw })),
+            more,
+        )
+        .0
+    };
+    assert_eq!(login(&cloud, "alice", &password, &[]), 200);
+
+    // Forged client addresses never reach the app as the client's (the image's Apache would
+    // take X-Real-IP from the proxy's private address; the proxy sets it, and it is off).
+    let (_, st) = call_with(&p, &cloud, "GET", "/.ilot-standin/status", None, &FORGED);
+    assert_eq!(st["request"]["client"], "127.0.0.1", "{st}");
+    assert_eq!(st["request"]["x_forwarded_for"], "127.0.0.1", "{st}");
+
+    // A failed login reaches the guard through the log file Nextcloud really writes (the
+    // client is loopback here: counted, never banned).
+    let jail = format!("{nc}-nextcloud");
+    let failures = |ilot: &Ilot| {
+        let show = ilot.json(&["guard", "show"]);
+        show["jails"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["name"] == jail.as_str())
+            .unwrap_or_else(|| panic!("no jail {jail}: {show}"))
+            .clone()
+    };
+    let j = failures(&ilot);
+    assert!(
+        j.to_string()
+            .contains(&format!("volume:ilot-{nc}-html/data/nextcloud.log")),
+        "{j}"
+    );
+    for _ in 0..3 {
+        assert_eq!(login(&cloud, "alice", "wrong", &FORGED), 403);
+    }
+    wait_until("Nextcloud's failed logins reach the guard", 20, || {
+        Some(()).filter(|_| failures(&ilot)["failures"].as_u64().unwrap_or(0) >= 3)
+    });
+    let logged = docker_ok(&[
+        "exec",
+        &format!("ilot-{nc}-web"),
+        "cat",
+        "/var/www/html/data/nextcloud.log",
+    ]);
+    assert!(
+        logged.contains("\"remoteAddr\":\"127.0.0.1\"") && !logged.contains("203.0.113.66"),
+        "{logged}"
+    );
+    assert!(
+        ilot.log().contains("127.0.0.1/32 not banned"),
+        "{}",
+        ilot.log()
+    );
+
+    // Backed up, lost, restored: the dump loads, the tables are ilot's role's, alice logs in.
+    ilot.ok(&["backup", "init"]);
+    let run = ilot.json(&["backup", "run", &nc]);
+    let id = run["snapshots"][0]["id"].as_str().unwrap().to_string();
+    ilot.ok(&["app", "remove", &nc, "--purge"]);
+    ilot.ok(&["backup", "restore", &id[..8]]);
+    let st = status(&cloud);
+    assert_eq!(
+        st["db"]["table_owners"],
+        serde_json::json!(["nextcloud"]),
+        "{st}"
+    );
+    assert_eq!(login(&cloud, "alice", &password, &[]), 200);
+    // The dump of the instance of before loads into it too: its owners and grants, of a role
+    // this database does not have, are left out.
+    restore_dump(&ilot, "nextcloud", &nc, &old_sql);
+    let st = status(&cloud);
+    assert_eq!(
+        (st["db"]["ok"].as_bool(), st["db"]["user"].as_str()),
+        (Some(true), Some("nextcloud")),
+        "{st}"
+    );
+    assert_eq!(login(&cloud, "carol", &old_password, &[]), 200);
+    ilot.ok(&["app", "remove", &ncold, "--purge"]);
+    ilot.ok(&["app", "remove", &nc, "--purge"]);
+
+    // 3. PeerTube: live replays need transcoding, refused before anything is made.
+    let pt = unique("pt");
+    let video = format!("{pt}.example.test");
+    let pt_images = [("db", "postgres"), ("redis", "redis"), ("peertube", "web")];
+    let mut args: Vec<String> = [
+        "app", "install", "peertube", "--name", &pt, "--domain", &video,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for (service, image) in pt_images {
+        args.extend([
+            "--image".into(),
+            format!("{service}=ilot/standin-{image}:1.0"),
+        ]);
+    }
+    for set in [
+        "admin_email=admin@example.org",
+        "live=true",
+        "transcoding=off",
+    ] {
+        args.extend(["--set".into(), set.into()]);
+    }
+    let err = ilot.fails(&self::args(&args), 2);
+    assert!(
+        err.contains("live_replay=true")
+            && err.contains("transcoding=off")
+            && err.contains("--set live_replay=false"),
+        "{err}"
+    );
+    assert!(
+        docker(&["inspect", &format!("ilot-{pt}-peertube")])
+            .status
+            .code()
+            != Some(0)
+    );
+    args.extend(["--set".into(), "live_replay=false".into()]);
+    let out = ilot.ok(&self::args(&args));
+    let password = shown_password(&out);
+    let (code, cfg) = call(&p, &video, "GET", "/api/v1/config", None);
+    assert_eq!(
+        (code, cfg["live"]["enabled"].as_bool()),
+        (200, Some(true)),
+        "{cfg}"
+    );
+    // The root password PeerTube's installer logs is a throwaway, replaced by the hook.
+    let logs = docker_ok(&["logs", &format!("ilot-{pt}-peertube")]);
+    let logged = logs
+        .lines()
+        .find_map(|l| l.split("User password: ").nth(1))
+        .and_then(|s| s.split(['"', ' ']).next())
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("PeerTube logs its first root password: {logs}"));
+    assert!(
+        !logs.contains(&password),
+        "the shown root password is in the container log"
+    );
+    let pt_login = |pw: &str| login(&video, "root", pw, &[]);
+    assert_eq!(pt_login(&password), 200);
+    assert_eq!(
+        pt_login(&logged),
+        403,
+        "the logged password no longer works"
+    );
+    // Its domain is its identity: a second one is refused, and says why.
+    let err = ilot.fails(&["domain", "add", &format!("other-{video}"), &pt], 2);
+    assert!(
+        err.contains("keeps the domain it was installed with"),
+        "{err}"
+    );
+    let err = ilot.fails(&["domain", "remove", &video], 2);
+    assert!(err.contains("ilot app remove"), "{err}");
+    ilot.ok(&["app", "remove", &pt, "--purge"]);
+
+    // 4. Ghost: with a mail server, staff device verification stays on; the hook signs in
+    // only once (the owner's first sign-in), so running it again (a reinstall over the kept
+    // data) does not meet the new-device check.
+    let gh = unique("gh");
+    let blog = format!("{gh}.example.test");
+    let gh_images = [("db", "mysql"), ("ghost", "web")];
+    let out = install_with_standins(
+        &ilot,
+        "ghost",
+        &gh,
+        &blog,
+        &gh_images,
+        &["admin_email=ann@example.org"],
+    );
+    let password = shown_password(&out);
+    let (_, st) = call(&p, &blog, "GET", "/.ilot-standin/status", None);
+    assert_eq!(
+        st["settings"]["staff_device_verification"],
+        Value::Bool(true),
+        "{st}"
+    );
+    let origin = format!("Origin: https://{blog}");
+    let (code, v) = call_with(
+        &p,
+        &blog,
+        "POST",
+        "/ghost/api/admin/session/",
+        Some(&serde_json::json!({ "username": "ann@example.org", "password": password })),
+        &["-H", &origin],
+    );
+    assert_eq!(code, 403, "a second sign-in is a new device: {v}");
+    assert!(v.to_string().contains("2FA_NEW_DEVICE_DETECTED"), "{v}");
+    let out = ilot.ok(&["app", "remove", &gh]);
+    assert!(out.contains("kept"), "{out}");
+    let out = install_with_standins(
+        &ilot,
+        "ghost",
+        &gh,
+        &blog,
+        &gh_images,
+        &["admin_email=ann@example.org"],
+    );
+    // Over the kept data and secrets: nothing new to show, the same owner.
+    assert!(!out.contains("password:"), "{out}");
+    let (_, st) = call(&p, &blog, "GET", "/.ilot-standin/status", None);
+    assert_eq!(st["admin"]["user"], "ann@example.org", "{st}");
+    let (_, st) = call(&p, &blog, "GET", "/.ilot-standin/status", None);
+    assert_eq!(st["settings"]["members_signup_access"], "invite", "{st}");
+    ilot.ok(&["app", "remove", &gh, "--purge"]);
+    drop(srv);
 }

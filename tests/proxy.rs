@@ -51,17 +51,49 @@ fn apps_are_served_by_domain_over_https() {
         out.contains("Hello from ilot") && out.contains("strict-transport-security: max-age="),
         "{out}"
     );
-    // The app sees who asked, and how.
-    let (out, _) = curl(&domain, &p.https, "https", "/cgi-bin/echo", &["--http1.1"]);
+    // The app sees who asked, and how; a client that claims another address in any of the
+    // forwarding headers is not believed (the proxy is the edge: it sets them all itself).
     let https_port = p.https.rsplit_once(':').unwrap().1;
-    for line in [
-        "method=GET",
-        &format!("host={domain}:{https_port}"),
-        "x-forwarded-for=127.0.0.1",
-        "x-forwarded-proto=https",
-        &format!("x-forwarded-host={domain}"),
-    ] {
-        assert!(out.lines().any(|l| l == line), "{line} missing in:\n{out}");
+    let forged = [
+        "-H",
+        "X-Forwarded-For: 203.0.113.9",
+        "-H",
+        "X-Forwarded-For: 198.51.100.7",
+        "-H",
+        "X-Real-IP: 203.0.113.9",
+        "-H",
+        "Forwarded: for=203.0.113.9;proto=http",
+        "-H",
+        "True-Client-IP: 203.0.113.9",
+        "-H",
+        "X-Forwarded-Proto: http",
+        "-H",
+        "X-Forwarded-Host: evil.example",
+    ];
+    for extra in [&[][..], &forged[..]] {
+        let mut args = vec!["--http1.1"];
+        args.extend_from_slice(extra);
+        let (out, _) = curl(&domain, &p.https, "https", "/cgi-bin/echo", &args);
+        for line in [
+            "method=GET",
+            &format!("host={domain}:{https_port}"),
+            "x-forwarded-for=127.0.0.1",
+            "x-real-ip=127.0.0.1",
+            &format!("forwarded=for=127.0.0.1;host={domain};proto=https"),
+            "true-client-ip=",
+            "x-forwarded-proto=https",
+            &format!("x-forwarded-host={domain}"),
+        ] {
+            assert!(
+                out.lines().any(|l| l == line),
+                "{line} missing (forged headers: {}) in:\n{out}",
+                !extra.is_empty()
+            );
+        }
+        assert!(
+            !out.contains("203.0.113.9") && !out.contains("198.51.100.7"),
+            "{out}"
+        );
     }
     // A body is streamed to the app.
     let body = ilot.dir.join("body");

@@ -365,8 +365,8 @@ fn webmail_logs_in_reads_and_sends_through_the_mail_server() {
         .and_then(|s| between(s, "value=\"", "\""))
         .expect("an identity to send from")
         .to_string();
-    // With a forged X-Forwarded-For: the proxy appends the real client, and Roundcube takes
-    // the last address its trusted proxy gives.
+    // With a forged X-Forwarded-For: the proxy replaces it with the real client, which Roundcube
+    // takes from its trusted proxy.
     let sent = b.post_with(
         "/?_task=mail&_lang=en&_framed=1",
         &[

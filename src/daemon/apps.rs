@@ -257,9 +257,13 @@ impl Daemon {
                 json!({
                     "jail": format!("{}-{}", inst.name, lf.filter),
                     "filter": lf.filter,
-                    "source": match &lf.service {
-                        Some(s) => format!("container {}", plan::container_name(&inst.name, s)),
-                        None => "the proxy's access log".to_string(),
+                    "source": match (&lf.service, &lf.volume, &lf.path) {
+                        (Some(s), _, _) => format!("container {}", plan::container_name(&inst.name, s)),
+                        (None, Some(v), Some(path)) => format!(
+                            "file {path} in volume {}",
+                            plan::volume_name(&inst.name, v)
+                        ),
+                        _ => "the proxy's access log".to_string(),
                     },
                 })
             })

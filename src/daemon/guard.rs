@@ -27,6 +27,8 @@ enum Source {
     File(PathBuf),
     Journal(Vec<String>),
     Container(String),
+    /// A file in one of our volumes (the engine's volume name, the path inside it).
+    VolumeFile(String, PathBuf),
 }
 
 impl Source {
@@ -35,6 +37,7 @@ impl Source {
             Source::File(p) => format!("file:{}", p.display()).into(),
             Source::Journal(units) => format!("journal:{}", units.join(",")).into(),
             Source::Container(c) => format!("container:{c}").into(),
+            Source::VolumeFile(v, p) => format!("volume:{v}/{}", p.display()).into(),
         }
     }
 }
@@ -70,8 +73,9 @@ pub(super) struct Guard {
     /// Bans on their way to the store, written by a task of their own so that a slow disk
     /// never holds up the next ban.
     persist: OnceLock<tokio::sync::mpsc::UnboundedSender<Vec<Ban>>>,
-    /// Container log followers, by container name.
-    containers: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+    /// The followers of sources that come and go with the apps (containers' output, files in
+    /// volumes), by source key.
+    followers: Mutex<HashMap<Arc<str>, tokio::task::JoinHandle<()>>>,
     blocklists: Mutex<BlocklistStatus>,
 }
 
@@ -142,7 +146,7 @@ impl Daemon {
                         Source::Journal(u) => {
                             journals.insert(s.key(), u.clone());
                         }
-                        Source::Container(_) => {}
+                        Source::Container(_) | Source::VolumeFile(..) => {}
                     }
                 }
             }
@@ -387,7 +391,8 @@ impl Daemon {
     }
 
     /// Builds the jails: the built-in ones (unless disabled), the config's, and one per
-    /// `[needs] log_filters` entry of each installed app; then follows the apps' containers.
+    /// `[needs] log_filters` entry of each installed app; then follows the apps' containers and
+    /// log files.
     pub(super) fn rebuild_jails(&self) {
         if !self.config.guard.enabled {
             return;
@@ -440,11 +445,15 @@ impl Daemon {
         }
         for inst in self.instances_snapshot() {
             for lf in &inst.manifest.needs.log_filters {
-                let source = match &lf.service {
-                    Some(svc) => Some(Source::Container(crate::plan::container_name(
+                let source = match (&lf.service, &lf.volume, lf.volume_path()) {
+                    (Some(svc), _, _) => Some(Source::Container(crate::plan::container_name(
                         &inst.name, svc,
                     ))),
-                    None => proxy_log.clone(),
+                    (None, Some(vol), Some(path)) => Some(Source::VolumeFile(
+                        crate::plan::volume_name(&inst.name, vol),
+                        path,
+                    )),
+                    _ => proxy_log.clone(),
                 };
                 specs.push((
                     format!("{}-{}", inst.name, lf.filter),
@@ -500,36 +509,46 @@ impl Daemon {
         st.jails = jails;
         st.by_source = by_source;
         st.errors = errors;
-        let containers: BTreeSet<String> = st
+        let dynamic: BTreeMap<Arc<str>, Source> = st
             .jails
             .iter()
             .flat_map(|j| j.sources.iter())
-            .filter_map(|s| match s {
-                Source::Container(c) => Some(c.clone()),
-                _ => None,
-            })
+            .filter(|s| matches!(s, Source::Container(_) | Source::VolumeFile(..)))
+            .map(|s| (s.key(), s.clone()))
             .collect();
         drop(st);
-        self.follow_containers(containers);
+        self.follow_dynamic(dynamic);
     }
 
-    /// Starts a log follower for each container a jail reads, stops those no jail reads.
-    fn follow_containers(&self, wanted: BTreeSet<String>) {
+    /// Starts a follower for each container or volume file a jail reads, stops those no jail
+    /// reads any more.
+    fn follow_dynamic(&self, wanted: BTreeMap<Arc<str>, Source>) {
         let (Some(tx), Ok(engine)) = (self.guard.tx.get(), self.engine()) else {
             return;
         };
-        let mut running = self.guard.containers.lock().expect("containers lock");
-        running.retain(|name, task| {
-            let keep = wanted.contains(name);
+        let mut running = self.guard.followers.lock().expect("followers lock");
+        running.retain(|key, task| {
+            let keep = wanted.contains_key(key);
             if !keep {
                 task.abort();
             }
             keep
         });
-        for name in wanted {
-            running.entry(name.clone()).or_insert_with(|| {
-                sources::follow_container(engine.docker.clone(), name, tx.clone())
-            });
+        for (key, source) in wanted {
+            if running.contains_key(&key) {
+                continue;
+            }
+            let task = match source {
+                Source::VolumeFile(volume, path) => {
+                    sources::follow_volume_file(engine.clone(), volume, path, tx.clone())
+                }
+                Source::Container(name) => {
+                    sources::follow_container(engine.docker.clone(), name, tx.clone())
+                }
+                // Followed once for the daemon's life (follow_files, follow_journal).
+                Source::File(_) | Source::Journal(_) => continue,
+            };
+            running.insert(key, task);
         }
     }
 

@@ -986,6 +986,18 @@ impl Daemon {
                 inst.name, inst.app
             )));
         }
+        if let (true, Some(current)) = (inst.manifest.needs.fixed_domain, &inst.domain) {
+            return Err(Error::bad_input(format!(
+                "{} ({}) keeps the domain it was installed with, {current}: the app wrote it \
+                 into its data at its first start (other servers know it by that address), so \
+                 a second domain or a new one would break it",
+                inst.name, inst.app
+            ))
+            .hint(format!(
+                "to move it, back it up, install a new instance at {domain} and restore into it \
+                 (the app's own tools to rename a server, if any, are in docs/catalog.md)"
+            )));
+        }
         self.check_domain_free(domain)?;
         if inst.domain.is_none() {
             inst.domain = Some(domain.to_string());
@@ -1035,6 +1047,16 @@ impl Daemon {
                     .hint("see `ilot domain list`"),
             );
         };
+        if inst.manifest.needs.fixed_domain && inst.domain.as_deref() == Some(domain) {
+            return Err(Error::bad_input(format!(
+                "{domain} is {}'s own domain ({} keeps the domain it was installed with)",
+                inst.name, inst.app
+            ))
+            .hint(format!(
+                "remove the app to free it: `ilot app remove {}`",
+                inst.name
+            )));
+        }
         if inst.domain.as_deref() == Some(domain) {
             // The first alias, if any, becomes the primary domain.
             inst.domain = if inst.aliases.is_empty() {
@@ -1312,6 +1334,23 @@ fn resolve_settings(
                 }
             }
         }
+    }
+    if let Some(r) = manifest.refused(&out) {
+        let set: Vec<String> = r
+            .when
+            .iter()
+            .map(|w| {
+                let key = w.split(['=', '!']).next().unwrap_or("").trim();
+                format!("{key}={}", out.get(key).map(String::as_str).unwrap_or(""))
+            })
+            .collect();
+        return Err(Error::bad_input(format!(
+            "{} cannot run with {}: {}",
+            manifest.name,
+            set.join(" and "),
+            r.why
+        ))
+        .hint(r.fix.clone()));
     }
     Ok(out)
 }

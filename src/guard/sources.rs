@@ -28,6 +28,10 @@ struct Followed {
     partial: Vec<u8>,
     /// The file's first bytes, to notice it was truncated and rewritten past `offset`.
     head: Vec<u8>,
+    /// For a file in an app's volume: the volume's root (canonical). The file is read only
+    /// while its directory resolves inside it, and never through a symbolic link: the app
+    /// writes there, and must not point the daemon at another file of the host.
+    inside: Option<PathBuf>,
 }
 
 impl Followed {
@@ -40,6 +44,19 @@ impl Followed {
             offset: 0,
             partial: Vec::new(),
             head: Vec::new(),
+            inside: None,
+        }
+    }
+
+    /// The file's metadata, when it may be read (see `inside`).
+    fn metadata(&self) -> Option<std::fs::Metadata> {
+        match &self.inside {
+            None => std::fs::metadata(&self.path).ok(),
+            Some(root) => {
+                let dir = self.path.parent()?.canonicalize().ok()?;
+                let m = std::fs::symlink_metadata(&self.path).ok()?;
+                (dir.starts_with(root) && m.file_type().is_file()).then_some(m)
+            }
         }
     }
 
@@ -49,7 +66,16 @@ impl Followed {
         self.file = None;
         self.partial.clear();
         self.head.clear();
-        if let Ok(f) = File::open(&self.path) {
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true);
+        if self.inside.is_some() {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+            if self.metadata().is_none() {
+                return;
+            }
+        }
+        if let Ok(f) = options.open(&self.path) {
             if let Ok(m) = f.metadata() {
                 self.id = (m.dev(), m.ino());
                 self.offset = if at_end { m.len() } else { 0 };
@@ -61,7 +87,7 @@ impl Followed {
     /// Reads what was appended; handles truncation (copytruncate) and rotation (a new file
     /// at the path: the old one is read to its end first).
     fn poll(&mut self, out: &mut Vec<Vec<u8>>) {
-        let current = std::fs::metadata(&self.path).ok();
+        let current = self.metadata();
         let rotated = match (&self.file, &current) {
             (None, Some(_)) => {
                 self.open(false);
@@ -214,6 +240,76 @@ pub fn follow_files(files: Vec<(Arc<str>, PathBuf)>, tx: Sender) {
     }
 }
 
+/// Follows a log file in one of our volumes (`path` inside volume `volume`), found through
+/// the engine: the daemon runs on the engine's host, where the volume's data is. From the
+/// file's end when it is there at the start, from its beginning when it appears; a second's
+/// latency (the volume is not watched with inotify: it comes and goes with the app).
+pub fn follow_volume_file(
+    engine: crate::runtime::Engine,
+    volume: String,
+    path: PathBuf,
+    tx: Sender,
+) -> tokio::task::JoinHandle<()> {
+    let key: Arc<str> = format!("volume:{volume}/{}", path.display()).into();
+    tokio::spawn(async move {
+        let mut warned = false;
+        let root = loop {
+            match engine.volume_mountpoint(&volume).await {
+                Ok(m) => match m.canonicalize() {
+                    Ok(root) => break root,
+                    Err(e) => {
+                        if !warned {
+                            tracing::warn!(
+                                "guard: volume {volume} is at {}, which this host cannot read ({e}): \
+                                 its log {} is not read",
+                                m.display(),
+                                path.display()
+                            );
+                            warned = true;
+                        }
+                    }
+                },
+                Err(e) => {
+                    if !warned {
+                        tracing::debug!("guard: volume {volume} not there yet: {e}");
+                        warned = true;
+                    }
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        };
+        let mut f = Followed::new(key, root.join(&path));
+        f.inside = Some(root);
+        f.open(true);
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let (back, lines) = match tokio::task::spawn_blocking(move || {
+                let mut lines = Vec::new();
+                f.poll(&mut lines);
+                (f, lines)
+            })
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => return,
+            };
+            f = back;
+            if !lines.is_empty()
+                && tx
+                    .send(Lines {
+                        source: f.key.clone(),
+                        lines,
+                    })
+                    .await
+                    .is_err()
+            {
+                return;
+            }
+        }
+    })
+}
+
 /// Follows systemd units through `journalctl --follow` (short-iso lines: "DATE HOST PROG[PID]:
 /// MESSAGE", which the filters expect), on a thread per source. Without journalctl (no
 /// systemd) the source says so once and stays empty.
@@ -316,6 +412,37 @@ pub fn follow_container(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file in a volume is read; a symbolic link there (to a file of the host, or out
+    /// through a linked directory) is not.
+    #[test]
+    fn a_volume_file_is_read_but_never_through_a_link() {
+        let base = std::env::temp_dir().join(format!("ilot-unit-volfile-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let root = base.join("volume");
+        std::fs::create_dir_all(root.join("data")).unwrap();
+        std::fs::create_dir_all(base.join("host")).unwrap();
+        std::fs::write(base.join("host/secret"), "host line\n").unwrap();
+        let root = root.canonicalize().unwrap();
+        let follow = |rel: &str| {
+            let mut f = Followed::new("k".into(), root.join(rel));
+            f.inside = Some(root.clone());
+            f.open(false);
+            let mut out = Vec::new();
+            f.poll(&mut out);
+            out
+        };
+        std::fs::write(root.join("data/app.log"), "one\ntwo\n").unwrap();
+        assert_eq!(
+            follow("data/app.log"),
+            vec![b"one".to_vec(), b"two".to_vec()]
+        );
+        std::os::unix::fs::symlink(base.join("host/secret"), root.join("data/link.log")).unwrap();
+        assert!(follow("data/link.log").is_empty());
+        std::os::unix::fs::symlink(base.join("host"), root.join("out")).unwrap();
+        assert!(follow("out/secret").is_empty());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 
     #[test]
     fn lines_are_split_and_partial_lines_kept() {

@@ -189,6 +189,9 @@ pub fn render(template: &str, inst: &Instance) -> String {
             "instance" => inst.name.clone(),
             "app" => inst.app.clone(),
             "domain" => inst.domain.clone().unwrap_or_default(),
+            // Whether the app has a mail account (a mail server is installed): an app can keep
+            // what depends on mail (Ghost's device verification by email) off without one.
+            "smtp.enabled" => inst.smtp.is_some().to_string(),
             k => k
                 .strip_prefix("settings.")
                 .and_then(|k| inst.settings.get(k))

@@ -495,24 +495,67 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// X-Forwarded-For (appended), -Proto, -Host; and Host itself for HTTP/2 clients, which send
-/// it as the :authority pseudo-header.
+/// The forwarding headers an app receives, all set here from the connection, whatever the
+/// client sent: ilot's proxy is the edge, so a client's own `X-Forwarded-For`, `X-Real-IP` or
+/// `Forwarded` would let it choose the address an app's brute-force protection, its logs and
+/// the guard see. `X-Forwarded-For` and `X-Real-IP` are the peer's address, `Forwarded` (RFC
+/// 7239) says the same, `X-Forwarded-Proto` is https and `X-Forwarded-Host` the route's host;
+/// and Host itself for HTTP/2 clients, which send it as the :authority pseudo-header.
 fn set_forwarded(headers: &mut HeaderMap, host: &str, peer: SocketAddr) {
     let ip = peer.ip().to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
+    // RFC 7239 5.2: an IPv6 address is bracketed and the node quoted.
+    let node = match peer.ip() {
+        std::net::IpAddr::V4(_) => ip.clone(),
+        std::net::IpAddr::V6(_) => format!("\"[{ip}]\""),
     };
     let set = |headers: &mut HeaderMap, name: &'static str, value: &str| {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            headers.insert(name, v);
+        // insert replaces every value the client sent under that name.
+        match HeaderValue::from_str(value) {
+            Ok(v) => {
+                headers.insert(name, v);
+            }
+            Err(_) => {
+                headers.remove(name);
+            }
         }
     };
-    set(headers, "x-forwarded-for", &xff);
+    set(headers, "x-forwarded-for", &ip);
+    set(headers, "x-real-ip", &ip);
     set(headers, "x-forwarded-proto", "https");
     set(headers, "x-forwarded-host", host);
+    set(
+        headers,
+        "forwarded",
+        &format!("for={node};host={};proto=https", forwarded_value(host)),
+    );
+    // Other spellings some apps read (Client-IP, True-Client-IP, X-Client-IP, X-Cluster-Client-IP,
+    // CF-Connecting-IP): ilot sets none of them, so a client must not either.
+    for name in [
+        "client-ip",
+        "true-client-ip",
+        "x-client-ip",
+        "x-cluster-client-ip",
+        "cf-connecting-ip",
+        "x-forwarded",
+        "forwarded-for",
+        "x-forwarded-server",
+        "x-forwarded-port",
+        "x-original-forwarded-for",
+    ] {
+        headers.remove(name);
+    }
     if !headers.contains_key(header::HOST) {
         set(headers, "host", host);
+    }
+}
+
+/// A host as an RFC 7239 value: a token as is, else quoted (a host with a port has a colon).
+fn forwarded_value(host: &str) -> String {
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if !host.is_empty() && host.chars().all(token) {
+        host.to_string()
+    } else {
+        format!("\"{}\"", host.replace(['\\', '"'], ""))
     }
 }
 

@@ -33,6 +33,44 @@ def flag(value, default=False):
     return str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
+PRIVATE_V4 = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]  # nextcloud/docker's remoteip.conf
+
+
+def valid_ip(a):
+    try:
+        ipaddress.ip_address(a)
+        return True
+    except ValueError:
+        return False
+
+
+def in_nets(a, nets):
+    try:
+        ip = ipaddress.ip_address(a)
+        return any(ip in ipaddress.ip_network(n, strict=False) for n in nets)
+    except ValueError:
+        return False
+
+
+def strip_port(a):
+    """1.2.3.4:5 -> 1.2.3.4; [::1]:5 -> ::1 (Nextcloud's getRemoteAddress does the same)."""
+    if a.startswith("["):
+        return a[1:].split("]")[0]
+    return a.rsplit(":", 1)[0] if a.count(":") == 1 else a
+
+
+def express_trust(spec):
+    """proxy-addr's trust function for a JSON list of names and CIDRs (PeerTube's trust_proxy)."""
+    names = {"loopback": ["127.0.0.0/8", "::1/128"], "linklocal": ["169.254.0.0/16", "fe80::/10"],
+             "uniquelocal": ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"]}
+    try:
+        items = json.loads(spec)
+    except ValueError:
+        items = [spec]
+    nets = [n for i in (items if isinstance(items, list) else [items]) for n in names.get(i, [i])]
+    return lambda a: in_nets(a, nets)
+
+
 def detect_role():
     if E.get("NEXTCLOUD_ADMIN_USER"):
         return "nextcloud"
@@ -67,6 +105,7 @@ def config(role):
                           overwriteprotocol=g("OVERWRITEPROTOCOL"), overwritecliurl=g("OVERWRITECLIURL"),
                           trusted_proxies=g("TRUSTED_PROXIES", "").split()))
     if role == "peertube":
+        pt_check_config()
         if not g("PEERTUBE_SECRET"):
             sys.exit("standin-web (peertube): PEERTUBE_SECRET is not set; PeerTube refuses to start without a secret")
         try:  # node-config refuses a NODE_CONFIG that is not JSON, and so do we
@@ -111,8 +150,25 @@ def config(role):
                       user=m("auth__user"), password=m("auth__pass"), authtype="",
                       sender=g("mail__from", ""), transport=g("mail__transport", "")),
             trusted_proxies=None,  # Ghost trusts any proxy
-            settings=dict(url=g("url")))
+            # nconf's env with parseValues: "false" is false; verification is on only for true
+            # (session/index.js: config.get('security:staffDeviceVerification') !== true -> off).
+            settings=dict(url=g("url"), staff_device_verification=(
+                g("security__staffDeviceVerification", "true").strip().lower() == "true")))
     raise ValueError(role)
+
+
+def pt_check_config():
+    """checker-after-init.ts::checkLiveConfig, the part the manifest's settings reach: PeerTube
+    exits at start with this message, before it listens."""
+    try:
+        node = json.loads(E.get("NODE_CONFIG") or "{}")
+    except ValueError:
+        return  # config() says so
+    if flag(dig(node, "live.enabled", False)):
+        if flag(dig(node, "live.allow_replay", True)) and not flag(dig(node, "transcoding.enabled", True)):
+            sys.exit("Live allow replay cannot be enabled if transcoding is not enabled.")
+        if not (flag(dig(node, "live.rtmp.enabled", True)) or flag(dig(node, "live.rtmps.enabled", False))):
+            sys.exit("You must enable at least RTMP or RTMPS")
 
 
 def dig(tree, path, default):
@@ -218,10 +274,59 @@ def redis_ping(r):
 
 # --- first start: wait for the database, create the tables and the admin once ------------------
 
+def nc_try_create_db_user():
+    """AbstractDatabase::initialize: setup_create_db_user (NC_ env first, as Config::getValue),
+    default true, off only for false or the string 'false'."""
+    v = E.get("NC_setup_create_db_user", nc_config().get("setup_create_db_user", True))
+    return v is not False and v != "false"
+
+
+def nc_setup_database(cfg, db):
+    """Setup/PostgreSQL.php::setupDatabase, at the first install only: when the installer's
+    user may create roles (POSTGRES_USER is the superuser) and setup_create_db_user allows it,
+    Nextcloud makes its own role oc_admin with a random password, grants it the database, and
+    from then on config.php names that role: the tables are created as, and belong to, it."""
+    if not nc_try_create_db_user():
+        return db
+    row = db.one("SELECT rolcreaterole FROM pg_roles WHERE rolname = current_user")
+    if not (row and row[0]):
+        return db
+    from psycopg2 import sql
+    name, i = "oc_admin", 1
+    while db.one("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)):
+        i += 1
+        name = f"oc_admin{i}"
+    password = secrets.token_urlsafe(22)[:30]
+    ident = sql.Identifier
+    db.run((sql.SQL("CREATE USER {} CREATEDB PASSWORD %s").format(ident(name)), (password,)),
+           (sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(ident(cfg["db"]["database"]), ident(name)), ()),
+           (sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(ident(name)), ()))
+    log(f"nextcloud: created the database role {name} (setup_create_db_user)")
+    cfg["db"] = {**cfg["db"], "user": name, "password": password}
+    return Db(cfg["db"])
+
+
+def nc_db(fallback):
+    """The database Nextcloud uses once installed: config.php's dbuser/dbpassword/dbhost/dbname,
+    each overridden by its NC_ variable (Config::getValue reads the environment first)."""
+    c = dict(nc_config().get("db") or fallback)
+    for key, var in (("user", "NC_dbuser"), ("password", "NC_dbpassword"), ("host", "NC_dbhost"),
+                     ("database", "NC_dbname")):
+        if var in E:
+            c[key] = E[var]
+    return c
+
+
 def install(role, cfg, db):
     last, since = None, 0.0
     while True:
         try:
+            if role == "nextcloud":
+                if nc_config().get("db") is None:  # the first install: config.php not written yet
+                    db = nc_setup_database(cfg, db)
+                    nc_write_config({**nc_config(), "db": cfg["db"]})
+                cfg["db"] = nc_db(cfg["db"])
+                db = Db(cfg["db"])
             db.schema()
             break
         except Exception as e:  # not up yet, or a concurrent CREATE (the cron container)
@@ -234,9 +339,13 @@ def install(role, cfg, db):
         password = cfg["admin_password"]
         if not password:
             password = secrets.token_urlsafe(12)
-            log(f"{role}: generated the {cfg['admin']} password: {password}")
+            if role != "peertube":
+                log(f"{role}: generated the {cfg['admin']} password: {password}")
         db.add_user(cfg["admin"], password)
         log(f"{role}: installed, admin {cfg['admin']}")
+        if role == "peertube":  # installer.ts::createOAuthAdminIfNotExist logs it, however it came
+            pt_log(f"Username: {cfg['admin']}")
+            pt_log(f"User password: {password}")
     if db.get("_installed") is None:
         db.put("_installed", datetime.datetime.now(datetime.timezone.utc).isoformat())
         if role == "ghost":
@@ -249,12 +358,8 @@ def install(role, cfg, db):
         if not os.path.exists(marker):
             with open(marker, "w") as f:
                 json.dump({"role": role, "installed_at": db.get("_installed")}, f)
-        if role == "nextcloud":
-            os.makedirs(os.path.join(vol, "config"), exist_ok=True)
-            path = os.path.join(vol, "config", "ilot-standin.json")
-            kept = nc_config()  # like config.php: what occ wrote (maintenance) stays
-            with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640), "w") as f:
-                json.dump({**kept, "db": cfg["db"]}, f)
+        if role == "nextcloud":  # the data directory (datadirectory), www-data's
+            os.makedirs(os.path.join(vol, "data"), mode=0o770, exist_ok=True)
         if role == "peertube":
             os.makedirs("/data/videos", exist_ok=True)
         if os.geteuid() == 0:  # what we made belongs to the volume's owner, as upstream's chown does
@@ -267,6 +372,7 @@ def install(role, cfg, db):
     while cfg["redis"] and role == "peertube" and not redis_ping(cfg["redis"]):
         log(f"{role}: waiting for Redis at {cfg['redis']['host']}")
         time.sleep(1)
+    return db
 
 
 # --- mail through the role's SMTP settings ------------------------------------------------------
@@ -419,17 +525,33 @@ class App:
         self.db = Db(self.cfg["db"])
 
     def client_ip(self, h):
-        """The client: the first X-Forwarded-For address when the peer is a trusted proxy."""
+        """The client address the app believes, computed as upstream does (images/README.md):
+        Nextcloud: the image's Apache mod_remoteip first (X-Real-IP from a private peer, unless
+        APACHE_DISABLE_REWRITE_IP), then Request::getRemoteAddress (X-Forwarded-For right to
+        left, skipping trusted_proxies, when REMOTE_ADDR is one). PeerTube: Express's trust
+        proxy with its list. Ghost: Express's trust proxy = true (the leftmost address)."""
         peer = h.client_address[0]
-        xff = h.headers.get("X-Forwarded-For", "")
-        nets = self.cfg["trusted_proxies"]
-        try:
-            ip = ipaddress.ip_address(peer)
-            trusted = nets is None or (any(ip in ipaddress.ip_network(n, strict=False) for n in nets)
-                                       if nets else ip.is_private)
-        except ValueError:
-            trusted = False
-        return xff.split(",")[0].strip() if trusted and xff.strip() else peer
+        xff = [a.strip() for v in h.headers.get_all("X-Forwarded-For") or [] for a in v.split(",") if a.strip()]
+        if self.role == "nextcloud":
+            remote = peer
+            real = (h.headers.get("X-Real-IP") or "").strip()
+            if "APACHE_DISABLE_REWRITE_IP" not in E and in_nets(peer, PRIVATE_V4) and valid_ip(real):
+                remote = real
+            nets = self.cfg["trusted_proxies"]
+            if in_nets(remote, nets):
+                for a in reversed(xff):
+                    a = strip_port(a)
+                    if valid_ip(a) and not in_nets(a, nets):
+                        return a
+            return remote
+        if self.role == "peertube":
+            trusted = express_trust(E.get("PEERTUBE_TRUST_PROXY") or '["loopback"]')
+            chain = [peer] + list(reversed(xff))
+            for a in chain:
+                if not trusted(a):
+                    return a
+            return chain[-1]
+        return xff[0] if xff else peer  # ghost: trust proxy = true
 
     def handle(self, h):
         path = urlsplit(h.path).path
@@ -555,6 +677,14 @@ class App:
             raise Reply(404, {"errors": [{"message": "There is no user with that email address.", "type": "NotFoundError"}]})
         if not self.db.check_user(user, password):
             raise Reply(422, {"errors": [{"message": "Your password is incorrect.", "type": "ValidationError"}]})
+        # Staff device verification (session-service.js, middleware.js): a user's first sign-in
+        # is let through (api/endpoints/session.js: !user.hasLoggedIn()); later ones from a new
+        # device need the code Ghost emails, unless security:staffDeviceVerification is off.
+        first = self.db.get(f"_last_seen:{user}") is None
+        if not first and self.cfg["settings"]["staff_device_verification"]:
+            raise Reply(403, {"errors": [{"message": "User must verify session to login.",
+                                          "code": "2FA_NEW_DEVICE_DETECTED", "type": "Needs2FAError"}]})
+        self.db.put(f"_last_seen:{user}", datetime.datetime.now(datetime.timezone.utc).isoformat())
         token = secrets.token_hex(32)
         self.db.run(("INSERT INTO standin_sessions (token, name) VALUES (%s, %s)", (token, user)))
         cookie = f"ghost-admin-api-session={token}; Path=/ghost; HttpOnly; SameSite=Lax"
@@ -582,6 +712,10 @@ class App:
         settings = dict(c["settings"])
         try:
             db["tables"] = self.db.tables()
+            db["user"] = self.cfg["db"]["user"]
+            if self.cfg["db"]["kind"] == "postgres":
+                db["table_owners"] = sorted({r[0] for r in self.db.run(
+                    ("SELECT tableowner FROM pg_tables WHERE schemaname = 'public'", ()))})
             db["cron_runs"] = self.db.one("SELECT COUNT(*) FROM cron_runs")[0]
             db["ok"] = True
             if self.role == "ghost":
@@ -606,11 +740,11 @@ class App:
             return 200, {"ok": True, "user": user}, ()
         client = self.client_ip(h)
         if self.role == "nextcloud":  # Nextcloud's JSON log line, which fail2ban-like guards read
-            log(json.dumps({"reqId": secrets.token_urlsafe(15), "level": 2,
-                            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                            "remoteAddr": client, "user": "--", "app": "core", "method": "POST", "url": "/login",
-                            "message": f"Login failed: {user} (Remote IP: {client})",
-                            "userAgent": h.headers.get("User-Agent", "--"), "version": NC_VERSION}))
+            nc_log(h, {"reqId": secrets.token_urlsafe(15), "level": 2,
+                       "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                       "remoteAddr": client, "user": "--", "app": "core", "method": "POST", "url": "/login",
+                       "scriptName": "/index.php", "message": f"Login failed: {user} (Remote IP: {client})",
+                       "userAgent": h.headers.get("User-Agent", "--"), "version": NC_VERSION})
         else:
             log(f"{self.role}: login failed for {user} from {client}")
         raise Reply(403, {"ok": False})
@@ -643,7 +777,7 @@ def serve():
                  "PEERTUBE_WEBSERVER_HOSTNAME (peertube), or url and database__client (ghost)")
     APP = App(role)
     log(f"standin-web: playing {role}, database {APP.cfg['db']['kind']} at {APP.cfg['db']['host']}")
-    install(role, APP.cfg, APP.db)
+    APP.db = install(role, APP.cfg, APP.db)
     server = http.server.ThreadingHTTPServer(("0.0.0.0", PORT[role]), Handler)
     server.daemon_threads = True
     log(f"standin-web: {role} listening on 0.0.0.0:{PORT[role]}")
@@ -662,6 +796,89 @@ def nc_config():
         return {}
 
 
+def pt_log(msg):
+    """PeerTube's logger: the container's output and /data/logs/peertube.log (storage.logs)."""
+    line = json.dumps({"level": "info", "message": msg,
+                       "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat()})
+    log(line)
+    try:
+        os.makedirs("/data/logs", exist_ok=True)
+        with open("/data/logs/peertube.log", "a") as f:
+            f.write(line + "\n")
+    except OSError:
+        pass
+
+
+def reset_password(args):
+    """scripts/reset-password.ts (`npm run reset-password -- -u USER`): asks "New password?",
+    reads one line from its input (piped works: upstream's own test does it), checks it like
+    the API does (6 to 255 characters) and saves it."""
+    if len(args) != 2 or args[0] != "-u":
+        sys.exit("usage: npm run reset-password -- -u USER")
+    cfg = config("peertube")
+    db = Db(cfg["db"])
+    if db.one("SELECT name FROM standin_users WHERE name = %s", (args[1],)) is None:
+        sys.exit(f"Unknown user {args[1]}.")
+    print("New password?", flush=True)
+    password = sys.stdin.readline().rstrip("\n")
+    if not 6 <= len(password) <= 255:
+        sys.exit("Invalid new password. Password should be at least 6 characters and no more than 255.")
+    db.run(("UPDATE standin_users SET password_hash = %s WHERE name = %s", (hash_password(password), args[1])))
+    print("User password updated.", flush=True)
+
+
+def www_data_can_append(path):
+    """Whether Apache's worker (www-data, uid 33) may open `path` to append: asked of the kernel
+    in a child that becomes uid 33, as the real worker would (the container's output, a pipe of
+    root's, is not its to open)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgid(33)
+            os.setuid(33)
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o640))
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    return os.waitpid(pid, 0)[1] == 0
+
+
+def nc_log(h, entry):
+    """Log/File.php::write of a LogDetails JSON line. log_type file (the default): to logfile,
+    else datadirectory/nextcloud.log; when the worker cannot open it, PHP's error_log(), which
+    under mod_php is Apache's ErrorLog: /dev/stderr in the php:apache image, with Apache's prefix.
+    log_type errorlog: error_log() always."""
+    line = json.dumps(entry, separators=(",", ":"))
+    get = lambda k, d=None: E.get("NC_" + k, nc_config().get(k, d))
+    if get("log_type", "file") == "file":
+        path = get("logfile") or os.path.join(get("datadirectory", "/var/www/html/data"), "nextcloud.log")
+        if www_data_can_append(path):
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            if os.geteuid() == 0:
+                os.fchown(fd, 33, 33)
+            with os.fdopen(fd, "a") as f:
+                f.write(line + "\n")
+            return
+    now = datetime.datetime.now()
+    peer, port = h.client_address[:2]
+    sys.stderr.write(f"[{now.strftime('%a %b %d %H:%M:%S.%f %Y')}] [php:notice] [pid {os.getpid()}] "
+                     f"[client {peer}:{port}] {line}\n")
+    sys.stderr.flush()
+
+
+def nc_write_config(c):
+    """Writes the stand-in's config.php (0640, www-data's like upstream's), atomically."""
+    os.makedirs(os.path.dirname(NC_CONFIG), exist_ok=True)
+    tmp = NC_CONFIG + ".new"
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640), "w") as f:
+        json.dump(c, f)
+    if os.geteuid() == 0:
+        st = os.stat("/var/www/html")
+        os.chown(tmp, st.st_uid, st.st_gid)
+        os.chown(os.path.dirname(NC_CONFIG), st.st_uid, st.st_gid)
+    os.replace(tmp, NC_CONFIG)
+
+
 def occ(args):
     """Nextcloud's occ, the command ilot's manifest runs: maintenance:mode --on|--off, kept in
     the config file (config.php's 'maintenance' upstream), as the file's owner only."""
@@ -677,10 +894,7 @@ def occ(args):
     on = args[1] == "--on"
     c = nc_config()
     c["maintenance"] = on
-    with open(NC_CONFIG + ".new", "w") as f:
-        json.dump(c, f)
-    os.chmod(NC_CONFIG + ".new", 0o640)
-    os.replace(NC_CONFIG + ".new", NC_CONFIG)
+    nc_write_config(c)
     print("Maintenance mode enabled" if on else "Maintenance mode disabled")
 
 
@@ -690,11 +904,12 @@ def cron():
     role, state = detect_role(), None
     while True:
         try:
-            if role or E.get("POSTGRES_HOST"):
+            if role or not (E.get("POSTGRES_HOST") or os.path.exists(NC_CONFIG)):
                 c = config(role or "nextcloud")["db"]
-            else:  # like upstream's cron, which reads config.php from the shared volume
-                with open("/var/www/html/config/ilot-standin.json") as f:
-                    c = json.load(f)["db"]
+            else:  # Nextcloud's cron.php: config.php from the shared volume, NC_ variables first
+                if not nc_config().get("db"):
+                    raise RuntimeError("Nextcloud is not installed yet (no config.php)")
+                c = nc_db(None)
             db = Db(c)
             db.run((db.cron_table_sql(), ()), ("INSERT INTO cron_runs (host) VALUES (%s)", (socket.gethostname(),)))
             if state != "ok":
@@ -718,5 +933,7 @@ if __name__ == "__main__":
         cron()
     elif command == "occ":
         occ(sys.argv[2:])
+    elif command == "reset-password":
+        reset_password(sys.argv[2:])
     else:
-        sys.exit(f"usage: {sys.argv[0]} serve|cron|occ ARGS")
+        sys.exit(f"usage: {sys.argv[0]} serve|cron|occ|reset-password ARGS")
