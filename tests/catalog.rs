@@ -628,6 +628,33 @@ fn forget_users(instance: &str, mysql: bool) {
     }
 }
 
+/// Asks the stand-in playing APP to send a message to bob through its SMTP settings, and waits
+/// for it in bob's mailbox.
+fn mail_to_bob(p: &Ports, srv: &Server, app: &str, domain: &str, from: &str) {
+    let (code, v) = call(
+        p,
+        domain,
+        "POST",
+        "/.ilot-standin/mail",
+        Some(&serde_json::json!({ "to": "bob@example.org" })),
+    );
+    assert_eq!(code, 200, "{app} could not send mail: {v}");
+    assert_eq!(v["from"], from, "{v}");
+    let subject = format!("\"ilot stand-in test from {app}\"");
+    wait_until(&format!("{app}'s mail reaches bob"), 60, || {
+        Some(()).filter(|_| {
+            search(
+                srv.imaps,
+                "bob@example.org",
+                BOB_PW,
+                &format!("SUBJECT {subject}"),
+            )
+            .len()
+                == 1
+        })
+    });
+}
+
 #[test]
 fn catalogue_apps_install_for_real_with_stand_ins_beside_the_mail_server() {
     require_standins();
@@ -635,30 +662,6 @@ fn catalogue_apps_install_for_real_with_stand_ins_beside_the_mail_server() {
     let p = ports(&ilot);
     let srv = install(&ilot);
     add_user(&ilot, "bob@example.org", BOB_PW);
-    let mail_to_bob = |app: &str, domain: &str, from: &str| {
-        let (code, v) = call(
-            &p,
-            domain,
-            "POST",
-            "/.ilot-standin/mail",
-            Some(&serde_json::json!({ "to": "bob@example.org" })),
-        );
-        assert_eq!(code, 200, "{app} could not send mail: {v}");
-        assert_eq!(v["from"], from, "{v}");
-        let subject = format!("\"ilot stand-in test from {app}\"");
-        wait_until(&format!("{app}'s mail reaches bob"), 60, || {
-            Some(()).filter(|_| {
-                search(
-                    srv.imaps,
-                    "bob@example.org",
-                    BOB_PW,
-                    &format!("SUBJECT {subject}"),
-                )
-                .len()
-                    == 1
-            })
-        });
-    };
 
     // Nextcloud.
     let nc = unique("nc");
@@ -720,7 +723,7 @@ fn catalogue_apps_install_for_real_with_stand_ins_beside_the_mail_server() {
         let (_, st) = call(&p, &cloud, "GET", "/.ilot-standin/status", None);
         Some(()).filter(|_| st["db"]["cron_runs"].as_u64().unwrap_or(0) >= 1)
     });
-    mail_to_bob("nextcloud", &cloud, &format!("{nc}@example.org"));
+    mail_to_bob(&p, &srv, "nextcloud", &cloud, &format!("{nc}@example.org"));
     let sql = dump(&ilot, "nextcloud", &nc);
     assert!(
         sql.contains("CREATE TABLE") && sql.contains("alice"),
@@ -774,7 +777,7 @@ fn catalogue_apps_install_for_real_with_stand_ins_beside_the_mail_server() {
         Some(&serde_json::json!({ "user": "ann@example.org", "password": password })),
     );
     assert_eq!(code, 200);
-    mail_to_bob("ghost", &blog, &format!("{gh}@example.org"));
+    mail_to_bob(&p, &srv, "ghost", &blog, &format!("{gh}@example.org"));
     let sql = dump(&ilot, "ghost", &gh);
     assert!(
         sql.contains("CREATE TABLE") && sql.contains("ann@example.org"),
@@ -880,7 +883,7 @@ fn catalogue_apps_install_for_real_with_stand_ins_beside_the_mail_server() {
         ],
     );
     assert_eq!(out, "413", "over the route's max_body: {err}");
-    mail_to_bob("peertube", &video, &format!("{pt}@example.org"));
+    mail_to_bob(&p, &srv, "peertube", &video, &format!("{pt}@example.org"));
     assert!(dump(&ilot, "peertube", &pt).contains("CREATE TABLE"));
 
     // Removed with its data, an app leaves nothing; its mail account goes with it.
@@ -1259,6 +1262,36 @@ fn catalogue_apps_keep_upstreams_contracts_through_restore_forged_headers_and_re
     );
     assert_eq!(code, 403, "a second sign-in is a new device: {v}");
     assert!(v.to_string().contains("2FA_NEW_DEVICE_DETECTED"), "{v}");
+    // Its mail client verifies the mail server's certificate (nodemailer does): ghost's mail
+    // reaches bob because ilot gave it the bundle that trusts the server's self-signed
+    // certificate; with the public roots alone the same handshake fails.
+    let ghost_container = format!("ilot-{gh}-ghost");
+    let env = docker_ok(&["inspect", "-f", "{{json .Config.Env}}", &ghost_container]);
+    assert!(
+        env.contains("NODE_EXTRA_CA_CERTS=/etc/ilot/trust/ca-bundle.pem"),
+        "{env}"
+    );
+    let handshake = |cafile: &str| {
+        docker(&[
+            "exec",
+            &ghost_container,
+            "python3",
+            "-c",
+            &format!(
+                "import os, smtplib, ssl\n\
+                 s = smtplib.SMTP(os.environ['mail__options__host'], int(os.environ['mail__options__port']), timeout=20)\n\
+                 s.starttls(context=ssl.create_default_context(cafile='{cafile}'))\n\
+                 s.quit()"
+            ),
+        ])
+    };
+    let public_only = handshake("/etc/ssl/certs/ca-certificates.crt");
+    assert!(
+        String::from_utf8_lossy(&public_only.stderr).contains("CERTIFICATE_VERIFY_FAILED"),
+        "{public_only:?}"
+    );
+    assert!(handshake("/etc/ilot/trust/ca-bundle.pem").status.success());
+    mail_to_bob(&p, &srv, "ghost", &blog, &format!("{gh}@example.org"));
     let out = ilot.ok(&["app", "remove", &gh]);
     assert!(out.contains("kept"), "{out}");
     let out = install_with_standins(

@@ -361,9 +361,13 @@ impl Daemon {
                 self.write_mail_files(inst)?;
             }
             None => {
-                for dir in [plan::tls_dir(&op.instance), plan::mail_dir(&op.instance)]
-                    .into_iter()
-                    .flatten()
+                for dir in [
+                    plan::tls_dir(&op.instance),
+                    plan::mail_dir(&op.instance),
+                    plan::trust_dir(&op.instance),
+                ]
+                .into_iter()
+                .flatten()
                 {
                     let _ = std::fs::remove_dir_all(dir);
                 }
@@ -853,9 +857,94 @@ impl Daemon {
 
     // ---- certificate files for apps that terminate TLS themselves ----
 
+    /// Writes the instance's certificate files, and for a mail server the bundle its apps
+    /// verify it with; for an app of a mail server, makes sure that bundle is there before its
+    /// containers mount it. Returns whether the instance's own files changed.
+    fn write_tls_files(&self, inst: &Instance) -> Result<bool> {
+        let changed = self.write_cert_files(inst)?;
+        if inst.manifest.needs.mail_files.is_some() {
+            self.write_trust_bundle(inst)?;
+        }
+        let server = inst
+            .smtp
+            .as_ref()
+            .map(|s| s.server.clone())
+            .or(inst.mail_client.as_ref().map(|m| m.server.clone()));
+        if let Some(server) = server {
+            let missing =
+                plan::trust_dir(&server).is_some_and(|d| !d.join("ca-bundle.pem").exists());
+            let found = self
+                .instances
+                .read()
+                .expect("instances lock")
+                .get(&server)
+                .cloned();
+            if let (true, Some(server)) = (missing, found) {
+                self.write_cert_files(&server)?;
+                self.write_trust_bundle(&server)?;
+            }
+        }
+        Ok(changed)
+    }
+
+    /// The bundle an app verifies mail server `server` with (plan::trust_dir): the host's
+    /// public roots, plus the server's own certificate while it is self-signed, or `[acme]
+    /// ca_root` when a private CA issued it. Rewritten only when it changes.
+    fn write_trust_bundle(&self, server: &Instance) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let Some(dir) = plan::trust_dir(&server.name) else {
+            return Ok(());
+        };
+        let domain = server.domain.clone().unwrap_or_else(|| "localhost".into());
+        let issued = self
+            .certs
+            .as_ref()
+            .and_then(|c| c.issued_pem(&domain))
+            .is_some();
+        let mut bundle = match HOST_CA_BUNDLES
+            .iter()
+            .find_map(|p| std::fs::read_to_string(p).ok())
+        {
+            Some(roots) => roots,
+            None => {
+                tracing::warn!(
+                    "no CA bundle on this host ({}): the apps of mail server {} trust only its \
+                     own certificate (install the ca-certificates package)",
+                    HOST_CA_BUNDLES.join(", "),
+                    server.name
+                );
+                String::new()
+            }
+        };
+        let own = if issued {
+            self.config.acme.ca_root.clone()
+        } else {
+            plan::tls_dir(&server.name).map(|d| d.join("fullchain.pem"))
+        };
+        if let Some(pem) = own.and_then(|p| std::fs::read_to_string(p).ok()) {
+            if !bundle.is_empty() && !bundle.ends_with('\n') {
+                bundle.push('\n');
+            }
+            bundle.push_str(&pem);
+        }
+        let path = dir.join("ca-bundle.pem");
+        if std::fs::read_to_string(&path).ok().as_deref() == Some(bundle.as_str()) {
+            return Ok(());
+        }
+        let io = |e: std::io::Error| Error::failed(format!("cannot write {}: {e}", path.display()));
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&dir)
+            .map_err(io)?;
+        crate::state::write_private(&path, &bundle)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).map_err(io)?;
+        Ok(())
+    }
+
     /// Writes the instance's certificate files (its domain's issued certificate, else a
     /// self-signed one) into state_dir/tls/INSTANCE; returns whether they changed.
-    fn write_tls_files(&self, inst: &Instance) -> Result<bool> {
+    fn write_cert_files(&self, inst: &Instance) -> Result<bool> {
         use std::os::unix::fs::PermissionsExt;
         let (Some(tls), Some(dir)) = (&inst.manifest.needs.tls, plan::tls_dir(&inst.name)) else {
             return Ok(false);
@@ -1354,6 +1443,13 @@ fn resolve_settings(
     }
     Ok(out)
 }
+
+/// Where hosts keep their public CA roots, one PEM file (Debian and Ubuntu, Fedora, Alpine).
+const HOST_CA_BUNDLES: [&str; 3] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
 
 /// An image reference as given to `--image`: name:tag or name@sha256:digest, no spaces.
 fn check_image_ref(r: &str) -> Result<()> {

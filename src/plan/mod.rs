@@ -39,6 +39,20 @@ pub fn tls_dir(instance: &str) -> Option<std::path::PathBuf> {
     STATE_ROOT.get().map(|root| root.join("tls").join(instance))
 }
 
+/// The host directory holding what an app must trust to talk to mail server `instance`
+/// (`ca-bundle.pem`: the host's public roots plus the server's own certificate while it is
+/// self-signed, or the private CA's root): mounted read-only at TRUST_MOUNT in every container
+/// of an app that sends mail through it or reads mail from it.
+pub fn trust_dir(instance: &str) -> Option<std::path::PathBuf> {
+    STATE_ROOT
+        .get()
+        .map(|root| root.join("trust").join(instance))
+}
+
+/// Where the trust directory appears in an app's containers, and the bundle in it.
+pub const TRUST_MOUNT: &str = "/etc/ilot/trust";
+pub const TRUST_BUNDLE: &str = "/etc/ilot/trust/ca-bundle.pem";
+
 /// The host directory holding a mail instance's files (`[needs] mail_files`).
 pub fn mail_dir(instance: &str) -> Option<std::path::PathBuf> {
     STATE_ROOT
@@ -82,11 +96,26 @@ impl ContainerSpec {
     pub fn for_service(inst: &Instance, service: &str) -> ContainerSpec {
         let svc = &inst.manifest.services[service];
         let image = &inst.images[service];
-        let env = svc
+        let mut env: BTreeMap<String, String> = svc
             .env
             .iter()
             .map(|(k, v)| (k.clone(), render(v, inst)))
             .collect();
+        // An app that talks to the mail server verifies its certificate (Symfony Mailer,
+        // nodemailer and Roundcube all do): it gets the bundle to verify it with, through the
+        // variables OpenSSL (SSL_CERT_FILE: PHP, Python) and Node (NODE_EXTRA_CA_CERTS) read.
+        let mail_server = inst
+            .smtp
+            .as_ref()
+            .map(|s| s.server.as_str())
+            .or(inst.mail_client.as_ref().map(|m| m.server.as_str()));
+        let trust = mail_server.and_then(trust_dir);
+        if trust.is_some() {
+            for var in ["SSL_CERT_FILE", "NODE_EXTRA_CA_CERTS"] {
+                env.entry(var.to_string())
+                    .or_insert_with(|| TRUST_BUNDLE.to_string());
+            }
+        }
         let mut spec = ContainerSpec {
             name: container_name(&inst.name, service),
             instance: inst.name.clone(),
@@ -120,6 +149,7 @@ impl ContainerSpec {
                             Some((mail_dir(&inst.name)?.display().to_string(), m.path.clone()))
                         }),
                 )
+                .chain(trust.map(|d| (d.display().to_string(), TRUST_MOUNT.to_string())))
                 .collect(),
             ports: svc
                 .ports

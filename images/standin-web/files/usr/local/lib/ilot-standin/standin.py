@@ -390,9 +390,9 @@ def send_mail(role, smtp, to):
     msg["Date"] = formatdate(localtime=False)
     msg["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or None)
     msg.set_content(f"A test message sent by ilot/standin-web playing {role}.\n")
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE  # the test mail server's certificate is self-signed
+    ctx = mail_tls_context(role)
+    # The server's certificate is checked against the name the app connects to, as upstream's
+    # clients do (SNI and the name check use smtp["host"]).
     if smtp["mode"] == "ssl":
         s = smtplib.SMTP_SSL(smtp["host"], smtp["port"], timeout=20, context=ctx)
     else:
@@ -420,6 +420,25 @@ def send_mail(role, smtp, to):
         except Exception:
             s.close()
     return sender
+
+
+def mail_tls_context(role):
+    """How each app's mail client verifies the server, as upstream's does (images/README.md):
+    Nextcloud's Symfony Mailer, PHP streams with verify_peer and verify_peer_name on, trusting
+    OpenSSL's default paths (SSL_CERT_FILE when set); Ghost's and PeerTube's nodemailer, Node's
+    tls.connect with rejectUnauthorized (its default), trusting Node's roots plus
+    NODE_EXTRA_CA_CERTS and ignoring SSL_CERT_FILE."""
+    if role == "nextcloud":
+        return ssl.create_default_context()  # set_default_verify_paths: SSL_CERT_FILE, else the system's
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, check_hostname
+    ctx.load_verify_locations("/etc/ssl/certs/ca-certificates.crt")  # Node's bundled roots, as near as Debian has
+    extra = E.get("NODE_EXTRA_CA_CERTS")
+    if extra:
+        try:
+            ctx.load_verify_locations(extra)
+        except (OSError, ssl.SSLError) as e:  # Node warns and goes on without them
+            log(f"{role}: Warning: Ignoring extra certs from `{extra}`, load failed: {e}")
+    return ctx
 
 
 # --- HTTP ---------------------------------------------------------------------------------------
