@@ -5,9 +5,9 @@
 //! with the form's token and the session cookie, the inbox listed, the message read, and a
 //! message composed and sent from the webmail, seen arriving over IMAPS.
 //!
-//! The mail server's certificate is self-signed here (no ACME in tests), so the webmail is
-//! installed with `--set tls_verify=false`; the default (true) checks it against the server's
-//! name, which the test of the rendered configuration below shows is the one used.
+//! The mail server's certificate is self-signed here (no ACME in tests). The first webmail is
+//! installed with `--set tls_verify=false`; a second one, with the default (true), checks it
+//! against the server's name with the bundle ilot mounts, which trusts that certificate.
 
 mod common;
 use common::mail::*;
@@ -421,20 +421,30 @@ fn webmail_logs_in_reads_and_sends_through_the_mail_server() {
         "submitted through the server, which signs: {body}"
     );
 
-    // By default the mail server's certificate is checked against its name: this one is
-    // self-signed, so a webmail installed without tls_verify=false cannot log in to it.
+    // By default the mail server's certificate is checked against its name, with the bundle
+    // ilot gives the webmail: this certificate is self-signed, and the bundle trusts it, so a
+    // webmail installed without tls_verify=false logs in. The public roots alone would not.
     let strict = install_webmail(&ilot, "strict.example.org", &[]);
     let b2 = Browser::new(&ilot, "strict.example.org");
-    let refused = login(&b2, "bob", BOB_PW);
-    assert_ne!(refused.status, 302, "{}", refused.headers);
-    let why = log_line(
-        &format!("ilot-{strict}-webmail"),
-        "certificate verify failed",
-    );
-    assert!(
-        why.contains("ssl://mail.example.org:") || why.contains("SSL"),
-        "{why}"
-    );
+    let verified = login(&b2, "bob", BOB_PW);
+    assert_eq!(verified.status, 302, "{}", verified.headers);
+    let handshake = |cafile: &str| {
+        docker(&[
+            "exec",
+            &format!("ilot-{strict}-webmail"),
+            "php",
+            "-r",
+            &format!(
+                "$c = stream_context_create(['ssl' => ['cafile' => '{cafile}', 'verify_peer' => true, 'verify_peer_name' => true, 'peer_name' => 'mail.example.org']]); \
+                 $s = stream_socket_client(getenv('WEBMAIL_IMAP'), $e, $m, 10, STREAM_CLIENT_CONNECT, $c); \
+                 exit($s ? 0 : 1);"
+            ),
+        ])
+    };
+    assert!(!handshake("/etc/ssl/certs/ca-certificates.crt")
+        .status
+        .success());
+    assert!(handshake("/etc/ilot/trust/ca-bundle.pem").status.success());
     ilot.ok(&["app", "remove", &strict, "--purge"]);
 
     // The webmail goes with its data; the mail server and its mailboxes stay.

@@ -46,7 +46,9 @@ $tls = ['ssl' => [
     'verify_peer' => $verify,
     'verify_peer_name' => $verify,
     'allow_self_signed' => !$verify,
-    'cafile' => '/etc/ssl/certs/ca-certificates.crt',
+    // ilot's bundle for the mail server (the public roots, plus the server's own certificate
+    // while it is self-signed), else the system's roots.
+    'cafile' => getenv('SSL_CERT_FILE') ?: '/etc/ssl/certs/ca-certificates.crt',
 ]];
 
 // The proxy reaches the container from its network's gateway (the host): the default route.
