@@ -52,7 +52,8 @@ pub struct Manifest {
     #[serde(default)]
     pub hooks: Hooks,
     /// Combinations of settings the app cannot run with (its own start-up checks refuse them):
-    /// refused at install and at `app set` with the rule's reason, before anything changes.
+    /// refused at install and at upgrade (the kept settings, the new manifest's rules) with the
+    /// rule's reason, before anything changes.
     #[serde(default)]
     pub refuse: Vec<Refusal>,
     /// Where this manifest was read from (set at load time, whatever the file says).

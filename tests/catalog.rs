@@ -1245,7 +1245,8 @@ fn catalogue_apps_keep_upstreams_contracts_through_restore_forged_headers_and_re
         &["admin_email=ann@example.org"],
     );
     let password = shown_password(&out);
-    let (_, st) = call(&p, &blog, "GET", "/.ilot-standin/status", None);
+    let (_, st) = call_with(&p, &blog, "GET", "/.ilot-standin/status", None, &FORGED);
+    assert_eq!(st["request"]["client"], "127.0.0.1", "{st}");
     assert_eq!(
         st["settings"]["staff_device_verification"],
         Value::Bool(true),
