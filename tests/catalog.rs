@@ -1213,6 +1213,8 @@ fn catalogue_apps_keep_upstreams_contracts_through_restore_forged_headers_and_re
         !logs.contains(&password),
         "the shown root password is in the container log"
     );
+    let (_, st) = call_with(&p, &video, "GET", "/.ilot-standin/status", None, &FORGED);
+    assert_eq!(st["request"]["client"], "127.0.0.1", "{st}");
     let pt_login = |pw: &str| login(&video, "root", pw, &[]);
     assert_eq!(pt_login(&password), 200);
     assert_eq!(
