@@ -1147,6 +1147,48 @@ mod tests {
         assert!(c.apps.contains_key("hello"));
     }
 
+    /// PeerTube's rule: replays need transcoding; every other combination passes; a rule on
+    /// a setting that does not exist is a manifest error.
+    #[test]
+    fn refused_combinations_follow_every_condition() {
+        let pt = Catalog::load(&[]).unwrap().apps["peertube"].clone();
+        let with = |live: &str, replay: &str, transcoding: &str| {
+            let s: BTreeMap<String, String> = [
+                ("live", live),
+                ("live_replay", replay),
+                ("transcoding", transcoding),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+            pt.refused(&s).map(|r| r.fix.clone())
+        };
+        assert!(with("true", "true", "off").is_some_and(|f| f.contains("live_replay=false")));
+        assert_eq!(with("true", "false", "off"), None);
+        assert_eq!(with("true", "true", "light"), None);
+        assert_eq!(with("false", "true", "off"), None);
+        let mut bad = pt.clone();
+        bad.refuse[0].when.push("no_such_setting".into());
+        assert!(bad.validate().unwrap_err().contains("no_such_setting"));
+    }
+
+    #[test]
+    fn a_log_file_stays_inside_its_volume() {
+        let lf = |path: &str| LogFilter {
+            filter: "nextcloud".into(),
+            service: None,
+            volume: Some("html".into()),
+            path: Some(path.into()),
+        };
+        assert_eq!(
+            lf("data/nextcloud.log").volume_path(),
+            Some(std::path::PathBuf::from("data/nextcloud.log"))
+        );
+        for bad in ["../etc/shadow", "/etc/shadow", "data/../../x", "", "."] {
+            assert_eq!(lf(bad).volume_path(), None, "{bad:?}");
+        }
+    }
+
     #[test]
     fn bad_manifests_are_refused_with_a_reason() {
         let base = Catalog::load(&[]).unwrap().apps["hello"].clone();

@@ -863,7 +863,7 @@ impl Daemon {
     fn write_tls_files(&self, inst: &Instance) -> Result<bool> {
         let changed = self.write_cert_files(inst)?;
         if inst.manifest.needs.mail_files.is_some() {
-            self.write_trust_bundle(inst)?;
+            self.write_trust_bundle(&inst.name, Some(inst))?;
         }
         let server = inst
             .smtp
@@ -873,34 +873,33 @@ impl Daemon {
         if let Some(server) = server {
             let missing =
                 plan::trust_dir(&server).is_some_and(|d| !d.join("ca-bundle.pem").exists());
-            let found = self
-                .instances
-                .read()
-                .expect("instances lock")
-                .get(&server)
-                .cloned();
-            if let (true, Some(server)) = (missing, found) {
-                self.write_cert_files(&server)?;
-                self.write_trust_bundle(&server)?;
+            if missing {
+                // The server's own files first; a server removed since leaves the host's roots
+                // alone (the app's containers still mount the directory).
+                let found = self
+                    .instances
+                    .read()
+                    .expect("instances lock")
+                    .get(&server)
+                    .cloned();
+                if let Some(found) = &found {
+                    self.write_cert_files(found)?;
+                }
+                self.write_trust_bundle(&server, found.as_ref())?;
             }
         }
         Ok(changed)
     }
 
-    /// The bundle an app verifies mail server `server` with (plan::trust_dir): the host's
-    /// public roots, plus the server's own certificate while it is self-signed, or `[acme]
-    /// ca_root` when a private CA issued it. Rewritten only when it changes.
-    fn write_trust_bundle(&self, server: &Instance) -> Result<()> {
+    /// The bundle an app verifies mail server `name` with (plan::trust_dir): the host's public
+    /// roots, plus the server's own certificate while it is self-signed, or `[acme] ca_root`
+    /// when a private CA issued it (only the roots once the server is gone). Rewritten only
+    /// when it changes.
+    fn write_trust_bundle(&self, name: &str, server: Option<&Instance>) -> Result<()> {
         use std::os::unix::fs::PermissionsExt;
-        let Some(dir) = plan::trust_dir(&server.name) else {
+        let Some(dir) = plan::trust_dir(name) else {
             return Ok(());
         };
-        let domain = server.domain.clone().unwrap_or_else(|| "localhost".into());
-        let issued = self
-            .certs
-            .as_ref()
-            .and_then(|c| c.issued_pem(&domain))
-            .is_some();
         let mut bundle = match HOST_CA_BUNDLES
             .iter()
             .find_map(|p| std::fs::read_to_string(p).ok())
@@ -911,16 +910,18 @@ impl Daemon {
                     "no CA bundle on this host ({}): the apps of mail server {} trust only its \
                      own certificate (install the ca-certificates package)",
                     HOST_CA_BUNDLES.join(", "),
-                    server.name
+                    name
                 );
                 String::new()
             }
         };
-        let own = if issued {
-            self.config.acme.ca_root.clone()
-        } else {
-            plan::tls_dir(&server.name).map(|d| d.join("fullchain.pem"))
-        };
+        let own = server.and_then(|server| {
+            let domain = server.domain.clone().unwrap_or_else(|| "localhost".into());
+            match self.certs.as_ref().and_then(|c| c.issued_pem(&domain)) {
+                Some(_) => self.config.acme.ca_root.clone(),
+                None => plan::tls_dir(&server.name).map(|d| d.join("fullchain.pem")),
+            }
+        });
         if let Some(pem) = own.and_then(|p| std::fs::read_to_string(p).ok()) {
             if !bundle.is_empty() && !bundle.ends_with('\n') {
                 bundle.push('\n');
