@@ -418,3 +418,93 @@ fn an_apps_container_output_is_read_with_the_filter_its_manifest_names() {
     assert!(set.contains("198.51.100.23"), "{set}");
     ilot.ok(&["app", "remove", &name, "--purge"]);
 }
+
+/// What fail2ban's stock filter `filter` (fail2ban-regex's syntax, `sshd[mode=ddos]`) takes from
+/// one line alone: the address it counts a failure for, or None. One line per run, so that its
+/// multi-line state (a session's earlier lines) never joins two examples.
+fn fail2ban_verdict(dir: &Path, filter: &str, line: &str) -> Option<String> {
+    let log = dir.join("line.log");
+    std::fs::write(&log, format!("{line}\n")).unwrap();
+    let out = Command::new("fail2ban-regex")
+        .args(["-o", "ip"])
+        .arg(&log)
+        .arg(filter)
+        .output()
+        .expect("fail2ban-regex (tests/run.sh installs the fail2ban package)");
+    assert!(
+        out.status.success(),
+        "fail2ban-regex {filter}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(str::to_string)
+}
+
+/// Every example of every built-in filter that names its fail2ban counterpart is run through
+/// fail2ban-regex with fail2ban's own stock filter: both must say the same of the line (no
+/// match, or the same address), or the example says why fail2ban differs, and then it must.
+#[test]
+fn filter_examples_agree_with_fail2bans_stock_filters_or_say_why() {
+    #[derive(serde::Deserialize)]
+    struct Example {
+        line: String,
+        host: Option<String>,
+        fail2ban_differs: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct FilterFile {
+        fail2ban: Option<String>,
+        #[serde(default)]
+        examples: Vec<Example>,
+    }
+    let dir = PathBuf::from(format!("/tmp/ilot-test-{}", unique("f2b")));
+    std::fs::create_dir_all(&dir).unwrap();
+    let filters = Path::new(env!("CARGO_MANIFEST_DIR")).join("filters");
+    let mut compared = Vec::new();
+    let mut wrong = Vec::new();
+    for entry in std::fs::read_dir(&filters).unwrap() {
+        let path = entry.unwrap().path();
+        let file: FilterFile = toml::from_str(&std::fs::read_to_string(&path).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let Some(theirs) = file.fail2ban else {
+            continue;
+        };
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let (mut same, mut differ) = (0, 0);
+        for ex in &file.examples {
+            let f2b = fail2ban_verdict(&dir, &theirs, &ex.line);
+            match (&ex.fail2ban_differs, f2b == ex.host) {
+                (None, true) => same += 1,
+                (Some(_), false) => differ += 1,
+                (None, false) => wrong.push(format!(
+                    "{name}: ilot {:?}, fail2ban ({theirs}) {f2b:?}, and the example says nothing of it: {}",
+                    ex.host, ex.line
+                )),
+                (Some(why), true) => wrong.push(format!(
+                    "{name}: fail2ban ({theirs}) agrees now ({f2b:?}): remove fail2ban_differs ({why}): {}",
+                    ex.line
+                )),
+            }
+        }
+        assert!(same + differ > 0, "{name}: no examples to compare");
+        compared.push(format!(
+            "{name} vs {theirs}: {same} agree, {differ} differ with a reason"
+        ));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    for f in ["sshd", "postfix", "dovecot"] {
+        assert!(
+            compared.iter().any(|c| c.starts_with(&format!("{f} vs "))),
+            "filters/{f}.toml names no fail2ban counterpart: {compared:?}"
+        );
+    }
+    assert!(
+        wrong.is_empty(),
+        "{}\n\ncompared: {compared:#?}",
+        wrong.join("\n")
+    );
+    eprintln!("{compared:#?}");
+}

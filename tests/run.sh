@@ -189,6 +189,8 @@ declare -A REQUIRED=([docker]=docker.io [dockerd]=docker.io [nft]=nftables [ip]=
     [ssh]=openssh-client [sftp]=openssh-client [ssh-keygen]=openssh-client)
 # The ManageSieve test uploads a Sieve script with an independent client.
 REQUIRED[sieve-connect]=sieve-connect
+# The guard's filters are compared with fail2ban's stock filters (tests/guard.rs).
+REQUIRED[fail2ban-regex]=fail2ban
 # shellcheck disable=SC2034
 declare -A OPTIONAL=([hyperfine]=hyperfine)
 # bench/mail-tls.sh scans the mail ports with it.
@@ -247,14 +249,15 @@ else
     [[ $(id -u) == 0 ]] || die "packages missing (${NEED[*]} ${WANT[*]}) and not root: run as root or pass --no-install"
     info "installing: ${NEED[*]} ${WANT[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -q update
-    # openssh-server on its own, so that policy-rc.d keeps only its service from starting.
-    SSHD_PKG=()
+    # openssh-server and fail2ban on their own, so that policy-rc.d keeps only their services
+    # from starting (the tests run their own sshd; fail2ban-regex needs no service).
+    NO_START_PKGS=()
     for i in "${!NEED[@]}"; do
-        if [[ ${NEED[$i]} == openssh-server ]]; then SSHD_PKG=(openssh-server); unset 'NEED[i]'; fi
+        if [[ ${NEED[$i]} == openssh-server || ${NEED[$i]} == fail2ban ]]; then NO_START_PKGS+=("${NEED[$i]}"); unset 'NEED[i]'; fi
     done
     NEED=("${NEED[@]}")
     if ((${#NEED[@]})); then apt_install "${NEED[@]}"; fi
-    if ((${#SSHD_PKG[@]})); then apt_install_no_start "${SSHD_PKG[@]}"; NEED+=("${SSHD_PKG[@]}"); fi
+    if ((${#NO_START_PKGS[@]})); then apt_install_no_start "${NO_START_PKGS[@]}"; NEED+=("${NO_START_PKGS[@]}"); fi
     note="installed: ${NEED[*]}"
     if ((${#WANT[@]})); then
         if apt_install "${WANT[@]}"; then note+=" ${WANT[*]}"; else warn "optional packages not installed: ${WANT[*]}"; fi

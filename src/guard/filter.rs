@@ -38,6 +38,10 @@ struct FilterFile {
     /// Lines the filter must match (with the address it must capture) or not.
     #[serde(default)]
     examples: Vec<Example>,
+    /// The stock fail2ban filter this one must agree with, as `fail2ban-regex` names it
+    /// (`sshd`, `postfix[mode=aggressive]`): tests/guard.rs runs every example through both.
+    #[serde(default)]
+    fail2ban: Option<String>,
 }
 
 fn auto() -> String {
@@ -51,6 +55,11 @@ pub struct Example {
     /// The address the line must yield; absent = the line must not match.
     #[serde(default)]
     pub host: Option<String>,
+    /// Why fail2ban's stock filter says otherwise of this line (a format it does not know, a
+    /// line it counts that is the server's fault...): the differential test then requires
+    /// that it does differ, so a reason that no longer holds is noticed.
+    #[serde(default)]
+    pub fail2ban_differs: Option<String>,
 }
 
 /// A compiled filter.
@@ -92,6 +101,18 @@ impl Filter {
                 Error::bad_input(format!("filter {name}: failregex is empty"))
                     .hint("give at least one regex with <HOST> where the address is"),
             );
+        }
+        if let Some(ex) = file.examples.iter().find(|e| {
+            e.fail2ban_differs
+                .as_deref()
+                .is_some_and(|why| why.trim().is_empty() || file.fail2ban.is_none())
+        }) {
+            return Err(Error::bad_input(format!(
+                "filter {name}: example {:?}: fail2ban_differs needs a reason, and the filter's \
+                 fail2ban = \"STOCK_FILTER\" to differ from",
+                ex.line
+            ))
+            .hint("see docs/guard.md for the filter format"));
         }
         let dated = match file.date.as_str() {
             "auto" => true,
