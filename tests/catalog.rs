@@ -502,6 +502,17 @@ fn require_standins() {
     }
 }
 
+/// The stand-in image of each service of the catalogue's apps.
+const NEXTCLOUD_STANDINS: [(&str, &str); 4] = [
+    ("db", "postgres"),
+    ("redis", "redis"),
+    ("web", "web"),
+    ("cron", "web"),
+];
+const GHOST_STANDINS: [(&str, &str); 2] = [("db", "mysql"), ("ghost", "web")];
+const PEERTUBE_STANDINS: [(&str, &str); 3] =
+    [("db", "postgres"), ("redis", "redis"), ("peertube", "web")];
+
 /// Installs APP from the real catalogue with stand-in images for every service; returns the
 /// human output (which holds the admin login, shown once).
 fn install_with_standins(
@@ -671,12 +682,7 @@ fn catalogue_apps_install_for_real_with_stand_ins_beside_the_mail_server() {
         "nextcloud",
         &nc,
         &cloud,
-        &[
-            ("db", "postgres"),
-            ("redis", "redis"),
-            ("web", "web"),
-            ("cron", "web"),
-        ],
+        &NEXTCLOUD_STANDINS,
         &["admin_user=alice"],
     );
     assert!(
@@ -744,7 +750,7 @@ fn catalogue_apps_install_for_real_with_stand_ins_beside_the_mail_server() {
         "ghost",
         &gh,
         &blog,
-        &[("db", "mysql"), ("ghost", "web")],
+        &GHOST_STANDINS,
         &["admin_email=ann@example.org"],
     );
     let password = shown_password(&out);
@@ -807,7 +813,7 @@ fn catalogue_apps_install_for_real_with_stand_ins_beside_the_mail_server() {
         "peertube",
         &pt,
         &video,
-        &[("db", "postgres"), ("redis", "redis"), ("peertube", "web")],
+        &PEERTUBE_STANDINS,
         &["admin_email=admin@example.org"],
     );
     let password = shown_password(&out);
@@ -1009,12 +1015,6 @@ fn catalogue_apps_keep_upstreams_contracts_through_restore_forged_headers_and_re
     let p = ports(&ilot);
     let srv = install(&ilot);
     add_user(&ilot, "bob@example.org", BOB_PW);
-    let nc_images = [
-        ("db", "postgres"),
-        ("redis", "redis"),
-        ("web", "web"),
-        ("cron", "web"),
-    ];
 
     // 1. The instance of before: Nextcloud made its own role and gave it the tables.
     let ncold = unique("nco");
@@ -1024,7 +1024,7 @@ fn catalogue_apps_keep_upstreams_contracts_through_restore_forged_headers_and_re
         "nextcloud-old",
         &ncold,
         &old_domain,
-        &nc_images,
+        &NEXTCLOUD_STANDINS,
         &["admin_user=carol"],
     );
     let old_password = shown_password(&out);
@@ -1053,7 +1053,7 @@ fn catalogue_apps_keep_upstreams_contracts_through_restore_forged_headers_and_re
         "nextcloud",
         &nc,
         &cloud,
-        &nc_images,
+        &NEXTCLOUD_STANDINS,
         &["admin_user=alice"],
     );
     let password = shown_password(&out);
@@ -1159,14 +1159,13 @@ fn catalogue_apps_keep_upstreams_contracts_through_restore_forged_headers_and_re
     // 3. PeerTube: live replays need transcoding, refused before anything is made.
     let pt = unique("pt");
     let video = format!("{pt}.example.test");
-    let pt_images = [("db", "postgres"), ("redis", "redis"), ("peertube", "web")];
     let mut args: Vec<String> = [
         "app", "install", "peertube", "--name", &pt, "--domain", &video,
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
-    for (service, image) in pt_images {
+    for (service, image) in PEERTUBE_STANDINS {
         args.extend([
             "--image".into(),
             format!("{service}=ilot/standin-{image}:1.0"),
@@ -1237,13 +1236,12 @@ fn catalogue_apps_keep_upstreams_contracts_through_restore_forged_headers_and_re
     // data) does not meet the new-device check.
     let gh = unique("gh");
     let blog = format!("{gh}.example.test");
-    let gh_images = [("db", "mysql"), ("ghost", "web")];
     let out = install_with_standins(
         &ilot,
         "ghost",
         &gh,
         &blog,
-        &gh_images,
+        &GHOST_STANDINS,
         &["admin_email=ann@example.org"],
     );
     let password = shown_password(&out);
@@ -1302,7 +1300,7 @@ fn catalogue_apps_keep_upstreams_contracts_through_restore_forged_headers_and_re
         "ghost",
         &gh,
         &blog,
-        &gh_images,
+        &GHOST_STANDINS,
         &["admin_email=ann@example.org"],
     );
     // Over the kept data and secrets: nothing new to show, the same owner.
