@@ -255,6 +255,8 @@ pub struct JailConfig {
     pub enabled: Option<bool>,
     /// The filter (default: the jail's name).
     pub filter: Option<String>,
+    /// The filter's mode (sshd: normal, ddos, extra, aggressive; see docs/guard.md).
+    pub mode: Option<String>,
     /// Log files to follow.
     pub files: Vec<PathBuf>,
     /// systemd units whose journal to follow.

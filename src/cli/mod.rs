@@ -369,6 +369,9 @@ enum GuardCommand {
         /// A built-in filter (sshd, postfix, dovecot, proxy-auth, ...) or a custom one.
         filter: String,
         logfile: std::path::PathBuf,
+        /// The filter's mode (default: its own default; sshd: normal, ddos, extra, aggressive).
+        #[arg(long)]
+        mode: Option<String>,
         /// Only the counts.
         #[arg(long)]
         summary: bool,
@@ -655,6 +658,7 @@ pub fn main() -> i32 {
         Command::Guard(GuardCommand::Show) => Request::GuardShow,
         Command::Guard(GuardCommand::Test {
             filter,
+            mode,
             logfile,
             summary,
             missed,
@@ -662,6 +666,7 @@ pub fn main() -> i32 {
         }) => {
             return crate::guard::test::run(
                 &filter,
+                mode.as_deref(),
                 &logfile,
                 &filters_dir,
                 summary,

@@ -310,9 +310,13 @@ fn print_guard(v: &Value) {
                 .flatten()
                 .map(s)
                 .collect();
+            let filter = match j["mode"].as_str() {
+                Some(mode) if !mode.is_empty() => format!("{} ({mode})", s(&j["filter"])),
+                _ => s(&j["filter"]),
+            };
             vec![
                 s(&j["name"]),
-                s(&j["filter"]),
+                filter,
                 if sources.is_empty() {
                     "(no log found)".into()
                 } else {

@@ -8,7 +8,7 @@ use super::Daemon;
 use crate::config::JailConfig;
 use crate::error::{Error, Result};
 use crate::firewall;
-use crate::guard::filter::{Filter, Verdict};
+use crate::guard::filter::{Filter, Sessions, Verdict};
 use crate::guard::jail::{ban_net, Policy, Tracker};
 use crate::guard::sources::{self, Lines};
 use crate::guard::{parse_blocklist, Allowlist, Ban};
@@ -47,6 +47,8 @@ struct Jail {
     filter: Arc<Filter>,
     policy: Policy,
     sources: Vec<Source>,
+    /// The filter's session memory, per source (sshd's PIDs of one log are not another's).
+    sessions: HashMap<Arc<str>, Sessions>,
     /// Failures seen and bans made since the daemon started.
     failures: u64,
     bans: u64,
@@ -232,8 +234,9 @@ impl Daemon {
         for j in jails {
             let jail = &mut st.jails[j];
             let findtime = jail.policy.findtime.as_secs();
+            let sessions = jail.sessions.entry(batch.source.clone()).or_default();
             for line in &batch.lines {
-                let Verdict::Failure { addr, time } = jail.filter.check(line) else {
+                let Verdict::Failure { addr, time } = jail.filter.check(line, sessions) else {
                     continue;
                 };
                 // A line older than the window (a log replayed, a restored file) is history.
@@ -398,7 +401,8 @@ impl Daemon {
             return;
         }
         let g = &self.config.guard;
-        let mut specs: Vec<(String, String, Policy, Vec<Source>)> = Vec::new();
+        // (jail, filter, mode, policy, sources)
+        let mut specs: Vec<(String, String, Option<String>, Policy, Vec<Source>)> = Vec::new();
         let proxy_log = self
             .proxy
             .as_ref()
@@ -429,21 +433,44 @@ impl Daemon {
                 sources
             };
             let filter = cfg.filter.clone().unwrap_or_else(|| name.to_string());
-            specs.push((name.to_string(), filter, cfg.policy(&defaults), sources));
+            specs.push((
+                name.to_string(),
+                filter,
+                cfg.mode.clone(),
+                cfg.policy(&defaults),
+                sources,
+            ));
         }
+        let instances = self.instances_snapshot();
+        // An app's jail (INSTANCE-FILTER) is set up by its manifest; a [guard.jails] entry of
+        // that name without sources of its own only changes its mode and policy.
+        let app_jails: Vec<String> = instances
+            .iter()
+            .flat_map(|i| {
+                i.manifest
+                    .needs
+                    .log_filters
+                    .iter()
+                    .map(|lf| format!("{}-{}", i.name, lf.filter))
+            })
+            .collect();
         for (name, cfg) in &g.jails {
-            if BUILT_IN_JAILS.contains(&name.as_str()) || cfg.enabled == Some(false) {
+            if BUILT_IN_JAILS.contains(&name.as_str())
+                || cfg.enabled == Some(false)
+                || (app_jails.contains(name) && !has_sources(cfg))
+            {
                 continue;
             }
             let filter = cfg.filter.clone().unwrap_or_else(|| name.clone());
             specs.push((
                 name.clone(),
                 filter,
+                cfg.mode.clone(),
                 cfg.policy(&g.defaults),
                 jail_sources(cfg, &proxy_log),
             ));
         }
-        for inst in self.instances_snapshot() {
+        for inst in instances {
             for lf in &inst.manifest.needs.log_filters {
                 let source = match (&lf.service, &lf.volume, lf.volume_path()) {
                     (Some(svc), _, _) => Some(Source::Container(crate::plan::container_name(
@@ -455,10 +482,16 @@ impl Daemon {
                     )),
                     _ => proxy_log.clone(),
                 };
+                let jail = format!("{}-{}", inst.name, lf.filter);
+                let cfg = g.jails.get(&jail).cloned().unwrap_or_default();
+                if cfg.enabled == Some(false) {
+                    continue;
+                }
                 specs.push((
-                    format!("{}-{}", inst.name, lf.filter),
+                    jail,
                     lf.filter.clone(),
-                    g.defaults.clone(),
+                    cfg.mode.clone(),
+                    cfg.policy(&g.defaults),
                     source.into_iter().collect(),
                 ));
             }
@@ -469,16 +502,17 @@ impl Daemon {
             .iter()
             .map(|j| (j.name.clone(), (j.failures, j.bans)))
             .collect();
-        let mut filters: HashMap<String, Arc<Filter>> = HashMap::new();
+        let mut filters: HashMap<(String, Option<String>), Arc<Filter>> = HashMap::new();
         let mut jails = Vec::new();
         let mut errors = Vec::new();
-        for (name, filter, policy, sources) in specs {
-            let f = match filters.get(&filter) {
+        for (name, filter, mode, policy, sources) in specs {
+            let key = (filter, mode);
+            let f = match filters.get(&key) {
                 Some(f) => f.clone(),
-                None => match Filter::load(&filter, &g.filters_dir) {
+                None => match Filter::load_mode(&key.0, key.1.as_deref(), &g.filters_dir) {
                     Ok(f) => {
                         let f = Arc::new(f);
-                        filters.insert(filter.clone(), f.clone());
+                        filters.insert(key.clone(), f.clone());
                         f
                     }
                     Err(e) => {
@@ -494,6 +528,7 @@ impl Daemon {
                 filter: f,
                 policy,
                 sources,
+                sessions: HashMap::new(),
                 failures,
                 bans,
             });
@@ -739,6 +774,9 @@ impl Daemon {
                 json!({
                     "name": j.name,
                     "filter": j.filter.name,
+                    "mode": j.filter.mode,
+                    // Sessions remembered (sshd's connections whose address a later line may need).
+                    "sessions": j.sessions.values().map(Sessions::len).sum::<usize>(),
                     "description": j.filter.description,
                     "sources": j.sources.iter().map(|s| s.key().to_string()).collect::<Vec<_>>(),
                     "maxretry": j.policy.maxretry,

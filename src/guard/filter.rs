@@ -4,10 +4,20 @@
 //!
 //! Lines are matched as bytes (logs are not always UTF-8) and only lines that match get their
 //! date parsed, so the common case — a line that is not a failure — costs one DFA scan.
+//!
+//! Two things go beyond one regex per line, as in fail2ban:
+//! - **modes**: a filter may have several (sshd's `normal`, `ddos`, `aggressive`...), each
+//!   adding patterns to the common ones; a jail picks one.
+//! - **sessions**: a pattern with `<SID>` (sshd's PID) ties lines of one connection together.
+//!   A failure line without an address takes the session's; a `helperregex` line is no
+//!   failure but tells the session its address (and settles a failure that was waiting for
+//!   it). Sessions are kept 10 minutes, at most 4,096 of them.
 
 use crate::error::{Error, Result};
 use regex::bytes::{Regex, RegexSet};
 use serde::Deserialize;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -21,13 +31,26 @@ pub const CUSTOM_DIR: &str = "/etc/ilot/filters";
 /// itself is checked afterwards, so a hostile `999.1.1.1` is a miss, not a ban).
 const HOST: &str =
     r"(?P<host>(?:[0-9]{1,3}\.){3}[0-9]{1,3}|[0-9A-Fa-f]{0,4}:[0-9A-Fa-f:.]*[0-9A-Fa-f])";
+/// The `<SID>` placeholder: what ties the lines of one session (sshd's PID).
+const SID: &str = r"(?P<sid>\d+)";
+
+/// How long a session's address is remembered, and how many sessions at most.
+const SESSION_TTL: u64 = 600;
+const MAX_SESSIONS: usize = 4096;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FilterFile {
     description: String,
-    /// Regexes that mark a failure; each has `<HOST>` (or a `(?P<host>...)` group).
+    /// Regexes that mark a failure; each has `<HOST>` (or a `(?P<host>...)` group), or
+    /// `<SID>` to take the address of the session.
     failregex: Vec<String>,
+    /// Regexes with `<HOST>` and `<SID>` that are no failure but tell the session its address.
+    #[serde(default)]
+    helperregex: Vec<String>,
+    /// Regexes of a successful login (with `<SID>`): the session's waiting failure is dropped.
+    #[serde(default)]
+    successregex: Vec<String>,
     /// A line that matches one of these is never a failure (e.g. a successful retry).
     #[serde(default)]
     ignoreregex: Vec<String>,
@@ -40,6 +63,31 @@ struct FilterFile {
     examples: Vec<Example>,
     /// The stock fail2ban filter this one must agree with, as `fail2ban-regex` names it
     /// (`sshd`, `postfix[mode=aggressive]`): tests/guard.rs runs every example through both.
+    #[serde(default)]
+    fail2ban: Option<String>,
+    /// The mode a jail gets unless it names one.
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    modes: BTreeMap<String, ModeFile>,
+}
+
+/// A mode: patterns added to the filter's common ones (tried first, so a mode can make a
+/// failure of what is a helper elsewhere), and those of the modes it includes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModeFile {
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    include: Vec<String>,
+    #[serde(default)]
+    failregex: Vec<String>,
+    #[serde(default)]
+    helperregex: Vec<String>,
+    #[serde(default)]
+    successregex: Vec<String>,
+    /// fail2ban's counterpart of this mode (default: the filter's with `[mode=NAME]`).
     #[serde(default)]
     fail2ban: Option<String>,
 }
@@ -55,6 +103,9 @@ pub struct Example {
     /// The address the line must yield; absent = the line must not match.
     #[serde(default)]
     pub host: Option<String>,
+    /// The modes the example is for (none: the filter's default mode).
+    #[serde(default)]
+    pub modes: Vec<String>,
     /// Why fail2ban's stock filter says otherwise of this line (a format it does not know, a
     /// line it counts that is the server's fault...): the differential test then requires
     /// that it does differ, so a reason that no longer holds is noticed.
@@ -62,13 +113,31 @@ pub struct Example {
     pub fail2ban_differs: Option<String>,
 }
 
-/// A compiled filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Failure,
+    Helper,
+    Success,
+}
+
+#[derive(Debug)]
+struct Rule {
+    re: Regex,
+    kind: Kind,
+    has_sid: bool,
+}
+
+/// A compiled filter, in one of its modes.
 #[derive(Debug)]
 pub struct Filter {
     pub name: String,
     pub description: String,
+    /// The mode it was compiled for ("" when the filter has none).
+    pub mode: String,
+    /// Every mode of the filter: name, description, fail2ban's counterpart ("" for no mode).
+    pub modes: Vec<(String, String, Option<String>)>,
     fail_any: RegexSet,
-    fail: Vec<Regex>,
+    rules: Vec<Rule>,
     ignore: Option<RegexSet>,
     dated: bool,
     pub examples: Vec<Example>,
@@ -86,17 +155,76 @@ pub enum Verdict {
     Ignored,
     /// Matched, but what was captured is not an address (a hostile or garbled line).
     BadAddress(String),
+    /// A helper line: no failure, but its session now knows its address.
+    Noted,
+    /// A failure whose session has no address yet: counted when a later line gives it.
+    Pending,
     Miss,
 }
 
+/// The sessions of one jail's lines (see the module's comment). Each reader of a log keeps
+/// its own.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    map: HashMap<Box<[u8]>, Session>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Session {
+    addr: Option<IpAddr>,
+    pending: bool,
+    seen: u64,
+}
+
+impl Sessions {
+    fn get(&mut self, sid: &[u8], now: u64) -> &mut Session {
+        if !self.map.contains_key(sid) && self.map.len() >= MAX_SESSIONS {
+            self.map.retain(|_, s| s.seen + SESSION_TTL > now);
+            if self.map.len() >= MAX_SESSIONS {
+                // Still full of live ones (a flood of connections): keep the newer half.
+                let mut seen: Vec<u64> = self.map.values().map(|s| s.seen).collect();
+                seen.sort_unstable();
+                let cut = seen[seen.len() / 2];
+                self.map.retain(|_, s| s.seen > cut);
+            }
+        }
+        let s = self.map.entry(sid.into()).or_insert(Session {
+            addr: None,
+            pending: false,
+            seen: now,
+        });
+        if s.seen + SESSION_TTL <= now {
+            *s = Session {
+                addr: None,
+                pending: false,
+                seen: now,
+            };
+        }
+        s.seen = now;
+        s
+    }
+
+    /// How many sessions are remembered.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
 impl Filter {
-    /// Compiles a filter from its TOML text; errors name the filter and what to fix.
+    /// Compiles a filter from its TOML text, in its default mode.
+    #[cfg(test)]
     pub fn parse(name: &str, text: &str) -> Result<Filter> {
+        Filter::parse_mode(name, text, None)
+    }
+
+    /// Compiles a filter from its TOML text in `mode` (None: its default); errors name the
+    /// filter and what to fix.
+    pub fn parse_mode(name: &str, text: &str, mode: Option<&str>) -> Result<Filter> {
         let file: FilterFile = toml::from_str(text).map_err(|e| {
             Error::bad_input(format!("filter {name}: {}", e.message()))
                 .hint("see docs/guard.md for the filter format")
         })?;
-        if file.failregex.is_empty() {
+        if file.failregex.is_empty() && file.modes.is_empty() {
             return Err(
                 Error::bad_input(format!("filter {name}: failregex is empty"))
                     .hint("give at least one regex with <HOST> where the address is"),
@@ -114,6 +242,41 @@ impl Filter {
             ))
             .hint("see docs/guard.md for the filter format"));
         }
+        let known_modes = || {
+            let names: Vec<&str> = file.modes.keys().map(String::as_str).collect();
+            if names.is_empty() {
+                "it has no modes".to_string()
+            } else {
+                format!("its modes: {}", names.join(", "))
+            }
+        };
+        let default_mode = match (&file.mode, file.modes.keys().next()) {
+            (Some(m), _) => m.clone(),
+            (None, Some(first)) if file.modes.len() == 1 => first.clone(),
+            (None, None) => String::new(),
+            (None, Some(_)) => {
+                return Err(Error::bad_input(format!(
+                    "filter {name}: several modes and no default"
+                ))
+                .hint(format!("add mode = \"NAME\" ({})", known_modes())))
+            }
+        };
+        let chosen = mode.map(str::to_string).unwrap_or(default_mode.clone());
+        if !(chosen.is_empty() && file.modes.is_empty()) && !file.modes.contains_key(&chosen) {
+            return Err(Error::bad_input(format!(
+                "filter {name} has no mode {chosen:?}"
+            ))
+            .hint(known_modes()));
+        }
+        for ex in &file.examples {
+            if let Some(m) = ex.modes.iter().find(|m| !file.modes.contains_key(*m)) {
+                return Err(Error::bad_input(format!(
+                    "filter {name}: example {:?} is for mode {m:?}, which the filter lacks",
+                    ex.line
+                ))
+                .hint(known_modes()));
+            }
+        }
         let dated = match file.date.as_str() {
             "auto" => true,
             "none" => false,
@@ -124,22 +287,85 @@ impl Filter {
                 .hint("use \"auto\" or \"none\""))
             }
         };
-        let expand = |r: &str| r.replace("<HOST>", HOST);
-        let mut fail = Vec::new();
-        for (i, r) in file.failregex.iter().enumerate() {
-            let re = Regex::new(&expand(r)).map_err(|e| {
-                Error::bad_input(format!("filter {name}: failregex {}: {e}", i + 1))
-            })?;
-            if !re.capture_names().any(|n| n == Some("host")) {
-                return Err(Error::bad_input(format!(
-                    "filter {name}: failregex {} has no <HOST>",
-                    i + 1
-                ))
-                .hint("put <HOST> where the client's address is in the line"));
+        // The rules, in the order they are tried: the mode's (its includes first), then the
+        // filter's common ones.
+        let mut sources: Vec<(String, Kind, String)> = Vec::new();
+        if !chosen.is_empty() {
+            let mut stack = vec![(chosen.clone(), 0usize)];
+            let mut order = Vec::new();
+            while let Some((m, depth)) = stack.pop() {
+                if depth > 8 {
+                    return Err(Error::bad_input(format!(
+                        "filter {name}: mode {m:?} is included more than 8 modes deep"
+                    ))
+                    .hint("make the modes' include lists shallower"));
+                }
+                let Some(mf) = file.modes.get(&m) else {
+                    return Err(Error::bad_input(format!(
+                        "filter {name}: a mode includes {m:?}, which does not exist"
+                    ))
+                    .hint(known_modes()));
+                };
+                if order.contains(&m) {
+                    continue;
+                }
+                order.push(m.clone());
+                for inc in mf.include.iter().rev() {
+                    stack.push((inc.clone(), depth + 1));
+                }
             }
-            fail.push(re);
+            for m in &order {
+                let mf = &file.modes[m];
+                for r in &mf.failregex {
+                    sources.push((format!("mode {m} failregex"), Kind::Failure, r.clone()));
+                }
+                for r in &mf.helperregex {
+                    sources.push((format!("mode {m} helperregex"), Kind::Helper, r.clone()));
+                }
+                for r in &mf.successregex {
+                    sources.push((format!("mode {m} successregex"), Kind::Success, r.clone()));
+                }
+            }
         }
-        let fail_any = RegexSet::new(file.failregex.iter().map(|r| expand(r)))
+        for (i, r) in file.failregex.iter().enumerate() {
+            sources.push((format!("failregex {}", i + 1), Kind::Failure, r.clone()));
+        }
+        for (i, r) in file.helperregex.iter().enumerate() {
+            sources.push((format!("helperregex {}", i + 1), Kind::Helper, r.clone()));
+        }
+        for (i, r) in file.successregex.iter().enumerate() {
+            sources.push((format!("successregex {}", i + 1), Kind::Success, r.clone()));
+        }
+        let expand = |r: &str| r.replace("<HOST>", HOST).replace("<SID>", SID);
+        let mut rules = Vec::new();
+        for (what, kind, r) in &sources {
+            let re = Regex::new(&expand(r))
+                .map_err(|e| Error::bad_input(format!("filter {name}: {what}: {e}")))?;
+            let has_host = re.capture_names().any(|n| n == Some("host"));
+            let has_sid = re.capture_names().any(|n| n == Some("sid"));
+            if !has_host && !has_sid {
+                return Err(
+                    Error::bad_input(format!("filter {name}: {what} has no <HOST>")).hint(
+                        "put <HOST> where the client's address is in the line (a failregex \
+                         may have <SID> instead, to take its session's address)",
+                    ),
+                );
+            }
+            if *kind != Kind::Failure && !has_sid {
+                return Err(Error::bad_input(format!("filter {name}: {what} has no <SID>"))
+                    .hint("helper and success lines speak of a session: give them <SID>"));
+            }
+            if *kind == Kind::Helper && !has_host {
+                return Err(Error::bad_input(format!("filter {name}: {what} has no <HOST>"))
+                    .hint("a helper line tells its session the address: give it <HOST>"));
+            }
+            rules.push(Rule {
+                re,
+                kind: *kind,
+                has_sid,
+            });
+        }
+        let fail_any = RegexSet::new(sources.iter().map(|(_, _, r)| expand(r)))
             .map_err(|e| Error::bad_input(format!("filter {name}: {e}")))?;
         let ignore = if file.ignoreregex.is_empty() {
             None
@@ -149,34 +375,68 @@ impl Filter {
                     .map_err(|e| Error::bad_input(format!("filter {name}: ignoreregex: {e}")))?,
             )
         };
+        let base = file.fail2ban.clone();
+        let modes = if file.modes.is_empty() {
+            vec![(String::new(), String::new(), base)]
+        } else {
+            file.modes
+                .iter()
+                .map(|(m, mf)| {
+                    let theirs = mf
+                        .fail2ban
+                        .clone()
+                        .or_else(|| base.as_ref().map(|b| format!("{b}[mode={m}]")));
+                    (m.clone(), mf.description.clone(), theirs)
+                })
+                .collect()
+        };
+        let examples = file
+            .examples
+            .into_iter()
+            .filter(|e| {
+                if e.modes.is_empty() {
+                    chosen == default_mode
+                } else {
+                    e.modes.contains(&chosen)
+                }
+            })
+            .collect();
         Ok(Filter {
             name: name.to_string(),
             description: file.description,
+            mode: chosen,
+            modes,
             fail_any,
-            fail,
+            rules,
             ignore,
             dated,
-            examples: file.examples,
+            examples,
         })
     }
 
-    /// Loads a filter by name: `/etc/ilot/filters/NAME.toml` (or `custom_dir`) first, then the
-    /// built-in one.
+    /// Loads a filter by name, in its default mode.
+    #[cfg(test)]
     pub fn load(name: &str, custom_dir: &Path) -> Result<Filter> {
+        Filter::load_mode(name, None, custom_dir)
+    }
+
+    /// Loads a filter by name: `/etc/ilot/filters/NAME.toml` (or `custom_dir`) first, then the
+    /// built-in one; in `mode` (None: its default).
+    pub fn load_mode(name: &str, mode: Option<&str>, custom_dir: &Path) -> Result<Filter> {
         if name.is_empty()
             || !name
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
             return Err(Error::bad_input(format!("{name:?} is not a filter name"))
-                .hint("filter names are letters, digits, - and _; see `ilot guard filters`"));
+                .hint("filter names are letters, digits, - and _ (the built-in ones are in docs/guard.md)"));
         }
         let custom = custom_dir.join(format!("{name}.toml"));
         if let Ok(text) = std::fs::read_to_string(&custom) {
-            return Filter::parse(name, &text);
+            return Filter::parse_mode(name, &text, mode);
         }
         match BUILT_IN.get_file(format!("{name}.toml")) {
-            Some(f) => Filter::parse(name, f.contents_utf8().unwrap_or_default()),
+            Some(f) => Filter::parse_mode(name, f.contents_utf8().unwrap_or_default(), mode),
             None => Err(
                 Error::not_found(format!("no filter named {name}")).hint(format!(
                     "built-in filters: {}; custom ones go in {}",
@@ -187,37 +447,92 @@ impl Filter {
         }
     }
 
-    pub fn check(&self, line: &[u8]) -> Verdict {
+    /// What the filter says of a line on its own (no earlier lines: a fresh session memory).
+    pub fn check_line(&self, line: &[u8]) -> Verdict {
+        self.check(line, &mut Sessions::default())
+    }
+
+    /// What the filter says of the next line of a log, whose earlier lines' sessions are in
+    /// `sessions`.
+    pub fn check(&self, line: &[u8], sessions: &mut Sessions) -> Verdict {
+        let line = unframe(line);
+        let line = line.as_ref();
         // Most lines are not failures: one scan of the combined automaton settles them.
         let Some(i) = self.fail_any.matches(line).iter().next() else {
             return Verdict::Miss;
         };
-        let Some(host) = self.fail[i].captures(line).and_then(|c| c.name("host")) else {
+        let rule = &self.rules[i];
+        let Some(caps) = rule.re.captures(line) else {
             return Verdict::Miss;
         };
-        if self.ignore.as_ref().is_some_and(|s| s.is_match(line)) {
+        if rule.kind == Kind::Failure && self.ignore.as_ref().is_some_and(|s| s.is_match(line)) {
             return Verdict::Ignored;
         }
-        let text = String::from_utf8_lossy(host.as_bytes());
-        let Some(addr) = parse_addr(&text) else {
-            return Verdict::BadAddress(text.into_owned());
+        let addr = match caps.name("host") {
+            Some(host) => {
+                let text = String::from_utf8_lossy(host.as_bytes());
+                match parse_addr(&text) {
+                    Some(a) => Some(a),
+                    None => return Verdict::BadAddress(text.into_owned()),
+                }
+            }
+            None => None,
         };
         let time = if self.dated { line_time(line) } else { None };
-        Verdict::Failure { addr, time }
+        let failure = |addr| Verdict::Failure { addr, time };
+        let sid = if rule.has_sid { caps.name("sid") } else { None };
+        let Some(sid) = sid else {
+            return match (rule.kind, addr) {
+                (Kind::Failure, Some(a)) => failure(a),
+                _ => Verdict::Miss,
+            };
+        };
+        let session = sessions.get(sid.as_bytes(), crate::state::now());
+        if let Some(a) = addr {
+            session.addr = Some(a);
+        }
+        match rule.kind {
+            Kind::Failure => match session.addr {
+                Some(a) => {
+                    session.pending = false;
+                    failure(a)
+                }
+                None => {
+                    session.pending = true;
+                    Verdict::Pending
+                }
+            },
+            Kind::Helper => match (session.pending, session.addr) {
+                (true, Some(a)) => {
+                    session.pending = false;
+                    failure(a)
+                }
+                _ => Verdict::Noted,
+            },
+            Kind::Success => {
+                session.pending = false;
+                Verdict::Noted
+            }
+        }
     }
 
-    /// The examples this filter gets wrong, as messages.
+    /// The examples this filter gets wrong (in its mode), as messages.
     pub fn failing_examples(&self) -> Vec<String> {
         let mut out = Vec::new();
         for ex in &self.examples {
-            let got = match self.check(ex.line.as_bytes()) {
+            let got = match self.check_line(ex.line.as_bytes()) {
                 Verdict::Failure { addr, .. } => Some(addr.to_string()),
                 _ => None,
             };
             if got != ex.host {
                 out.push(format!(
-                    "filter {}: {:?}: expected {}, got {}",
+                    "filter {}{}: {:?}: expected {}, got {}",
                     self.name,
+                    if self.mode.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (mode {})", self.mode)
+                    },
                     ex.line,
                     ex.host.as_deref().unwrap_or("no match"),
                     got.as_deref().unwrap_or("no match")
@@ -226,6 +541,96 @@ impl Filter {
         }
         out
     }
+}
+
+/// The line as the filters expect it: syslog's traditional framing (`DATE HOST TAG[PID]: MSG`).
+/// RFC 5424 lines (`<PRI>1 DATE HOST APP PROCID MSGID [SD] MSG`) are rewritten to it, and the
+/// Solaris/illumos `[ID 800047 auth.info] ` after the tag is dropped. Other lines are kept as
+/// they are, without a copy: checking for both costs a byte test and one memmem scan.
+pub fn unframe(line: &[u8]) -> Cow<'_, [u8]> {
+    static SOLARIS: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b": [ID "));
+    if line.first() == Some(&b'<') {
+        if let Some(l) = rfc5424(line) {
+            return Cow::Owned(l);
+        }
+    }
+    if let Some(at) = SOLARIS.find(line) {
+        // ": [ID 800047 auth.info] " → ": "
+        let rest = &line[at + 6..];
+        let mut words = rest.splitn(3, |&b| b == b' ');
+        let (Some(num), Some(fac)) = (words.next(), words.next()) else {
+            return Cow::Borrowed(line);
+        };
+        if !num.is_empty()
+            && num.iter().all(u8::is_ascii_digit)
+            && fac.ends_with(b"]")
+            && rest.len() > num.len() + fac.len() + 2
+        {
+            let mut out = Vec::with_capacity(line.len());
+            out.extend_from_slice(&line[..at + 2]);
+            out.extend_from_slice(&rest[num.len() + fac.len() + 2..]);
+            return Cow::Owned(out);
+        }
+    }
+    Cow::Borrowed(line)
+}
+
+/// `<PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID STRUCTURED-DATA [MSG]` (RFC 5424 §6) as
+/// `TIMESTAMP HOSTNAME APP-NAME[PROCID]: MSG`.
+fn rfc5424(line: &[u8]) -> Option<Vec<u8>> {
+    let close = line.iter().take(5).position(|&b| b == b'>')?;
+    if close < 2 || !line[1..close].iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let rest = line.get(close + 1..)?.strip_prefix(b"1 ")?;
+    let mut fields = rest.splitn(6, |&b| b == b' ');
+    let (ts, host, app, pid, _msgid) = (
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+    );
+    let sd_and_msg = fields.next().unwrap_or_default();
+    // STRUCTURED-DATA: "-" or one or more [ID k="v" ...] elements; in a value, \] and \" are
+    // escaped.
+    let msg = if let Some(m) = sd_and_msg.strip_prefix(b"-") {
+        m
+    } else {
+        let mut i = 0;
+        let mut in_value = false;
+        while i < sd_and_msg.len() {
+            match sd_and_msg[i] {
+                b'\\' if in_value => i += 1,
+                b'"' => in_value = !in_value,
+                b']' if !in_value && sd_and_msg.get(i + 1) != Some(&b'[') => {
+                    i += 1;
+                    break;
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        sd_and_msg.get(i..).unwrap_or_default()
+    };
+    let msg = msg.strip_prefix(b" ").unwrap_or(msg);
+    // A BOM may start the message (RFC 5424 §6.4).
+    let msg = msg.strip_prefix("\u{feff}".as_bytes()).unwrap_or(msg);
+    let mut out = Vec::with_capacity(line.len());
+    out.extend_from_slice(ts);
+    out.push(b' ');
+    out.extend_from_slice(host);
+    out.push(b' ');
+    out.extend_from_slice(app);
+    if pid != b"-" {
+        out.push(b'[');
+        out.extend_from_slice(pid);
+        out.push(b']');
+    }
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(msg);
+    Some(out)
 }
 
 pub fn built_in_names() -> Vec<String> {
@@ -462,9 +867,117 @@ mod tests {
                 f.examples.iter().any(|e| e.host.is_none()),
                 "{name} has no non-matching example"
             );
-            let wrong = f.failing_examples();
-            assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+            for (mode, _, _) in &f.modes {
+                let m = (!mode.is_empty()).then_some(mode.as_str());
+                let f = Filter::load_mode(&name, m, Path::new("/nonexistent")).unwrap();
+                let wrong = f.failing_examples();
+                assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+            }
         }
+    }
+
+    fn sshd(mode: &str) -> Filter {
+        Filter::load_mode("sshd", Some(mode), Path::new("/nonexistent")).unwrap()
+    }
+
+    fn run(f: &Filter, lines: &[&str]) -> Vec<Option<String>> {
+        let mut sessions = Sessions::default();
+        lines
+            .iter()
+            .map(|l| match f.check(l.as_bytes(), &mut sessions) {
+                Verdict::Failure { addr, .. } => Some(addr.to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_line_without_an_address_takes_its_sessions_and_only_its_own() {
+        let locked = "Dec  2 10:00:07 h sshd[77]: User bob not allowed because account is locked";
+        let closed = "Dec  2 10:00:08 h sshd[77]: Connection closed by authenticating user bob 203.0.113.9 port 4 [preauth]";
+        let other = "Dec  2 10:00:08 h sshd[78]: Connection closed by authenticating user eve 203.0.113.10 port 4 [preauth]";
+        // normal: the close is no failure of its own, but settles the locked account's.
+        assert_eq!(
+            run(&sshd("normal"), &[locked, other, closed]),
+            [None, None, Some("203.0.113.9".into())]
+        );
+        // ddos: the close is a failure; the waiting one is settled by it, counted once.
+        assert_eq!(
+            run(&sshd("ddos"), &[locked, closed]),
+            [None, Some("203.0.113.9".into())]
+        );
+        // An address learnt first (PAM's line) serves a later line that has none.
+        let pam = "Dec  2 10:00:09 h sshd[79]: pam_unix(sshd:auth): authentication failure; logname= uid=0 euid=0 tty=ssh ruser= rhost=203.0.113.11  user=root";
+        let too_many = "Dec  2 10:00:10 h sshd[79]: Disconnecting: Too many authentication failures [preauth]";
+        assert_eq!(
+            run(&sshd("normal"), &[pam, too_many]),
+            [None, Some("203.0.113.11".into())]
+        );
+        // A login in between drops what was waiting.
+        let ok = "Dec  2 10:00:11 h sshd[80]: Accepted password for bob from 203.0.113.12 port 4 ssh2";
+        let locked80 = "Dec  2 10:00:11 h sshd[80]: User bob not allowed because account is locked";
+        let closed80 = "Dec  2 10:00:12 h sshd[80]: Connection closed by 203.0.113.12 port 4";
+        assert_eq!(run(&sshd("normal"), &[locked80, ok, closed80]), [None, None, None]);
+    }
+
+    #[test]
+    fn sessions_are_bounded() {
+        let f = sshd("normal");
+        let mut sessions = Sessions::default();
+        for pid in 0..20_000 {
+            let l = format!("Dec  2 10:00:09 h sshd[{pid}]: pam_unix(sshd:auth): authentication failure; logname= uid=0 euid=0 tty=ssh ruser= rhost=203.0.113.11  user=root");
+            assert_eq!(f.check(l.as_bytes(), &mut sessions), Verdict::Noted);
+            assert!(sessions.len() <= MAX_SESSIONS);
+        }
+        assert!(sessions.len() >= MAX_SESSIONS / 2);
+    }
+
+    #[test]
+    fn framings_are_read_as_traditional_syslog() {
+        assert_eq!(
+            unframe(b"<38>1 2026-12-02T10:00:32Z h sshd 2032 - - Invalid user a from 192.0.2.1")
+                .as_ref(),
+            b"2026-12-02T10:00:32Z h sshd[2032]: Invalid user a from 192.0.2.1"
+        );
+        assert_eq!(
+            unframe(br#"<38>1 2026-12-02T10:00:32Z h sshd - ID1 [a b="x\]y"][c d="e"] msg"#)
+                .as_ref(),
+            b"2026-12-02T10:00:32Z h sshd: msg"
+        );
+        assert_eq!(
+            unframe(b"Dec  2 10:00:31 h sshd[1]: [ID 800047 auth.info] Failed x").as_ref(),
+            b"Dec  2 10:00:31 h sshd[1]: Failed x"
+        );
+        // Not a framing: kept as it is.
+        for l in [
+            &b"<13>Dec  2 10:00:31 h sshd[1]: x"[..],
+            b"Dec  2 10:00:31 h sshd[1]: [ID x] y",
+            b"<38>1 short",
+        ] {
+            assert!(matches!(unframe(l), Cow::Borrowed(_)), "{l:?}");
+        }
+        let t = line_time(&unframe(b"<38>1 2026-12-02T10:00:32Z h sshd 1 - - x")).unwrap();
+        assert_eq!(t as i64, utc_time(2026, 12, [2, 10, 0, 32]).unwrap());
+    }
+
+    #[test]
+    fn modes_are_checked() {
+        let e = Filter::load_mode("sshd", Some("paranoid"), Path::new("/nonexistent")).unwrap_err();
+        assert!(e.message.contains("no mode \"paranoid\""), "{e}");
+        assert!(e.hint.as_deref().unwrap_or_default().contains("ddos"), "{e:?}");
+        let e = Filter::parse_mode(
+            "x",
+            "description = \"d\"\nmode = \"a\"\nfailregex = [\"a <HOST>\"]\n[modes.a]\ninclude = [\"b\"]\n[modes.b]\ninclude = [\"a\"]\n",
+            Some("a"),
+        );
+        // A cycle is harmless (each mode once), a helper needs a session.
+        assert!(e.is_ok(), "{e:?}");
+        let e = Filter::parse(
+            "x",
+            "description = \"d\"\nfailregex = [\"a <HOST>\"]\nhelperregex = [\"b <HOST>\"]",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("no <SID>"), "{e}");
     }
 
     #[test]
@@ -487,11 +1000,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            f.check(b"bad login from 999.1.2.3"),
+            f.check_line(b"bad login from 999.1.2.3"),
             Verdict::BadAddress("999.1.2.3".into())
         );
         assert_eq!(
-            f.check(b"bad login from ::ffff:192.0.2.1"),
+            f.check_line(b"bad login from ::ffff:192.0.2.1"),
             Verdict::Failure {
                 addr: "192.0.2.1".parse().unwrap(),
                 time: None

@@ -2,7 +2,7 @@
 //! each matching line with the address it yields, then the counts. Runs in the CLI (no
 //! daemon), on every core: the file is cut at line boundaries into one chunk per core.
 
-use super::filter::{Filter, Verdict};
+use super::filter::{Filter, Sessions, Verdict};
 use crate::error::Error;
 use serde_json::json;
 use std::path::Path;
@@ -13,19 +13,22 @@ struct Counts {
     matched: u64,
     ignored: u64,
     bad_address: u64,
+    /// Helper lines (a session's address) and failures still waiting for one.
+    session: u64,
     /// (line index in the chunk, verdict) of the lines to print.
     shown: Vec<(u64, Verdict)>,
 }
 
 pub fn run(
     name: &str,
+    mode: Option<&str>,
     logfile: &Path,
     filters_dir: &Path,
     summary: bool,
     missed: bool,
     json: bool,
 ) -> i32 {
-    let filter = match Filter::load(name, filters_dir) {
+    let filter = match Filter::load_mode(name, mode, filters_dir) {
         Ok(f) => f,
         Err(e) => return crate::cli::render::error(&e, json),
     };
@@ -40,9 +43,12 @@ pub fn run(
     };
     let started = std::time::Instant::now();
     let keep = !summary;
+    // One chunk per core, of at least 4 MiB: a session cut by a chunk's end loses its
+    // earlier lines, which only the lines at a few boundaries of a big file can suffer.
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
-        .min(16);
+        .min(16)
+        .min(data.len() / (4 << 20) + 1);
     let chunks = split_chunks(&data, threads);
     let results: Vec<Counts> = std::thread::scope(|scope| {
         let handles: Vec<_> = chunks
@@ -71,8 +77,10 @@ pub fn run(
         total.matched += r.matched;
         total.ignored += r.ignored;
         total.bad_address += r.bad_address;
+        total.session += r.session;
     }
-    let missed_count = total.lines - total.matched - total.ignored - total.bad_address;
+    let missed_count =
+        total.lines - total.matched - total.ignored - total.bad_address - total.session;
     let wrong_examples = filter.failing_examples();
     if json {
         let lines: Vec<_> = shown
@@ -84,10 +92,13 @@ pub fn run(
             .collect();
         let out = json!({
             "filter": filter.name,
+            "mode": filter.mode,
+            "modes": filter.modes.iter().filter(|m| !m.0.is_empty()).map(|(m, d, _)| json!({"mode": m, "description": d})).collect::<Vec<_>>(),
             "lines": total.lines,
             "matched": total.matched,
             "ignored": total.ignored,
             "bad_address": total.bad_address,
+            "session": total.session,
             "missed": missed_count,
             "seconds": seconds,
             "shown": lines,
@@ -110,16 +121,24 @@ pub fn run(
         }
         let _ = writeln!(
             out,
-            "{}: {} lines: {} matched, {} ignored, {} with a bad address, {} missed ({:.3} s, {:.0} lines/s)",
+            "{}{}: {} lines: {} matched, {} ignored, {} with a bad address, {} session lines, {} missed ({:.3} s, {:.0} lines/s)",
             filter.name,
+            if filter.mode.is_empty() { String::new() } else { format!(" (mode {})", filter.mode) },
             total.lines,
             total.matched,
             total.ignored,
             total.bad_address,
+            total.session,
             missed_count,
             seconds,
             total.lines as f64 / seconds.max(1e-9)
         );
+        if filter.modes.len() > 1 {
+            let _ = writeln!(out, "modes of {} (--mode):", filter.name);
+            for (m, d, _) in &filter.modes {
+                let _ = writeln!(out, "  {m:<12} {d}");
+            }
+        }
         for w in &wrong_examples {
             let _ = writeln!(out, "warning: {w}");
         }
@@ -132,6 +151,8 @@ fn describe(v: &Verdict) -> (&'static str, Option<String>, Option<u64>) {
         Verdict::Failure { addr, time } => ("match", Some(addr.to_string()), *time),
         Verdict::Ignored => ("ignored", None, None),
         Verdict::BadAddress(a) => ("bad-addr", Some(a.clone()), None),
+        Verdict::Noted => ("session", None, None),
+        Verdict::Pending => ("pending", None, None),
         Verdict::Miss => ("missed", None, None),
     }
 }
@@ -155,6 +176,7 @@ fn split_chunks(data: &[u8], n: usize) -> Vec<&[u8]> {
 
 fn check_chunk(filter: &Filter, chunk: &[u8], keep: bool, missed: bool) -> Counts {
     let mut c = Counts::default();
+    let mut sessions = Sessions::default();
     let body = chunk.strip_suffix(b"\n").unwrap_or(chunk);
     if body.is_empty() && chunk.len() <= 1 {
         c.lines = chunk.len() as u64;
@@ -166,11 +188,12 @@ fn check_chunk(filter: &Filter, chunk: &[u8], keep: bool, missed: bool) -> Count
         let line = &body[start..end];
         start = end + 1;
         c.lines += 1;
-        let v = filter.check(line);
+        let v = filter.check(line, &mut sessions);
         match &v {
             Verdict::Failure { .. } => c.matched += 1,
             Verdict::Ignored => c.ignored += 1,
             Verdict::BadAddress(_) => c.bad_address += 1,
+            Verdict::Noted | Verdict::Pending => c.session += 1,
             Verdict::Miss if !missed => continue,
             Verdict::Miss => {}
         }
