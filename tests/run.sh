@@ -9,7 +9,7 @@
 # Steps: install what the tests need (only what is missing), make sure a Docker engine answers
 # (start dockerd if none does, and stop it again at the end), build the test images, build the
 # release binary, run the Rust tests against it, and clean up whatever the tests left behind:
-# Docker objects labelled ilot.owner=test-*, `ilot daemon`, `named`, `sshd` and `s3s-fs` processes whose
+# Docker objects labelled ilot.owner=test-*, `ilot daemon`, `named`, `sshd`, `s3s-fs` and `busybox syslogd` processes whose
 # config or data lives in ${TMPDIR:-/tmp}/ilot-test-*, and those temp dirs. Objects of any other owner
 # are never touched.
 #
@@ -93,6 +93,8 @@ test_daemon_pids() {
         # "sshd: /usr/sbin/sshd -D -e -f TESTDIR/sshd_config [listener] ..." (its per-connection
         # processes, "sshd: root@notty", end with their client's connection).
         [[ ${args[0]##*/} == sshd || ${args[0]##*/} == s3s-fs ]] && is_ilot=1 is_daemon=1
+        # The fail2ban comparison's syslogd (tests/fail2ban.rs): busybox syslogd -n -S -O TESTDIR/auth.log
+        [[ ${args[0]##*/} == busybox && ${args[1]:-} == syslogd ]] && is_ilot=1 is_daemon=1
         if [[ ${args[0]} == "sshd: "* ]]; then
             is_ilot=1 is_daemon=1
             case ${args[0]} in

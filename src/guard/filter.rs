@@ -263,10 +263,10 @@ impl Filter {
         };
         let chosen = mode.map(str::to_string).unwrap_or(default_mode.clone());
         if !(chosen.is_empty() && file.modes.is_empty()) && !file.modes.contains_key(&chosen) {
-            return Err(Error::bad_input(format!(
-                "filter {name} has no mode {chosen:?}"
-            ))
-            .hint(known_modes()));
+            return Err(
+                Error::bad_input(format!("filter {name} has no mode {chosen:?}"))
+                    .hint(known_modes()),
+            );
         }
         for ex in &file.examples {
             if let Some(m) = ex.modes.iter().find(|m| !file.modes.contains_key(*m)) {
@@ -352,12 +352,16 @@ impl Filter {
                 );
             }
             if *kind != Kind::Failure && !has_sid {
-                return Err(Error::bad_input(format!("filter {name}: {what} has no <SID>"))
-                    .hint("helper and success lines speak of a session: give them <SID>"));
+                return Err(
+                    Error::bad_input(format!("filter {name}: {what} has no <SID>"))
+                        .hint("helper and success lines speak of a session: give them <SID>"),
+                );
             }
             if *kind == Kind::Helper && !has_host {
-                return Err(Error::bad_input(format!("filter {name}: {what} has no <HOST>"))
-                    .hint("a helper line tells its session the address: give it <HOST>"));
+                return Err(
+                    Error::bad_input(format!("filter {name}: {what} has no <HOST>"))
+                        .hint("a helper line tells its session the address: give it <HOST>"),
+                );
             }
             rules.push(Rule {
                 re,
@@ -908,16 +912,21 @@ mod tests {
         );
         // An address learnt first (PAM's line) serves a later line that has none.
         let pam = "Dec  2 10:00:09 h sshd[79]: pam_unix(sshd:auth): authentication failure; logname= uid=0 euid=0 tty=ssh ruser= rhost=203.0.113.11  user=root";
-        let too_many = "Dec  2 10:00:10 h sshd[79]: Disconnecting: Too many authentication failures [preauth]";
+        let too_many =
+            "Dec  2 10:00:10 h sshd[79]: Disconnecting: Too many authentication failures [preauth]";
         assert_eq!(
             run(&sshd("normal"), &[pam, too_many]),
             [None, Some("203.0.113.11".into())]
         );
         // A login in between drops what was waiting.
-        let ok = "Dec  2 10:00:11 h sshd[80]: Accepted password for bob from 203.0.113.12 port 4 ssh2";
+        let ok =
+            "Dec  2 10:00:11 h sshd[80]: Accepted password for bob from 203.0.113.12 port 4 ssh2";
         let locked80 = "Dec  2 10:00:11 h sshd[80]: User bob not allowed because account is locked";
         let closed80 = "Dec  2 10:00:12 h sshd[80]: Connection closed by 203.0.113.12 port 4";
-        assert_eq!(run(&sshd("normal"), &[locked80, ok, closed80]), [None, None, None]);
+        assert_eq!(
+            run(&sshd("normal"), &[locked80, ok, closed80]),
+            [None, None, None]
+        );
     }
 
     #[test]
@@ -964,7 +973,10 @@ mod tests {
     fn modes_are_checked() {
         let e = Filter::load_mode("sshd", Some("paranoid"), Path::new("/nonexistent")).unwrap_err();
         assert!(e.message.contains("no mode \"paranoid\""), "{e}");
-        assert!(e.hint.as_deref().unwrap_or_default().contains("ddos"), "{e:?}");
+        assert!(
+            e.hint.as_deref().unwrap_or_default().contains("ddos"),
+            "{e:?}"
+        );
         let e = Filter::parse_mode(
             "x",
             "description = \"d\"\nmode = \"a\"\nfailregex = [\"a <HOST>\"]\n[modes.a]\ninclude = [\"b\"]\n[modes.b]\ninclude = [\"a\"]\n",
