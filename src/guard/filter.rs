@@ -14,7 +14,7 @@
 //!   it). Sessions are kept 10 minutes, at most 4,096 of them.
 
 use crate::error::{Error, Result};
-use regex::bytes::{Regex, RegexSet};
+use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 use serde::Deserialize;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -164,10 +164,20 @@ pub enum Verdict {
 
 /// The sessions of one jail's lines (see the module's comment). Each reader of a log keeps
 /// its own.
+///
+/// Helper lines are most of an sshd log (every disconnect), so they cost a copy, not a regex
+/// capture: the last `RECENT` of them are kept as they are, and read only when a failure
+/// without an address needs its session's, or while some session waits for one.
 #[derive(Debug, Default)]
 pub struct Sessions {
-    map: HashMap<Box<[u8]>, Session>,
+    map: HashMap<u64, Session>,
+    /// Sessions whose failure waits for an address.
+    pending: usize,
+    /// The last helper lines: (rule, line).
+    recent: std::collections::VecDeque<(usize, Vec<u8>)>,
 }
+
+const RECENT: usize = 256;
 
 #[derive(Debug, Clone, Copy)]
 struct Session {
@@ -177,8 +187,8 @@ struct Session {
 }
 
 impl Sessions {
-    fn get(&mut self, sid: &[u8], now: u64) -> &mut Session {
-        if !self.map.contains_key(sid) && self.map.len() >= MAX_SESSIONS {
+    fn get(&mut self, sid: u64, now: u64) -> &mut Session {
+        if !self.map.contains_key(&sid) && self.map.len() >= MAX_SESSIONS {
             self.map.retain(|_, s| s.seen + SESSION_TTL > now);
             if self.map.len() >= MAX_SESSIONS {
                 // Still full of live ones (a flood of connections): keep the newer half.
@@ -187,13 +197,17 @@ impl Sessions {
                 let cut = seen[seen.len() / 2];
                 self.map.retain(|_, s| s.seen > cut);
             }
+            self.pending = self.map.values().filter(|s| s.pending).count();
         }
-        let s = self.map.entry(sid.into()).or_insert(Session {
+        let s = self.map.entry(sid).or_insert(Session {
             addr: None,
             pending: false,
             seen: now,
         });
         if s.seen + SESSION_TTL <= now {
+            if s.pending {
+                self.pending -= 1;
+            }
             *s = Session {
                 addr: None,
                 pending: false,
@@ -204,10 +218,41 @@ impl Sessions {
         s
     }
 
+    fn set_pending(&mut self, sid: u64, pending: bool) {
+        if let Some(s) = self.map.get_mut(&sid) {
+            if s.pending != pending {
+                s.pending = pending;
+                if pending {
+                    self.pending += 1;
+                } else {
+                    self.pending -= 1;
+                }
+            }
+        }
+    }
+
+    fn remember(&mut self, rule: usize, line: &[u8]) {
+        let mut buf = if self.recent.len() >= RECENT {
+            self.recent.pop_front().map(|(_, b)| b).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        buf.clear();
+        buf.extend_from_slice(line);
+        self.recent.push_back((rule, buf));
+    }
+
     /// How many sessions are remembered.
     pub fn len(&self) -> usize {
         self.map.len()
     }
+}
+
+fn sid_of(caps: &regex::bytes::Captures) -> Option<u64> {
+    std::str::from_utf8(caps.name("sid")?.as_bytes())
+        .ok()?
+        .parse()
+        .ok()
 }
 
 impl Filter {
@@ -339,7 +384,9 @@ impl Filter {
         let expand = |r: &str| r.replace("<HOST>", HOST).replace("<SID>", SID);
         let mut rules = Vec::new();
         for (what, kind, r) in &sources {
-            let re = Regex::new(&expand(r))
+            let re = RegexBuilder::new(&expand(r))
+                .unicode(false)
+                .build()
                 .map_err(|e| Error::bad_input(format!("filter {name}: {what}: {e}")))?;
             let has_host = re.capture_names().any(|n| n == Some("host"));
             let has_sid = re.capture_names().any(|n| n == Some("sid"));
@@ -369,13 +416,20 @@ impl Filter {
                 has_sid,
             });
         }
-        let fail_any = RegexSet::new(sources.iter().map(|(_, _, r)| expand(r)))
+        // Logs are bytes and what the patterns look for is ASCII: without Unicode classes
+        // (\w, \S, . are then byte classes) the automata are a fraction of the size, and a
+        // capture's bookkeeping with them.
+        let fail_any = RegexSetBuilder::new(sources.iter().map(|(_, _, r)| expand(r)))
+            .unicode(false)
+            .build()
             .map_err(|e| Error::bad_input(format!("filter {name}: {e}")))?;
         let ignore = if file.ignoreregex.is_empty() {
             None
         } else {
             Some(
-                RegexSet::new(&file.ignoreregex)
+                RegexSetBuilder::new(&file.ignoreregex)
+                    .unicode(false)
+                    .build()
                     .map_err(|e| Error::bad_input(format!("filter {name}: ignoreregex: {e}")))?,
             )
         };
@@ -466,6 +520,13 @@ impl Filter {
             return Verdict::Miss;
         };
         let rule = &self.rules[i];
+        // A helper or a login while no session waits: kept for later, not read now.
+        if rule.kind != Kind::Failure && sessions.pending == 0 {
+            if rule.kind == Kind::Helper {
+                sessions.remember(i, line);
+            }
+            return Verdict::Noted;
+        }
         let Some(caps) = rule.re.captures(line) else {
             return Verdict::Miss;
         };
@@ -484,40 +545,61 @@ impl Filter {
         };
         let time = if self.dated { line_time(line) } else { None };
         let failure = |addr| Verdict::Failure { addr, time };
-        let sid = if rule.has_sid { caps.name("sid") } else { None };
+        let sid = if rule.has_sid { sid_of(&caps) } else { None };
         let Some(sid) = sid else {
             return match (rule.kind, addr) {
                 (Kind::Failure, Some(a)) => failure(a),
                 _ => Verdict::Miss,
             };
         };
-        let session = sessions.get(sid.as_bytes(), crate::state::now());
+        let now = crate::state::now();
+        let session = sessions.get(sid, now);
         if let Some(a) = addr {
             session.addr = Some(a);
         }
+        let known = session.addr;
         match rule.kind {
-            Kind::Failure => match session.addr {
-                Some(a) => {
-                    session.pending = false;
-                    failure(a)
+            Kind::Failure => {
+                let found = known.or_else(|| self.address_from_recent(sessions, sid));
+                match found {
+                    Some(a) => {
+                        sessions.get(sid, now).addr = Some(a);
+                        sessions.set_pending(sid, false);
+                        failure(a)
+                    }
+                    None => {
+                        sessions.set_pending(sid, true);
+                        Verdict::Pending
+                    }
                 }
-                None => {
-                    session.pending = true;
-                    Verdict::Pending
+            }
+            Kind::Helper => {
+                let waiting = session.pending;
+                sessions.remember(i, line);
+                match (waiting, known) {
+                    (true, Some(a)) => {
+                        sessions.set_pending(sid, false);
+                        failure(a)
+                    }
+                    _ => Verdict::Noted,
                 }
-            },
-            Kind::Helper => match (session.pending, session.addr) {
-                (true, Some(a)) => {
-                    session.pending = false;
-                    failure(a)
-                }
-                _ => Verdict::Noted,
-            },
+            }
             Kind::Success => {
-                session.pending = false;
+                sessions.set_pending(sid, false);
                 Verdict::Noted
             }
         }
+    }
+
+    /// The address an earlier helper line of session `sid` gave, newest first.
+    fn address_from_recent(&self, sessions: &Sessions, sid: u64) -> Option<IpAddr> {
+        sessions.recent.iter().rev().find_map(|(rule, line)| {
+            let caps = self.rules.get(*rule)?.re.captures(line)?;
+            if sid_of(&caps)? != sid {
+                return None;
+            }
+            parse_addr(&String::from_utf8_lossy(caps.name("host")?.as_bytes()))
+        })
     }
 
     /// The examples this filter gets wrong (in its mode), as messages.
