@@ -1016,8 +1016,12 @@ mod tests {
         let f = sshd("normal");
         let mut sessions = Sessions::default();
         for pid in 0..20_000 {
-            let l = format!("Dec  2 10:00:09 h sshd[{pid}]: pam_unix(sshd:auth): authentication failure; logname= uid=0 euid=0 tty=ssh ruser= rhost=203.0.113.11  user=root");
-            assert_eq!(f.check(l.as_bytes(), &mut sessions), Verdict::Noted);
+            // A failure with an address: its session is remembered (for the lines after it).
+            let l = format!("Dec  2 10:00:09 h sshd[{pid}]: Failed password for root from 203.0.113.11 port 4 ssh2");
+            assert!(matches!(
+                f.check(l.as_bytes(), &mut sessions),
+                Verdict::Failure { .. }
+            ));
             assert!(sessions.len() <= MAX_SESSIONS);
         }
         assert!(sessions.len() >= MAX_SESSIONS / 2);
