@@ -13,6 +13,7 @@
 //! reason fail2ban is wrong; and at least 99 % of the lines either counts must agree.
 
 mod common;
+use common::named::free_port;
 use common::*;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -462,14 +463,6 @@ impl Drop for SyslogSshd {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Scratch(PathBuf);
 
 impl Drop for Scratch {
@@ -651,44 +644,28 @@ fn postfix_and_dovecot_what_the_real_servers_log_is_counted_as_fail2ban_counts_i
             ("LOGIN", "bob@example.org"),
             ("PLAIN", "nobody@example.org"),
         ] {
-            let (ok, out) = swaks(
-                None,
-                &[
-                    "--server",
-                    &sub,
-                    "-tls",
-                    "--auth",
-                    auth,
-                    "--auth-user",
-                    user,
-                    "--auth-password",
-                    "wrong-password",
-                    "--from",
-                    user,
-                    "--to",
-                    "bob@example.org",
-                ],
-            );
-            assert!(!ok, "{out}");
-            let (ok, out) = swaks(
-                None,
-                &[
-                    "--server",
-                    &subs,
-                    "-tlsc",
-                    "--auth",
-                    auth,
-                    "--auth-user",
-                    user,
-                    "--auth-password",
-                    "wrong-password",
-                    "--from",
-                    user,
-                    "--to",
-                    "bob@example.org",
-                ],
-            );
-            assert!(!ok, "{out}");
+            // STARTTLS on submission, implicit TLS on submissions.
+            for (server, tls) in [(&sub, "-tls"), (&subs, "-tlsc")] {
+                let (ok, out) = swaks(
+                    None,
+                    &[
+                        "--server",
+                        server,
+                        tls,
+                        "--auth",
+                        auth,
+                        "--auth-user",
+                        user,
+                        "--auth-password",
+                        "wrong-password",
+                        "--from",
+                        user,
+                        "--to",
+                        "bob@example.org",
+                    ],
+                );
+                assert!(!ok, "{out}");
+            }
         }
         // Wrong IMAP logins (IMAPS), a wrong ManageSieve login.
         assert!(imap(
