@@ -45,7 +45,7 @@
 # daemon's start-up; dockerd is started if none answers, and stopped at the end). It installs
 # fail2ban with apt-get if fail2ban-regex is missing (the fail2ban service is never started or
 # touched; the script runs a fail2ban-server of its own for 4).
-# Its daemon (temp config, owner test-gbench-XXXXXX, firewall and ACME off, no app installed)
+# Its daemon (temp config, owner test-gbench-XXXXXX, ACME off, the firewall on: in the namespace, and bans need it, no app installed)
 # runs inside namespace ilot-bench-PID; everything it made is removed at exit.
 #
 # Environment:
@@ -396,8 +396,9 @@ access_log = "$LOGS_DIR/access.log"
 [acme]
 enabled = false
 
+# On, in the namespace: bans reach the kernel only through the firewall's table.
 [firewall]
-enabled = false
+enabled = true
 
 [guard]
 

@@ -259,6 +259,56 @@ fn offenders_are_banned_in_the_kernel_and_everyone_else_still_connects() {
     assert!(net.connects(1, &srv(1), 2222));
 }
 
+/// `[firewall] enabled = false` with the guard on: nftables is left as it was, even a `table
+/// inet ilot` the admin made; bans are still decided and listed, and said not to be enforced.
+#[test]
+fn a_disabled_firewall_leaves_nftables_alone_and_bans_say_they_are_not_enforced() {
+    let mut net = Net::new(1);
+    net.listen(2222);
+    let logs = scratch();
+    let auth = logs.0.join("auth.log");
+    std::fs::write(&auth, "").unwrap();
+    net.exec(
+        &net.server,
+        &["nft", "add table inet ilot; add chain inet ilot mine { type filter hook input priority 10; }; add rule inet ilot mine tcp dport 9 counter accept comment \"the admin's\""],
+    );
+    let before = net.nft(&["list", "ruleset"]);
+    let config = format!(
+        "[firewall]\nenabled = false\n\n[guard]\n\n\
+         [guard.jails.sshd]\nfiles = [\"{}\"]\nmaxretry = 2\nbantime = \"1h\"\n",
+        auth.display()
+    );
+    let ilot = Ilot::start_in(Some(&net.server.clone()), &[], &config);
+    append(&auth, &sshd_failures("10.77.1.2", 2));
+    wait_until("the offender is banned (listed)", 15, || {
+        banned(&ilot, "10.77.1.2/32").is_some()
+    });
+    let list = ilot.json(&["ban", "list"]);
+    assert_eq!(list["enforced"], false, "{list}");
+    assert!(
+        list["not_enforced"]
+            .as_str()
+            .unwrap()
+            .contains("[firewall] enabled = false"),
+        "{list}"
+    );
+    assert!(ilot.ok(&["guard", "show"]).contains("not enforced"));
+    assert!(ilot.ok(&["ban", "list"]).contains("not enforced"));
+    // A manual ban and its removal do not touch the kernel either.
+    ilot.ok(&["ban", "add", "10.77.1.9"]);
+    ilot.ok(&["ban", "remove", "10.77.1.9"]);
+    assert_eq!(net.nft(&["list", "ruleset"]), before, "nftables changed");
+    assert!(
+        net.connects(0, "10.77.1.1", 2222),
+        "the listed ban is not enforced: the client still connects"
+    );
+    assert!(
+        ilot.log().contains("bans are listed, not enforced"),
+        "the start says so:\n{}",
+        ilot.log()
+    );
+}
+
 #[test]
 fn guard_test_shows_each_verdict_like_fail2ban_regex() {
     let logs = scratch();

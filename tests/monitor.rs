@@ -1,9 +1,11 @@
 //! Monitoring and alerts with real faults: a container killed and started again, a tmpfs
 //! filled past its threshold, a Telegram API that answers 429 and 500, commands from an
-//! allowed chat and from a stranger. Telegram cannot be reached from here: the Bot API is a
-//! stand-in on loopback (tests/common/botapi.py) that speaks the same HTTP API.
+//! allowed chat and from a stranger; a storm of bans that must not silence the other alerts.
+//! Telegram cannot be reached from here: the Bot API is a stand-in on loopback
+//! (tests/common/botapi.py) that speaks the same HTTP API.
 
 mod common;
+use common::pebble::Pebble;
 use common::*;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
@@ -313,4 +315,125 @@ fn faults_make_one_alert_and_one_recovery_and_telegram_answers_only_its_admin() 
 
     ilot.ok(&["app", "remove", &name, "--purge"]);
     let _ = std::fs::remove_file(&secrets);
+}
+
+/// A storm of bans must not silence anything else (issue 19). 20,000 addresses fail once
+/// each in one write to a jail's file: the guard bans them all in one batch. Then a backup
+/// fails (its repository is on a full 1 MiB disk) and a certificate is issued (Pebble): the
+/// backup-failed alert still reaches the webhook, and the app is still told to reload its
+/// certificate. Before the fix each ban was one event, and the subscribers of a bus that
+/// overflowed stopped for good. The firewall is off here (a daemon on the host): bans are
+/// decided and listed, not put in the kernel.
+#[test]
+fn a_ban_storm_does_not_silence_alerts_or_certificate_reloads() {
+    const STORM: usize = 20_000;
+    let api = BotApi::start();
+    let disk = SmallDisk::mount();
+    let mut pebble = Pebble::prepare();
+    let logs = PathBuf::from(format!("/tmp/ilot-test-storm-{}", unique("")));
+    std::fs::create_dir_all(&logs).unwrap();
+    struct Gone(PathBuf);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _logs_gone = Gone(logs.clone());
+    let auth = logs.join("auth.log");
+    std::fs::write(&auth, "").unwrap();
+    let config = format!(
+        "[acme]\ndirectory = \"{dir}\"\nca_root = \"{ca}\"\nemail = \"admin@example.test\"\n\n\
+         [host]\nipv4 = \"203.0.113.10\"\n\n[dns]\ncaa = \"pebble.test\"\n\n\
+         [guard]\n\n[guard.jails.sshd]\nfiles = [\"{auth}\"]\nmaxretry = 1\nbantime = \"1h\"\n\n\
+         [backup]\nrepository = \"{disk}/repo\"\n\n\
+         [alerts]\nrate_limit = 100\n\n\
+         [[alerts.channels]]\nkind = \"webhook\"\nurl = \"{hook}\"\n",
+        dir = pebble.directory(),
+        ca = pebble.dir.join("ca.pem").display(),
+        auth = auth.display(),
+        disk = disk.0.display(),
+        hook = api.url("/webhook"),
+    );
+    let mut ilot = Ilot::start_full(&[], &config);
+    // An app that terminates TLS itself and records the certificate its reload command saw.
+    let dir = ilot.dir.join("catalog/tlsapp");
+    std::fs::create_dir_all(&dir).unwrap();
+    let manifest = std::fs::read_to_string(ilot.dir.join("catalog/hello/app.toml"))
+        .unwrap()
+        .replace("name = \"hello\"", "name = \"tlsapp\"")
+        .replace(
+            "[needs]",
+            "[needs]\ntls = { service = \"web\", path = \"/tls\", owner = \"10001:10001\", reload = [\"sh\", \"-c\", \"cp /tls/fullchain.pem /tmp/loaded.pem\"] }",
+        );
+    std::fs::write(dir.join("app.toml"), manifest).unwrap();
+    ilot.restart();
+    let name = unique("storm");
+    let domain = format!("{name}.example.test");
+    ilot.ok(&[
+        "app", "install", "tlsapp", "--name", &name, "--domain", &domain,
+    ]);
+    let container = format!("ilot-{name}-web");
+    ilot.ok(&["backup", "init"]);
+    // More data than the backup disk holds.
+    docker_ok(&[
+        "exec",
+        &container,
+        "sh",
+        "-c",
+        "head -c 3000000 /dev/urandom > /data/big.bin",
+    ]);
+
+    // The storm: one write, 20,000 distinct addresses (100.64.0.0/10), one failure each.
+    let now = Command::new("date")
+        .arg("+%b %e %H:%M:%S")
+        .output()
+        .unwrap()
+        .stdout;
+    let now = String::from_utf8(now).unwrap().trim_end().to_string();
+    let mut lines = String::new();
+    for i in 0..STORM {
+        lines.push_str(&format!(
+            "{now} pi sshd[{}]: Failed password for root from 100.64.{}.{} port 40000 ssh2\n",
+            1000 + i,
+            i / 250,
+            i % 250 + 1
+        ));
+    }
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&auth)
+        .unwrap()
+        .write_all(lines.as_bytes())
+        .unwrap();
+    wait_until(&ilot, &api, "every address banned", 120, || {
+        ilot.json(&["ban", "list"])["total"] == STORM
+    });
+    // The storm is one alert, counted from one event that stands for every ban.
+    wait_until(&ilot, &api, "the ban-storm alert", 20, || {
+        api.webhooks("ban-storm", "event") == 1
+    });
+
+    // After it: a failed backup still alerts...
+    let out = ilot.cli(&["backup", "run", &name]);
+    assert!(
+        !out.status.success(),
+        "the backup cannot fit on a 1 MiB disk: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    wait_until(&ilot, &api, "the backup-failed alert", 20, || {
+        api.webhooks("backup-failed", "event") == 1
+    });
+    // ...and a new certificate still reaches the app.
+    let http = ilot.json(&["status"])["proxy"]["http"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    pebble.start(http.rsplit_once(':').unwrap().1.parse().unwrap());
+    ilot.ok(&["cert", "renew", &domain, "--force"]);
+    wait_until(&ilot, &api, "the app's certificate reload", 30, || {
+        docker(&["exec", &container, "test", "-f", "/tmp/loaded.pem"])
+            .status
+            .success()
+    });
+    assert!(ilot.ok(&["events"]).contains("tls-reloaded"));
 }

@@ -168,6 +168,9 @@ fn print_bans(v: &Value) {
             println!("({total} bans in all; `--json` lists the newest 1000)");
         }
     }
+    if let Some(why) = v["not_enforced"].as_str() {
+        println!("warning: {why}");
+    }
     let bl = &v["blocklists"];
     if let Some(lists) = bl["lists"].as_object().filter(|l| !l.is_empty()) {
         println!(
@@ -345,6 +348,9 @@ fn print_guard(v: &Value) {
     );
     for a in v["allow"].as_array().into_iter().flatten() {
         println!("never banned: {} ({})", s(&a["net"]), s(&a["why"]));
+    }
+    if let Some(why) = v["not_enforced"].as_str() {
+        println!("warning: {why}");
     }
     for e in v["errors"].as_array().into_iter().flatten() {
         println!("error: {}", s(e));

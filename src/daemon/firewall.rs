@@ -107,17 +107,17 @@ impl Daemon {
         Policy {
             open,
             interfaces: cfg.interfaces.clone(),
-            filter: cfg.enabled,
         }
     }
 
     /// Applies the policy (or removes the table when the firewall is disabled).
     pub(super) fn refresh_firewall(&self) {
-        // The guard's sets and chain live in the table too: it stays while either is on.
-        // The store remembers that the table is ours to remove: a daemon that never made
-        // one (another ilot's state dir, a test) leaves the kernel's alone.
+        // Disabled means untouched: the guard's sets live in this table too, so its bans are
+        // then listed, not enforced (it says so). The store remembers that the table is ours
+        // to remove: a daemon that never made one (another ilot's state dir, a test) leaves
+        // the kernel's alone.
         const MADE: &str = "firewall.table";
-        let result = if self.config.firewall.enabled || self.config.guard.enabled {
+        let result = if self.config.firewall.enabled {
             firewall::apply(&self.firewall_policy())
                 .and_then(|()| self.store.write(|w| w.put_meta(MADE, "yes")))
         } else if self.store.meta(MADE).ok().flatten().as_deref() == Some("yes") {

@@ -101,6 +101,22 @@ impl Daemon {
         self.guard.state.lock().expect("guard lock")
     }
 
+    /// Whether bans reach the kernel. The guard's sets live in the firewall's table, and a
+    /// disabled firewall means ilot leaves nftables alone: bans are then decided, kept and
+    /// listed (for the admin's own firewall, or to try a jail out), not enforced.
+    fn bans_enforced(&self) -> bool {
+        self.config.firewall.enabled
+    }
+
+    /// Why bans are not enforced, for `ilot guard` and `ilot ban list` (None when they are).
+    fn not_enforced_why(&self) -> Option<&'static str> {
+        (!self.bans_enforced()).then_some(
+            "the firewall is disabled ([firewall] enabled = false): bans are listed, not \
+             enforced; enable it in /etc/ilot/ilot.toml and restart the daemon to drop banned \
+             addresses",
+        )
+    }
+
     /// At start: bans back into the kernel, jails built, sources followed, engine started.
     pub(super) fn start_guard(self: &Arc<Self>) {
         if !self.config.guard.enabled {
@@ -125,7 +141,9 @@ impl Daemon {
                 st.bans.insert(b.net, b);
             }
         }
-        if let Err(e) = firewall::add_bans(&active) {
+        if let Some(why) = self.not_enforced_why() {
+            tracing::warn!("guard: {why}");
+        } else if let Err(e) = firewall::add_bans(&active) {
             tracing::error!("guard: cannot restore {} bans: {e}", active.len());
         } else if !active.is_empty() {
             tracing::info!("guard: {} bans restored", active.len());
@@ -305,7 +323,11 @@ impl Daemon {
         }
         let elements: Vec<(IpNet, Option<u64>)> =
             new.iter().map(|b| (b.net, b.remaining(now))).collect();
+        let enforced = self.bans_enforced();
         let applied = tokio::task::spawn_blocking(move || {
+            if !enforced {
+                return Ok(());
+            }
             firewall::add_bans(&elements).or_else(|e| {
                 // One bad element fails a transaction: the others go in one by one.
                 tracing::warn!(
@@ -336,9 +358,9 @@ impl Daemon {
                 st.bans.insert(b.net, b.clone());
             }
         }
-        for b in &new {
-            self.bus.publish("ban", None, describe_ban(b));
-        }
+        let messages: Vec<String> = new.iter().map(describe_ban).collect();
+        self.bus
+            .publish_batch("ban", &messages, "addresses banned", "ilot ban list");
         if let Some(persist) = self.guard.persist.get() {
             let _ = persist.send(new);
         }
@@ -387,10 +409,12 @@ impl Daemon {
                 });
             }
         }
-        for net in expired {
-            self.bus
-                .publish("unban", None, format!("{net} unbanned: the ban expired"));
-        }
+        let messages: Vec<String> = expired
+            .iter()
+            .map(|net| format!("{net} unbanned: the ban expired"))
+            .collect();
+        self.bus
+            .publish_batch("unban", &messages, "bans expired", "ilot ban list");
     }
 
     /// Builds the jails: the built-in ones (unless disabled), the config's, and one per
@@ -707,9 +731,16 @@ impl Daemon {
         };
         let count = kept.len();
         let started = std::time::Instant::now();
-        tokio::task::spawn_blocking(move || firewall::load_blocklist(&kept))
-            .await
-            .map_err(|e| Error::failed(e.to_string()))??;
+        let enforced = self.bans_enforced();
+        tokio::task::spawn_blocking(move || {
+            if enforced {
+                firewall::load_blocklist(&kept)
+            } else {
+                Ok(())
+            }
+        })
+        .await
+        .map_err(|e| Error::failed(e.to_string()))??;
         *self.guard.blocklists.lock().expect("blocklist lock") = BlocklistStatus {
             entries: count,
             loaded: Some(now()),
@@ -758,6 +789,8 @@ impl Daemon {
             .collect();
         Ok(json!({
             "total": total,
+            "enforced": self.bans_enforced(),
+            "not_enforced": self.not_enforced_why(),
             "bans": shown,
             "blocklists": self.guard.blocklists.lock().expect("blocklist lock").clone(),
         }))
@@ -792,6 +825,8 @@ impl Daemon {
             .collect();
         Ok(json!({
             "jails": jails,
+            "enforced": self.bans_enforced(),
+            "not_enforced": self.not_enforced_why(),
             "errors": st.errors,
             "allow": st.allow.nets.iter().map(|(n, why)| json!({"net": n.to_string(), "why": why})).collect::<Vec<_>>(),
             "ipv6_prefix": self.config.guard.ipv6_prefix,
@@ -843,9 +878,16 @@ impl Daemon {
             ban
         };
         let el = [(net, ban.remaining(now))];
-        tokio::task::spawn_blocking(move || firewall::add_bans(&el))
-            .await
-            .map_err(|e| Error::failed(e.to_string()))??;
+        let enforced = self.bans_enforced();
+        tokio::task::spawn_blocking(move || {
+            if enforced {
+                firewall::add_bans(&el)
+            } else {
+                Ok(())
+            }
+        })
+        .await
+        .map_err(|e| Error::failed(e.to_string()))??;
         self.store.write(|w| w.put_ban(&net.to_string(), &ban))?;
         let message = describe_ban(&ban);
         self.bus.publish("ban", None, message.clone());
@@ -877,9 +919,16 @@ impl Daemon {
             ban
         };
         let net = ban.net;
-        tokio::task::spawn_blocking(move || firewall::remove_ban(&net))
-            .await
-            .map_err(|e| Error::failed(e.to_string()))??;
+        let enforced = self.bans_enforced();
+        tokio::task::spawn_blocking(move || {
+            if enforced {
+                firewall::remove_ban(&net)
+            } else {
+                Ok(())
+            }
+        })
+        .await
+        .map_err(|e| Error::failed(e.to_string()))??;
         self.store.write(|w| w.delete_ban(&net.to_string()))?;
         let message = format!("{net} unbanned by the admin");
         self.bus.publish("unban", None, message.clone());

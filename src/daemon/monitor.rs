@@ -124,14 +124,15 @@ impl Daemon {
         let d = self.clone();
         tokio::spawn(async move { d.outbox_loop().await });
         let d = self.clone();
-        let mut events = self.bus.subscribe();
+        let mut events = self.bus.subscribe("the alerts");
         tokio::spawn(async move {
-            while let Ok(e) = events.recv().await {
+            while let Some(e) = events.recv().await {
                 let now = now();
                 let silences = d.silences();
                 let notices = d.monitor.alerts.lock().expect("alerts lock").on_event(
                     &e.kind,
                     &e.message,
+                    e.count,
                     now,
                     |r| d.may_notify(r, &silences, now),
                 );

@@ -992,9 +992,9 @@ impl Daemon {
     /// On a new certificate, refreshes the files of the instances served at that domain and
     /// runs their reload command.
     pub(super) fn spawn_tls_reloader(self: Arc<Self>) {
-        let mut events = self.bus.subscribe();
+        let mut events = self.bus.subscribe("the certificate reloader");
         tokio::spawn(async move {
-            while let Ok(event) = events.recv().await {
+            while let Some(event) = events.recv().await {
                 let (Some(domain), "cert-issued") = (event.domain.as_deref(), event.kind.as_str())
                 else {
                     continue;

@@ -72,9 +72,6 @@ impl std::str::FromStr for Port {
 /// What the table should hold.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Policy {
-    /// The input filter is on (`[firewall] enabled`); off, the table holds only the guard's
-    /// sets and its `bans` chain.
-    pub filter: bool,
     /// Ports open to the world, with why ("ssh", "instance NAME", "admin").
     pub open: Vec<(Port, String)>,
     /// Interfaces the drop applies to; empty = every interface but loopback and bridges.
@@ -247,10 +244,6 @@ pub fn ruleset(policy: &Policy) -> Nftables<'static> {
     b.add_cmd(nftables::schema::NfCmd::Flush(
         nftables::schema::FlushObject::Chain(input),
     ));
-    if !policy.filter {
-        // Only the guard: the input chain stays, empty, accepting everything.
-        return b.to_nftables();
-    }
     let ct_state = Expression::Named(NamedExpression::CT(CT {
         key: Cow::Borrowed("state"),
         family: None,
@@ -633,7 +626,6 @@ mod tests {
                 ("53/udp".parse().unwrap(), "x".into()),
             ],
             interfaces: vec![],
-            filter: true,
         };
         let json = serde_json::to_string(&ruleset(&policy)).unwrap();
         assert!(json.contains("\"table\":\"ilot\""));

@@ -426,7 +426,12 @@ impl Filter {
         let fail_any = meta::Regex::builder()
             .syntax(syntax::Config::new().unicode(false).utf8(false))
             .configure(meta::Config::new().utf8_empty(false))
-            .build_many(&sources.iter().map(|(_, _, r)| expand(r)).collect::<Vec<_>>())
+            .build_many(
+                &sources
+                    .iter()
+                    .map(|(_, _, r)| expand(r))
+                    .collect::<Vec<_>>(),
+            )
             .map_err(|e| Error::bad_input(format!("filter {name}: {e}")))?;
         let ignore = if file.ignoreregex.is_empty() {
             None

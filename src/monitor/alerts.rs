@@ -222,7 +222,7 @@ pub struct Alerts {
     pub rules: Vec<Rule>,
     incidents: BTreeMap<(String, String), Incident>,
     /// Recent matching events per event rule, and when it last fired.
-    events: HashMap<String, (VecDeque<u64>, u64)>,
+    events: HashMap<String, (VecDeque<(u64, u32)>, u64)>,
 }
 
 fn since_text(from: u64, now: u64) -> String {
@@ -380,6 +380,7 @@ impl Alerts {
         &mut self,
         kind: &str,
         message: &str,
+        weight: u32,
         now: u64,
         may_notify: impl Fn(&Rule) -> bool,
     ) -> Vec<Notice> {
@@ -392,19 +393,17 @@ impl Alerts {
                 continue;
             }
             let (times, last_fired) = self.events.entry(rule.name.clone()).or_default();
-            times.push_back(now);
-            while times.front().is_some_and(|t| t + rule.duration < now) {
+            times.push_back((now, weight));
+            while times.front().is_some_and(|(t, _)| t + rule.duration < now) {
                 times.pop_front();
             }
-            if times.len() as u32 >= *count
-                && *last_fired + rule.duration <= now
-                && may_notify(rule)
-            {
+            let seen: u32 = times.iter().fold(0, |sum, (_, n)| sum.saturating_add(*n));
+            if seen >= *count && *last_fired + rule.duration <= now && may_notify(rule) {
                 *last_fired = now;
                 let what = if *count > 1 {
                     format!(
                         "{} {kind} events in {} min (last: {message})",
-                        times.len(),
+                        seen,
                         rule.duration / 60
                     )
                 } else {
@@ -587,13 +586,24 @@ mod tests {
         let mut a = Alerts::new(rules(&[]).unwrap());
         let mut n = 0;
         for i in 0..120 {
-            n += a.on_event("ban", "x banned", 1000 + i, |_| true).len();
+            n += a.on_event("ban", "x banned", 1, 1000 + i, |_| true).len();
         }
         assert_eq!(n, 1);
+        // One event for a batch of 60 bans counts as 60: a storm in one log read fires too.
+        let mut b = Alerts::new(rules(&[]).unwrap());
+        assert!(b.on_event("ban", "49 bans", 49, 1000, |_| true).is_empty());
+        let fired = b.on_event("ban", "60 bans", 60, 1001, |_| true);
+        assert_eq!(fired.len(), 1);
+        assert!(
+            fired[0].text.contains("109 ban events"),
+            "{}",
+            fired[0].text
+        );
         assert_eq!(
             a.on_event(
                 "cert-renewal-failed",
                 "example.org: no answer",
+                1,
                 5000,
                 |_| true
             )

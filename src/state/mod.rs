@@ -184,6 +184,19 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
     pub message: String,
+    /// How many occurrences the event stands for: a batch of bans is one event on the bus
+    /// (a storm of them would crowd out every other event), and the alert rules count it as
+    /// that many.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub count: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 pub struct Store {

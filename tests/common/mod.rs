@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 pub mod mail;
 pub mod named;
 pub mod netns;
+pub mod pebble;
 pub mod storage;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ilot");
