@@ -388,7 +388,7 @@ fn an_apps_container_output_is_read_with_the_filter_its_manifest_names() {
     let mut ilot = Ilot::start_in(
         Some(&net.server.clone()),
         &[],
-        "[guard]\n[guard.defaults]\nmaxretry = 2\n",
+        "[firewall]\nenabled = true\n\n[guard]\n[guard.defaults]\nmaxretry = 2\n",
     );
     // An app whose manifest says: read service web's output with the sshd filter.
     let dir = ilot.dir.join("catalog/logapp");

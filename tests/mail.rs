@@ -764,6 +764,8 @@ fn dkim_rotation_never_signs_with_a_key_that_is_not_published() {
 /// its connections reach published ports with their own address. Removed on drop.
 struct ClientNs {
     ns: String,
+    /// The host's end of the veth pair.
+    host_if: String,
     host_ip: String,
     client_ip: String,
 }
@@ -797,6 +799,7 @@ fn client_ns() -> ClientNs {
     run(&["netns", "add", &ns]);
     let c = ClientNs {
         ns: ns.clone(),
+        host_if: vh.clone(),
         host_ip: host_ip.clone(),
         client_ip: client_ip.clone(),
     };
@@ -820,7 +823,8 @@ fn client_ns() -> ClientNs {
     c
 }
 
-/// The host's `inet ilot` table, which this test's guard makes: deleted at the end.
+/// The host's `inet ilot` table, which this test's firewall makes (its drop only on the test's
+/// veth; the guard's sets need the table): deleted at the end.
 struct HostTable;
 impl Drop for HostTable {
     fn drop(&mut self) {
@@ -833,14 +837,18 @@ impl Drop for HostTable {
 #[test]
 fn wrong_mail_passwords_from_one_address_end_in_a_ban() {
     let _table = HostTable;
+    let client = client_ns();
     let ilot = Ilot::start_full(
         &[],
-        "[guard]\nenabled = true\n\n[guard.jails.sshd]\nenabled = false\n\n\
-         [guard.defaults]\nmaxretry = 3\nfindtime = \"10m\"\nbantime = \"1h\"\n",
+        &format!(
+            "[firewall]\nenabled = true\ninterfaces = [\"{}\"]\n\n\
+             [guard]\nenabled = true\n\n[guard.jails.sshd]\nenabled = false\n\n\
+             [guard.defaults]\nmaxretry = 3\nfindtime = \"10m\"\nbantime = \"1h\"\n",
+            client.host_if
+        ),
     );
     let srv = install(&ilot);
     add_user(&ilot, "bob@example.org", BOB_PW);
-    let client = client_ns();
     let server = format!("{}:{}", client.host_ip, srv.submission);
     let wrong = |n: usize| {
         let (ok, out) = swaks(
